@@ -1,0 +1,65 @@
+"""Safe output files: write to a temporary file beside the target, rename at the end.
+
+Every command that writes a file (convert, quantize, perplexity's logits file) goes
+through `atomic_output`, so that an existing file is never overwritten without
+--force, an input is never written over, and an interrupted run (error, Ctrl-C,
+SIGTERM) leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .errors import LlamatoolError
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_output_path(path: str | os.PathLike, *, force: bool = False, inputs=()) -> Path:
+    """Refuse to write over an input (ever) or an existing file (unless force)."""
+    path = Path(path)
+    for src in inputs:
+        if src is not None and Path(src).exists() and path.exists() and _same_file(path, Path(src)):
+            raise LlamatoolError(f"{path}: refusing to write over the input file")
+        if src is not None and Path(src).resolve() == path.resolve():
+            raise LlamatoolError(f"{path}: refusing to write over the input file")
+    if path.is_dir():
+        raise LlamatoolError(f"{path}: is a directory")
+    if path.exists() and not force:
+        raise LlamatoolError(f"{path}: already exists (use --force to overwrite)")
+    if not path.parent.exists():
+        raise LlamatoolError(f"{path.parent}: output directory does not exist")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, force: bool = False, inputs=()) -> Iterator[BinaryIO]:
+    """Yield a binary file open for writing; on success it becomes `path`.
+
+    The temporary file lives in the target folder so that the final rename is
+    atomic. On any exception (KeyboardInterrupt and SystemExit included) it is
+    removed and the exception propagates.
+    """
+    path = check_output_path(path, force=force, inputs=inputs)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        # Checked again at the end: the file may have appeared while we worked.
+        check_output_path(path, force=force, inputs=inputs)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,30 @@
+"""Shared fixtures: the default model, the tokenizer vectors, temporary GGUF files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENIZER_VECTORS = ROOT.parent / "shared" / "tokenizer-vectors"
+
+# Compiled kernels go to a cache shared by all test runs of this checkout (not ~/.cache),
+# unless the caller chose one.
+os.environ.setdefault("LLAMATOOL_CACHE_DIR", str(ROOT / ".pytest_cache" / "llamatool"))
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    if not DEFAULT_MODEL.exists():
+        pytest.skip(f"default model not fetched ({DEFAULT_MODEL}); run `make model`")
+    return DEFAULT_MODEL
+
+
+@pytest.fixture(scope="session")
+def tokenizer_vectors() -> Path:
+    if not TOKENIZER_VECTORS.is_dir():
+        pytest.skip(f"llama.cpp tokenizer vectors not found at {TOKENIZER_VECTORS}")
+    return TOKENIZER_VECTORS
