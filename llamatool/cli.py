@@ -45,7 +45,7 @@ def info(
     show_info(model, tensors=tensors, as_json=as_json)
 
 
-# --- commands built by later issues ----------------------------------------------------
+# --- convert (issue 6: llamatool/convert.py) -------------------------------------------
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -54,16 +54,34 @@ def convert() -> None:
     _not_built("convert", 6)
 
 
+# --- quantize (issue 3: llamatool/quantize.py) -----------------------------------------
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def quantize() -> None:
     """Quantize a GGUF model to a smaller type (llama-quantize presets)."""
     _not_built("quantize", 3)
 
 
+# --- run and warmup (issue 5: llamatool/run.py) ----------------------------------------
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run() -> None:
     """Generate text or chat with a GGUF model."""
     _not_built("run", 5)
+
+
+# --- tokenize (issue 4: llamatool/tokenize_cmd.py) -------------------------------------
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tokenize() -> None:
+    """Turn text into token ids with a model's tokenizer (like llama-tokenize)."""
+    _not_built("tokenize", 4)
+
+
+# --- bench and perplexity (issue 7: llamatool/bench.py, llamatool/perplexity.py) -------
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
