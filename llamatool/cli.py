@@ -57,10 +57,38 @@ def convert() -> None:
 # --- quantize (issue 3: llamatool/quantize.py) -----------------------------------------
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def quantize() -> None:
+@app.command(no_args_is_help=True)
+def quantize(
+    args: List[str] = typer.Argument(
+        ...,
+        metavar="IN.gguf [OUT.gguf] TYPE [NTHREADS]",
+        help="As llama-quantize: without OUT, writes ggml-model-TYPE.gguf next to IN. TYPE (any case): "
+        "F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K "
+        "IQ4_NL IQ4_XS, the aliases Q3_K Q4_K Q5_K, or a llama_ftype number.",
+    ),
+    nthreads: Optional[int] = typer.Option(None, "--nthreads", "-t", help="Kernel threads (default: all cores)."),
+    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Allow requantizing tensors that are already quantized (loses quality)."),
+    leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Leave output.weight un(re)quantized."),
+    pure: bool = typer.Option(False, "--pure", help="No K-quant mixture: every quantized tensor gets TYPE's base type."),
+    output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", metavar="GGML_TYPE", help="Type of output.weight."),
+    token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", metavar="GGML_TYPE", help="Type of token_embd.weight."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (tensor, from, to, sizes) without writing."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT if it exists."),
+) -> None:
     """Quantize a GGUF model to a smaller type (llama-quantize presets)."""
-    _not_built("quantize", 3)
+    from .quantize import run_quantize_command
+
+    run_quantize_command(
+        args,
+        nthreads=nthreads,
+        allow_requantize=allow_requantize,
+        leave_output_tensor=leave_output_tensor,
+        pure=pure,
+        output_tensor_type=output_tensor_type,
+        token_embedding_type=token_embedding_type,
+        dry_run=dry_run,
+        force=force,
+    )
 
 
 # --- run and warmup (issue 5: llamatool/run.py) ----------------------------------------
@@ -84,10 +112,44 @@ def tokenize() -> None:
 # --- bench and perplexity (issue 7: llamatool/bench.py, llamatool/perplexity.py) -------
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench() -> None:
+@app.command()
+def bench(
+    model: List[Path] = typer.Option(..., "-m", "--model", help="GGUF model; repeat for several."),
+    n_prompt: str = typer.Option("512", "-p", "--n-prompt", help="Prompt lengths: 512, 128,512, 64-512*2 (0: none)."),
+    n_gen: str = typer.Option("128", "-n", "--n-gen", help="Generation lengths, same syntax (0: none)."),
+    pg: List[str] = typer.Option([], "-pg", help="Prompt then generation, timed together: PP,TG (repeatable)."),
+    n_depth: str = typer.Option("0", "-d", "--n-depth", help="Tokens already in the KV cache before each test."),
+    n_batch: str = typer.Option("2048", "-b", "--batch-size", help="Prompt tokens evaluated per call."),
+    threads: Optional[str] = typer.Option(None, "-t", "--threads", help="Thread counts, e.g. 1,2 (default: all cores)."),
+    reps: int = typer.Option(5, "-r", "--repetitions", help="Timed repetitions of each test."),
+    output: str = typer.Option("table", "-o", "--output", help="table, md, csv, json or jsonl."),
+    no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip the untimed warm-up run."),
+    progress: bool = typer.Option(False, "--progress", help="Print progress to stderr."),
+) -> None:
     """Measure prompt processing and generation speed (like llama-bench)."""
-    _not_built("bench", 7)
+    from .bench import bench_command
+
+    bench_command(model, n_prompt, n_gen, pg, threads, reps, output, n_depth, n_batch, no_warmup, progress)
+
+
+@app.command()
+def perplexity(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="UTF-8 text to score."),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Tokens per chunk."),
+    chunks: int = typer.Option(-1, "--chunks", help="Score at most this many chunks (-1: all)."),
+    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Tokens evaluated per call."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    kl_divergence_base: Optional[Path] = typer.Option(
+        None, "--kl-divergence-base", help="Save the log-probabilities here (or read them with --kl-divergence)."
+    ),
+    kl_divergence: bool = typer.Option(False, "--kl-divergence", help="Compare with --kl-divergence-base FILE."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --kl-divergence-base file."),
+) -> None:
+    """Perplexity of a text, and KL divergence against a reference model (like llama-perplexity)."""
+    from .perplexity import perplexity_command
+
+    perplexity_command(model, file, ctx_size, chunks, batch_size, threads, kl_divergence_base, kl_divergence, force)
 
 
 # --- entry point -----------------------------------------------------------------------
