@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Which quantization should I use? Size, quality and speed of each preset, side by side.
+
+For one source model and a list of presets: quantize the source to each preset (from a
+float reference made once), then measure for every result its file size and bits per
+weight, its perplexity on a text, its KL divergence from the reference (mean KLD and how
+often the top token agrees, as llama-perplexity --kl-divergence reports them) and its
+prompt-processing and generation speed (as llama-bench measures them). Prints a table,
+writes it as Markdown and JSON, and draws size against KLD as a PNG (needs matplotlib).
+
+    python scripts/quant_report.py                                  # default model, default presets
+    python scripts/quant_report.py -m model.gguf --presets Q8_0,Q4_K_M,Q4_0 --chunks 4 -o out/
+
+When the source is itself quantized (like the default Q4_1 model), the reference is its
+dequantized F32 copy: every preset is then measured against that, which is what matters
+when choosing among re-quantizations of the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_TEXT = ROOT / "tests" / "data" / "shakespeare-sonnets.txt"
+DEFAULT_PRESETS = "F16,Q8_0,Q6_K,Q5_K_M,Q5_1,Q5_0,Q4_K_M,Q4_K_S,Q4_1,Q4_0,IQ4_NL,IQ4_XS,Q3_K_M,Q2_K"
+
+
+def quantize(src: Path, dst: Path, preset: str, threads: int) -> None:
+    """Through the command line, exactly as a user would run it."""
+    if dst.exists():
+        return
+    cmd = [sys.executable, "-m", "llamatool", "quantize", str(src), str(dst), preset, "--allow-requantize", "--nthreads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"quantize {preset} failed: {proc.stderr.strip()}")
+
+
+def measure(path: Path, base_file: Path, text: str, args) -> dict:
+    from llamatool.bench import model_description, plan_tests, run_benchmarks
+    from llamatool.gguf_io import GGUFReader
+    from llamatool.model import Model
+    from llamatool.perplexity import LogitsFile, kl_divergence, perplexity, tokenize_text
+
+    _, tensor_bytes, n_params = model_description(GGUFReader(path))
+    model = Model.load(path, n_ctx=args.ctx_size, n_threads=args.threads)
+    tokens = tokenize_text(model, text)
+    ppl = perplexity(model, tokens, n_ctx=args.ctx_size, n_chunks=args.chunks)
+    stats = kl_divergence(model, LogitsFile.open(base_file), n_chunks=args.chunks)
+    del model
+    speed = {}
+    if not args.no_speed:
+        tests = plan_tests([path], [args.pp], [args.tg], [], [args.threads])
+        for r in run_benchmarks(tests, reps=args.reps):
+            speed[r.test.name] = (r.avg_ts, r.stddev_ts)
+    return {
+        "file_bytes": path.stat().st_size,
+        "bits_per_weight": 8 * tensor_bytes / n_params,
+        "ppl": ppl.ppl,
+        "ppl_error": ppl.ppl_error,
+        "kld": stats.kld()[0],
+        "kld_error": stats.kld()[1],
+        "same_top": stats.same_top()[0],
+        "delta_ppl": stats.ppl_diff()[0],
+        "speed": {k: {"avg_ts": v[0], "stddev_ts": v[1]} for k, v in speed.items()},
+    }
+
+
+def markdown(rows: list[dict], pp: str, tg: str) -> str:
+    head = "| preset | size (MiB) | bpw | PPL | ΔPPL | mean KLD | same top | " + f"{pp} t/s | {tg} t/s |"
+    lines = [head, "|" + " --- |" * 9]
+    for r in rows:
+        s = r["speed"]
+        fmt = lambda k: f"{s[k]['avg_ts']:.1f} ± {s[k]['stddev_ts']:.1f}" if k in s else "-"  # noqa: E731
+        lines.append(
+            f"| {r['preset']} | {r['file_bytes'] / 2**20:.1f} | {r['bits_per_weight']:.2f} | "
+            f"{r['ppl']:.3f} ± {r['ppl_error']:.3f} | {r['delta_ppl']:+.3f} | {r['kld']:.5f} | "
+            f"{100 * r['same_top']:.1f}% | {fmt(pp)} | {fmt(tg)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: skipping the plot (pip install matplotlib)", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    pts = [r for r in rows if r["kld"] > 0]
+    ax.scatter([r["file_bytes"] / 2**20 for r in pts], [r["kld"] for r in pts])
+    for r in pts:
+        ax.annotate(r["preset"], (r["file_bytes"] / 2**20, r["kld"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("file size (MiB)")
+    ax.set_ylabel("mean KL divergence from the reference (log scale)")
+    ax.set_yscale("log")
+    ax.set_title("Quantization: size vs quality")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-m", "--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("-f", "--file", type=Path, default=DEFAULT_TEXT, help="text for perplexity and KLD")
+    p.add_argument("--presets", default=DEFAULT_PRESETS)
+    p.add_argument("-o", "--outdir", type=Path, default=ROOT / "models" / "quant-report")
+    p.add_argument("-c", "--ctx-size", type=int, default=512)
+    p.add_argument("--chunks", type=int, default=8, help="chunks of text to score (-1: all)")
+    p.add_argument("-t", "--threads", type=int, default=2)
+    p.add_argument("--pp", type=int, default=512)
+    p.add_argument("--tg", type=int, default=128)
+    p.add_argument("-r", "--reps", type=int, default=3)
+    p.add_argument("--no-speed", action="store_true", help="skip the speed columns")
+    args = p.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from llamatool.model import Model
+    from llamatool.perplexity import perplexity, tokenize_text
+
+    console = Console(stderr=True)
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    text = args.file.read_text(encoding="utf-8")
+    stem = args.model.name.removesuffix(".gguf")
+    reference = args.outdir / f"{stem}.F32.gguf"
+    console.print(f"reference: {reference}")
+    quantize(args.model, reference, "F32", args.threads)
+    base_file = args.outdir / f"{stem}.F32.kld"
+    if not base_file.exists():
+        model = Model.load(reference, n_ctx=args.ctx_size, n_threads=args.threads)
+        with open(base_file, "wb") as f:
+            perplexity(model, tokenize_text(model, text), n_ctx=args.ctx_size, n_chunks=args.chunks, logits_out=f)
+        del model
+
+    rows = []
+    for preset in [s.strip() for s in args.presets.split(",") if s.strip()]:
+        out = args.outdir / f"{stem}.{preset.upper()}.gguf"
+        t0 = time.perf_counter()
+        quantize(reference, out, preset, args.threads)
+        console.print(f"{preset}: quantized in {time.perf_counter() - t0:.1f} s, measuring ...")
+        rows.append({"preset": preset.upper(), **measure(out, base_file, text, args)})
+
+    pp, tg = f"pp{args.pp}", f"tg{args.tg}"
+    table = Table(title=f"{args.model.name}: {args.chunks} chunks of {args.ctx_size} tokens of {args.file.name}")
+    for col in ("preset", "size MiB", "bpw", "PPL", "ΔPPL", "mean KLD", "same top", f"{pp} t/s", f"{tg} t/s"):
+        table.add_column(col, justify="left" if col == "preset" else "right")
+    for r in rows:
+        s = r["speed"]
+        table.add_row(
+            r["preset"],
+            f"{r['file_bytes'] / 2**20:.1f}",
+            f"{r['bits_per_weight']:.2f}",
+            f"{r['ppl']:.3f} ± {r['ppl_error']:.3f}",
+            f"{r['delta_ppl']:+.3f}",
+            f"{r['kld']:.5f}",
+            f"{100 * r['same_top']:.1f}%",
+            f"{s[pp]['avg_ts']:.1f}" if pp in s else "-",
+            f"{s[tg]['avg_ts']:.1f}" if tg in s else "-",
+        )
+    Console().print(table)
+    (args.outdir / "report.md").write_text(markdown(rows, pp, tg))
+    (args.outdir / "report.json").write_text(json.dumps(rows, indent=2))
+    if plot(rows, args.outdir / "size_vs_kld.png"):
+        console.print(f"plot: {args.outdir / 'size_vs_kld.png'}")
+    console.print(f"tables: {args.outdir / 'report.md'}, {args.outdir / 'report.json'}")
+
+
+if __name__ == "__main__":
+    main()
