@@ -48,10 +48,25 @@ def info(
 # --- convert (issue 6: llamatool/convert.py) -------------------------------------------
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def convert() -> None:
-    """Convert a Hugging Face checkpoint folder to GGUF."""
-    _not_built("convert", 6)
+@app.command()
+def convert(
+    model_dir: Path = typer.Argument(..., help="Folder of a Hugging Face checkpoint (config.json, safetensors, tokenizer)."),
+    outtype: str = typer.Option(
+        "auto", "--outtype", help="f32, f16, bf16, q8_0, auto (f16 or bf16 from the weights) or a quantize preset such as q4_k_m."
+    ),
+    outfile: Optional[Path] = typer.Option(
+        None, "--outfile", help="Output file ({ftype} is replaced by the type) or folder. Default: a name from the model name, size and type, in the model folder."
+    ),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Model name for general.name (default: from the model card, config or folder)."),
+    vocab_only: bool = typer.Option(False, "--vocab-only", help="Write only the metadata and tokenizer, no tensors."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (tensors, types, output size) and write nothing."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output file if it exists."),
+) -> None:
+    """Convert a Hugging Face checkpoint folder to GGUF (like convert_hf_to_gguf.py)."""
+    from .convert import ConvertOptions, run_convert_command
+
+    options = ConvertOptions(outtype=outtype, outfile=outfile, model_name=model_name, vocab_only=vocab_only, dry_run=dry_run, force=force)
+    run_convert_command(model_dir, options)
 
 
 # --- quantize (issue 3: llamatool/quantize.py) -----------------------------------------
@@ -103,10 +118,22 @@ def run() -> None:
 # --- tokenize (issue 4: llamatool/tokenize_cmd.py) -------------------------------------
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def tokenize() -> None:
+@app.command()
+def tokenize(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model (only its tokenizer is read)."),
+    prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="Text to tokenize."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Read the text from a file."),
+    stdin: bool = typer.Option(False, "--stdin", help="Read the text from standard input."),
+    ids: bool = typer.Option(False, "--ids", help="Print only a list of ids, like [1, 2, 3]."),
+    no_bos: bool = typer.Option(False, "--no-bos", help="Do not add BOS/EOS even if the model asks for them."),
+    special: bool = typer.Option(False, "--special", help="Recognise special tokens (e.g. <|im_start|>) in the text."),
+    show_count: bool = typer.Option(False, "--show-count", help="Also print the number of tokens."),
+    no_escape: bool = typer.Option(False, "--no-escape", help="Take -p literally (no \\n, \\t, ... processing)."),
+) -> None:
     """Turn text into token ids with a model's tokenizer (like llama-tokenize)."""
-    _not_built("tokenize", 4)
+    from .tokenize_cmd import tokenize_command
+
+    tokenize_command(model, prompt, file, stdin, ids, no_bos, special, show_count, escape=not no_escape)
 
 
 # --- bench and perplexity (issue 7: llamatool/bench.py, llamatool/perplexity.py) -------
