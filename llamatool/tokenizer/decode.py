@@ -13,7 +13,9 @@ from .unicode import CHAR_TO_BYTE
 from .vocab import Attr, Vocab
 
 SPACE_MARK = "\u2581"  # SentencePiece's visible space
-SPECIAL_ATTRS = Attr.UNKNOWN | Attr.CONTROL
+SPECIAL_ATTRS = int(Attr.UNKNOWN | Attr.CONTROL)  # hidden when special tokens are not shown
+VERBATIM = int(Attr.UNKNOWN | Attr.CONTROL | Attr.USER_DEFINED)
+NORMAL, BYTE = int(Attr.NORMAL), int(Attr.BYTE)
 
 
 def _raw(text: str) -> bytes:
@@ -43,13 +45,13 @@ def _from_byte_alphabet(text: str) -> bytes:
 def build_piece(vocab: Vocab, token: int) -> bytes:
     """The bytes token renders as when special tokens are shown (llama_token_to_piece, special=true)."""
     text, attr = vocab.tokens[token], vocab.attrs[token]
-    if attr & (SPECIAL_ATTRS | Attr.USER_DEFINED):
+    if attr & VERBATIM:
         return _raw(text)
-    if attr & Attr.NORMAL:
+    if attr & NORMAL:
         if vocab.model == "spm":
             return _raw(text.replace(SPACE_MARK, " "))
         return _from_byte_alphabet(text)
-    if attr & Attr.BYTE:
+    if attr & BYTE:
         return bytes([_byte_token_value(text)])
     return b""  # unused and undefined tokens render as nothing
 

@@ -30,6 +30,7 @@ from .pretokenize import PreTokenizer
 from .unicode import bytes_to_alphabet, replace_surrogates
 from .vocab import Attr, Vocab, load_vocab
 
+LSTRIP, RSTRIP, CONTROL = int(Attr.LSTRIP), int(Attr.RSTRIP), int(Attr.CONTROL)
 C_WHITESPACE = " \t\n\v\f\r"  # isspace() in the C locale: what lstrip/rstrip of special tokens remove
 CACHE_LIMIT = 1 << 20  # cached words; the cache is emptied when it grows past this
 # SentencePiece text can be cut before every run of "▁" that follows another character,
@@ -98,7 +99,7 @@ class Tokenizer:
         return self.vocab.model
 
     def is_control(self, token: int) -> bool:
-        return bool(self.vocab.attrs[token] & Attr.CONTROL)
+        return bool(self.vocab.attrs[token] & CONTROL)
 
     def is_eog(self, token: int) -> bool:
         return token in self.vocab.eog_ids
@@ -150,13 +151,13 @@ class Tokenizer:
                 pos = 0
                 while (hit := frag.find(special, pos)) >= 0:
                     left = frag[pos:hit]
-                    if attr & Attr.LSTRIP:
+                    if attr & LSTRIP:
                         left = left.rstrip(C_WHITESPACE)
                     if left:
                         out.append(left)
                     out.append(sid)
                     pos = hit + len(special)
-                    if attr & Attr.RSTRIP:
+                    if attr & RSTRIP:
                         while pos < len(frag) and frag[pos] in C_WHITESPACE:
                             pos += 1
                 if pos < len(frag):

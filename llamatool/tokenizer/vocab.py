@@ -36,16 +36,13 @@ class Attr(IntFlag):
     SINGLE_WORD = 1 << 9
 
 
-# tokenizer.ggml.token_type values (gguf TokenType) -> attributes
-TOKEN_TYPE_ATTR = {
-    0: Attr.UNDEFINED,
-    1: Attr.NORMAL,
-    2: Attr.UNKNOWN,
-    3: Attr.CONTROL,
-    4: Attr.USER_DEFINED,
-    5: Attr.UNUSED,
-    6: Attr.BYTE,
-}
+# tokenizer.ggml.token_type values (gguf TokenType) -> attributes; other values are undefined
+TOKEN_TYPE_ATTR = np.array(
+    [Attr.UNDEFINED, Attr.NORMAL, Attr.UNKNOWN, Attr.CONTROL, Attr.USER_DEFINED, Attr.UNUSED, Attr.BYTE], dtype=np.int64
+)
+# Plain ints for the loops over the whole vocabulary (IntFlag arithmetic is slow).
+CONTROL = int(Attr.CONTROL)
+SEARCHED_IN_TEXT = int(Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN)
 
 # Texts of tokens that end generation, whatever the metadata says (llama.cpp's list).
 EOG_TEXTS = frozenset(
@@ -189,7 +186,7 @@ def load_vocab(reader) -> Vocab:
         model=model,
         tokens=tokens,
         scores=[0.0] * n if scores is None else np.asarray(scores, dtype=np.float32).tolist(),
-        attrs=[int(Attr.NORMAL)] * n if types is None else [int(TOKEN_TYPE_ATTR.get(int(t), Attr.UNDEFINED)) for t in types],
+        attrs=[int(Attr.NORMAL)] * n if types is None else _attrs_of_types(types),
         token_to_id=token_to_id,
     )
     _set_model_defaults(vocab, reader)
@@ -200,11 +197,17 @@ def load_vocab(reader) -> Vocab:
     _set_model_specific_attrs(vocab, reader)
     vocab.special_ids = tuple(
         sorted(
-            (i for i, a in enumerate(vocab.attrs) if a & (Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN)),
+            (i for i, a in enumerate(vocab.attrs) if a & SEARCHED_IN_TEXT),
             key=lambda i: -len(vocab.tokens[i].encode("utf-8", "surrogateescape")),
         )
     )
     return vocab
+
+
+def _attrs_of_types(types: np.ndarray) -> list[int]:
+    types = np.asarray(types, dtype=np.int64)
+    known = (types >= 0) & (types < len(TOKEN_TYPE_ATTR))
+    return np.where(known, TOKEN_TYPE_ATTR[np.where(known, types, 0)], int(Attr.UNDEFINED)).tolist()
 
 
 def _set_model_defaults(vocab: Vocab, reader) -> None:
@@ -248,7 +251,7 @@ def _detect_special_by_text(vocab: Vocab) -> None:
     attrs, ids = vocab.attrs, vocab.token_to_id
 
     def mark_control(i: int) -> None:
-        attrs[i] |= Attr.CONTROL
+        attrs[i] |= CONTROL
 
     if vocab.eot_id is None:
         # llama.cpp takes whichever candidate its hash map yields first; we take the first in this list.
@@ -269,9 +272,10 @@ def _detect_special_by_text(vocab: Vocab) -> None:
                     break
 
     # Control tokens named "unused..." are unused.
+    unused = int(Attr.UNUSED)
     for i, a in enumerate(attrs):
-        if a & Attr.CONTROL and "unused" in vocab.tokens[i]:
-            attrs[i] |= Attr.UNUSED
+        if a & CONTROL and "unused" in vocab.tokens[i]:
+            attrs[i] |= unused
 
     eog = {i for i in (vocab.fim_pad_id, vocab.fim_rep_id, vocab.fim_sep_id) if i is not None}
     for text in EOG_TEXTS:
@@ -303,10 +307,10 @@ def _set_model_specific_attrs(vocab: Vocab, reader) -> None:
         return
     attrs, ids = vocab.attrs, vocab.token_to_id
     for i, a in enumerate(attrs):
-        if a & (Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN):
-            attrs[i] |= Attr.RSTRIP
+        if a & SEARCHED_IN_TEXT:
+            attrs[i] |= int(Attr.RSTRIP)
     if "</s>" in ids:
-        attrs[ids["</s>"]] |= Attr.RSTRIP
+        attrs[ids["</s>"]] |= int(Attr.RSTRIP)
     for text in ("<unk>", "<s>", "<|endoftext|>"):
         if text in ids:
-            attrs[ids[text]] &= ~Attr.RSTRIP
+            attrs[ids[text]] &= ~int(Attr.RSTRIP)
