@@ -188,18 +188,27 @@ class Tokenizer:
         spelled = bytes_to_alphabet(word)
         if v.pre.ignore_merges and spelled in v.token_to_id:
             return [v.token_to_id[spelled]]
+        # a symbol that is not a token gives its bytes, each looked up as a one-byte token
+        return self._symbols_to_ids(bpe_merge(spelled, v.merges), self._one_byte_token)
+
+    def _symbols_to_ids(self, symbols: list[str], byte_token) -> list[int]:
+        """Each symbol's token id, or the ids byte_token gives for its bytes (None: dropped)."""
+        get = self.vocab.token_to_id.get
         ids = []
-        for sym in bpe_merge(spelled, v.merges):
-            tid = v.token_to_id.get(sym)
+        for sym in symbols:
+            tid = get(sym)
             if tid is not None:
                 ids.append(tid)
                 continue
-            # a symbol that is not a token: its bytes, each looked up as a one-byte token
-            for b in sym.encode("utf-8"):
-                tid = v.token_to_id.get(chr(b) if b < 0x80 else chr(0xDC00 + b))
+            for b in sym.encode("utf-8", "surrogateescape"):
+                tid = byte_token(b)
                 if tid is not None:
                     ids.append(tid)
         return ids
+
+    def _one_byte_token(self, b: int) -> int | None:
+        # token texts hold undecodable bytes as surrogates (see gguf_io)
+        return self.vocab.token_to_id.get(chr(b) if b < 0x80 else chr(0xDC00 + b))
 
     def _encode_spm(self, text: str, prev_special: bool) -> list[int]:
         if self.vocab.add_space_prefix and prev_special:
@@ -218,20 +227,13 @@ class Tokenizer:
 
     def _spm_segment(self, text: str) -> list[int]:
         v = self.vocab
-        ids = []
-        for sym in spm_merge(text, v.token_to_id, v.scores):
-            tid = v.token_to_id.get(sym)
-            if tid is not None:
-                ids.append(tid)
-            else:
-                ids.extend(self._byte_token(b) for b in sym.encode("utf-8", "surrogateescape"))
-        return ids
+        return self._symbols_to_ids(spm_merge(text, v.token_to_id, v.scores), self._byte_token)
 
     def _byte_token(self, b: int) -> int:
         v = self.vocab
         tid = v.token_to_id.get(f"<0x{b:02X}>")
         if tid is None:
-            tid = v.token_to_id.get(chr(b) if b < 0x80 else chr(0xDC00 + b))
+            tid = self._one_byte_token(b)
         if tid is None:
             tid = self._required(v.unk_id, f"byte 0x{b:02X} has no token, and the unknown")
         return tid
