@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import LlamatoolError
@@ -77,8 +78,11 @@ def tokenize_command(
     from .tokenizer import Tokenizer
 
     text = read_prompt(prompt, file, stdin, escape)
-    with GGUFReader(model) as reader:
+    with GGUFReader(model) as reader, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         tok = Tokenizer.from_gguf(reader)
+    for w in caught:  # e.g. an unknown pre-tokenizer: one line, not a Python warning dump
+        print(f"warning: {w.message}", file=sys.stderr)
     ids = tok.encode(text, add_special=not no_bos, parse_special=parse_special)
 
     out = sys.stdout

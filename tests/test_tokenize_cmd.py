@@ -78,6 +78,18 @@ def test_not_a_gguf(tmp_path):
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
+def test_unknown_pre_tokenizer_is_a_one_line_warning(tokenizer_vectors, tmp_path):
+    from llamatool.gguf_io import GGUFReader, GGUFWriter, copy_fields
+
+    path = tmp_path / "odd-pre.gguf"
+    with GGUFReader(tokenizer_vectors / "ggml-vocab-gpt-2.gguf") as reader, GGUFWriter(path) as writer:
+        copy_fields(reader, writer, skip={"tokenizer.ggml.pre"})
+        writer.add_field("tokenizer.ggml.pre", "brand-new-pre")
+    proc = llamatool("tokenize", "-m", path, "-p", "Hello world", "--ids")
+    assert proc.returncode == 0 and proc.stdout == "[15496, 995]\n"
+    assert proc.stderr == "warning: unknown pre-tokenizer 'brand-new-pre': using 'default'; tokens may differ from the model's own\n"
+
+
 def test_helpers():
     assert process_escapes(r"a\nb\tc\\d\x41\q") == "a\nb\tc\\dA\\q"
     assert format_piece(b"ok") == ("ok", True)
