@@ -32,7 +32,7 @@ from .vocab import Attr, Vocab, load_vocab
 
 LSTRIP, RSTRIP, CONTROL = int(Attr.LSTRIP), int(Attr.RSTRIP), int(Attr.CONTROL)
 C_WHITESPACE = " \t\n\v\f\r"  # isspace() in the C locale: what lstrip/rstrip of special tokens remove
-CACHE_LIMIT = 1 << 20  # cached words; the cache is emptied when it grows past this
+CACHE_LIMIT = 1 << 18  # cached words; the cache is emptied when it grows past this
 # SentencePiece text can be cut before every run of "▁" that follows another character,
 # when no token holds such a spot (then no merge crosses the cut).
 SPM_SEGMENT = re.compile(f"{SPACE_MARK}*[^{SPACE_MARK}]+|{SPACE_MARK}+")
