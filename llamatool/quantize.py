@@ -40,7 +40,7 @@ __all__ = ["QuantizeOptions", "tensor_types", "preset_file_type", "preset_names"
 
 GGML_QNT_VERSION = 2  # general.quantization_version llama.cpp writes
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
-SLAB_BYTES = 32 << 20  # float32 rows converted at once
+SLAB_BYTES = 16 << 20  # float32 rows converted at once
 MIB = 1024 * 1024
 
 
@@ -171,15 +171,15 @@ def check_kernels(jobs: list[TensorJob]) -> None:
 # --- writing --------------------------------------------------------------------------------
 
 
-def _release_pages(reader: GGUFReader, t: TensorInfo) -> None:
-    """Drop the input pages of a finished tensor from our resident set (they stay in the page
-    cache), as llama-quantize unmaps each weight: RSS then tracks one tensor, not the model."""
+def _release_pages(reader: GGUFReader, t: TensorInfo, first: int = 0, size: int | None = None) -> None:
+    """Drop input pages we are done with from our resident set (they stay in the page
+    cache), as llama-quantize unmaps each weight: RSS then tracks a slab, not the model."""
     mm = getattr(reader, "_mmap", None)
-    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
         return
-    start = reader.data_offset + t.offset
+    start = reader.data_offset + t.offset + first
     aligned = start - start % mmap.PAGESIZE
-    length = start + t.nbytes - aligned
+    length = start + (t.nbytes - first if size is None else size) - aligned
     if length > 0:
         try:
             mm.madvise(mmap.MADV_DONTNEED, aligned, length)
@@ -187,7 +187,7 @@ def _release_pages(reader: GGUFReader, t: TensorInfo) -> None:
             pass
 
 
-def _convert(job: TensorJob, on_rows) -> np.ndarray:
+def _convert(job: TensorJob, reader: GGUFReader, on_bytes) -> np.ndarray:
     """The job's tensor in its new type, converted slab by slab of rows."""
     src = job.src
     n_per_row, n_rows = src.ne[0], src.n_rows
@@ -201,7 +201,9 @@ def _convert(job: TensorJob, on_rows) -> np.ndarray:
             row = r0 + int(np.argwhere(~np.isfinite(x))[0][0])
             raise LlamatoolError(f"{job.name}: row {row} holds NaN or infinite values; refusing to quantize it")
         out[r0:r1] = quantize(job.dst, x)
-        on_rows((r1 - r0) * src_row_bytes)
+        del x
+        _release_pages(reader, src, r0 * src_row_bytes, (r1 - r0) * src_row_bytes)
+        on_bytes((r1 - r0) * src_row_bytes)
     return out
 
 
@@ -275,7 +277,7 @@ def quantize_model(
             for job in jobs:
                 bar.update(task, description=f"{job.name} -> {job.dst.name}" if job.converts else job.name)
                 if job.converts:
-                    data = _convert(job, lambda n: bar.advance(task, n))
+                    data = _convert(job, reader, lambda n: bar.advance(task, n))
                 else:
                     data = job.src.data
                     bar.advance(task, job.src_bytes)

@@ -5,15 +5,19 @@
 Both quantize the same float32 matrix (a realistic weight tensor: Gaussian with a few
 outliers) in the same run; the table gives MB/s of float32 input (median over the
 repeats), the speed-up and whether both wrote the same bytes. gguf.quants has no
-quantizer for some types (the K-quants, IQ4_XS): those rows show only llamatool.
-The machine may be shared: compare the ratio, not the absolute figures.
+quantizer for some types (the K-quants, IQ4_NL, IQ4_XS). When llama-cpp-python is
+installed, ggml's own C quantizer (ggml_quantize_chunk, one thread, the code path
+llama-quantize runs per thread) is measured too, for every type.
+The machine may be shared: compare the ratios, not the absolute figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -36,30 +40,70 @@ def median_seconds(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def bench_type(name: str, x: np.ndarray, repeats: int, ref_repeats: int) -> dict:
+def ggml_quantize_chunk():
+    """ggml's C quantizer from llama-cpp-python's libggml-base, or None."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    fn = lib.ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    return fn
+
+
+def bench_c(t, x: np.ndarray, repeats: int, chunk) -> tuple[float, np.ndarray]:
+    out = np.empty((x.shape[0], t.row_bytes(x.shape[1])), np.uint8)
+
+    def run():
+        chunk(t.id, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], None)
+        return out
+
+    run()  # ggml builds its lookup tables on first use
+    seconds, _ = median_seconds(run, repeats)
+    return x.nbytes / seconds / 1e6, out
+
+
+def bench_type(name: str, x: np.ndarray, repeats: int, ref_repeats: int, chunk=None) -> dict:
     import gguf
     from gguf.quants import quantize as gguf_quantize
 
     from llamatool.quants.registry import ggml_type, quantize
 
     t = ggml_type(name)
-    row = {"type": name, "ours": None, "ref": None, "same": None}
+    row = {"type": name, "ours": None, "ref": None, "same": None, "c": None, "same_c": None}
     if not t.can_quantize:
         row["note"] = "no llamatool kernel"
         return row
     quantize(t, x[:4])  # compile (or load from the cache) before timing
     seconds, ours = median_seconds(lambda: quantize(t, x), repeats)
     row["ours"] = x.nbytes / seconds / 1e6
+    if chunk is not None:
+        row["c"], c_out = bench_c(t, x, ref_repeats, chunk)
+        row["same_c"] = np.array_equal(c_out, ours)
     qtype = gguf.GGMLQuantizationType[name]
     try:
         gguf_quantize(x[:4], qtype)
     except (NotImplementedError, gguf.quants.QuantError):
-        row["note"] = "gguf.quants cannot quantize it"
+        row["note"] = "no gguf.quants quantizer"
         return row
     seconds, ref = median_seconds(lambda: gguf_quantize(x, qtype), ref_repeats)
     row["ref"] = x.nbytes / seconds / 1e6
     row["same"] = np.array_equal(np.asarray(ref).view(np.uint8).reshape(ours.shape), ours)
     return row
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.1f}x" if a and b else "-"
+
+
+def _yes(v) -> str:
+    return "-" if v is None else ("yes" if v else "NO")
 
 
 def main() -> None:
@@ -78,23 +122,29 @@ def main() -> None:
     from llamatool.jit import set_threads
 
     threads = set_threads(args.threads)
+    chunk = ggml_quantize_chunk()
     x = weights(args.rows, args.cols)
     table = Table(
         title=f"quantize throughput, MB/s of float32 input ({args.rows}x{args.cols} = {x.nbytes / 1e6:.0f} MB, "
         f"{threads} threads, median of {args.repeats} / {args.ref_repeats})",
         title_justify="left",
     )
-    for col in ("type", "llamatool", "gguf.quants", "speed-up", "same bytes", "note"):
-        table.add_column(col, justify="left" if col in ("type", "note") else "right")
+    columns = ["type", "llamatool", "gguf.quants", "speed-up", "same bytes"]
+    if chunk is not None:
+        columns += ["ggml C (1 thread)", "vs C", "same as C"]
+    for col in columns + ["note"]:
+        table.add_column(col, justify="left" if col in ("type", "note") else "right", no_wrap=True)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
     with console.status("benchmarking") as status:
         for name in args.types:
             status.update(f"benchmarking {name}")
-            r = bench_type(name.upper(), x, args.repeats, args.ref_repeats)
-            fmt = lambda v: "-" if v is None else f"{v:,.1f}"  # noqa: E731
-            ratio = f"{r['ours'] / r['ref']:.1f}x" if r["ours"] and r["ref"] else "-"
-            same = "-" if r["same"] is None else ("yes" if r["same"] else "NO")
-            table.add_row(r["type"], fmt(r["ours"]), fmt(r["ref"]), ratio, same, r.get("note", ""))
+            r = bench_type(name.upper(), x, args.repeats, args.ref_repeats, chunk)
+            cells = [r["type"], _num(r["ours"]), _num(r["ref"]), _ratio(r["ours"], r["ref"]), _yes(r["same"])]
+            if chunk is not None:
+                cells += [_num(r["c"]), _ratio(r["ours"], r["c"]), _yes(r["same_c"])]
+            table.add_row(*cells, r.get("note", ""))
     console.print(table)
 
 
