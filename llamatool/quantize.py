@@ -231,7 +231,7 @@ def _progress(total: int, enabled: bool):
     progress = Progress(
         TextColumn("{task.description:<40}"),
         BarColumn(),
-        DownloadColumn(binary_units=True),
+        DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -284,6 +284,7 @@ def quantize_model(
                 writer.write_tensor(job.name, data)
                 del data
                 _release_pages(reader, job.src)
+            bar.update(task, description=f"wrote {out.name}")
         result.seconds = time.perf_counter() - start
         result.file_size = Path(out).stat().st_size
         return result
@@ -309,8 +310,8 @@ def fallback_summary(result: QuantizeResult) -> str | None:
     detail = ", ".join(f"{w}->{g} x{n}" for (w, g), n in kinds.items())
     rows = sorted({f.n_per_row for f in fb})
     return (
-        f"warning: {len(fb)} of {len(result.jobs)} tensors required fallback quantization "
-        f"(rows of {', '.join(map(str, rows))} values are not whole 256-value blocks: {detail})"
+        f"warning: {len(fb)} of {len(result.jobs)} tensors required fallback quantization: rows of "
+        f"{', '.join(map(str, rows))} values are not whole blocks of the chosen type ({detail})"
     )
 
 

@@ -513,6 +513,49 @@ def test_default_model_byte_identical_with_llama_quantize(quantized, default_mod
     assert_same_file_as_llama_quantize(quantized, "smollm2", preset, tmp_path)
 
 
+OPTION_CASES = [
+    ("Q4_K_M", {"pure": True}),
+    ("Q6_K", {"leave_output_tensor": True}),
+    ("Q3_K_M", {"output_tensor_type": "Q8_0", "token_embedding_type": "F16"}),
+    ("IQ4_XS", {"token_embedding_type": "Q4_K"}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,opts", OPTION_CASES, ids=[options_id(p, o) for p, o in OPTION_CASES])
+def test_options_byte_identical_with_llama_quantize(quantized, preset, opts, tmp_path):
+    _llama_cpp()
+    inp = quantized.input("gqa4")
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "llama.gguf"
+    quantize_model(inp, ours, QuantizeOptions(preset, **opts), progress=False)
+    got = llama_quantize(inp, ref, preset, **opts)
+    assert got["rc"] == 0, got["log"][-1500:]
+    assert file_types(ours) == file_types(ref)
+    assert ours.read_bytes() == ref.read_bytes(), differing_tensors(ours, ref)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    x = np.ones((8, 256), np.float32)
+    x[5, 7] = np.nan
+    fields = [("general.architecture", "llama", V.STRING, None), ("llama.block_count", 1, V.UINT32, None)]
+    inp = write_gguf(tmp_path / "nan.gguf", fields, {"blk.0.attn_q.weight": ("F32", x)})
+    out = tmp_path / "out.gguf"
+    with pytest.raises(LlamatoolError, match="blk.0.attn_q.weight: row 5 holds NaN"):
+        quantize_model(inp, out, QuantizeOptions("Q8_0"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.gguf"]
+
+
+def test_nthreads_sets_the_kernel_threads(small_model, tmp_path):
+    import numba
+
+    before = numba.get_num_threads()
+    try:
+        quantize_model(small_model, tmp_path / "q.gguf", QuantizeOptions("Q8_0"), nthreads=1, progress=False)
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
+
+
 # --- the command line ------------------------------------------------------------------------------
 
 
@@ -536,6 +579,18 @@ def test_cli_quantizes_and_reports(small_model, tmp_path):
         before = sum(t.nbytes for t in r.tensors) / 2**20
     assert f"{before:.2f} MiB" in proc.stdout
     check_output_file(small_model, out, "BF16")
+
+
+def test_cli_progress_bar_on_a_terminal(small_model, tmp_path):
+    # rich draws the bar only on a terminal; these variables make it treat the pipe as one.
+    env = {**os.environ, "FORCE_COLOR": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "140"}
+    proc = llamatool("quantize", small_model, tmp_path / "q.gguf", "Q8_0", env=env)
+    assert proc.returncode == 0, proc.stderr
+    last = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", proc.stderr).replace("\r", "\n").split("\n")
+    final = [line for line in last if "wrote q.gguf" in line][-1]
+    with GGUFReader(small_model) as r:
+        total = sum(t.nbytes for t in r.tensors) / 1e6
+    assert f"{total:.1f}/{total:.1f} MB" in final and "MB/s" in final
 
 
 def test_cli_default_output_name_like_llama_quantize(small_model, tmp_path):
