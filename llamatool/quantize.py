@@ -3,8 +3,8 @@
 The type of every tensor comes from quant_rules (llama-quantize's presets and recipe);
 this module streams the tensors through the kernels: read rows from the memory-mapped
 input, convert them to float32, quantize, write. Rows go in slabs, so memory holds one
-output tensor and one slab of float32 at a time, never the model; pages of the input
-are handed back to the kernel once a tensor is done. The output is written atomically
+output tensor and one slab of float32 at a time, never the model; the input's pages are
+handed back to the OS slab by slab. The output is written atomically
 (nothing is left behind on error, Ctrl-C or SIGTERM).
 
 The file matches llama-quantize's: tensors in its loader order, metadata copied in
@@ -145,11 +145,16 @@ def plan_jobs(reader: GGUFReader, options: QuantizeOptions) -> tuple[list[Tensor
     return jobs, plan
 
 
+def requantized(jobs: list[TensorJob]) -> list[TensorJob]:
+    """Jobs that would change the type of an already-quantized tensor."""
+    return [j for j in jobs if j.converts and j.src.type.is_quantized]
+
+
 def check_requantize(reader: GGUFReader, jobs: list[TensorJob], options: QuantizeOptions) -> None:
     """Refuse to requantize already-quantized tensors unless asked (llama-quantize's check)."""
     if options.allow_requantize:
         return
-    requant = [j for j in jobs if j.converts and j.src.type.is_quantized]
+    requant = requantized(jobs)
     if requant:
         types = sorted({j.src.type.name for j in requant})
         raise LlamatoolError(
@@ -403,6 +408,6 @@ def run_quantize_command(
     if warning:
         print(warning, file=sys.stderr)
     if dry_run and not allow_requantize:
-        requant = [j for j in result.jobs if j.converts and j.src.type.is_quantized]
+        requant = requantized(result.jobs)
         if requant:
             print(f"note: {len(requant)} tensors are already quantized: quantizing needs --allow-requantize", file=sys.stderr)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import statistics
-import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +31,8 @@ def weights(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def median_seconds(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def median_seconds(fn, repeats: int) -> float:
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def ggml_quantize_chunk():
@@ -61,8 +56,7 @@ def bench_c(t, x: np.ndarray, repeats: int, chunk) -> tuple[float, np.ndarray]:
         return out
 
     run()  # ggml builds its lookup tables on first use
-    seconds, _ = median_seconds(run, repeats)
-    return x.nbytes / seconds / 1e6, out
+    return x.nbytes / median_seconds(run, repeats) / 1e6, out
 
 
 def bench_type(name: str, x: np.ndarray, repeats: int, ref_repeats: int, chunk=None) -> dict:
@@ -76,9 +70,8 @@ def bench_type(name: str, x: np.ndarray, repeats: int, ref_repeats: int, chunk=N
     if not t.can_quantize:
         row["note"] = "no llamatool kernel"
         return row
-    quantize(t, x[:4])  # compile (or load from the cache) before timing
-    seconds, ours = median_seconds(lambda: quantize(t, x), repeats)
-    row["ours"] = x.nbytes / seconds / 1e6
+    ours = quantize(t, x)  # compiles (or loads from the cache) before the timed runs
+    row["ours"] = x.nbytes / median_seconds(lambda: quantize(t, x), repeats) / 1e6
     if chunk is not None:
         row["c"], c_out = bench_c(t, x, ref_repeats, chunk)
         row["same_c"] = np.array_equal(c_out, ours)
@@ -88,8 +81,8 @@ def bench_type(name: str, x: np.ndarray, repeats: int, ref_repeats: int, chunk=N
     except (NotImplementedError, gguf.quants.QuantError):
         row["note"] = "no gguf.quants quantizer"
         return row
-    seconds, ref = median_seconds(lambda: gguf_quantize(x, qtype), ref_repeats)
-    row["ref"] = x.nbytes / seconds / 1e6
+    ref = gguf_quantize(x, qtype)
+    row["ref"] = x.nbytes / median_seconds(lambda: gguf_quantize(x, qtype), ref_repeats) / 1e6
     row["same"] = np.array_equal(np.asarray(ref).view(np.uint8).reshape(ours.shape), ours)
     return row
 
