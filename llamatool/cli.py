@@ -109,10 +109,53 @@ def quantize(
 # --- run and warmup (issue 5: llamatool/run.py) ----------------------------------------
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run() -> None:
-    """Generate text or chat with a GGUF model."""
-    _not_built("run", 5)
+@app.command()
+def run(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
+    prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="Prompt to continue (in --chat: the first message)."),
+    file: Optional[str] = typer.Option(None, "-f", "--file", help="Read the prompt from a file ('-' for stdin)."),
+    n_predict: int = typer.Option(-1, "-n", "--n-predict", help="Tokens to generate (-1: until end of generation or a full context)."),
+    ctx_size: int = typer.Option(4096, "-c", "--ctx-size", help="Context size in tokens (0: the model's trained context)."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Compute threads (default: all cores)."),
+    batch_size: int = typer.Option(512, "-b", "--batch-size", help="Prompt tokens per forward pass."),
+    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = greedy."),
+    top_k: int = typer.Option(40, "--top-k", help="Keep the k most likely tokens (<= 0: all)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass (1.0: off)."),
+    min_p: float = typer.Option(0.05, "--min-p", help="Drop tokens below min-p x the best probability (0: off)."),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Penalize repeated tokens (1.0: off)."),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="Tokens the penalties look back on (0: off, -1: context)."),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Presence penalty (0: off)."),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Frequency penalty (0: off)."),
+    seed: int = typer.Option(-1, "-s", "--seed", help="Random seed (-1: a random one, printed on stderr)."),
+    chat: bool = typer.Option(False, "--chat", "-cnv", "--conversation", help="Interactive chat through the model's chat template."),
+    system_prompt: Optional[str] = typer.Option(None, "-sys", "--system-prompt", help="System message for --chat."),
+    no_display_prompt: bool = typer.Option(False, "--no-display-prompt", help="Do not print the prompt before the generation."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-generation tokens."),
+) -> None:
+    """Generate text or chat with a GGUF model (like llama-cli)."""
+    from .run import RunOptions, run_command
+    from .sampling import SamplingParams
+
+    sampling = SamplingParams(
+        temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+        repeat_last_n=repeat_last_n, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+        seed=None if seed < 0 else seed,
+    )
+    run_command(RunOptions(
+        model=model, prompt=prompt, file=file, n_predict=n_predict, ctx_size=ctx_size, threads=threads,
+        batch_size=batch_size, sampling=sampling, chat=chat, system_prompt=system_prompt,
+        display_prompt=not no_display_prompt, ignore_eos=ignore_eos,
+    ))
+
+
+@app.command()
+def warmup(
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads for the trial run."),
+) -> None:
+    """Compile and cache every Numba kernel now, so later commands start fast."""
+    from .warmup import warmup_command
+
+    warmup_command(threads)
 
 
 # --- tokenize (issue 4: llamatool/tokenize_cmd.py) -------------------------------------

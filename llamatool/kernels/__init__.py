@@ -1,0 +1,46 @@
+"""Numba kernels of the forward pass, one module per concern:
+
+    simd.py       explicit SIMD vectors (LLVM vector IR through Numba intrinsics)
+    types.py      ggml type ids the kernels specialize on
+    blocks.py     every quantized block type read in place as 32-weight chunks
+    actquant.py   8-bit activation quantization (ggml's Q8_0/Q8_1/Q8_K) and f16/bf16 rounding
+    matmul.py     matrix-vector and matrix-matrix products straight from the mapped file
+    norm.py       RMSNorm;  rope.py  rotary embeddings;  attention.py  attention over the cache
+    vmath.py      vectorized exp / SiLU / SwiGLU
+    sync.py       chunk claiming and phase barriers between threads
+    forward.py    the whole forward pass as one compiled call
+
+Importing this package imports every kernel module with Numba's cache pointed at a folder
+named after a hash of these sources. Numba only checks the timestamp of a cached function's
+own file, so a kernel that inlines code from another module (all of them do) would otherwise
+keep running the old code after that module changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from llamatool import jit as _jit
+
+
+def _source_hash() -> str:
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _import_kernels() -> None:
+    import numba
+
+    previous = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = str(_jit.cache_dir() / "numba" / f"kernels-{_source_hash()}")
+    try:
+        from . import actquant, attention, blocks, forward, matmul, norm, rope, simd, sync, types, vmath  # noqa: F401
+    finally:
+        numba.config.CACHE_DIR = previous
+
+
+_import_kernels()

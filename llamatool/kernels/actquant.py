@@ -1,0 +1,113 @@
+"""Activation quantization: what the other operand of a quantized dot product looks like.
+
+ggml's CPU backend never multiplies quantized weights by floats: it first quantizes the
+activation row to 8 bits (the weight type's `vec_dot_type`) and takes integer dot products.
+We do the same, with the rounding of ggml's x86 kernels so our logits track llama.cpp's:
+
+    Q8_0 / Q8_1  per 32 values: d = amax/127 (stored as f16), q = round_half_even(x * 127/amax)
+    Q8_K         per 256 values: the value of largest magnitude `max`, iscale = -127/max,
+                 q = min(127, round_half_even(iscale * x)), d = 1/iscale (float32)
+
+Both land in one layout, an `activation slot` of three flat arrays for n_tok rows of K:
+
+    q  int16[n_tok*K]       quantized values (int16 so the dot kernel can use vpmaddwd)
+    d  float32[n_tok*K/32]  scale of each 32-value chunk (Q8_K repeats its d 8 times)
+    s  float32[n_tok*K/16]  integer sum of each 16 values (Q8_1's s, Q8_K's bsums)
+
+Float weights get the activation rounded to their own type instead (F16 or BF16 values
+kept in float32), as ggml converts src1 to the weight's vec_dot_type.
+"""
+
+from __future__ import annotations
+
+from llamatool.jit import njit
+
+from .simd import as_f32, as_u32, extract, fabs, fmax, fmin, hmax, hsum, load, rint, round_f16, splat, store, to_i16, to_i32
+
+from numba import float32, uint32  # noqa: E402
+
+
+@njit(cache=True)
+def quantize_q8_0(x, xo, K, q, d, s, t):
+    """Quantize x[xo:xo+K] into row t of an activation slot, ggml Q8_0/Q8_1 style."""
+    qo = t * K
+    for b in range(K // 32):
+        v0 = load(x, xo + 32 * b, 16)
+        v1 = load(x, xo + 32 * b + 16, 16)
+        amax = hmax(fmax(fabs(v0), fabs(v1)))
+        d[t * (K // 32) + b] = round_f16(amax / float32(127))
+        inv = float32(127) / amax if amax != 0 else float32(0)
+        q0 = to_i16(rint(v0 * inv))
+        q1 = to_i16(rint(v1 * inv))
+        store(q, qo + 32 * b, q0)
+        store(q, qo + 32 * b + 16, q1)
+        s[t * (K // 16) + 2 * b] = float32(hsum(to_i32(q0)))
+        s[t * (K // 16) + 2 * b + 1] = float32(hsum(to_i32(q1)))
+
+
+@njit(cache=True)
+def _signed_absmax(x, o):
+    """ggml's Q8_K `max`: the value of largest magnitude among x[o:o+256], first one on ties."""
+    hi = load(x, o, 16)
+    lo = hi
+    for i in range(1, 16):
+        v = load(x, o + 16 * i, 16)
+        hi = fmax(hi, v)
+        lo = fmin(lo, v)
+    top = hmax(hi)
+    bottom = -hmax(-lo)
+    if top != -bottom:
+        return top if top > -bottom else bottom
+    for i in range(256):  # +a and -a both present: the first one wins
+        if abs(x[o + i]) == top:
+            return x[o + i]
+    return top
+
+
+@njit(cache=True)
+def quantize_q8_k(x, xo, K, q, d, s, t):
+    """Quantize x[xo:xo+K] into row t of an activation slot, ggml Q8_K style."""
+    qo = t * K
+    for b in range(K // 256):
+        o = xo + 256 * b
+        vmax = _signed_absmax(x, o)
+        if vmax == 0:
+            iscale = float32(0)
+            dd = float32(0)
+        else:
+            iscale = float32(-127) / vmax
+            dd = float32(1) / iscale
+        for c in range(8):
+            d[t * (K // 32) + 8 * b + c] = dd
+        for i in range(16):
+            # MIN(127, .) as ggml: only a rounding of 127.5 could go past it
+            v = to_i16(fmin(rint(load(x, o + 16 * i, 16) * iscale), splat(float32(127), 16)))
+            store(q, qo + 256 * b + 16 * i, v)
+            s[t * (K // 16) + 16 * b + i] = float32(hsum(to_i32(v)))
+
+
+@njit(cache=True)
+def round_row_f16(x, xo, K, out, oo):
+    """out[oo:oo+K] = x[xo:xo+K] rounded to IEEE half (ggml's F16 vec_dot_type)."""
+    n16 = K - K % 16
+    for i in range(0, n16, 16):
+        store(out, oo + i, round_f16(load(x, xo + i, 16)))
+    for i in range(n16, K):
+        out[oo + i] = round_f16(x[xo + i])
+
+
+@njit(cache=True, forceinline=True)
+def _bf16(v):
+    u = as_u32(v)
+    u = (u + (((u >> uint32(16)) & uint32(1)) + uint32(0x7FFF))) & uint32(0xFFFF0000)
+    return as_f32(u)
+
+
+@njit(cache=True)
+def round_row_bf16(x, xo, K, out, oo):
+    """out[oo:oo+K] = x[xo:xo+K] rounded to bfloat16, nearest even (ggml's BF16 vec_dot_type)."""
+    n16 = K - K % 16
+    for i in range(0, n16, 16):
+        store(out, oo + i, _bf16(load(x, xo + i, 16)))
+    for i in range(n16, K):
+        out[oo + i] = extract(_bf16(splat(x[xo + i], 16)), 0)

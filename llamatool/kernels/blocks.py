@@ -1,0 +1,211 @@
+"""Reading ggml's quantized blocks in place: every type as 32-weight chunks.
+
+Every quantized row, whatever its type, is a sequence of 32-weight chunks, and each chunk
+decodes to the same five things:
+
+    w        Vector(int16, 32)  the integer weights q (unsigned or signed, type-dependent)
+    s0, s1   float32            scale of weights 0-15 and 16-31
+    m0, m1   float32            offset of weights 0-15 and 16-31
+
+so that weight i = s * q_i + m. A dot product with an 8-bit activation x = dx * qx then is
+`s * dx * sum(q * qx) + m * dx * sum(qx)`: one int16 multiply-add per chunk plus the
+per-16 sums of qx that activation quantization provides (ggml's Q8_1 `s` / Q8_K `bsums`).
+This is the same arithmetic as ggml's vec_dot kernels, factored so that one dot loop
+serves all types (kernels/matmul.py). Layouts follow ggml-common.h (block_q4_0 ...).
+
+Each type has its own decoder function (`q4_0_chunk`, ...); the loops in matmul.py take it
+as an argument, so Numba compiles one specialized loop per type and only that type's code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llamatool.jit import njit
+
+from .simd import bit_mask, bitcast_i8, concat, load, load_f16, load_u16, load_u32, lookup16, to_i16
+
+from numba import float32, int32, int64, uint8  # noqa: E402  (numba is already imported by .simd)
+
+#: IQ4_NL / IQ4_XS non-linear 4-bit codebook (kvalues_iq4nl in ggml-common.h)
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+
+
+@njit(cache=True, forceinline=True)
+def _b(W, i):
+    """Byte i of W as int64 (Numba would mix uint8 and int64 arithmetic into float64)."""
+    return int64(W[i])
+
+
+@njit(cache=True, forceinline=True)
+def _i8(v):
+    """A byte value 0..255 read as int8."""
+    return v - 256 if v > 127 else v
+
+
+@njit(cache=True, forceinline=True)
+def _nibbles(W, o):
+    """16 bytes at o -> 32 uint8: low nibbles (weights 0-15) then high nibbles (16-31)."""
+    q = load(W, o, 16)
+    return concat(q & uint8(15), q >> uint8(4))
+
+
+@njit(cache=True, forceinline=True)
+def _high_bits(qh, shift):
+    """Bit 4 of weight i (i < 32) from bit (shift + i) of the 32-bit word qh, as 0 or 16."""
+    return bit_mask(qh, 32, shift) << uint8(4)
+
+
+@njit(cache=True, forceinline=True)
+def _k4_scale_min(W, o, j):
+    """Q4_K/Q5_K: 6-bit scale and min of sub-block j from the 12 packed bytes at o."""
+    if j < 4:
+        sc = _b(W, o + j) & 63
+        mn = _b(W, o + j + 4) & 63
+    else:
+        sc = (_b(W, o + j + 4) & 0xF) | ((_b(W, o + j - 4) >> 6) << 4)
+        mn = (_b(W, o + j + 4) >> 4) | ((_b(W, o + j) >> 6) << 4)
+    return float32(sc), float32(mn)
+
+
+@njit(cache=True, forceinline=True)
+def _q3k_scale(W, o, k):
+    """Q3_K: signed 6-bit scale k (0..15) from the 12 packed bytes at o."""
+    low = _b(W, o + k) & 0xF if k < 8 else _b(W, o + k - 8) >> 4
+    high = (_b(W, o + 8 + k % 4) >> (2 * (k // 4))) & 3
+    return float32(int32(low | (high << 4)) - 32)
+
+
+# --- one decoder per type: chunk c of the row at byte offset `row` ---------------------------
+# Each returns (w, s0, s1, m0, m1) (see the module docstring). They are small and forced
+# inline, so the loops that take them as an argument (matmul.py) compile to one
+# straight-line loop per type.
+
+
+@njit(cache=True, forceinline=True)
+def q4_0_chunk(W, row, c):
+    o = row + c * 18
+    d = load_f16(W, o, 1)
+    m = float32(-8) * d
+    return to_i16(_nibbles(W, o + 2)), d, d, m, m
+
+
+@njit(cache=True, forceinline=True)
+def q4_1_chunk(W, row, c):
+    o = row + c * 20
+    d = load_f16(W, o, 1)
+    m = load_f16(W, o + 2, 1)
+    return to_i16(_nibbles(W, o + 4)), d, d, m, m
+
+
+@njit(cache=True, forceinline=True)
+def q5_0_chunk(W, row, c):
+    o = row + c * 22
+    d = load_f16(W, o, 1)
+    m = float32(-16) * d
+    q = _nibbles(W, o + 6) | _high_bits(load_u32(W, o + 2, 1), 0)
+    return to_i16(q), d, d, m, m
+
+
+@njit(cache=True, forceinline=True)
+def q5_1_chunk(W, row, c):
+    o = row + c * 24
+    d = load_f16(W, o, 1)
+    m = load_f16(W, o + 2, 1)
+    q = _nibbles(W, o + 8) | _high_bits(load_u32(W, o + 4, 1), 0)
+    return to_i16(q), d, d, m, m
+
+
+@njit(cache=True, forceinline=True)
+def q8_0_chunk(W, row, c):
+    o = row + c * 34
+    d = load_f16(W, o, 1)
+    return to_i16(bitcast_i8(load(W, o + 2, 32))), d, d, float32(0), float32(0)
+
+
+@njit(cache=True, forceinline=True)
+def iq4_nl_chunk(W, row, c):
+    o = row + c * 18
+    d = load_f16(W, o, 1)
+    q = lookup16(load(IQ4_VALUES, 0, 16), _nibbles(W, o + 2))
+    return to_i16(q), d, d, float32(0), float32(0)
+
+
+# K-quants: 256-weight super-blocks of 8 chunks; j is the chunk within its super-block
+
+
+@njit(cache=True, forceinline=True)
+def q2_k_chunk(W, row, c):
+    o = row + (c // 8) * 84
+    j = c % 8
+    d = load_f16(W, o + 80, 1)
+    dmin = load_f16(W, o + 82, 1)
+    q = (load(W, o + 16 + 32 * (j // 4), 32) >> uint8(2 * (j % 4))) & uint8(3)
+    sc0 = _b(W, o + 2 * j)
+    sc1 = _b(W, o + 2 * j + 1)
+    return (
+        to_i16(q),
+        d * float32(sc0 & 0xF),
+        d * float32(sc1 & 0xF),
+        -dmin * float32(sc0 >> 4),
+        -dmin * float32(sc1 >> 4),
+    )
+
+
+@njit(cache=True, forceinline=True)
+def q3_k_chunk(W, row, c):
+    o = row + (c // 8) * 110
+    j = c % 8
+    d = load_f16(W, o + 108, 1)
+    low = (load(W, o + 32 + 32 * (j // 4), 32) >> uint8(2 * (j % 4))) & uint8(3)
+    high = (load(W, o, 32) >> uint8(j)) & uint8(1)  # a set high-mask bit means +0, clear -4
+    q = to_i16(low) - to_i16((high ^ uint8(1)) << uint8(2))
+    return q, d * _q3k_scale(W, o + 96, 2 * j), d * _q3k_scale(W, o + 96, 2 * j + 1), float32(0), float32(0)
+
+
+@njit(cache=True, forceinline=True)
+def q4_k_chunk(W, row, c):
+    o = row + (c // 8) * 144
+    j = c % 8
+    d = load_f16(W, o, 1)
+    dmin = load_f16(W, o + 2, 1)
+    sc, mn = _k4_scale_min(W, o + 4, j)
+    q = (load(W, o + 16 + 32 * (j // 2), 32) >> uint8(4 * (j % 2))) & uint8(15)
+    return to_i16(q), d * sc, d * sc, -dmin * mn, -dmin * mn
+
+
+@njit(cache=True, forceinline=True)
+def q5_k_chunk(W, row, c):
+    o = row + (c // 8) * 176
+    j = c % 8
+    d = load_f16(W, o, 1)
+    dmin = load_f16(W, o + 2, 1)
+    sc, mn = _k4_scale_min(W, o + 4, j)
+    q = (load(W, o + 48 + 32 * (j // 2), 32) >> uint8(4 * (j % 2))) & uint8(15)
+    q = q | (((load(W, o + 16, 32) >> uint8(j)) & uint8(1)) << uint8(4))
+    return to_i16(q), d * sc, d * sc, -dmin * mn, -dmin * mn
+
+
+@njit(cache=True, forceinline=True)
+def q6_k_chunk(W, row, c):
+    o = row + (c // 8) * 210
+    j = c % 8
+    d = load_f16(W, o + 208, 1)
+    half, g = j // 4, j % 4
+    ql = (load(W, o + 64 * half + 32 * (g % 2), 32) >> uint8(4 * (g // 2))) & uint8(15)
+    qh = (load(W, o + 128 + 32 * half, 32) >> uint8(2 * g)) & uint8(3)
+    q = to_i16(ql | (qh << uint8(4))) - np.int16(32)
+    sc0 = float32(_i8(_b(W, o + 192 + 2 * j)))
+    sc1 = float32(_i8(_b(W, o + 192 + 2 * j + 1)))
+    return q, d * sc0, d * sc1, float32(0), float32(0)
+
+
+@njit(cache=True, forceinline=True)
+def iq4_xs_chunk(W, row, c):
+    o = row + (c // 8) * 136
+    j = c % 8
+    d = load_f16(W, o, 1)
+    ls = ((_b(W, o + 4 + j // 2) >> (4 * (j % 2))) & 0xF) | (((int64(load_u16(W, o + 2, 1)) >> (2 * j)) & 3) << 4)
+    dl = d * float32(int32(ls) - 32)
+    q = lookup16(load(IQ4_VALUES, 0, 16), _nibbles(W, o + 8 + 16 * j))
+    return to_i16(q), dl, dl, float32(0), float32(0)

@@ -1,0 +1,414 @@
+"""The LLaMA forward pass as one compiled call over preallocated buffers.
+
+One call evaluates n_tok tokens at positions pos0.. (a prompt batch or a single decode
+step), appends their keys and values to the cache and writes logits. All threads run
+`forward_worker`, the same sequence of phases; each phase is cut into chunks claimed through
+atomic counters (see sync.py), so threads meet once per call, not once per op:
+
+    embed        token rows of token_embd (dequantized), RoPE angles of each position
+    per layer    attn norm + activation quantization      (chunk = token)
+                 Q, K, V projections                      (chunk = 16 rows of one matrix)
+                 RoPE, K and V into the f16 cache         (chunk = token)
+                 attention                                (chunk = head x 8 tokens)
+                 quantize attention output                (chunk = token)
+                 output projection + residual             (chunk = 16 rows)
+                 ffn norm + activation quantization       (chunk = token)
+                 gate and up projections, SwiGLU          (chunk = 16 rows of both)
+                 quantize                                 (chunk = token)
+                 down projection + residual               (chunk = 16 rows)
+    output       final norm, quantization, logits         (tokens that need logits only)
+
+In the last layer only the tokens that need logits go through attention, the output
+projection and the FFN (their keys and values for the cache were already made), as
+llama.cpp does.
+
+The model arrives as a `Net` (built by llamatool.model): the mapped file `data`; `tensors`
+with one row per tensor (byte offset in data, ggml type, row length, row count, bytes per
+row); `layers` holding per layer the tensor index of each role (LAYER_* below, -1 if
+absent); `globals` (token embedding, output norm, output matrix); `rows`/`dequant`, the C
+entry points of the matmul kernels by type id (matmul.kernel_tables); `freq_factors` for
+RoPE.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from llamatool.jit import njit
+
+from .actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
+from .attention import attend
+from .matmul import call_dequant, call_rows
+from .norm import rmsnorm
+from .rope import rope_angles, rope_rotate
+from .simd import load, load_f32, store_f16
+from .sync import claim, finish, wait
+from .types import BF16, F16, F32, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
+from .vmath import swiglu
+
+# columns of the tensor table
+T_OFFSET, T_TYPE, T_K, T_ROWS, T_ROW_BYTES = 0, 1, 2, 3, 4
+# roles of a layer's tensors (columns of the layer table)
+LAYER_ATTN_NORM = 0
+LAYER_WQ = 1
+LAYER_WK = 2
+LAYER_WV = 3
+LAYER_WQKV = 4
+LAYER_WO = 5
+LAYER_FFN_NORM = 6
+LAYER_GATE = 7
+LAYER_UP = 8
+LAYER_DOWN = 9
+LAYER_BQ = 10
+LAYER_BK = 11
+LAYER_BV = 12
+LAYER_BQKV = 13
+LAYER_BO = 14
+LAYER_BGATE = 15
+LAYER_BUP = 16
+LAYER_BDOWN = 17
+N_LAYER_ROLES = 18
+# global tensors
+GLOBAL_TOK_EMBD, GLOBAL_OUTPUT_NORM, GLOBAL_OUTPUT = 0, 1, 2
+
+ROWS_PER_CHUNK = 16
+TOKENS_PER_ATTENTION_CHUNK = 8
+
+# activation formats a group of weights needs (bit flags)
+NEED_Q8_0, NEED_Q8_K, NEED_F16, NEED_BF16 = 1, 2, 4, 8
+
+Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors")
+Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot")
+FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale")
+Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr q8 d8 s8 qk dk sk angles scores")
+
+
+def phases_per_call(n_layer: int) -> int:
+    """Upper bound of the number of phases of one forward call (sizes the counters)."""
+    return 1 + 10 * n_layer + 2
+
+
+# --- pieces of a phase --------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _formats(T, a, b, c):
+    """NEED_* flags for the activation feeding tensors a, b, c (-1 = none)."""
+    flags = 0
+    for i in (a, b, c):
+        if i < 0:
+            continue
+        t = T[i, T_TYPE]
+        if t == F16:
+            flags |= NEED_F16
+        elif t == BF16:
+            flags |= NEED_BF16
+        elif t == Q2_K or t == Q3_K or t == Q4_K or t == Q5_K or t == Q6_K or t == IQ4_XS:
+            flags |= NEED_Q8_K
+        elif t != F32:
+            flags |= NEED_Q8_0
+    return flags
+
+
+@njit(cache=True)
+def _prepare(src, t, K, flags, s):
+    """Row t of src (width K) into the activation slots the next matmuls need."""
+    if flags & NEED_Q8_0:
+        quantize_q8_0(src, t * K, K, s.q8, s.d8, s.s8, t)
+    if flags & NEED_Q8_K:
+        quantize_q8_k(src, t * K, K, s.qk, s.dk, s.sk, t)
+    if flags & NEED_F16:
+        round_row_f16(src, t * K, K, s.xr, t * K)
+    elif flags & NEED_BF16:
+        round_row_bf16(src, t * K, K, s.xr, t * K)
+
+
+@njit(cache=True)
+def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0):
+    """Rows r0..r1 of tensor i times activation rows t0..t1 (prepared from src)."""
+    T = net.tensors
+    qtype = T[i, T_TYPE]
+    x = s.xr if qtype == F16 or qtype == BF16 else src
+    if _formats(T, i, -1, -1) & NEED_Q8_K:
+        q, d, sums = s.qk, s.dk, s.sk
+    else:
+        q, d, sums = s.q8, s.d8, s.s8
+    call_rows(net.rows, qtype, net.data, T[i, T_OFFSET], T[i, T_ROW_BYTES], T[i, T_K], r0, r1, t0, t1, x, q, d, sums,
+              out, ldo, col0, out_t0)
+
+
+@njit(cache=True)
+def _add_bias(net, b, r0, r1, t0, t1, out, ldo, col0):
+    if b < 0:
+        return
+    for t in range(t0, t1):
+        for r in range(r0, r1):
+            out[t * ldo + col0 + r] += load_f32(net.data, net.tensors[b, T_OFFSET] + 4 * r, 1)
+
+
+@njit(cache=True, forceinline=True)
+def _n_row_chunks(T, i):
+    return 0 if i < 0 else (T[i, T_ROWS] + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+
+
+# --- phases: each claims chunks until none is left, then waits for the others -----------------
+
+
+@njit(cache=True)
+def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, pos0, s):
+    """Token embeddings into s.x and the RoPE angles of every position (chunk = token)."""
+    T = net.tensors
+    emb = net.globals[GLOBAL_TOK_EMBD]
+    while True:
+        t = claim(ctr, ph)
+        if t >= n_tok:
+            break
+        row = T[emb, T_OFFSET] + tokens[t] * T[emb, T_ROW_BYTES]
+        call_dequant(net.dequant, T[emb, T_TYPE], net.data, row, dims.n_embd, s.x, t * dims.n_embd)
+        rope_angles(pos0 + t, dims.n_rot, fp.theta_scale, fp.freq_scale, fp.ext_factor, fp.attn_factor,
+                    fp.corr0, fp.corr1, net.freq_factors, s.angles, t * dims.n_rot)
+        finish(ctr, ph)
+    wait(ctr, ph, n_tok)
+    return ph + 1
+
+
+@njit(cache=True)
+def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s):
+    """dst[t] = rmsnorm(src[t]) * weight, then prepared for the next matmuls (chunk = token)."""
+    n = t1 - t0
+    while True:
+        c = claim(ctr, ph)
+        if c >= n:
+            break
+        t = t0 + c
+        rmsnorm(src, t * K, K, eps, net.data, net.tensors[norm, T_OFFSET], dst, t * K)
+        _prepare(dst, t, K, flags, s)
+        finish(ctr, ph)
+    wait(ctr, ph, n)
+    return ph + 1
+
+
+@njit(cache=True)
+def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
+    n = t1 - t0
+    while True:
+        c = claim(ctr, ph)
+        if c >= n:
+            break
+        _prepare(src, t0 + c, K, flags, s)
+        finish(ctr, ph)
+    wait(ctr, ph, n)
+    return ph + 1
+
+
+@njit(cache=True)
+def _phase_qkv(ctr, ph, net, layer, n_tok, src, s, ldo, n_q, n_kv):
+    """Q, K, V projections of all tokens into s.qkv (row t: q | k | v), biases added."""
+    T, L = net.tensors, net.layers
+    fused = L[layer, LAYER_WQKV]
+    if fused >= 0:
+        mats = (fused, -1, -1)
+        biases = (L[layer, LAYER_BQKV], -1, -1)
+    else:
+        mats = (L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
+        biases = (L[layer, LAYER_BQ], L[layer, LAYER_BK], L[layer, LAYER_BV])
+    cols = (0, n_q, n_q + n_kv)
+    n0 = _n_row_chunks(T, mats[0])
+    n1 = _n_row_chunks(T, mats[1])
+    n = n0 + n1 + _n_row_chunks(T, mats[2])
+    while True:
+        c = claim(ctr, ph)
+        if c >= n:
+            break
+        m = 0 if c < n0 else (1 if c < n0 + n1 else 2)
+        first = 0 if m == 0 else (n0 if m == 1 else n0 + n1)
+        i = mats[m]
+        r0 = (c - first) * ROWS_PER_CHUNK
+        r1 = min(r0 + ROWS_PER_CHUNK, T[i, T_ROWS])
+        _matmul(net, i, r0, r1, 0, n_tok, src, s, s.qkv, ldo, cols[m], 0)
+        _add_bias(net, biases[m], r0, r1, 0, n_tok, s.qkv, ldo, cols[m])
+        finish(ctr, ph)
+    wait(ctr, ph, n)
+    return ph + 1
+
+
+@njit(cache=True)
+def _phase_rope_store(ctr, ph, dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo):
+    """Rotate q and k of each token, then append k and v to the f16 cache."""
+    hd = dims.head_dim
+    n_q = dims.n_head * hd
+    n_kv = dims.n_head_kv * hd
+    while True:
+        t = claim(ctr, ph)
+        if t >= n_tok:
+            break
+        row = t * ldo
+        for h in range(dims.n_head):
+            rope_rotate(s.qkv, row + h * hd, dims.n_rot, s.angles, t * dims.n_rot)
+        for h in range(dims.n_head_kv):
+            rope_rotate(s.qkv, row + n_q + h * hd, dims.n_rot, s.angles, t * dims.n_rot)
+            dst = ((layer * dims.n_head_kv + h) * dims.n_ctx + pos0 + t) * hd
+            for d in range(0, hd, 16):
+                store_f16(k_cache, dst + d, load(s.qkv, row + n_q + h * hd + d, 16))
+                store_f16(v_cache, dst + d, load(s.qkv, row + n_q + n_kv + h * hd + d, 16))
+        finish(ctr, ph)
+    wait(ctr, ph, n_tok)
+    return ph + 1
+
+
+@njit(cache=True)
+def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, pos0, s, k_cache, v_cache, ldo, kq_scale):
+    """Attention output of tokens first..n_tok-1 into s.att (chunk = head x 8 tokens)."""
+    hd = dims.head_dim
+    group = dims.n_head // dims.n_head_kv
+    tiles = (n_tok - first + TOKENS_PER_ATTENTION_CHUNK - 1) // TOKENS_PER_ATTENTION_CHUNK
+    n = dims.n_head * tiles
+    scratch = ith * dims.n_ctx
+    while True:
+        c = claim(ctr, ph)
+        if c >= n:
+            break
+        h = c % dims.n_head
+        t0 = first + (c // dims.n_head) * TOKENS_PER_ATTENTION_CHUNK
+        kv_off = (layer * dims.n_head_kv + h // group) * dims.n_ctx * hd
+        for t in range(t0, min(t0 + TOKENS_PER_ATTENTION_CHUNK, n_tok)):
+            attend(s.qkv, t * ldo + h * hd, k_cache, v_cache, kv_off, pos0 + t + 1, hd, kq_scale,
+                   s.scores, scratch, s.att, t * dims.n_head * hd + h * hd)
+        finish(ctr, ph)
+    wait(ctr, ph, n)
+    return ph + 1
+
+
+@njit(cache=True)
+def _phase_residual(ctr, ph, net, w, bias, t0, t1, src, s, x, n_embd):
+    """x[t] += W . src[t] (+ bias) for t0 <= t < t1: the attention output and FFN down
+    projections. Each chunk owns its rows, so it adds them into x without a race."""
+    T = net.tensors
+    n = _n_row_chunks(T, w)
+    while True:
+        c = claim(ctr, ph)
+        if c >= n:
+            break
+        r0 = c * ROWS_PER_CHUNK
+        r1 = min(r0 + ROWS_PER_CHUNK, T[w, T_ROWS])
+        _matmul(net, w, r0, r1, t0, t1, src, s, s.tmp, n_embd, 0, 0)
+        _add_bias(net, bias, r0, r1, t0, t1, s.tmp, n_embd, 0)
+        for t in range(t0, t1):
+            for r in range(r0, r1):
+                x[t * n_embd + r] += s.tmp[t * n_embd + r]
+        finish(ctr, ph)
+    wait(ctr, ph, n)
+    return ph + 1
+
+
+@njit(cache=True)
+def _phase_ffn_up(ctr, ph, net, layer, t0, t1, src, s, n_ff):
+    """s.gate[t] = silu(W_gate . src[t]) * (W_up . src[t]) for t0 <= t < t1."""
+    L = net.layers
+    gate = L[layer, LAYER_GATE]
+    up = L[layer, LAYER_UP]
+    n = _n_row_chunks(net.tensors, gate)
+    while True:
+        c = claim(ctr, ph)
+        if c >= n:
+            break
+        r0 = c * ROWS_PER_CHUNK
+        r1 = min(r0 + ROWS_PER_CHUNK, n_ff)
+        _matmul(net, gate, r0, r1, t0, t1, src, s, s.gate, n_ff, 0, 0)
+        _add_bias(net, L[layer, LAYER_BGATE], r0, r1, t0, t1, s.gate, n_ff, 0)
+        _matmul(net, up, r0, r1, t0, t1, src, s, s.up, n_ff, 0, 0)
+        _add_bias(net, L[layer, LAYER_BUP], r0, r1, t0, t1, s.up, n_ff, 0)
+        for t in range(t0, t1):
+            swiglu(s.gate, s.up, t * n_ff + r0, r1 - r0, s.gate)
+        finish(ctr, ph)
+    wait(ctr, ph, n)
+    return ph + 1
+
+
+@njit(cache=True)
+def _phase_logits(ctr, ph, net, t0, t1, src, s, logits, n_vocab):
+    """logits[t - t0] = output . src[t] for t0 <= t < t1."""
+    out_w = net.globals[GLOBAL_OUTPUT]
+    n = _n_row_chunks(net.tensors, out_w)
+    while True:
+        c = claim(ctr, ph)
+        if c >= n:
+            break
+        r0 = c * ROWS_PER_CHUNK
+        r1 = min(r0 + ROWS_PER_CHUNK, n_vocab)
+        _matmul(net, out_w, r0, r1, t0, t1, src, s, logits, n_vocab, 0, t0)
+        finish(ctr, ph)
+    wait(ctr, ph, n)
+    return ph + 1
+
+
+# --- the pass ---------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, out_t0, s, logits, ctr):
+    """One thread's part of the forward pass (all threads run it; see the module docstring).
+    ith numbers the thread, for its private attention scratch."""
+    T, L = net.tensors, net.layers
+    n_embd = dims.n_embd
+    hd = dims.head_dim
+    n_q = dims.n_head * hd
+    n_kv = dims.n_head_kv * hd
+    ld_qkv = n_q + 2 * n_kv
+    eps = fp.eps
+    ph = _phase_embed(ctr, np.int64(0), net, dims, fp, tokens, n_tok, pos0, s)
+    for layer in range(dims.n_layer):
+        # tokens whose hidden state still matters after this layer's attention
+        t0 = out_t0 if layer == dims.n_layer - 1 else 0
+        qkv_formats = _formats(T, L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
+        qkv_formats |= _formats(T, L[layer, LAYER_WQKV], -1, -1)
+        ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s)
+        ph = _phase_qkv(ctr, ph, net, layer, n_tok, s.xn, s, ld_qkv, n_q, n_kv)
+        ph = _phase_rope_store(ctr, ph, dims, layer, n_tok, pos0, s, k_cache, v_cache, ld_qkv)
+        ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, pos0, s, k_cache, v_cache, ld_qkv, fp.kq_scale)
+        wo = L[layer, LAYER_WO]
+        ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s)
+        ph = _phase_residual(ctr, ph, net, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd)
+        ffn_formats = _formats(T, L[layer, LAYER_GATE], L[layer, LAYER_UP], -1)
+        ph = _phase_norm(ctr, ph, net, L[layer, LAYER_FFN_NORM], t0, n_tok, n_embd, eps, s.x, s.xn, ffn_formats, s)
+        ph = _phase_ffn_up(ctr, ph, net, layer, t0, n_tok, s.xn, s, dims.n_ff)
+        down = L[layer, LAYER_DOWN]
+        ph = _phase_prepare(ctr, ph, t0, n_tok, dims.n_ff, s.gate, _formats(T, down, -1, -1), s)
+        ph = _phase_residual(ctr, ph, net, down, L[layer, LAYER_BDOWN], t0, n_tok, s.gate, s, s.x, n_embd)
+    out_formats = _formats(T, net.globals[GLOBAL_OUTPUT], -1, -1)
+    ph = _phase_norm(ctr, ph, net, net.globals[GLOBAL_OUTPUT_NORM], out_t0, n_tok, n_embd, eps, s.x, s.xn, out_formats, s)
+    _phase_logits(ctr, ph, net, out_t0, n_tok, s.xn, s, logits, dims.n_vocab)
+
+
+class Forward:
+    """Runs the forward pass on n_threads threads: the calling thread and a pool of n-1.
+
+    Every thread runs `forward_worker` (compiled with nogil); they share the work through
+    the phase counters. Python threads instead of a Numba parallel loop: Numba re-optimizes
+    every function a parallel region calls when it compiles the region, which would double
+    the compile time of the whole pass, and a pool that is already running wakes faster
+    than a parallel region starts.
+    """
+
+    def __init__(self, n_threads: int):
+        self.n_threads = max(1, int(n_threads))
+        self._pool = ThreadPoolExecutor(self.n_threads - 1, "llamatool") if self.n_threads > 1 else None
+
+    def __call__(self, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, out_t0, s, logits, counters):
+        """Evaluate tokens[:n_tok] at positions pos0..; logits of tokens out_t0..n_tok-1 go to
+        logits[(t - out_t0) * n_vocab:]. Keys and values are appended to the caches."""
+        counters.fill(0)
+        args = (net, dims, fp, k_cache, v_cache, tokens, np.int64(n_tok), np.int64(pos0), np.int64(out_t0), s, logits,
+                counters)
+        helpers = [self._pool.submit(forward_worker, np.int64(i), *args) for i in range(1, self.n_threads)]
+        forward_worker(np.int64(0), *args)
+        for h in helpers:
+            h.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -1,0 +1,758 @@
+"""Explicit SIMD vectors for Numba kernels: LLVM vector types, loads, stores and a few ops.
+
+Why: Numba promotes every integer operation to 64 bits, so an int8 dot product written as
+a plain loop never becomes vpmaddwd/vpdpbusd (see DESIGN.md), and reading an f16 scale at
+an odd byte offset of the mmap'd file has no plain-Numba spelling at all. These intrinsics
+emit LLVM vector IR directly, so a kernel says exactly which vector operations it wants:
+
+    q = load(W, off, 16)                    # 16 x uint8 straight from the mapped file
+    w = to_i16(concat(q & 15, q >> 4))      # 32 nibbles, widened
+    acc = fma(to_f32(madd(w, load(xq, i, 32))), splat(scale, 16), acc)
+
+Everything is generic LLVM IR (portable; LLVM picks vpmovzxbw, vpmaddwd/vpdpwssd, vcvtph2ps,
+vfmadd... for the host) except `lookup16`, which uses pshufb on x86. Vectors are ordinary
+Numba values: they live in registers, flow through loops and can be passed to functions.
+
+Lane counts must be compile-time constants (literals or module-level ints).
+"""
+
+from __future__ import annotations
+
+import operator
+
+from llamatool import jit  # noqa: F401  (sets the Numba cache dir before numba is used)
+
+import llvmlite.binding as llvm_binding  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba.core import cgutils, types  # noqa: E402
+from numba.extending import intrinsic, models, overload, register_model  # noqa: E402
+
+_FEATURES = llvm_binding.get_host_cpu_features()
+_IS_X86 = "sse2" in _FEATURES
+# fpext/fptrunc on half compile to vcvtph2ps/vcvtps2ph with F16C (and natively on ARM);
+# an x86 without F16C would need a runtime-library call Numba may not provide.
+_NATIVE_HALF = not _IS_X86 or bool(_FEATURES.get("f16c", False))
+
+
+class Vector(types.Type):
+    """A SIMD vector of `lanes` values of the scalar Numba type `dtype`."""
+
+    def __init__(self, dtype, lanes: int):
+        self.dtype = dtype
+        self.lanes = int(lanes)
+        super().__init__(name=f"Vector({dtype}, {self.lanes})")
+
+
+@register_model(Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+# --- helpers for the code generators ------------------------------------------------------
+
+
+def _literal_int(t) -> int | None:
+    if isinstance(t, types.IntegerLiteral):
+        return int(t.literal_value)
+    return None
+
+
+def _lanes_of(t):
+    n = _literal_int(t)
+    if n is None or n <= 0:
+        raise TypeError("simd: the lane count must be a positive compile-time constant")
+    return n
+
+
+def _vec_ir(context, vt) -> ir.VectorType:
+    return context.get_value_type(vt)
+
+
+def _element_ptr(context, builder, aryty, ary, index, pointee: ir.Type):
+    """Pointer to `pointee` at element `index` of the array (no bounds check, like ary[i])."""
+    data = context.make_array(aryty)(context, builder, ary).data
+    ptr = builder.gep(data, [index])
+    return builder.bitcast(ptr, pointee.as_pointer())
+
+
+def _is_int(t) -> bool:
+    return isinstance(t, types.Integer)
+
+
+def _splat(builder, vecty: ir.VectorType, scalar):
+    undef = ir.Constant(vecty, ir.Undefined)
+    one = builder.insert_element(undef, scalar, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vecty.count), [0] * vecty.count)
+    return builder.shuffle_vector(one, undef, mask)
+
+
+def _intrinsic_fn(builder, name: str, ret: ir.Type, args: list[ir.Type]):
+    module = builder.module
+    fnty = ir.FunctionType(ret, args)
+    return cgutils.get_or_insert_function(module, fnty, name)
+
+
+def _llvm_suffix(t: ir.Type) -> str:
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{_llvm_suffix(t.element)}"
+    if isinstance(t, ir.IntType):
+        return f"i{t.width}"
+    if isinstance(t, ir.FloatType):
+        return "f32"
+    if isinstance(t, ir.DoubleType):
+        return "f64"
+    raise TypeError(t)
+
+
+def _cast_scalar(context, builder, value, fromty, toty):
+    return context.cast(builder, value, fromty, toty)
+
+
+# --- loads and stores -----------------------------------------------------------------------
+
+
+@intrinsic
+def load(typingctx, arr, index, lanes):
+    """`lanes` consecutive elements of a 1-D array starting at element `index` (unaligned)."""
+    n = _literal_int(lanes)
+    if not isinstance(arr, types.Array) or not isinstance(index, types.Integer) or n is None:
+        return None
+    vt = Vector(arr.dtype, n)
+
+    def codegen(context, builder, sig, args):
+        vecty = _vec_ir(context, vt)
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], vecty)
+        return builder.load(ptr, align=1)
+
+    return vt(arr, index, lanes), codegen
+
+
+@intrinsic
+def store(typingctx, arr, index, vec):
+    """Write a vector to consecutive elements of a 1-D array from element `index`."""
+    if not isinstance(arr, types.Array) or not isinstance(vec, Vector) or arr.dtype != vec.dtype:
+        return None
+
+    def codegen(context, builder, sig, args):
+        vecty = _vec_ir(context, sig.args[2])
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], vecty)
+        builder.store(args[2], ptr, align=1)
+        return context.get_dummy_value()
+
+    return types.none(arr, index, vec), codegen
+
+
+def _typed_byte_load(elem_ir: ir.Type, out_dtype, convert):
+    """An intrinsic reading `lanes` values of LLVM type elem_ir at an offset of a uint8/uint16 array."""
+
+    @intrinsic
+    def _load(typingctx, buf, offset, lanes):
+        # offset counts elements of buf: bytes in the mapped file (uint8), halves in a
+        # uint16 array such as the KV cache
+        n = _literal_int(lanes)
+        if not isinstance(buf, types.Array) or buf.dtype not in (types.uint8, types.uint16) or n is None:
+            return None
+        vt = Vector(out_dtype, n) if n > 1 else out_dtype
+
+        def codegen(context, builder, sig, args):
+            raw_ty = ir.VectorType(elem_ir, n) if n > 1 else elem_ir
+            ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], raw_ty)
+            raw = builder.load(ptr, align=1)
+            return convert(builder, raw, n)
+
+        return vt(buf, offset, lanes), codegen
+
+    return _load
+
+
+def _f32_of_f16_bits(builder, raw, n):
+    """IEEE half bits (i16 or <n x i16>) -> float32 values."""
+    f32 = ir.FloatType()
+    fty = ir.VectorType(f32, n) if n > 1 else f32
+    if _NATIVE_HALF:
+        hty = ir.VectorType(ir.HalfType(), n) if n > 1 else ir.HalfType()
+        return builder.fpext(builder.bitcast(raw, hty), fty)
+    # Portable: shift the exponent/mantissa into place and rescale by 2^112 in float
+    # (handles subnormals exactly); infinities and NaNs get the all-ones exponent back.
+    i32 = ir.VectorType(ir.IntType(32), n) if n > 1 else ir.IntType(32)
+
+    def c(v, t=i32):
+        return ir.Constant(t, [v] * n) if n > 1 else ir.Constant(t, v)
+
+    h = builder.zext(raw, i32)
+    magnitude = builder.shl(builder.and_(h, c(0x7FFF)), c(13))
+    scaled = builder.fmul(builder.bitcast(magnitude, fty), c(5.192296858534828e33, fty))
+    special = builder.fcmp_ordered(">=", scaled, c(65536.0, fty))
+    bits = builder.bitcast(scaled, i32)
+    bits = builder.select(special, builder.or_(bits, c(0x7F800000)), bits)
+    sign = builder.shl(builder.and_(h, c(0x8000)), c(16))
+    return builder.bitcast(builder.or_(bits, sign), fty)
+
+
+def _f32_of_bf16_bits(builder, raw, n):
+    i32 = ir.VectorType(ir.IntType(32), n) if n > 1 else ir.IntType(32)
+    fty = ir.VectorType(ir.FloatType(), n) if n > 1 else ir.FloatType()
+    shift = ir.Constant(i32, [16] * n) if n > 1 else ir.Constant(i32, 16)
+    return builder.bitcast(builder.shl(builder.zext(raw, i32), shift), fty)
+
+
+def _same(builder, raw, n):
+    return raw
+
+
+#: float32 value(s) of IEEE half(s) stored at a byte offset: load_f16(buf, off, 1) -> float32
+load_f16 = _typed_byte_load(ir.IntType(16), types.float32, _f32_of_f16_bits)
+#: float32 value(s) of bfloat16(s) stored at a byte offset
+load_bf16 = _typed_byte_load(ir.IntType(16), types.float32, _f32_of_bf16_bits)
+#: float32 value(s) stored at a byte offset
+load_f32 = _typed_byte_load(ir.FloatType(), types.float32, _same)
+#: little-endian integers stored at a byte offset
+load_u16 = _typed_byte_load(ir.IntType(16), types.uint16, _same)
+load_u32 = _typed_byte_load(ir.IntType(32), types.uint32, _same)
+
+
+@intrinsic
+def f16_bits(typingctx, x):
+    """The IEEE half bits (uint16, round to nearest even) of a float32 scalar."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        if _NATIVE_HALF:
+            return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+        return _f16_bits_portable(builder, args[0])
+
+    return types.uint16(x), codegen
+
+
+def _f16_bits_portable(builder, x):
+    # float32 -> half bits, round to nearest even: the float-rescaling method of ggml's
+    # scalar ggml_compute_fp32_to_fp16 (from the FP16 library), for CPUs without F16C.
+    i32, f32 = ir.IntType(32), ir.FloatType()
+
+    def c(v):
+        return ir.Constant(i32, v)
+
+    fabs = _intrinsic_fn(builder, "llvm.fabs.f32", f32, [f32])
+    base = builder.fmul(builder.call(fabs, [x]), ir.Constant(f32, 2.0**112))
+    base = builder.fmul(base, ir.Constant(f32, 2.0**-110))
+    w = builder.bitcast(x, i32)
+    shl1_w = builder.add(w, w)
+    sign = builder.and_(w, c(0x80000000))
+    bias = builder.and_(shl1_w, c(0xFF000000))
+    bias = builder.select(builder.icmp_unsigned("<", bias, c(0x71000000)), c(0x71000000), bias)
+    base = builder.fadd(builder.bitcast(builder.add(builder.lshr(bias, c(1)), c(0x07800000)), f32), base)
+    bits = builder.bitcast(base, i32)
+    nonsign = builder.add(builder.and_(builder.lshr(bits, c(13)), c(0x7C00)), builder.and_(bits, c(0x0FFF)))
+    r = builder.select(builder.icmp_unsigned(">", shl1_w, c(0xFF000000)), c(0x7E00), nonsign)
+    r = builder.or_(builder.lshr(sign, c(16)), r)
+    return builder.trunc(r, ir.IntType(16))
+
+
+# --- construction and lane shuffles --------------------------------------------------------
+
+
+@intrinsic
+def splat(typingctx, x, lanes):
+    """A vector with every lane equal to the scalar x."""
+    n = _literal_int(lanes)
+    if n is None or not isinstance(x, (types.Integer, types.Float)):
+        return None
+    scalar = x.literal_type if isinstance(x, types.Literal) else x
+    vt = Vector(scalar, n)
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], scalar)
+        return _splat(builder, _vec_ir(context, vt), v)
+
+    return vt(x, lanes), codegen
+
+
+@intrinsic
+def concat(typingctx, a, b):
+    """[a..., b...] (same vector type)."""
+    if not isinstance(a, Vector) or a != b:
+        return None
+    vt = Vector(a.dtype, 2 * a.lanes)
+
+    def codegen(context, builder, sig, args):
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), list(range(vt.lanes)))
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return vt(a, b), codegen
+
+
+def _slice_intrinsic(start_of):
+    @intrinsic
+    def _half(typingctx, v):
+        if not isinstance(v, Vector) or v.lanes % 2:
+            return None
+        vt = Vector(v.dtype, v.lanes // 2)
+
+        def codegen(context, builder, sig, args):
+            s = start_of(v.lanes)
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), list(range(s, s + vt.lanes)))
+            return builder.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), mask)
+
+        return vt(v), codegen
+
+    return _half
+
+
+#: first and second half of a vector
+low_half = _slice_intrinsic(lambda n: 0)
+high_half = _slice_intrinsic(lambda n: n // 2)
+
+
+@intrinsic
+def extract(typingctx, v, i):
+    """Lane i of v as a scalar."""
+    if not isinstance(v, Vector) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], context.cast(builder, args[1], sig.args[1], types.int32))
+
+    return v.dtype(v, i), codegen
+
+
+# --- conversions -------------------------------------------------------------------------
+
+
+def _convert(builder, value, fromty, toty, to_ir):
+    if _is_int(fromty) and _is_int(toty):
+        if toty.bitwidth > fromty.bitwidth:
+            return (builder.sext if fromty.signed else builder.zext)(value, to_ir)
+        if toty.bitwidth < fromty.bitwidth:
+            return builder.trunc(value, to_ir)
+        return value
+    if _is_int(fromty):
+        return (builder.sitofp if fromty.signed else builder.uitofp)(value, to_ir)
+    if _is_int(toty):
+        return (builder.fptosi if toty.signed else builder.fptoui)(value, to_ir)
+    if toty.bitwidth > fromty.bitwidth:
+        return builder.fpext(value, to_ir)
+    if toty.bitwidth < fromty.bitwidth:
+        return builder.fptrunc(value, to_ir)
+    return value
+
+
+def _converter(target):
+    @intrinsic
+    def _to(typingctx, v):
+        if not isinstance(v, Vector):
+            return None
+        vt = Vector(target, v.lanes)
+
+        def codegen(context, builder, sig, args):
+            return _convert(builder, args[0], v.dtype, target, _vec_ir(context, vt))
+
+        return vt(v), codegen
+
+    return _to
+
+
+#: lane-wise conversions: integers widen by sign (int8 sign-extends, uint8 zero-extends),
+#: narrow by truncation; floats to ints truncate toward zero (round first with `rint`).
+to_i8 = _converter(types.int8)
+to_u8 = _converter(types.uint8)
+to_i16 = _converter(types.int16)
+to_i32 = _converter(types.int32)
+to_f32 = _converter(types.float32)
+to_f64 = _converter(types.float64)
+
+
+@intrinsic
+def bitcast_i8(typingctx, v):
+    """Reinterpret a uint8 vector as int8 (same bits)."""
+    if not isinstance(v, Vector) or v.dtype not in (types.uint8, types.int8):
+        return None
+    vt = Vector(types.int8, v.lanes)
+
+    def codegen(context, builder, sig, args):
+        return args[0]
+
+    return vt(v), codegen
+
+
+# --- arithmetic ------------------------------------------------------------------------------
+
+
+def _binary_codegen(op, vt):
+    def codegen(context, builder, sig, args):
+        a, b = args
+        vecty = _vec_ir(context, vt)
+        if not isinstance(sig.args[0], Vector):
+            a = _splat(builder, vecty, context.cast(builder, a, sig.args[0], vt.dtype))
+        if not isinstance(sig.args[1], Vector):
+            b = _splat(builder, vecty, context.cast(builder, b, sig.args[1], vt.dtype))
+        return op(builder, vt.dtype, a, b)
+
+    return codegen
+
+
+def _int_or_float(int_op, float_op):
+    def op(builder, dtype, a, b):
+        if _is_int(dtype):
+            return int_op(builder, dtype, a, b)
+        return float_op(builder, a, b)
+
+    return op
+
+
+_OPS = {
+    operator.add: _int_or_float(lambda bl, t, a, b: bl.add(a, b), lambda bl, a, b: bl.fadd(a, b)),
+    operator.sub: _int_or_float(lambda bl, t, a, b: bl.sub(a, b), lambda bl, a, b: bl.fsub(a, b)),
+    operator.mul: _int_or_float(lambda bl, t, a, b: bl.mul(a, b), lambda bl, a, b: bl.fmul(a, b)),
+    operator.truediv: lambda bl, t, a, b: bl.fdiv(a, b),
+    operator.and_: lambda bl, t, a, b: bl.and_(a, b),
+    operator.or_: lambda bl, t, a, b: bl.or_(a, b),
+    operator.xor: lambda bl, t, a, b: bl.xor(a, b),
+    operator.lshift: lambda bl, t, a, b: bl.shl(a, b),
+    operator.rshift: lambda bl, t, a, b: (bl.ashr if t.signed else bl.lshr)(a, b),
+}
+
+
+def _operand_vector_type(a, b):
+    """The vector type of `a op b` (vector op vector of one type, or vector op scalar)."""
+    if isinstance(a, Vector) and isinstance(b, Vector):
+        return a if a == b else None
+    if isinstance(a, Vector) and isinstance(b, (types.Integer, types.Float)):
+        return a
+    if isinstance(b, Vector) and isinstance(a, (types.Integer, types.Float)):
+        return b
+    return None
+
+
+def _make_binary(op, codegen_op):
+    @intrinsic
+    def _binary(typingctx, a, b):
+        vt = _operand_vector_type(a, b)
+        if vt is None:
+            return None
+        if op is operator.truediv and _is_int(vt.dtype):
+            return None
+        return vt(a, b), _binary_codegen(codegen_op, vt)
+
+    @overload(op)
+    def _overload(a, b):
+        if _operand_vector_type(a, b) is not None:
+            return lambda a, b: _binary(a, b)
+
+    return _binary
+
+
+for _op, _gen in _OPS.items():
+    _make_binary(_op, _gen)
+
+
+def _float_call(name: str, nargs: int):
+    def typer(args):
+        if not all(isinstance(a, Vector) and a == args[0] and not _is_int(a.dtype) for a in args):
+            return None
+        vt = args[0]
+
+        def codegen(context, builder, sig, llargs):
+            vecty = _vec_ir(context, vt)
+            fn = _intrinsic_fn(builder, f"llvm.{name}.{_llvm_suffix(vecty)}", vecty, [vecty] * nargs)
+            return builder.call(fn, list(llargs))
+
+        return vt(*args), codegen
+
+    # Numba intrinsics cannot take *args: one definition per arity.
+    if nargs == 1:
+
+        @intrinsic
+        def _call1(typingctx, a):
+            return typer((a,))
+
+        return _call1
+    if nargs == 2:
+
+        @intrinsic
+        def _call2(typingctx, a, b):
+            return typer((a, b))
+
+        return _call2
+
+    @intrinsic
+    def _call3(typingctx, a, b, c):
+        return typer((a, b, c))
+
+    return _call3
+
+
+#: a * b + c, one rounding (vfmadd)
+fma = _float_call("fma", 3)
+#: round to nearest, ties to even (as _mm256_round_ps(_MM_ROUND_NEAREST))
+rint = _float_call("rint", 1)
+fabs = _float_call("fabs", 1)
+fmax = _float_call("maxnum", 2)
+fmin = _float_call("minnum", 2)
+
+
+def _int_minmax(name: str):
+    @intrinsic
+    def _mm(typingctx, a, b):
+        vt = _operand_vector_type(a, b)
+        if vt is None or not _is_int(vt.dtype):
+            return None
+
+        def codegen(context, builder, sig, args):
+            vecty = _vec_ir(context, vt)
+            a, b = args
+            if not isinstance(sig.args[1], Vector):
+                b = _splat(builder, vecty, context.cast(builder, b, sig.args[1], vt.dtype))
+            if not isinstance(sig.args[0], Vector):
+                a = _splat(builder, vecty, context.cast(builder, a, sig.args[0], vt.dtype))
+            prefix = "s" if vt.dtype.signed else "u"
+            fn = _intrinsic_fn(builder, f"llvm.{prefix}{name}.{_llvm_suffix(vecty)}", vecty, [vecty, vecty])
+            return builder.call(fn, [a, b])
+
+        return vt(a, b), codegen
+
+    return _mm
+
+
+imax = _int_minmax("max")
+imin = _int_minmax("min")
+
+
+@intrinsic
+def madd(typingctx, a, b):
+    """Pairwise multiply-add of int16 lanes into int32: out[i] = a[2i]*b[2i] + a[2i+1]*b[2i+1].
+
+    The pattern LLVM lowers to one vpmaddwd (or vpdpwssd when added to an accumulator).
+    """
+    if not (isinstance(a, Vector) and a == b and a.dtype == types.int16 and a.lanes % 2 == 0):
+        return None
+    vt = Vector(types.int32, a.lanes // 2)
+
+    def codegen(context, builder, sig, args):
+        n = a.lanes
+        wide = ir.VectorType(ir.IntType(32), n)
+        p = builder.mul(builder.sext(args[0], wide), builder.sext(args[1], wide))
+        even = ir.Constant(ir.VectorType(ir.IntType(32), n // 2), list(range(0, n, 2)))
+        odd = ir.Constant(ir.VectorType(ir.IntType(32), n // 2), list(range(1, n, 2)))
+        undef = ir.Constant(wide, ir.Undefined)
+        return builder.add(builder.shuffle_vector(p, undef, even), builder.shuffle_vector(p, undef, odd))
+
+    return vt(a, b), codegen
+
+
+@intrinsic
+def pairsum(typingctx, v):
+    """out[i] = v[2i] + v[2i+1] (int32 lanes): halves the lane count."""
+    if not (isinstance(v, Vector) and v.lanes % 2 == 0):
+        return None
+    vt = Vector(v.dtype, v.lanes // 2)
+
+    def codegen(context, builder, sig, args):
+        n = v.lanes
+        even = ir.Constant(ir.VectorType(ir.IntType(32), n // 2), list(range(0, n, 2)))
+        odd = ir.Constant(ir.VectorType(ir.IntType(32), n // 2), list(range(1, n, 2)))
+        undef = ir.Constant(args[0].type, ir.Undefined)
+        a = builder.shuffle_vector(args[0], undef, even)
+        b = builder.shuffle_vector(args[0], undef, odd)
+        return builder.add(a, b) if _is_int(v.dtype) else builder.fadd(a, b)
+
+    return vt(v), codegen
+
+
+def _reduction(int_name: str, float_name: str):
+    @intrinsic
+    def _reduce(typingctx, v):
+        if not isinstance(v, Vector):
+            return None
+
+        def codegen(context, builder, sig, args):
+            vecty = args[0].type
+            elem = vecty.element
+            if _is_int(v.dtype):
+                name = int_name.format(s="s" if v.dtype.signed else "u")
+                fn = _intrinsic_fn(builder, f"llvm.vector.reduce.{name}.{_llvm_suffix(vecty)}", elem, [vecty])
+                return builder.call(fn, [args[0]])
+            if float_name == "fadd":
+                fn = _intrinsic_fn(builder, f"llvm.vector.reduce.fadd.{_llvm_suffix(vecty)}", elem, [elem, vecty])
+                # reassoc: a tree of adds instead of a serial chain
+                return builder.call(fn, [ir.Constant(elem, -0.0), args[0]], fastmath=("reassoc",))
+            fn = _intrinsic_fn(builder, f"llvm.vector.reduce.{float_name}.{_llvm_suffix(vecty)}", elem, [vecty])
+            return builder.call(fn, [args[0]])
+
+        return v.dtype(v), codegen
+
+    return _reduce
+
+
+#: sum of all lanes (floats summed as a tree)
+hsum = _reduction("add", "fadd")
+#: largest lane
+hmax = _reduction("{s}max", "fmax")
+
+
+@intrinsic
+def bit_mask(typingctx, bits, lanes, shift):
+    """uint8 vector: lane i = ((bits >> (shift + i)) & 1), for a uint32/uint64 `bits`."""
+    n = _literal_int(lanes)
+    if n is None or not isinstance(bits, types.Integer) or not isinstance(shift, types.Integer):
+        return None
+    vt = Vector(types.uint8, n)
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        word = context.cast(builder, args[0], sig.args[0], types.uint64)
+        word = builder.lshr(word, context.cast(builder, args[2], sig.args[2], types.uint64))
+        wide = ir.VectorType(i64, n)
+        v = _splat(builder, wide, word)
+        v = builder.lshr(v, ir.Constant(wide, list(range(n))))
+        v = builder.and_(v, ir.Constant(wide, [1] * n))
+        return builder.trunc(v, ir.VectorType(ir.IntType(8), n))
+
+    return vt(bits, lanes, shift), codegen
+
+
+@intrinsic
+def lookup16(typingctx, table, idx):
+    """out[i] = table[idx[i]] for a 16-entry int8 table and indices 0..15 (pshufb on x86)."""
+    if not (isinstance(table, Vector) and table.lanes == 16 and table.dtype in (types.int8, types.uint8)):
+        return None
+    if not (isinstance(idx, Vector) and idx.dtype == types.uint8 and idx.lanes % 16 == 0):
+        return None
+    vt = Vector(table.dtype, idx.lanes)
+
+    def codegen(context, builder, sig, args):
+        tbl, ix = args
+        n = idx.lanes
+        i8x16 = ir.VectorType(ir.IntType(8), 16)
+        if _IS_X86:
+            fn = _intrinsic_fn(builder, "llvm.x86.ssse3.pshuf.b.128", i8x16, [i8x16, i8x16])
+            parts = []
+            for k in range(n // 16):
+                mask = ir.Constant(ir.VectorType(ir.IntType(32), 16), list(range(16 * k, 16 * k + 16)))
+                part = builder.shuffle_vector(ix, ir.Constant(ix.type, ir.Undefined), mask)
+                parts.append(builder.call(fn, [tbl, part]))
+            while len(parts) > 1:
+                merged = []
+                for a, b in zip(parts[::2], parts[1::2]):
+                    w = a.type.count
+                    mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * w), list(range(2 * w)))
+                    merged.append(builder.shuffle_vector(a, b, mask))
+                parts = merged
+            return parts[0]
+        out = ir.Constant(ir.VectorType(ir.IntType(8), n), ir.Undefined)
+        for i in range(n):
+            j = builder.extract_element(ix, ir.Constant(ir.IntType(32), i))
+            out = builder.insert_element(out, builder.extract_element(tbl, j), ir.Constant(ir.IntType(32), i))
+        return out
+
+    return vt(table, idx), codegen
+
+
+# --- bit-level reinterpretation and float formats -----------------------------------------
+
+
+def _bitcaster(target):
+    @intrinsic
+    def _cast(typingctx, v):
+        if not isinstance(v, Vector) or v.dtype.bitwidth != target.bitwidth:
+            return None
+        vt = Vector(target, v.lanes)
+
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], _vec_ir(context, vt))
+
+        return vt(v), codegen
+
+    return _cast
+
+
+#: same bits, other lane type (e.g. float32 <-> uint32 to build or round floats by hand)
+as_u32 = _bitcaster(types.uint32)
+as_i32 = _bitcaster(types.int32)
+as_f32 = _bitcaster(types.float32)
+
+
+@intrinsic
+def round_f16(typingctx, x):
+    """x rounded to the nearest IEEE half (ties to even), returned as float32 (scalar or vector).
+
+    This is what ggml does to an activation before an F16 dot product or an F16 KV cache.
+    """
+    if x == types.float32:
+        n = 1
+    elif isinstance(x, Vector) and x.dtype == types.float32:
+        n = x.lanes
+    else:
+        return None
+
+    def codegen(context, builder, sig, args):
+        if _NATIVE_HALF:
+            hty = ir.VectorType(ir.HalfType(), n) if n > 1 else ir.HalfType()
+            return builder.fpext(builder.fptrunc(args[0], hty), args[0].type)
+        if n == 1:
+            return _f32_of_f16_bits(builder, _f16_bits_portable(builder, args[0]), 1)
+        out = args[0]
+        for i in range(n):
+            k = ir.Constant(ir.IntType(32), i)
+            lane = _f32_of_f16_bits(builder, _f16_bits_portable(builder, builder.extract_element(args[0], k)), 1)
+            out = builder.insert_element(out, lane, k)
+        return out
+
+    return x(x), codegen
+
+
+@intrinsic
+def f16_to_f32(typingctx, h):
+    """float32 value of IEEE half bits given as a uint16 scalar."""
+    if h != types.uint16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _f32_of_f16_bits(builder, args[0], 1)
+
+    return types.float32(h), codegen
+
+
+@intrinsic
+def store_f16(typingctx, arr, index, v):
+    """Store float32 lanes as IEEE halves (round to nearest even) into a uint16 array."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint16 and isinstance(v, Vector) and v.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        n = v.lanes
+        i16v = ir.VectorType(ir.IntType(16), n)
+        if _NATIVE_HALF:
+            bits = builder.bitcast(builder.fptrunc(args[2], ir.VectorType(ir.HalfType(), n)), i16v)
+        else:
+            bits = ir.Constant(i16v, ir.Undefined)
+            for i in range(n):
+                k = ir.Constant(ir.IntType(32), i)
+                lane = _f16_bits_portable(builder, builder.extract_element(args[2], k))
+                bits = builder.insert_element(bits, lane, k)
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], i16v)
+        builder.store(bits, ptr, align=1)
+        return context.get_dummy_value()
+
+    return types.none(arr, index, v), codegen
+
+
+@intrinsic
+def _negate(typingctx, v):
+    if not isinstance(v, Vector):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if _is_int(v.dtype):
+            return builder.neg(args[0])
+        return builder.fneg(args[0])
+
+    return v(v), codegen
+
+
+@overload(operator.neg)
+def _neg_overload(v):
+    if isinstance(v, Vector):
+        return lambda v: _negate(v)

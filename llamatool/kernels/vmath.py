@@ -1,0 +1,57 @@
+"""Vectorized float32 math: exp and SiLU on 16 lanes.
+
+LLVM turns a scalar expf in a loop into one libm call per value (tens of ns each); SwiGLU
+and softmax need hundreds of thousands per token. Like ggml's ggml_v_expf, we evaluate exp
+with a range reduction and a polynomial on whole vectors (Cephes' expf: error ~1 ulp).
+"""
+
+from __future__ import annotations
+
+import math
+
+from llamatool.jit import njit
+
+from .simd import as_f32, fma, fmax, fmin, load, rint, splat, store, to_i32
+
+from numba import float32, int32  # noqa: E402
+
+_LOG2E = float32(1.44269504088896341)
+_LN2_HI = float32(0.693359375)
+_LN2_LO = float32(-2.12194440e-4)
+_MAX = float32(88.3762626647949)
+_MIN = float32(-87.3365447505531)  # below this exp underflows; clamp (softmax weights ~1e-38)
+
+
+@njit(cache=True, forceinline=True)
+def vexp(x):
+    """exp of 16 float32 lanes."""
+    x = fmin(fmax(x, splat(_MIN, 16)), splat(_MAX, 16))
+    n = rint(x * _LOG2E)
+    r = fma(n, splat(-_LN2_HI, 16), x)
+    r = fma(n, splat(-_LN2_LO, 16), r)
+    p = splat(float32(1.9875691500e-4), 16)
+    p = fma(p, r, splat(float32(1.3981999507e-3), 16))
+    p = fma(p, r, splat(float32(8.3334519073e-3), 16))
+    p = fma(p, r, splat(float32(4.1665795894e-2), 16))
+    p = fma(p, r, splat(float32(1.6666665459e-1), 16))
+    p = fma(p, r, splat(float32(5.0000001201e-1), 16))
+    p = fma(p, r * r, r) + float32(1)
+    scale = as_f32((to_i32(n) + int32(127)) << int32(23))
+    return p * scale
+
+
+@njit(cache=True, forceinline=True)
+def vsilu(x):
+    """x * sigmoid(x) on 16 lanes (ggml_silu_f32: x / (1 + exp(-x)))."""
+    return x / (vexp(-x) + float32(1))
+
+
+@njit(cache=True)
+def swiglu(gate, up, o, n, out):
+    """out[o+i] = silu(gate[o+i]) * up[o+i] for i < n (SwiGLU: ggml_swiglu_split)."""
+    n16 = n - n % 16
+    for i in range(o, o + n16, 16):
+        store(out, i, vsilu(load(gate, i, 16)) * load(up, i, 16))
+    for i in range(o + n16, o + n):
+        g = gate[i]
+        out[i] = g / (float32(1) + float32(math.exp(-g))) * up[i]

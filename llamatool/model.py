@@ -1,0 +1,428 @@
+"""A LLaMA-family GGUF model, ready to evaluate tokens on the CPU.
+
+    model = Model.load("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    logits = model.eval(model.tokenizer.encode("The capital of France is"))
+    print(model.generate("The capital of France is", max_tokens=16, temperature=0).text)
+
+ModelArgs    the hyperparameters, from the file's metadata (llama.cpp's keys and defaults)
+Weights      the tensors as zero-copy views of the mapped file, in their stored types,
+             described by small int64 tables the compiled forward pass reads
+KV cache     keys and values of every position, as IEEE halves (llama.cpp's default)
+Model        eval() appends tokens to the cache and returns logits; generate()/stream()
+             add sampling and decoding (llamatool.generate)
+
+Heavy lifting is one compiled call per eval (llamatool.kernels.forward); this module only
+validates the file, lays out tables and buffers, and splits long inputs into batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LlamatoolError
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+DEFAULT_N_CTX = 4096  # llama-cli's default context size
+DEFAULT_N_BATCH = 512  # tokens per forward call while reading a prompt (llama.cpp's n_ubatch)
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Hyperparameters of a llama-architecture model, as llama.cpp reads them."""
+
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_ctx_train: int
+    norm_eps: float
+    rope_base: float
+    n_rot: int
+    rope_scaling: str = "none"  # none, linear or yarn (Llama 3 scaling is rope_freqs.weight)
+    rope_freq_scale: float = 1.0  # 1 / scaling factor
+    rope_n_ctx_orig: int = 0  # YaRN's original context length
+    rope_attn_factor: float = 1.0
+    has_rope_freqs: bool = False  # Llama 3 per-frequency factors present
+    tied_output: bool = False  # no output.weight: logits use token_embd.weight
+    architecture: str = "llama"
+    name: str = ""
+
+    @classmethod
+    def from_gguf(cls, reader) -> "ModelArgs":
+        arch = reader.architecture
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise LlamatoolError(
+                f"{reader.path}: architecture {arch!r} is not supported (llamatool runs: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        if _meta(reader, arch, "expert_count", 0):
+            raise LlamatoolError(f"{reader.path}: mixture-of-experts models (expert_count > 0) are not supported")
+        n_embd = _meta_int(reader, arch, "embedding_length")
+        n_layer = _meta_int(reader, arch, "block_count")
+        n_head = _meta_int(reader, arch, "attention.head_count")
+        n_head_kv = _meta_int(reader, arch, "attention.head_count_kv", n_head)
+        head_dim = _meta_int(reader, arch, "attention.key_length", n_embd // n_head if n_head else 0)
+        value_dim = _meta_int(reader, arch, "attention.value_length", head_dim)
+        if n_head <= 0 or n_head_kv <= 0 or n_head % n_head_kv:
+            raise LlamatoolError(f"{reader.path}: {n_head} attention heads cannot share {n_head_kv} KV heads")
+        if value_dim != head_dim:
+            raise LlamatoolError(f"{reader.path}: key length {head_dim} != value length {value_dim} is not supported")
+        n_rot = _meta_int(reader, arch, "rope.dimension_count", head_dim)
+        if n_rot != head_dim:
+            raise LlamatoolError(f"{reader.path}: invalid n_rot {n_rot}, expected {head_dim} (as llama.cpp)")
+        scaling = str(_meta(reader, arch, "rope.scaling.type", "linear"))
+        factor = float(_meta(reader, arch, "rope.scaling.factor", 0.0) or _meta(reader, arch, "rope.scale_linear", 0.0) or 0.0)
+        if scaling not in ("none", "linear", "yarn"):
+            raise LlamatoolError(f"{reader.path}: RoPE scaling {scaling!r} is not supported (none, linear, yarn)")
+        freq_scale = 1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor
+        if freq_scale == 1.0 and scaling == "linear":
+            scaling = "none"
+        n_ctx_train = _meta_int(reader, arch, "context_length")
+        token_embd = reader.tensor("token_embd.weight")
+        return cls(
+            n_vocab=token_embd.ne[1] if len(token_embd.ne) > 1 else 0,
+            n_embd=n_embd,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_head_kv=n_head_kv,
+            head_dim=head_dim,
+            n_ff=_meta_int(reader, arch, "feed_forward_length"),
+            n_ctx_train=n_ctx_train,
+            norm_eps=float(_meta(reader, arch, "attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_base=float(_meta(reader, arch, "rope.freq_base", 10000.0)),
+            n_rot=n_rot,
+            rope_scaling=scaling,
+            rope_freq_scale=freq_scale,
+            rope_n_ctx_orig=_meta_int(reader, arch, "rope.scaling.original_context_length", n_ctx_train),
+            rope_attn_factor=float(_meta(reader, arch, "rope.scaling.attn_factor", 1.0)),
+            has_rope_freqs=reader.has_tensor("rope_freqs.weight"),
+            tied_output=not reader.has_tensor("output.weight"),
+            architecture=arch,
+            name=str(reader.get("general.name", "") or ""),
+        )
+
+
+def _meta(reader, arch: str, key: str, default=None):
+    value = reader.get(f"{arch}.{key}", default)
+    if isinstance(value, np.ndarray):  # per-layer arrays: llamatool needs them uniform
+        if value.size and (value != value.flat[0]).any():
+            raise LlamatoolError(f"{reader.path}: per-layer {arch}.{key} values differ; not supported")
+        value = value.flat[0].item() if value.size else default
+    return value
+
+
+def _meta_int(reader, arch: str, key: str, default=None) -> int:
+    value = _meta(reader, arch, key, default)
+    if value is None:
+        raise LlamatoolError(f"{reader.path}: missing metadata key {arch}.{key!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise LlamatoolError(f"{reader.path}: {arch}.{key} must be an integer, got {value!r}") from None
+
+
+# --- weights --------------------------------------------------------------------------------
+
+
+@dataclass
+class Weights:
+    """Where every tensor of the model is in the mapped file, as tables for the kernels."""
+
+    data: np.ndarray  # uint8 view of the whole file (read-only mmap)
+    tensors: np.ndarray  # int64[n, 5]: byte offset, ggml type, row length, rows, bytes per row
+    layers: np.ndarray  # int64[n_layer, N_LAYER_ROLES]: tensor index per role, -1 if absent
+    globals: np.ndarray  # int64[3]: token_embd, output_norm, output
+    freq_factors: np.ndarray  # float32[n_rot/2]: Llama 3 rope_freqs.weight, or ones
+    names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_gguf(cls, reader, args: ModelArgs) -> "Weights":
+        from .kernels import forward as fw
+        from .kernels.types import SUPPORTED
+
+        data = np.memmap(reader.path, dtype=np.uint8, mode="r")
+        rows, names, index = [], [], {}
+
+        def add(name: str, shape: tuple, required: bool = True, float32_only: bool = False) -> int:
+            if not reader.has_tensor(name):
+                if required:
+                    raise LlamatoolError(f"{reader.path}: missing tensor {name!r}")
+                return -1
+            t = reader.tensor(name)
+            ne = tuple(t.ne) + (1,) * (len(shape) - len(t.ne))
+            if tuple(ne[: len(shape)]) != shape or any(d != 1 for d in ne[len(shape):]):
+                raise LlamatoolError(f"{reader.path}: tensor {name!r} has shape {list(t.ne)}, expected {list(shape)}")
+            if float32_only and t.type.name != "F32":
+                raise LlamatoolError(f"{reader.path}: tensor {name!r} is {t.type.name}; llamatool needs it in F32")
+            if t.type.id not in SUPPORTED:
+                raise LlamatoolError(
+                    f"{reader.path}: tensor {name!r} has type {t.type.name}, which llamatool cannot run "
+                    f"(supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS)"
+                )
+            if name not in index:
+                k = ne[0]
+                index[name] = len(rows)
+                rows.append((reader.data_offset + t.offset, t.type.id, k, t.n_rows, t.type.row_bytes(k)))
+                names.append(name)
+            return index[name]
+
+        e, v, ff = args.n_embd, args.n_vocab, args.n_ff
+        n_q, n_kv = args.n_head * args.head_dim, args.n_head_kv * args.head_dim
+        embd = add("token_embd.weight", (e, v))
+        out_norm = add("output_norm.weight", (e,), float32_only=True)
+        output = add("output.weight", (e, v), required=False)
+        layers = np.full((args.n_layer, fw.N_LAYER_ROLES), -1, np.int64)
+        for i in range(args.n_layer):
+            p = f"blk.{i}."
+            L = layers[i]
+            L[fw.LAYER_ATTN_NORM] = add(p + "attn_norm.weight", (e,), float32_only=True)
+            if reader.has_tensor(p + "attn_qkv.weight"):
+                L[fw.LAYER_WQKV] = add(p + "attn_qkv.weight", (e, n_q + 2 * n_kv))
+                L[fw.LAYER_BQKV] = add(p + "attn_qkv.bias", (n_q + 2 * n_kv,), False, True)
+            else:
+                L[fw.LAYER_WQ] = add(p + "attn_q.weight", (e, n_q))
+                L[fw.LAYER_WK] = add(p + "attn_k.weight", (e, n_kv))
+                L[fw.LAYER_WV] = add(p + "attn_v.weight", (e, n_kv))
+            L[fw.LAYER_BQ] = add(p + "attn_q.bias", (n_q,), False, True)
+            L[fw.LAYER_BK] = add(p + "attn_k.bias", (n_kv,), False, True)
+            L[fw.LAYER_BV] = add(p + "attn_v.bias", (n_kv,), False, True)
+            L[fw.LAYER_WO] = add(p + "attn_output.weight", (n_q, e))
+            L[fw.LAYER_BO] = add(p + "attn_output.bias", (e,), False, True)
+            L[fw.LAYER_FFN_NORM] = add(p + "ffn_norm.weight", (e,), float32_only=True)
+            L[fw.LAYER_GATE] = add(p + "ffn_gate.weight", (e, ff))
+            L[fw.LAYER_UP] = add(p + "ffn_up.weight", (e, ff))
+            L[fw.LAYER_DOWN] = add(p + "ffn_down.weight", (ff, e))
+            L[fw.LAYER_BGATE] = add(p + "ffn_gate.bias", (ff,), False, True)
+            L[fw.LAYER_BUP] = add(p + "ffn_up.bias", (ff,), False, True)
+            L[fw.LAYER_BDOWN] = add(p + "ffn_down.bias", (e,), False, True)
+        if args.has_rope_freqs:
+            t = reader.tensor("rope_freqs.weight")
+            if t.type.name != "F32" or t.n_elements < args.n_rot // 2:
+                raise LlamatoolError(f"{reader.path}: rope_freqs.weight must hold {args.n_rot // 2} F32 values")
+            freq_factors = np.array(t.data.reshape(-1).view(np.float32)[: args.n_rot // 2], dtype=np.float32)
+        else:
+            freq_factors = np.ones(args.n_rot // 2, np.float32)
+        table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        glob = np.array([embd, out_norm, embd if output < 0 else output], dtype=np.int64)
+        return cls(data, table, layers, glob, freq_factors, names)
+
+    @property
+    def matrix_types(self) -> set[int]:
+        """ggml type ids of the matrices (the types whose matmul kernels the model needs)."""
+        return {int(t) for t, rows in zip(self.tensors[:, 1], self.tensors[:, 3]) if rows > 1}
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+class Model:
+    """A loaded model with its KV cache; see the module docstring."""
+
+    def __init__(self, path: Path, reader, args: ModelArgs, weights: Weights, n_ctx: int, n_threads: int, n_batch: int):
+        self.path = Path(path)
+        self.reader = reader
+        self.args = args
+        self.weights = weights
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.n_batch = n_batch
+        self.n_past = 0
+        self.history: list[int] = []  # tokens whose keys and values are in the cache, in order
+        self.load_seconds = 0.0
+        self._tokenizer = None
+        self._setup_buffers()
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def load(cls, path, n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_N_BATCH) -> "Model":
+        """Open a GGUF model. n_ctx: context size (default min(4096, trained); 0 = trained);
+        n_threads: compute threads (default: all cores)."""
+        from .gguf_io import GGUFReader
+
+        start = time.perf_counter()
+        reader = GGUFReader(path)
+        args = ModelArgs.from_gguf(reader)
+        _check_shapes(reader, args)
+        weights = Weights.from_gguf(reader, args)
+        if n_ctx is None:
+            n_ctx = min(DEFAULT_N_CTX, args.n_ctx_train) if args.n_ctx_train > 0 else DEFAULT_N_CTX
+        elif n_ctx == 0:
+            n_ctx = args.n_ctx_train
+        if n_ctx <= 0:
+            raise LlamatoolError(f"context size must be positive, got {n_ctx}")
+        if n_batch <= 0:
+            raise LlamatoolError(f"batch size must be positive, got {n_batch}")
+        threads = _thread_count(n_threads)
+        model = cls(Path(path), reader, args, weights, int(n_ctx), threads, int(min(n_batch, n_ctx)))
+        model._load_tokenizer()
+        model.load_seconds = time.perf_counter() - start
+        return model
+
+    def _load_tokenizer(self) -> None:
+        try:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_gguf(self.reader)
+        except LlamatoolError as e:
+            self._tokenizer_error = str(e)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            raise LlamatoolError(f"{self.path}: no usable tokenizer ({getattr(self, '_tokenizer_error', 'missing')})")
+        return self._tokenizer
+
+    def _setup_buffers(self) -> None:
+        from .kernels import forward as fw
+        from .kernels.matmul import kernel_tables
+        from .kernels.sync import counters_size
+
+        a, B, w = self.args, self.n_batch, self.weights
+        rows, dequant = kernel_tables(w.matrix_types)
+        self._net = fw.Net(w.data, w.tensors, w.layers, w.globals, rows, dequant, w.freq_factors)
+        n_q, n_kv = a.n_head * a.head_dim, a.n_head_kv * a.head_dim
+        max_k = max(a.n_embd, n_q, a.n_ff)
+        f32 = np.float32
+        self._scratch = fw.Scratch(
+            x=np.zeros(B * a.n_embd, f32),
+            xn=np.zeros(B * a.n_embd, f32),
+            qkv=np.zeros(B * (n_q + 2 * n_kv), f32),
+            att=np.zeros(B * n_q, f32),
+            tmp=np.zeros(B * a.n_embd, f32),
+            gate=np.zeros(B * a.n_ff, f32),
+            up=np.zeros(B * a.n_ff, f32),
+            xr=np.zeros(B * max_k, f32),
+            q8=np.zeros(B * max_k, np.int16),
+            d8=np.zeros(B * max_k // 32 + 1, f32),
+            s8=np.zeros(B * max_k // 16 + 1, f32),
+            qk=np.zeros(B * max_k, np.int16),
+            dk=np.zeros(B * max_k // 32 + 1, f32),
+            sk=np.zeros(B * max_k // 16 + 1, f32),
+            angles=np.zeros(B * a.n_rot, f32),
+            scores=np.zeros(self.n_threads * self.n_ctx, f32),
+        )
+        cache_len = a.n_layer * a.n_head_kv * self.n_ctx * a.head_dim
+        # np.zeros maps fresh zero pages: memory is committed only as the context fills
+        self.k_cache = np.zeros(cache_len, np.uint16)
+        self.v_cache = np.zeros(cache_len, np.uint16)
+        self._counters = np.zeros(counters_size(fw.phases_per_call(a.n_layer)), np.int64)
+        self._dims = fw.Dims(a.n_embd, a.n_layer, a.n_head, a.n_head_kv, a.head_dim, a.n_ff, a.n_vocab, self.n_ctx, a.n_rot)
+        self._rope = fw.FloatParams(*_rope_params(a))
+        self._last_logits = np.zeros(a.n_vocab, f32)
+        self._forward = fw.Forward(self.n_threads)
+
+    # -- the KV cache ------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every token: the next eval starts at position 0."""
+        self.n_past = 0
+        self.history = []
+
+    def truncate(self, n_past: int) -> None:
+        """Keep only the first n_past tokens of the cache (later entries are overwritten)."""
+        if not 0 <= n_past <= self.n_past:
+            raise LlamatoolError(f"cannot truncate the cache to {n_past} tokens: it holds {self.n_past}")
+        self.n_past = n_past
+        del self.history[n_past:]
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self.k_cache.nbytes + self.v_cache.nbytes
+
+    # -- evaluation --------------------------------------------------------------------------
+    def eval(self, token_ids, all_logits: bool = False) -> np.ndarray:
+        """Append tokens to the context and return float32 logits: of the last token
+        (n_vocab,), or of every token (n_tokens, n_vocab) with all_logits=True.
+
+        Long inputs are processed in batches of n_batch tokens, each batch through every
+        layer as matrix-matrix products.
+        """
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        n = ids.size
+        if n == 0:
+            raise LlamatoolError("eval needs at least one token")
+        if ids.min() < 0 or ids.max() >= self.args.n_vocab:
+            bad = int(ids[(ids < 0) | (ids >= self.args.n_vocab)][0])
+            raise LlamatoolError(f"token id {bad} is outside the vocabulary (0..{self.args.n_vocab - 1})")
+        if self.n_past + n > self.n_ctx:
+            raise LlamatoolError(
+                f"context is full: {self.n_past} cached + {n} new tokens > context size {self.n_ctx} (use -c to enlarge it)"
+            )
+        result = np.empty((n, self.args.n_vocab), np.float32) if all_logits else self._last_logits
+        for b0 in range(0, n, self.n_batch):
+            b1 = min(b0 + self.n_batch, n)
+            if all_logits:
+                out_t0, logits = 0, result[b0:b1].reshape(-1)
+            else:
+                # only the very last token needs logits; earlier batches skip the output layer
+                out_t0, logits = (b1 - b0 - 1 if b1 == n else b1 - b0), self._last_logits
+            self._forward(self._net, self._dims, self._rope, self.k_cache, self.v_cache, ids[b0:b1], b1 - b0,
+                          self.n_past, out_t0, self._scratch, logits, self._counters)
+            self.n_past += b1 - b0
+            self.history.extend(int(t) for t in ids[b0:b1])
+        return result if all_logits else result.copy()
+
+    # -- generation (see llamatool.generate) ----------------------------------------------------
+    def generate(self, prompt, max_tokens: int = 128, **options):
+        """Generate text after prompt (str or token ids); returns a GenerationResult.
+
+        Options: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+        frequency_penalty, presence_penalty, seed, on_text (called with each text piece),
+        stop_at_eog (default True). The KV cache is reused for the prompt's longest prefix
+        already in it.
+        """
+        from .generate import generate
+
+        return generate(self, prompt, max_tokens=max_tokens, **options)
+
+    def stream(self, prompt, max_tokens: int = 128, **options):
+        """Like generate(), but yields the text piece by piece as it is made."""
+        from .generate import stream
+
+        return stream(self, prompt, max_tokens=max_tokens, **options)
+
+    def __repr__(self) -> str:
+        a = self.args
+        return f"Model({self.path.name!r}, {a.n_layer} layers, n_embd={a.n_embd}, n_ctx={self.n_ctx}, threads={self.n_threads})"
+
+
+def _check_shapes(reader, args: ModelArgs) -> None:
+    if args.n_vocab <= 0 or args.n_embd <= 0 or args.n_layer <= 0 or args.n_ff <= 0:
+        raise LlamatoolError(f"{reader.path}: implausible hyperparameters {args}")
+    if args.head_dim % 16 or args.n_rot % 2:
+        raise LlamatoolError(f"{reader.path}: head dimension {args.head_dim} is not a multiple of 16")
+
+
+def _thread_count(n_threads: int | None) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n_threads is None or n_threads <= 0:
+        return cores
+    return int(n_threads)
+
+
+def _rope_params(a: ModelArgs) -> tuple:
+    """FloatParams as llama.cpp computes them (llama-context.cpp, ggml_rope_yarn_corr_dims)."""
+    f32 = np.float32
+    theta_scale = f32(np.power(f32(a.rope_base), f32(-2.0) / f32(a.n_rot)))
+    ext_factor = 1.0 if a.rope_scaling == "yarn" else 0.0
+    attn_factor = 1.0
+    if ext_factor:  # YaRN: llama.cpp cancels the magnitude correction ggml's rope_yarn applies
+        factor = 1.0 / a.rope_freq_scale
+        mscale = 1.0 if factor <= 1.0 else 0.1 * math.log(factor) + 1.0
+        attn_factor = mscale / (1.0 + 0.1 * math.log(factor))
+    attn_factor *= a.rope_attn_factor
+
+    def corr_dim(n_rot_turns: float) -> float:
+        return a.n_rot * math.log(a.rope_n_ctx_orig / (n_rot_turns * 2 * math.pi)) / (2 * math.log(a.rope_base))
+
+    corr0 = max(0.0, math.floor(corr_dim(32.0)))
+    corr1 = min(a.n_rot - 1.0, math.ceil(corr_dim(1.0)))
+    kq_scale = 1.0 / math.sqrt(a.head_dim)
+    return tuple(f32(v) for v in (theta_scale, a.rope_freq_scale, ext_factor, attn_factor, corr0, corr1, a.norm_eps, kq_scale))

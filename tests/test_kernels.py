@@ -1,0 +1,531 @@
+"""The inference kernels, each against an independent reference.
+
+- quantized blocks: gguf-py's numpy dequantize (bit-exact), and ggml's own CPU dot products
+  and activation quantizers through llama-cpp-python's libggml-cpu when installed;
+- float math: numpy in float64, with tolerances derived from float32 rounding or from
+  the 8-bit activation quantization (see each test).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as GQ
+from gguf.quants import dequantize as gguf_dequantize
+
+from llamatool.jit import njit
+from llamatool.kernels import simd
+from llamatool.kernels.actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
+from llamatool.kernels.attention import attend
+from llamatool.kernels.matmul import kernel_tables, kernels
+from llamatool.kernels.norm import rmsnorm
+from llamatool.kernels.rope import rope_angles, rope_rotate
+from llamatool.kernels.sync import claim, counters_size, finish, wait
+from llamatool.kernels.vmath import swiglu, vexp
+
+# byte offsets of the f16 scale fields of each block type (ggml-common.h)
+F16_FIELDS = {
+    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0],
+    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_XS": [0],
+}
+QUANT_TYPES = list(F16_FIELDS)
+K_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}
+FLOAT_TYPES = ["F32", "F16", "BF16"]
+
+
+def random_blocks(name: str, rows: int, k: int, rng) -> np.ndarray:
+    """Random but valid rows of blocks: any bits for the quants and packed scales, finite
+    positive f16 super-scales (so every code path of the layout is exercised)."""
+    block, size = GGML_QUANT_SIZES[GQ[name]]
+    raw = rng.integers(0, 256, (rows, k // block, size), dtype=np.uint8)
+    for o in F16_FIELDS[name]:
+        scales = rng.uniform(0.001, 0.05, (rows, k // block)).astype(np.float16)
+        raw[:, :, o : o + 2] = scales.view(np.uint8).reshape(rows, k // block, 2)
+    return raw.reshape(rows, -1)
+
+
+def float_rows(name: str, w: np.ndarray) -> np.ndarray:
+    from llamatool.quants.registry import quantize
+
+    return quantize(name, np.atleast_2d(w)).reshape(w.shape[0] if w.ndim > 1 else 1, -1)
+
+
+def activation(kind: str, x: np.ndarray):
+    """Our activation slot for rows x (n_tok, K): (q, d, s) and the dequantized values."""
+    n, k = x.shape
+    q, d, s = np.zeros(n * k, np.int16), np.zeros(n * k // 32, np.float32), np.zeros(n * k // 16, np.float32)
+    fn = quantize_q8_k if kind == "Q8_K" else quantize_q8_0
+    flat = np.ascontiguousarray(x, np.float32).reshape(-1)
+    for t in range(n):
+        fn(flat, t * k, k, q, d, s, t)
+    deq = (q.reshape(n, k // 32, 32) * d.reshape(n, k // 32, 1).astype(np.float64)).reshape(n, k)
+    return q, d, s, deq
+
+
+# --- ggml itself, through llama-cpp-python's shared library ------------------------------------
+
+
+def ggml_cpu():
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (pip install llama-cpp-python)")
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    candidates = sorted(lib_dir.glob("libggml-cpu*.so*")) + sorted(lib_dir.glob("libggml-cpu*.dylib"))
+    if not candidates:
+        pytest.skip(f"libggml-cpu not found in {lib_dir}")
+    ctypes.CDLL(str(sorted(lib_dir.glob("libggml-base*"))[0]), mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(str(candidates[0]))
+    lib.ggml_cpu_init()  # fills the f16 -> f32 table the dot products read scales through
+    return lib
+
+
+def ggml_quantize_activation(lib, kind: str, x: np.ndarray) -> bytes:
+    fn = getattr(lib, "quantize_row_q8_K" if kind == "Q8_K" else "quantize_row_q8_0" if kind == "Q8_0" else "quantize_row_q8_1")
+    size = {"Q8_0": 34 * x.size // 32, "Q8_1": 36 * x.size // 32, "Q8_K": 292 * x.size // 256}[kind]
+    out = ctypes.create_string_buffer(size)
+    x = np.ascontiguousarray(x, np.float32)
+    fn(x.ctypes.data_as(ctypes.c_void_p), out, ctypes.c_int64(x.size))
+    return out.raw
+
+
+def ggml_vec_dot(lib, name: str, row: np.ndarray, act: bytes | np.ndarray, n: int) -> float:
+    vec_dot = {"Q4_1": "q8_1", "Q5_1": "q8_1"}.get(name, "q8_K" if name in K_TYPES else "q8_0")
+    ggml_name = name[:-1].lower() + "K" if name.endswith("_K") else name.lower()  # ggml spells q4_K
+    fn = getattr(lib, f"ggml_vec_dot_{ggml_name}_{vec_dot}" if name not in FLOAT_TYPES else f"ggml_vec_dot_{ggml_name}")
+    out = ctypes.c_float()
+    row = np.ascontiguousarray(row)
+    buf = act if isinstance(act, bytes) else np.ascontiguousarray(act).tobytes()
+    fn(ctypes.c_int(n), ctypes.byref(out), ctypes.c_size_t(0), row.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(0),
+       ctypes.c_char_p(buf), ctypes.c_size_t(0), ctypes.c_int(1))
+    return out.value
+
+
+# --- reading blocks ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", QUANT_TYPES + FLOAT_TYPES)
+def test_dequantize_row_is_bit_exact_with_gguf_py(name):
+    rng = np.random.default_rng(1)
+    k = 512
+    if name in FLOAT_TYPES:
+        raw = float_rows(name, rng.standard_normal((3, k + 16)).astype(np.float32))  # a row that is not whole vectors
+        k += 16
+    else:
+        raw = random_blocks(name, 3, k, rng)
+    expected = gguf_dequantize(raw, GQ[name])
+    flat = raw.reshape(-1)
+    for r in range(3):
+        out = np.full(k + 8, np.nan, np.float32)
+        kernels(GQ[name])[1](flat, r * raw.shape[1], k, out, 4)
+        np.testing.assert_array_equal(out[4 : 4 + k], expected[r])
+        assert np.isnan(out[:4]).all() and np.isnan(out[4 + k :]).all()  # writes only its span
+
+
+# --- activation quantization ------------------------------------------------------------------
+
+
+def numpy_q8_0(x: np.ndarray):
+    """ggml's x86 quantize_row_q8_0: d = f16(amax/127), q = round_half_even(x * 127/amax)."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    amax = np.abs(b).max(1)
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+    inv = np.where(amax == 0, np.float32(0), np.float32(127) / np.where(amax == 0, 1, amax)).astype(np.float32)
+    return np.rint(b * inv[:, None]).astype(np.int16).reshape(-1), d
+
+
+def numpy_q8_k(x: np.ndarray):
+    """ggml's quantize_row_q8_K_ref: iscale = -127/max (max: the value of largest magnitude)."""
+    b = x.reshape(-1, 256).astype(np.float32)
+    mx = b[np.arange(len(b)), np.abs(b).argmax(1)]
+    iscale = np.where(mx == 0, np.float32(0), np.float32(-127) / np.where(mx == 0, 1, mx)).astype(np.float32)
+    q = np.minimum(127, np.rint(b * iscale[:, None])).astype(np.int16)
+    d = np.where(mx == 0, np.float32(0), np.float32(1) / np.where(iscale == 0, 1, iscale)).astype(np.float32)
+    return q.reshape(-1), d
+
+
+def test_q8_0_activation_follows_ggml_algorithm():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 256)).astype(np.float32) * np.float32(3)
+    x[1, :32] = 0  # an all-zero block
+    x[2, 32:64] = 0.5  # a constant block: every value rounds to 127
+    q, d, s, _ = activation("Q8_0", x)
+    q_ref, d_ref = numpy_q8_0(x)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(d, d_ref)
+    np.testing.assert_array_equal(s, q_ref.reshape(-1, 16).sum(1))
+
+
+def test_q8_k_activation_follows_ggml_algorithm():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 512)).astype(np.float32)
+    x[0, 5], x[0, 9] = 4.0, -4.0  # a tie of magnitudes: the first one sets the sign
+    x[1, 256:] = 0  # an all-zero super-block
+    x[2, 7] = -9.0  # negative max
+    q, d, s, _ = activation("Q8_K", x)
+    q_ref, d_ref = numpy_q8_k(x)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(d.reshape(-1, 8), np.repeat(d_ref[:, None], 8, 1))
+    np.testing.assert_array_equal(s, q_ref.reshape(-1, 16).sum(1))
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q8_K"])
+def test_activation_quantization_is_byte_exact_with_ggml(kind):
+    lib = ggml_cpu()
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(1024) * rng.uniform(0.1, 10, 1024)).astype(np.float32)
+    raw = np.frombuffer(ggml_quantize_activation(lib, kind, x), np.uint8)
+    q, d, s, _ = activation(kind, x[None, :])
+    if kind == "Q8_0":
+        blocks = raw.reshape(-1, 34)
+        np.testing.assert_array_equal(blocks[:, :2].copy().view(np.float16).astype(np.float32).reshape(-1), d)
+        np.testing.assert_array_equal(blocks[:, 2:].copy().view(np.int8).reshape(-1), q)
+    else:
+        blocks = raw.reshape(-1, 292)
+        np.testing.assert_array_equal(np.repeat(blocks[:, :4].copy().view(np.float32), 8), d)
+        np.testing.assert_array_equal(blocks[:, 4:260].copy().view(np.int8).reshape(-1), q)
+        np.testing.assert_array_equal(blocks[:, 260:].copy().view(np.int16).reshape(-1), s)
+
+
+def test_float_activation_rounding():
+    from llamatool.quants.registry import dequantize, quantize
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(300) * 10.0 ** rng.uniform(-6, 5, 300)).astype(np.float32)
+    x[:4] = [65504.0, 65520.0, 1e-8, -0.0]  # largest half, rounds to inf, subnormal, signed zero
+    out = np.zeros_like(x)
+    round_row_f16(x, 0, x.size, out, 0)
+    np.testing.assert_array_equal(out, _as_half(x))
+    round_row_bf16(x, 0, x.size, out, 0)
+    np.testing.assert_array_equal(out, dequantize("BF16", quantize("BF16", x)))
+
+
+# --- matrix products ------------------------------------------------------------------------------
+
+
+def run_matmul(name: str, raw: np.ndarray, k: int, x: np.ndarray, act=None, r0=0, r1=None, t0=0, t1=None) -> np.ndarray:
+    rows = raw.shape[0]
+    r1 = rows if r1 is None else r1
+    t1 = x.shape[0] if t1 is None else t1
+    q, d, s = act if act is not None else activation("Q8_K" if name in K_TYPES else "Q8_0", x)[:3]
+    out = np.full(x.shape[0] * rows, np.nan, np.float32)
+    kernels(GQ[name])[0](raw.reshape(-1), 0, raw.shape[1], k, r0, r1, t0, t1,
+                         np.ascontiguousarray(x, np.float32).reshape(-1), q, d, s, out, rows, 0, 0)
+    return out.reshape(x.shape[0], rows)
+
+
+@pytest.mark.parametrize("name", QUANT_TYPES)
+def test_quantized_matmul_is_the_dot_product_of_both_quantized_operands(name):
+    """Against float64 products of the dequantized weights and the dequantized activation:
+    only float32 rounding separates them (relative 1e-5 of the row's sum of |terms|)."""
+    rng = np.random.default_rng(6)
+    k, rows, n_tok = 512, 21, 7  # 7 tokens: one tile of four plus three single ones
+    raw = random_blocks(name, rows, k, rng)
+    w = gguf_dequantize(raw, GQ[name]).astype(np.float64)
+    x = rng.standard_normal((n_tok, k)).astype(np.float32)
+    _, _, _, xq = activation("Q8_K" if name in K_TYPES else "Q8_0", x)
+    out = run_matmul(name, raw, k, x)
+    scale = np.abs(xq) @ np.abs(w).T
+    assert np.all(np.abs(out - xq @ w.T) <= 1e-5 * scale + 1e-7)
+
+
+@pytest.mark.parametrize("name", QUANT_TYPES)
+def test_quantized_matmul_error_is_bounded_by_the_activation_quantization(name):
+    """Against the unquantized activation: |error| <= sum_i |w_i| * |x_i - xq_i| (the 8-bit
+    rounding of x, at most half a step d per value) plus float32 rounding."""
+    rng = np.random.default_rng(7)
+    k, rows = 768, 10
+    raw = random_blocks(name, rows, k, rng) if name not in K_TYPES else random_blocks(name, rows, 512, rng)
+    k = 512 if name in K_TYPES else k
+    w = gguf_dequantize(raw, GQ[name]).astype(np.float64)
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    _, _, _, xq = activation("Q8_K" if name in K_TYPES else "Q8_0", x)
+    bound = np.abs(x - xq) @ np.abs(w).T + 1e-5 * (np.abs(x) @ np.abs(w).T)
+    assert np.all(np.abs(run_matmul(name, raw, k, x) - x.astype(np.float64) @ w.T) <= bound)
+
+
+@pytest.mark.parametrize("name", QUANT_TYPES + FLOAT_TYPES)
+def test_matmul_matches_ggml_vec_dot(name):
+    """Same blocks, same 8-bit activation as ggml quantizes it: ggml's own vec_dot agrees to
+    float32 summation-order rounding."""
+    lib = ggml_cpu()
+    rng = np.random.default_rng(8)
+    k, rows = 512, 6
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    if name in FLOAT_TYPES:
+        raw = float_rows(name, rng.standard_normal((rows, k)).astype(np.float32) / 10)
+        xr = x.copy()
+        if name == "F16":
+            round_row_f16(x.reshape(-1), 0, k, xr.reshape(-1), 0)
+            act = x.astype(np.float16)
+        elif name == "BF16":
+            round_row_bf16(x.reshape(-1), 0, k, xr.reshape(-1), 0)
+            act = float_rows("BF16", x).reshape(-1)
+        else:
+            act = x
+        ours = run_matmul(name, raw, k, xr)[0]
+    else:
+        raw = random_blocks(name, rows, k, rng)
+        kind = "Q8_K" if name in K_TYPES else ("Q8_1" if name in ("Q4_1", "Q5_1") else "Q8_0")
+        act = ggml_quantize_activation(lib, kind, x.reshape(-1))
+        ours = run_matmul(name, raw, k, x)[0]
+    ref = np.array([ggml_vec_dot(lib, name, raw[r], act, k) for r in range(rows)])
+    w = gguf_dequantize(raw, GQ[name]).astype(np.float64)
+    scale = np.abs(w) @ np.abs(x.reshape(-1)).astype(np.float64)
+    # Q4_1/Q5_1: ggml stores the block sum s as f16 (relative 2^-11 of the offset term)
+    tol = 2e-3 if name in ("Q4_1", "Q5_1") else 1e-5
+    assert np.all(np.abs(ours - ref) <= tol * scale + 1e-6), (ours, ref)
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q6_K", "F16"])
+def test_matmul_row_and_token_ranges(name):
+    """A chunk computes exactly its rows and tokens, whatever the tiling."""
+    rng = np.random.default_rng(9)
+    k, rows, n_tok = 256, 9, 6
+    raw = random_blocks(name, rows, k, rng) if name != "F16" else float_rows(name, rng.standard_normal((rows, k)).astype(np.float32))
+    x = rng.standard_normal((n_tok, k)).astype(np.float32)
+    if name == "F16":
+        round_row_f16(x.reshape(-1).copy(), 0, x.size, x.reshape(-1), 0)
+    full = run_matmul(name, raw, k, x)
+    part = run_matmul(name, raw, k, x, r0=2, r1=7, t0=1, t1=6)
+    np.testing.assert_array_equal(part[1:6, 2:7], full[1:6, 2:7])
+    assert np.isnan(part[0]).all() and np.isnan(part[:, :2]).all() and np.isnan(part[:, 7:]).all()
+    for t in range(n_tok):  # one token at a time gives the same numbers as tiles of four
+        np.testing.assert_array_equal(run_matmul(name, raw, k, x, t0=t, t1=t + 1)[t], full[t])
+
+
+def test_kernel_tables_hold_entry_points_of_the_requested_types_only():
+    rows, dequant = kernel_tables([GQ.Q4_1, GQ.Q8_0])
+    assert rows[GQ.Q4_1] and rows[GQ.Q8_0] and dequant[GQ.Q4_1] and dequant[GQ.Q8_0]
+    assert rows[GQ.Q4_0] == 0 and rows[GQ.F16] == 0
+    again, _ = kernel_tables([GQ.Q8_0])
+    assert again[GQ.Q8_0] == rows[GQ.Q8_0]  # built once per process
+
+
+# --- norm, rope, attention, exp ---------------------------------------------------------------
+
+
+def test_rmsnorm_matches_float64():
+    rng = np.random.default_rng(10)
+    k = 200  # not a multiple of 16: the scalar tail too
+    x = (rng.standard_normal(k) * 5).astype(np.float32)
+    weight = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    out = np.zeros(k, np.float32)
+    rmsnorm(x, 0, k, np.float32(1e-5), weight.view(np.uint8), 0, out, 0)
+    x64 = x.astype(np.float64)
+    expected = x64 / np.sqrt((x64 * x64).mean() + 1e-5) * weight
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def ggml_rope_angles(pos, n_rot, base, freq_scale=1.0, factors=None):
+    """ggml_rope_cache_init without YaRN, in float32 as ggml computes it."""
+    f32 = np.float32
+    theta_scale = f32(np.power(f32(base), f32(-2.0) / f32(n_rot)))
+    theta = f32(pos)
+    out = []
+    for i in range(n_rot // 2):
+        ff = f32(1) if factors is None else factors[i]
+        angle = f32(freq_scale) * (theta / ff)
+        out += [np.cos(angle), np.sin(angle)]
+        theta = f32(theta * theta_scale)
+    return np.array(out, np.float32)
+
+
+@pytest.mark.parametrize("freq_scale,with_factors", [(1.0, False), (0.25, False), (1.0, True)])
+def test_rope_angles_follow_ggml(freq_scale, with_factors):
+    n_rot, base = 64, 500000.0
+    factors = np.linspace(1, 8, n_rot // 2).astype(np.float32) if with_factors else np.ones(n_rot // 2, np.float32)
+    theta_scale = np.float32(np.power(np.float32(base), np.float32(-2.0) / np.float32(n_rot)))
+    for pos in (0, 1, 17, 4095):
+        out = np.zeros(n_rot, np.float32)
+        rope_angles(pos, n_rot, theta_scale, np.float32(freq_scale), np.float32(0), np.float32(1), np.float32(0),
+                    np.float32(0), factors, out, 0)
+        expected = ggml_rope_angles(pos, n_rot, base, freq_scale, factors if with_factors else None)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=2e-7)
+        # and the exact angles pos * base^(-2i/n) are within float32 accumulation of them
+        exact = pos * freq_scale / factors * base ** (-np.arange(0, n_rot, 2) / n_rot)
+        np.testing.assert_allclose(out[0::2], np.cos(exact), atol=1e-6 * max(pos, 1))
+
+
+def test_rope_rotates_adjacent_pairs():
+    rng = np.random.default_rng(11)
+    angles = rng.uniform(-3, 3, 16)
+    tab = np.empty(32, np.float32)
+    tab[0::2], tab[1::2] = np.cos(angles), np.sin(angles)
+    v = rng.standard_normal(40).astype(np.float32)
+    out = v.copy()
+    rope_rotate(out, 4, 32, tab, 0)
+    pairs = v[4:36].reshape(16, 2).astype(np.float64)
+    c, s = np.cos(angles), np.sin(angles)
+    expected = np.stack([pairs[:, 0] * c - pairs[:, 1] * s, pairs[:, 0] * s + pairs[:, 1] * c], 1).reshape(-1)
+    np.testing.assert_allclose(out[4:36], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(out[:4], v[:4])
+    np.testing.assert_array_equal(out[36:], v[36:])
+
+
+@pytest.mark.parametrize("n_pos", [1, 15, 16, 37])
+def test_attention_matches_float64_softmax(n_pos):
+    rng = np.random.default_rng(12)
+    hd = 64
+    q = rng.standard_normal(hd).astype(np.float32)
+    keys = rng.standard_normal((n_pos, hd)).astype(np.float16)
+    values = rng.standard_normal((n_pos, hd)).astype(np.float16)
+    k_cache = np.concatenate([np.zeros(hd, np.float16), keys.reshape(-1)]).view(np.uint16)
+    v_cache = np.concatenate([np.zeros(hd, np.float16), values.reshape(-1)]).view(np.uint16)
+    scale = np.float32(1 / math.sqrt(hd))
+    out = np.zeros(hd, np.float32)
+    attend(q, 0, k_cache, v_cache, hd, n_pos, hd, scale, np.zeros(64, np.float32), 0, out, 0)
+    q16 = q.astype(np.float16).astype(np.float64)  # ggml rounds Q to the f16 cache's type
+    s = keys.astype(np.float64) @ q16 * float(scale)
+    p = np.exp(s - s.max())
+    expected = (p / p.sum()) @ values.astype(np.float64)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_vexp_and_swiglu():
+    @njit(cache=True)
+    def exp_all(x, out):
+        for i in range(0, x.size, 16):
+            simd.store(out, i, vexp(simd.load(x, i, 16)))
+
+    x = np.concatenate([np.linspace(-87, 88, 4000), np.array([-1e4, -200.0, 0.0, 1e-8, 100.0, 1e4]), np.zeros(10)])
+    x = x.astype(np.float32)
+    out = np.zeros_like(x)
+    exp_all(x, out)
+    # vexp clamps its input to float32 bounds (exp underflows / overflows past them)
+    expected = np.exp(np.clip(x, np.float32(-87.3365447505531), np.float32(88.3762626647949)).astype(np.float64))
+    np.testing.assert_allclose(out, expected, rtol=4e-7)  # a few ulp (Cephes expf)
+    gate = np.linspace(-20, 20, 37).astype(np.float32)
+    up = np.linspace(2, -2, 37).astype(np.float32)
+    h = np.zeros(37, np.float32)
+    swiglu(gate, up, 0, 37, h)
+    g = gate.astype(np.float64)
+    np.testing.assert_allclose(h, g / (1 + np.exp(-g)) * up, rtol=1e-6, atol=1e-7)
+
+
+# --- SIMD primitives --------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _halves_to_f32(raw, out):
+    for i in range(0, raw.size // 2, 16):
+        simd.store(out, i, simd.load_f16(raw, 2 * i, 16))
+
+
+@njit(cache=True)
+def _round_to_f16(x, out):
+    for i in range(0, x.size, 16):
+        simd.store(out, i, simd.round_f16(simd.load(x, i, 16)))
+
+
+def _as_half(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # numpy warns when it rounds to infinity, as it should
+        return x.astype(np.float16).astype(np.float32)
+
+
+def _every_half() -> np.ndarray:
+    return np.arange(65536, dtype=np.uint32).astype(np.uint16)
+
+
+def _awkward_floats() -> np.ndarray:
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal(8192) * 10.0 ** rng.uniform(-9, 6, 8192)).astype(np.float32)
+    halves = _every_half().view(np.float16).astype(np.float64)
+    halves = halves[np.isfinite(halves)]
+    mid = ((halves[:-1] + halves[1:]) / 2).astype(np.float32)  # ties between neighbouring halves
+    x = np.concatenate([x, mid[::7], [65504, 65519.99, 65520, 1e9, np.inf, -np.inf, np.nan, 0.0, -0.0]])
+    return x[: x.size - x.size % 16].astype(np.float32)
+
+
+def test_half_conversions_are_exact():
+    h = _every_half()
+    out = np.zeros(65536, np.float32)
+    _halves_to_f32(h.view(np.uint8), out)
+    np.testing.assert_array_equal(out, h.view(np.float16).astype(np.float32))
+    x = _awkward_floats()
+    r = np.zeros_like(x)
+    _round_to_f16(x, r)
+    np.testing.assert_array_equal(r, _as_half(x))
+
+
+def test_portable_half_conversions_without_f16c(monkeypatch):
+    """The integer fallback used on x86 CPUs without F16C gives the same bits."""
+    monkeypatch.setattr(simd, "_NATIVE_HALF", False)
+
+    @njit(cache=False)
+    def to_f32(raw, out):
+        for i in range(0, raw.size // 2, 16):
+            simd.store(out, i, simd.load_f16(raw, 2 * i, 16))
+
+    @njit(cache=False)
+    def round_half(x, out):
+        for i in range(0, x.size, 16):
+            simd.store(out, i, simd.round_f16(simd.load(x, i, 16)))
+
+    h = _every_half()
+    out = np.zeros(65536, np.float32)
+    to_f32(h.view(np.uint8), out)
+    np.testing.assert_array_equal(out, h.view(np.float16).astype(np.float32))
+    x = _awkward_floats()
+    r = np.zeros_like(x)
+    round_half(x, r)
+    np.testing.assert_array_equal(r, _as_half(x))
+
+
+def test_simd_integer_primitives():
+    @njit(cache=True)
+    def probe(a, b, table, idx, bits, out_madd, out_look, out_mask):
+        simd.store(out_madd, 0, simd.madd(simd.load(a, 0, 32), simd.load(b, 0, 32)))
+        simd.store(out_look, 0, simd.lookup16(simd.load(table, 0, 16), simd.load(idx, 0, 32)))
+        simd.store(out_mask, 0, simd.bit_mask(bits, 32, 3))
+
+    rng = np.random.default_rng(14)
+    a = rng.integers(-32768, 32767, 32).astype(np.int16)
+    b = rng.integers(-32768, 32767, 32).astype(np.int16)
+    table = rng.integers(-128, 127, 16).astype(np.int8)
+    idx = rng.integers(0, 16, 32).astype(np.uint8)
+    bits = np.uint64(0xDEADBEEF12345678)
+    out_madd, out_look, out_mask = np.zeros(16, np.int32), np.zeros(32, np.int8), np.zeros(32, np.uint8)
+    probe(a, b, table, idx, bits, out_madd, out_look, out_mask)
+    pairs = a.astype(np.int64) * b
+    np.testing.assert_array_equal(out_madd, (pairs[0::2] + pairs[1::2]).astype(np.int32))  # wraps like vpmaddwd
+    np.testing.assert_array_equal(out_look, table[idx])
+    np.testing.assert_array_equal(out_mask, (bits >> (np.uint64(3) + np.arange(32, dtype=np.uint64))) & np.uint64(1))
+
+
+# --- threads ---------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _claim_all(counters, hits, n_phases, n_chunks):
+    for p in range(n_phases):
+        while True:
+            c = claim(counters, p)
+            if c >= n_chunks:
+                break
+            hits[p, c] += 1
+            finish(counters, p)
+        wait(counters, p, n_chunks)
+        # every chunk of this phase is done before anyone starts the next one
+        for c in range(n_chunks):
+            if hits[p, c] != 1:
+                hits[p, c] = -100
+
+
+def test_every_chunk_runs_exactly_once_across_threads():
+    import threading
+
+    n_phases, n_chunks = 200, 7
+    counters = np.zeros(counters_size(n_phases), np.int64)
+    hits = np.zeros((n_phases, n_chunks), np.int64)
+    _claim_all(np.zeros(counters_size(1), np.int64), np.zeros((1, 1), np.int64), 1, 1)  # compile first
+    workers = [threading.Thread(target=_claim_all, args=(counters, hits, n_phases, n_chunks)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    np.testing.assert_array_equal(hits, 1)
