@@ -529,11 +529,10 @@ class GGUFWriter:
     @property
     def planned_size(self) -> int:
         """Size of the finished file in bytes."""
-        header = self._header_bytes()
-        size = _align(len(header), self.alignment)
+        size = len(self._header_bytes())
         if self._tensors:
             last = self._tensors[-1]
-            size += _align(last.offset + last.nbytes, self.alignment)
+            size = _align(size, self.alignment) + _align(last.offset + last.nbytes, self.alignment)
         return size
 
     # -- writing ------------------------------------------------------------------
@@ -571,7 +570,8 @@ class GGUFWriter:
     def _write_header(self) -> None:
         header = self._header_bytes()
         self._write(header)
-        self._write(b"\0" * (_align(len(header), self.alignment) - len(header)))
+        if self._tensors:  # the data section starts aligned; a file without tensors has none (as gguf-py writes it)
+            self._write(b"\0" * (_align(len(header), self.alignment) - len(header)))
         self._header_done = True
 
     def write_tensor(self, name: str, data) -> None:

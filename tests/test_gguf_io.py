@@ -325,3 +325,19 @@ def test_random_garbage_never_crashes(tmp_path, small_gguf):
             GGUFReader(p)
         except GGUFError as e:
             assert "\n" not in str(e)
+
+
+def test_output_mode_follows_umask_and_tensorless_file_is_unpadded(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = write_gguf(tmp_path / "vocab.gguf", {"general.architecture": "llama", "tokenizer.ggml.model": "gpt2"}, {})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    r = GGUFReader(path)
+    assert r.tensors == [] and r.get("tokenizer.ggml.model") == "gpt2"
+    # like gguf-py's writer (convert_hf_to_gguf.py --vocab-only), no padding after the header
+    assert path.read_bytes().endswith(b"gpt2")
+    assert gguf.GGUFReader(path).fields["tokenizer.ggml.model"].contents() == "gpt2"
