@@ -92,19 +92,6 @@ def _signed_absmax(x, r, s):
 
 
 @inline
-def _min_max(x, r, s):
-    lo = _FLT_MAX
-    hi = -_FLT_MAX
-    for j in range(s, s + QK):
-        v = x[r, j]
-        if v < lo:
-            lo = v
-        if v > hi:
-            hi = v
-    return lo, hi
-
-
-@inline
 def _absmax_c_max(x, r, s):
     """amax = MAX(amax, fabsf(v)) with C's macro: a NaN is taken, then dropped by the next value."""
     amax = _ZERO
@@ -157,15 +144,18 @@ def _signed_scales(x, r, divisor, inverse, half):
 
 
 @inline
-def _range_scales(x, r, steps, lows, inverse, half_d, half_m):
-    """Q4_1, Q5_1: the minimum m, 1/d, fp16(d) and fp16(m) for d = (max - m) / steps."""
-    for b in range(inverse.size):
-        lo, hi = _min_max(x, r, b * QK)
-        d = (hi - lo) / steps
+def _block_ranges(x, r, lows, highs):
+    """Q4_1, Q5_1: each block's min and max. (Their d, 1/d and fp16 bits are left to
+    pass 2 here: in this loop they would stop it vectorizing.)"""
+    for b in range(lows.size):
+        lo = _FLT_MAX
+        hi = -_FLT_MAX
+        for j in range(b * QK, b * QK + QK):  # C's `if (v < min) min = v;`, as selects
+            v = x[r, j]
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
         lows[b] = lo
-        inverse[b] = _inverse(d)
-        half_d[b] = fp32_to_fp16_bits(d)
-        half_m[b] = fp32_to_fp16_bits(lo)
+        highs[b] = hi
 
 
 @inline
@@ -225,12 +215,14 @@ def _quantize_q4_0(x, out):
 @parallel_kernel
 def _quantize_q4_1(x, out):
     for r in prange(x.shape[0]):
-        lows, inverse, half_d, half_m = _floats(x), _floats(x), _halves(x), _halves(x)
-        _range_scales(x, r, np.float32(15.0), lows, inverse, half_d, half_m)
-        for b in range(inverse.size):
-            s, o, inv, m = b * QK, b * Q4_1_BYTES, inverse[b], lows[b]
-            _put_half(out, r, o, half_d[b])
-            _put_half(out, r, o + 2, half_m[b])
+        lows, highs = _floats(x), _floats(x)
+        _block_ranges(x, r, lows, highs)
+        for b in range(lows.size):
+            s, o, m = b * QK, b * Q4_1_BYTES, lows[b]
+            d = (highs[b] - m) / np.float32(15.0)
+            inv = _inverse(d)
+            store_fp16(out, r, o, d)
+            store_fp16(out, r, o + 2, m)
             for j in range(QK // 2):
                 lo = min(15, _c_int8((x[r, s + j] - m) * inv + _HALF))
                 hi = min(15, _c_int8((x[r, s + QK // 2 + j] - m) * inv + _HALF))
@@ -259,14 +251,16 @@ def _quantize_q5_0(x, out):
 @parallel_kernel
 def _quantize_q5_1(x, out):
     for r in prange(x.shape[0]):
-        lows, inverse, half_d, half_m = _floats(x), _floats(x), _halves(x), _halves(x)
-        _range_scales(x, r, np.float32(31.0), lows, inverse, half_d, half_m)
+        lows, highs = _floats(x), _floats(x)
+        _block_ranges(x, r, lows, highs)
         fifth = np.empty(QK, np.uint8)  # bit 4 of each quant of the block
         fifth_words = fifth.view(np.uint64)
-        for b in range(inverse.size):
-            s, o, inv, m = b * QK, b * Q5_1_BYTES, inverse[b], lows[b]
-            _put_half(out, r, o, half_d[b])
-            _put_half(out, r, o + 2, half_m[b])
+        for b in range(lows.size):
+            s, o, m = b * QK, b * Q5_1_BYTES, lows[b]
+            d = (highs[b] - m) / np.float32(31.0)
+            inv = _inverse(d)
+            store_fp16(out, r, o, d)
+            store_fp16(out, r, o + 2, m)
             for j in range(QK // 2):
                 # a (uint8_t) cast without a clamp: the C code relies on the value staying below 32
                 lo = _c_int((x[r, s + j] - m) * inv + _HALF) & 0xFF
