@@ -182,6 +182,15 @@ def _halves(x):
 
 
 @inline
+def _put_range_scale(out, r, pos, m, hi, steps):
+    """Q4_1, Q5_1: store d = (hi - m) / steps and m as fp16 at out[r, pos:pos + 4]; return 1/d."""
+    d = (hi - m) / steps
+    store_fp16(out, r, pos, d)
+    store_fp16(out, r, pos + 2, m)
+    return _inverse(d)
+
+
+@inline
 def _put_half(out, r, pos, h):
     out[r, pos] = h & 0xFF
     out[r, pos + 1] = h >> 8
@@ -219,10 +228,7 @@ def _quantize_q4_1(x, out):
         _block_ranges(x, r, lows, highs)
         for b in range(lows.size):
             s, o, m = b * QK, b * Q4_1_BYTES, lows[b]
-            d = (highs[b] - m) / np.float32(15.0)
-            inv = _inverse(d)
-            store_fp16(out, r, o, d)
-            store_fp16(out, r, o + 2, m)
+            inv = _put_range_scale(out, r, o, m, highs[b], np.float32(15.0))
             for j in range(QK // 2):
                 lo = min(15, _c_int8((x[r, s + j] - m) * inv + _HALF))
                 hi = min(15, _c_int8((x[r, s + QK // 2 + j] - m) * inv + _HALF))
@@ -257,10 +263,7 @@ def _quantize_q5_1(x, out):
         fifth_words = fifth.view(np.uint64)
         for b in range(lows.size):
             s, o, m = b * QK, b * Q5_1_BYTES, lows[b]
-            d = (highs[b] - m) / np.float32(31.0)
-            inv = _inverse(d)
-            store_fp16(out, r, o, d)
-            store_fp16(out, r, o + 2, m)
+            inv = _put_range_scale(out, r, o, m, highs[b], np.float32(31.0))
             for j in range(QK // 2):
                 # a (uint8_t) cast without a clamp: the C code relies on the value staying below 32
                 lo = _c_int((x[r, s + j] - m) * inv + _HALF) & 0xFF
