@@ -314,7 +314,8 @@ class Model:
         self.k_cache = np.zeros(cache_len, np.uint16)
         self.v_cache = np.zeros(cache_len, np.uint16)
         self._counters = np.zeros(counters_size(fw.phases_per_call(a.n_layer)), np.int64)
-        self._dims = fw.Dims(a.n_embd, a.n_layer, a.n_head, a.n_head_kv, a.head_dim, a.n_ff, a.n_vocab, self.n_ctx, a.n_rot)
+        self._dims = fw.Dims(a.n_embd, a.n_layer, a.n_head, a.n_head_kv, a.head_dim, a.n_ff, a.n_vocab, self.n_ctx, a.n_rot,
+                             self.n_threads)
         self._rope = fw.FloatParams(*_rope_params(a))
         self._last_logits = np.zeros(a.n_vocab, f32)
         self._forward = fw.Forward(self.n_threads)

@@ -503,12 +503,14 @@ def test_simd_integer_primitives():
 @njit(cache=True, nogil=True)
 def _claim_all(counters, hits, n_phases, n_chunks):
     for p in range(n_phases):
+        done = 0
         while True:
             c = claim(counters, p)
             if c >= n_chunks:
                 break
             hits[p, c] += 1
-            finish(counters, p)
+            done += 1
+        finish(counters, p, done)
         wait(counters, p, n_chunks)
         # every chunk of this phase is done before anyone starts the next one
         for c in range(n_chunks):

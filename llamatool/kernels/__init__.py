@@ -10,6 +10,11 @@
     sync.py       chunk claiming and phase barriers between threads
     forward.py    the whole forward pass as one compiled call
 
+Kernels are compiled without Numba's reference counting (`_nrt=False`): they never
+allocate, and counting references costs an atomic increment and decrement per array
+argument per call, which for the forward pass's hundreds of calls per phase chunk (on
+arrays shared between threads) cost more than the math.
+
 Importing this package imports every kernel module with Numba's cache pointed at a folder
 named after a hash of these sources. Numba only checks the timestamp of a cached function's
 own file, so a kernel that inlines code from another module (all of them do) would otherwise

@@ -27,7 +27,7 @@ from .simd import as_f32, as_u32, extract, fabs, fmax, fmin, hmax, hsum, load, r
 from numba import float32, uint32  # noqa: E402
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def quantize_q8_0(x, xo, K, q, d, s, t):
     """Quantize x[xo:xo+K] into row t of an activation slot, ggml Q8_0/Q8_1 style."""
     qo = t * K
@@ -45,7 +45,7 @@ def quantize_q8_0(x, xo, K, q, d, s, t):
         s[t * (K // 16) + 2 * b + 1] = float32(hsum(to_i32(q1)))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _signed_absmax(x, o):
     """ggml's Q8_K `max`: the value of largest magnitude among x[o:o+256], first one on ties."""
     hi = load(x, o, 16)
@@ -64,7 +64,7 @@ def _signed_absmax(x, o):
     return top
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def quantize_q8_k(x, xo, K, q, d, s, t):
     """Quantize x[xo:xo+K] into row t of an activation slot, ggml Q8_K style."""
     qo = t * K
@@ -86,7 +86,7 @@ def quantize_q8_k(x, xo, K, q, d, s, t):
             s[t * (K // 16) + 16 * b + i] = float32(hsum(to_i32(v)))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def round_row_f16(x, xo, K, out, oo):
     """out[oo:oo+K] = x[xo:xo+K] rounded to IEEE half (ggml's F16 vec_dot_type)."""
     n16 = K - K % 16
@@ -96,14 +96,14 @@ def round_row_f16(x, xo, K, out, oo):
         out[oo + i] = round_f16(x[xo + i])
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def _bf16(v):
     u = as_u32(v)
     u = (u + (((u >> uint32(16)) & uint32(1)) + uint32(0x7FFF))) & uint32(0xFFFF0000)
     return as_f32(u)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def round_row_bf16(x, xo, K, out, oo):
     """out[oo:oo+K] = x[xo:xo+K] rounded to bfloat16, nearest even (ggml's BF16 vec_dot_type)."""
     n16 = K - K % 16

@@ -16,7 +16,7 @@ from .vmath import vexp
 from numba import float32  # noqa: E402
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def attend(q, qo, k_cache, v_cache, kv_off, n_pos, head_dim, scale, scores, so, out, oo):
     """out[oo:oo+head_dim] = softmax(scale * K q) . V over positions 0..n_pos-1.
 

@@ -31,32 +31,32 @@ from numba import float32, int32, int64, uint8  # noqa: E402  (numba is already 
 IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def _b(W, i):
     """Byte i of W as int64 (Numba would mix uint8 and int64 arithmetic into float64)."""
     return int64(W[i])
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def _i8(v):
     """A byte value 0..255 read as int8."""
     return v - 256 if v > 127 else v
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def _nibbles(W, o):
     """16 bytes at o -> 32 uint8: low nibbles (weights 0-15) then high nibbles (16-31)."""
     q = load(W, o, 16)
     return concat(q & uint8(15), q >> uint8(4))
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def _high_bits(qh, shift):
     """Bit 4 of weight i (i < 32) from bit (shift + i) of the 32-bit word qh, as 0 or 16."""
     return bit_mask(qh, 32, shift) << uint8(4)
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def _k4_scale_min(W, o, j):
     """Q4_K/Q5_K: 6-bit scale and min of sub-block j from the 12 packed bytes at o."""
     if j < 4:
@@ -68,7 +68,7 @@ def _k4_scale_min(W, o, j):
     return float32(sc), float32(mn)
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def _q3k_scale(W, o, k):
     """Q3_K: signed 6-bit scale k (0..15) from the 12 packed bytes at o."""
     low = _b(W, o + k) & 0xF if k < 8 else _b(W, o + k - 8) >> 4
@@ -82,7 +82,7 @@ def _q3k_scale(W, o, k):
 # straight-line loop per type.
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def q4_0_chunk(W, row, c):
     o = row + c * 18
     d = load_f16(W, o, 1)
@@ -90,7 +90,7 @@ def q4_0_chunk(W, row, c):
     return to_i16(_nibbles(W, o + 2)), d, d, m, m
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def q4_1_chunk(W, row, c):
     o = row + c * 20
     d = load_f16(W, o, 1)
@@ -98,7 +98,7 @@ def q4_1_chunk(W, row, c):
     return to_i16(_nibbles(W, o + 4)), d, d, m, m
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def q5_0_chunk(W, row, c):
     o = row + c * 22
     d = load_f16(W, o, 1)
@@ -107,7 +107,7 @@ def q5_0_chunk(W, row, c):
     return to_i16(q), d, d, m, m
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def q5_1_chunk(W, row, c):
     o = row + c * 24
     d = load_f16(W, o, 1)
@@ -116,14 +116,14 @@ def q5_1_chunk(W, row, c):
     return to_i16(q), d, d, m, m
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def q8_0_chunk(W, row, c):
     o = row + c * 34
     d = load_f16(W, o, 1)
     return to_i16(bitcast_i8(load(W, o + 2, 32))), d, d, float32(0), float32(0)
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def iq4_nl_chunk(W, row, c):
     o = row + c * 18
     d = load_f16(W, o, 1)
@@ -134,7 +134,7 @@ def iq4_nl_chunk(W, row, c):
 # K-quants: 256-weight super-blocks of 8 chunks; j is the chunk within its super-block
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def q2_k_chunk(W, row, c):
     o = row + (c // 8) * 84
     j = c % 8
@@ -152,7 +152,7 @@ def q2_k_chunk(W, row, c):
     )
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def q3_k_chunk(W, row, c):
     o = row + (c // 8) * 110
     j = c % 8
@@ -163,7 +163,7 @@ def q3_k_chunk(W, row, c):
     return q, d * _q3k_scale(W, o + 96, 2 * j), d * _q3k_scale(W, o + 96, 2 * j + 1), float32(0), float32(0)
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def q4_k_chunk(W, row, c):
     o = row + (c // 8) * 144
     j = c % 8
@@ -174,7 +174,7 @@ def q4_k_chunk(W, row, c):
     return to_i16(q), d * sc, d * sc, -dmin * mn, -dmin * mn
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def q5_k_chunk(W, row, c):
     o = row + (c // 8) * 176
     j = c % 8
@@ -186,7 +186,7 @@ def q5_k_chunk(W, row, c):
     return to_i16(q), d * sc, d * sc, -dmin * mn, -dmin * mn
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def q6_k_chunk(W, row, c):
     o = row + (c // 8) * 210
     j = c % 8
@@ -200,7 +200,7 @@ def q6_k_chunk(W, row, c):
     return q, d * sc0, d * sc1, float32(0), float32(0)
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def iq4_xs_chunk(W, row, c):
     o = row + (c // 8) * 136
     j = c % 8

@@ -7,15 +7,15 @@ atomic counters (see sync.py), so threads meet once per call, not once per op:
 
     embed        token rows of token_embd (dequantized), RoPE angles of each position
     per layer    attn norm + activation quantization      (chunk = token)
-                 Q, K, V projections                      (chunk = 16 rows of one matrix)
+                 Q, K, V projections                      (chunk = rows of one matrix)
                  RoPE, K and V into the f16 cache         (chunk = token)
                  attention                                (chunk = head x 8 tokens)
                  quantize attention output                (chunk = token)
-                 output projection + residual             (chunk = 16 rows)
+                 output projection + residual             (chunk = rows)
                  ffn norm + activation quantization       (chunk = token)
-                 gate and up projections, SwiGLU          (chunk = 16 rows of both)
+                 gate and up projections, SwiGLU          (chunk = rows of both)
                  quantize                                 (chunk = token)
-                 down projection + residual               (chunk = 16 rows)
+                 down projection + residual               (chunk = rows)
     output       final norm, quantization, logits         (tokens that need logits only)
 
 In the last layer only the tokens that need logits go through attention, the output
@@ -74,14 +74,18 @@ N_LAYER_ROLES = 18
 # global tensors
 GLOBAL_TOK_EMBD, GLOBAL_OUTPUT_NORM, GLOBAL_OUTPUT = 0, 1, 2
 
-ROWS_PER_CHUNK = 16
+# A matrix is cut into CHUNKS_PER_THREAD chunks per thread (of at least MIN_CHUNK_ROWS rows):
+# enough for threads to even out, few enough that claiming them costs little (a claim is an
+# atomic add on a cache line the threads share: ~100 ns when they contend for it).
+CHUNKS_PER_THREAD = 4
+MIN_CHUNK_ROWS = 16
 TOKENS_PER_ATTENTION_CHUNK = 8
 
 # activation formats a group of weights needs (bit flags)
 NEED_Q8_0, NEED_Q8_K, NEED_F16, NEED_BF16 = 1, 2, 4, 8
 
 Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors")
-Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot")
+Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads")
 FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale")
 Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr q8 d8 s8 qk dk sk angles scores")
 
@@ -94,7 +98,7 @@ def phases_per_call(n_layer: int) -> int:
 # --- pieces of a phase --------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _formats(T, a, b, c):
     """NEED_* flags for the activation feeding tensors a, b, c (-1 = none)."""
     flags = 0
@@ -113,7 +117,7 @@ def _formats(T, a, b, c):
     return flags
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _prepare(src, t, K, flags, s):
     """Row t of src (width K) into the activation slots the next matmuls need."""
     if flags & NEED_Q8_0:
@@ -126,7 +130,7 @@ def _prepare(src, t, K, flags, s):
         round_row_bf16(src, t * K, K, s.xr, t * K)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0):
     """Rows r0..r1 of tensor i times activation rows t0..t1 (prepared from src)."""
     T = net.tensors
@@ -140,7 +144,7 @@ def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0):
               out, ldo, col0, out_t0)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _add_bias(net, b, r0, r1, t0, t1, out, ldo, col0):
     if b < 0:
         return
@@ -149,19 +153,28 @@ def _add_bias(net, b, r0, r1, t0, t1, out, ldo, col0):
             out[t * ldo + col0 + r] += load_f32(net.data, net.tensors[b, T_OFFSET] + 4 * r, 1)
 
 
-@njit(cache=True, forceinline=True)
-def _n_row_chunks(T, i):
-    return 0 if i < 0 else (T[i, T_ROWS] + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+@njit(cache=True, _nrt=False, forceinline=True)
+def _chunk_rows(T, i, nth):
+    """Rows per chunk of tensor i for nth threads: a multiple of 16."""
+    n_chunks = CHUNKS_PER_THREAD * nth
+    per = (T[i, T_ROWS] + n_chunks - 1) // n_chunks
+    return max(MIN_CHUNK_ROWS, (per + 15) // 16 * 16)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _n_row_chunks(T, i, nth):
+    return 0 if i < 0 else (T[i, T_ROWS] + _chunk_rows(T, i, nth) - 1) // _chunk_rows(T, i, nth)
 
 
 # --- phases: each claims chunks until none is left, then waits for the others -----------------
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, pos0, s):
     """Token embeddings into s.x and the RoPE angles of every position (chunk = token)."""
     T = net.tensors
     emb = net.globals[GLOBAL_TOK_EMBD]
+    done = 0
     while True:
         t = claim(ctr, ph)
         if t >= n_tok:
@@ -170,15 +183,17 @@ def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, pos0, s):
         call_dequant(net.dequant, T[emb, T_TYPE], net.data, row, dims.n_embd, s.x, t * dims.n_embd)
         rope_angles(pos0 + t, dims.n_rot, fp.theta_scale, fp.freq_scale, fp.ext_factor, fp.attn_factor,
                     fp.corr0, fp.corr1, net.freq_factors, s.angles, t * dims.n_rot)
-        finish(ctr, ph)
+        done += 1
+    finish(ctr, ph, done)
     wait(ctr, ph, n_tok)
     return ph + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s):
     """dst[t] = rmsnorm(src[t]) * weight, then prepared for the next matmuls (chunk = token)."""
     n = t1 - t0
+    done = 0
     while True:
         c = claim(ctr, ph)
         if c >= n:
@@ -186,26 +201,29 @@ def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s):
         t = t0 + c
         rmsnorm(src, t * K, K, eps, net.data, net.tensors[norm, T_OFFSET], dst, t * K)
         _prepare(dst, t, K, flags, s)
-        finish(ctr, ph)
+        done += 1
+    finish(ctr, ph, done)
     wait(ctr, ph, n)
     return ph + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
     n = t1 - t0
+    done = 0
     while True:
         c = claim(ctr, ph)
         if c >= n:
             break
         _prepare(src, t0 + c, K, flags, s)
-        finish(ctr, ph)
+        done += 1
+    finish(ctr, ph, done)
     wait(ctr, ph, n)
     return ph + 1
 
 
-@njit(cache=True)
-def _phase_qkv(ctr, ph, net, layer, n_tok, src, s, ldo, n_q, n_kv):
+@njit(cache=True, _nrt=False)
+def _phase_qkv(ctr, ph, net, dims, layer, n_tok, src, s, ldo, n_q, n_kv):
     """Q, K, V projections of all tokens into s.qkv (row t: q | k | v), biases added."""
     T, L = net.tensors, net.layers
     fused = L[layer, LAYER_WQKV]
@@ -216,9 +234,10 @@ def _phase_qkv(ctr, ph, net, layer, n_tok, src, s, ldo, n_q, n_kv):
         mats = (L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         biases = (L[layer, LAYER_BQ], L[layer, LAYER_BK], L[layer, LAYER_BV])
     cols = (0, n_q, n_q + n_kv)
-    n0 = _n_row_chunks(T, mats[0])
-    n1 = _n_row_chunks(T, mats[1])
-    n = n0 + n1 + _n_row_chunks(T, mats[2])
+    n0 = _n_row_chunks(T, mats[0], dims.n_threads)
+    n1 = _n_row_chunks(T, mats[1], dims.n_threads)
+    n = n0 + n1 + _n_row_chunks(T, mats[2], dims.n_threads)
+    done = 0
     while True:
         c = claim(ctr, ph)
         if c >= n:
@@ -226,21 +245,23 @@ def _phase_qkv(ctr, ph, net, layer, n_tok, src, s, ldo, n_q, n_kv):
         m = 0 if c < n0 else (1 if c < n0 + n1 else 2)
         first = 0 if m == 0 else (n0 if m == 1 else n0 + n1)
         i = mats[m]
-        r0 = (c - first) * ROWS_PER_CHUNK
-        r1 = min(r0 + ROWS_PER_CHUNK, T[i, T_ROWS])
+        r0 = (c - first) * _chunk_rows(T, i, dims.n_threads)
+        r1 = min(r0 + _chunk_rows(T, i, dims.n_threads), T[i, T_ROWS])
         _matmul(net, i, r0, r1, 0, n_tok, src, s, s.qkv, ldo, cols[m], 0)
         _add_bias(net, biases[m], r0, r1, 0, n_tok, s.qkv, ldo, cols[m])
-        finish(ctr, ph)
+        done += 1
+    finish(ctr, ph, done)
     wait(ctr, ph, n)
     return ph + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _phase_rope_store(ctr, ph, dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo):
     """Rotate q and k of each token, then append k and v to the f16 cache."""
     hd = dims.head_dim
     n_q = dims.n_head * hd
     n_kv = dims.n_head_kv * hd
+    done = 0
     while True:
         t = claim(ctr, ph)
         if t >= n_tok:
@@ -254,12 +275,13 @@ def _phase_rope_store(ctr, ph, dims, layer, n_tok, pos0, s, k_cache, v_cache, ld
             for d in range(0, hd, 16):
                 store_f16(k_cache, dst + d, load(s.qkv, row + n_q + h * hd + d, 16))
                 store_f16(v_cache, dst + d, load(s.qkv, row + n_q + n_kv + h * hd + d, 16))
-        finish(ctr, ph)
+        done += 1
+    finish(ctr, ph, done)
     wait(ctr, ph, n_tok)
     return ph + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, pos0, s, k_cache, v_cache, ldo, kq_scale):
     """Attention output of tokens first..n_tok-1 into s.att (chunk = head x 8 tokens)."""
     hd = dims.head_dim
@@ -267,6 +289,7 @@ def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, pos0, s, k_cache, 
     tiles = (n_tok - first + TOKENS_PER_ATTENTION_CHUNK - 1) // TOKENS_PER_ATTENTION_CHUNK
     n = dims.n_head * tiles
     scratch = ith * dims.n_ctx
+    done = 0
     while True:
         c = claim(ctr, ph)
         if c >= n:
@@ -277,70 +300,77 @@ def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, pos0, s, k_cache, 
         for t in range(t0, min(t0 + TOKENS_PER_ATTENTION_CHUNK, n_tok)):
             attend(s.qkv, t * ldo + h * hd, k_cache, v_cache, kv_off, pos0 + t + 1, hd, kq_scale,
                    s.scores, scratch, s.att, t * dims.n_head * hd + h * hd)
-        finish(ctr, ph)
+        done += 1
+    finish(ctr, ph, done)
     wait(ctr, ph, n)
     return ph + 1
 
 
-@njit(cache=True)
-def _phase_residual(ctr, ph, net, w, bias, t0, t1, src, s, x, n_embd):
+@njit(cache=True, _nrt=False)
+def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd):
     """x[t] += W . src[t] (+ bias) for t0 <= t < t1: the attention output and FFN down
     projections. Each chunk owns its rows, so it adds them into x without a race."""
     T = net.tensors
-    n = _n_row_chunks(T, w)
+    n = _n_row_chunks(T, w, dims.n_threads)
+    done = 0
     while True:
         c = claim(ctr, ph)
         if c >= n:
             break
-        r0 = c * ROWS_PER_CHUNK
-        r1 = min(r0 + ROWS_PER_CHUNK, T[w, T_ROWS])
+        r0 = c * _chunk_rows(T, w, dims.n_threads)
+        r1 = min(r0 + _chunk_rows(T, w, dims.n_threads), T[w, T_ROWS])
         _matmul(net, w, r0, r1, t0, t1, src, s, s.tmp, n_embd, 0, 0)
         _add_bias(net, bias, r0, r1, t0, t1, s.tmp, n_embd, 0)
         for t in range(t0, t1):
             for r in range(r0, r1):
                 x[t * n_embd + r] += s.tmp[t * n_embd + r]
-        finish(ctr, ph)
+        done += 1
+    finish(ctr, ph, done)
     wait(ctr, ph, n)
     return ph + 1
 
 
-@njit(cache=True)
-def _phase_ffn_up(ctr, ph, net, layer, t0, t1, src, s, n_ff):
+@njit(cache=True, _nrt=False)
+def _phase_ffn_up(ctr, ph, net, dims, layer, t0, t1, src, s, n_ff):
     """s.gate[t] = silu(W_gate . src[t]) * (W_up . src[t]) for t0 <= t < t1."""
     L = net.layers
     gate = L[layer, LAYER_GATE]
     up = L[layer, LAYER_UP]
-    n = _n_row_chunks(net.tensors, gate)
+    n = _n_row_chunks(net.tensors, gate, dims.n_threads)
+    done = 0
     while True:
         c = claim(ctr, ph)
         if c >= n:
             break
-        r0 = c * ROWS_PER_CHUNK
-        r1 = min(r0 + ROWS_PER_CHUNK, n_ff)
+        r0 = c * _chunk_rows(net.tensors, gate, dims.n_threads)
+        r1 = min(r0 + _chunk_rows(net.tensors, gate, dims.n_threads), n_ff)
         _matmul(net, gate, r0, r1, t0, t1, src, s, s.gate, n_ff, 0, 0)
         _add_bias(net, L[layer, LAYER_BGATE], r0, r1, t0, t1, s.gate, n_ff, 0)
         _matmul(net, up, r0, r1, t0, t1, src, s, s.up, n_ff, 0, 0)
         _add_bias(net, L[layer, LAYER_BUP], r0, r1, t0, t1, s.up, n_ff, 0)
         for t in range(t0, t1):
             swiglu(s.gate, s.up, t * n_ff + r0, r1 - r0, s.gate)
-        finish(ctr, ph)
+        done += 1
+    finish(ctr, ph, done)
     wait(ctr, ph, n)
     return ph + 1
 
 
-@njit(cache=True)
-def _phase_logits(ctr, ph, net, t0, t1, src, s, logits, n_vocab):
+@njit(cache=True, _nrt=False)
+def _phase_logits(ctr, ph, net, dims, t0, t1, src, s, logits, n_vocab):
     """logits[t - t0] = output . src[t] for t0 <= t < t1."""
     out_w = net.globals[GLOBAL_OUTPUT]
-    n = _n_row_chunks(net.tensors, out_w)
+    n = _n_row_chunks(net.tensors, out_w, dims.n_threads)
+    done = 0
     while True:
         c = claim(ctr, ph)
         if c >= n:
             break
-        r0 = c * ROWS_PER_CHUNK
-        r1 = min(r0 + ROWS_PER_CHUNK, n_vocab)
+        r0 = c * _chunk_rows(net.tensors, out_w, dims.n_threads)
+        r1 = min(r0 + _chunk_rows(net.tensors, out_w, dims.n_threads), n_vocab)
         _matmul(net, out_w, r0, r1, t0, t1, src, s, logits, n_vocab, 0, t0)
-        finish(ctr, ph)
+        done += 1
+    finish(ctr, ph, done)
     wait(ctr, ph, n)
     return ph + 1
 
@@ -348,7 +378,7 @@ def _phase_logits(ctr, ph, net, t0, t1, src, s, logits, n_vocab):
 # --- the pass ---------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, _nrt=False, nogil=True)
 def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, out_t0, s, logits, ctr):
     """One thread's part of the forward pass (all threads run it; see the module docstring).
     ith numbers the thread, for its private attention scratch."""
@@ -366,21 +396,21 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, ou
         qkv_formats = _formats(T, L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         qkv_formats |= _formats(T, L[layer, LAYER_WQKV], -1, -1)
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s)
-        ph = _phase_qkv(ctr, ph, net, layer, n_tok, s.xn, s, ld_qkv, n_q, n_kv)
+        ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, s.xn, s, ld_qkv, n_q, n_kv)
         ph = _phase_rope_store(ctr, ph, dims, layer, n_tok, pos0, s, k_cache, v_cache, ld_qkv)
         ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, pos0, s, k_cache, v_cache, ld_qkv, fp.kq_scale)
         wo = L[layer, LAYER_WO]
         ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s)
-        ph = _phase_residual(ctr, ph, net, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd)
+        ph = _phase_residual(ctr, ph, net, dims, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd)
         ffn_formats = _formats(T, L[layer, LAYER_GATE], L[layer, LAYER_UP], -1)
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_FFN_NORM], t0, n_tok, n_embd, eps, s.x, s.xn, ffn_formats, s)
-        ph = _phase_ffn_up(ctr, ph, net, layer, t0, n_tok, s.xn, s, dims.n_ff)
+        ph = _phase_ffn_up(ctr, ph, net, dims, layer, t0, n_tok, s.xn, s, dims.n_ff)
         down = L[layer, LAYER_DOWN]
         ph = _phase_prepare(ctr, ph, t0, n_tok, dims.n_ff, s.gate, _formats(T, down, -1, -1), s)
-        ph = _phase_residual(ctr, ph, net, down, L[layer, LAYER_BDOWN], t0, n_tok, s.gate, s, s.x, n_embd)
+        ph = _phase_residual(ctr, ph, net, dims, down, L[layer, LAYER_BDOWN], t0, n_tok, s.gate, s, s.x, n_embd)
     out_formats = _formats(T, net.globals[GLOBAL_OUTPUT], -1, -1)
     ph = _phase_norm(ctr, ph, net, net.globals[GLOBAL_OUTPUT_NORM], out_t0, n_tok, n_embd, eps, s.x, s.xn, out_formats, s)
-    _phase_logits(ctr, ph, net, out_t0, n_tok, s.xn, s, logits, dims.n_vocab)
+    _phase_logits(ctr, ph, net, dims, out_t0, n_tok, s.xn, s, logits, dims.n_vocab)
 
 
 class Forward:

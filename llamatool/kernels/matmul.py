@@ -38,14 +38,14 @@ from .blocks import (
     iq4_nl_chunk, iq4_xs_chunk, q2_k_chunk, q3_k_chunk, q4_0_chunk, q4_1_chunk, q4_k_chunk, q5_0_chunk,
     q5_1_chunk, q5_k_chunk, q6_k_chunk, q8_0_chunk,
 )
-from .simd import concat, fma, hsum, load, load_bf16, load_f16, load_f32, low_half, high_half, madd, splat, store, to_f32
+from .simd import concat, fma, get, hsum, load, load_bf16, load_f16, load_f32, low_half, high_half, madd, splat, store, to_f32
 from .ccall import c_signature, call_c
 from .types import BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, SUPPORTED
 
 from numba import carray, cfunc, float32  # noqa: E402
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def _lane_scales(s0, s1):
     """Scales for the 16 int32 lanes of madd(): lanes 0-7 hold weights 0-15, lanes 8-15 the rest."""
     return concat(splat(s0, 8), splat(s1, 8))
@@ -63,7 +63,7 @@ def _quantized_kernels(decode, offsets: bool):
     """
 
     # dot1 and dot4 are inlined by Numba into rows (one compiled unit per type)
-    @njit(cache=True, inline="always")
+    @njit(cache=True, _nrt=False, inline="always")
     def dot1(W, row, n_chunks, q, d, s, t, K):
         """One row . activation row t."""
         acc = splat(float32(0), 16)
@@ -73,14 +73,14 @@ def _quantized_kernels(decode, offsets: bool):
         so = t * (K // 16)
         for c in range(n_chunks):
             w, s0, s1, m0, m1 = decode(W, row, c)
-            dx = d[do + c]
+            dx = get(d, do + c)
             p = to_f32(madd(w, load(q, qo + 32 * c, 32)))
             acc = fma(p, _lane_scales(s0 * dx, s1 * dx), acc)
             if offsets:
-                offs += (m0 * s[so + 2 * c] + m1 * s[so + 2 * c + 1]) * dx
+                offs += (m0 * get(s, so + 2 * c) + m1 * get(s, so + 2 * c + 1)) * dx
         return hsum(acc) + offs
 
-    @njit(cache=True, inline="always")
+    @njit(cache=True, _nrt=False, inline="always")
     def dot4(W, row, n_chunks, q, d, s, t, K):
         """One row . activation rows t..t+3: each chunk is decoded once for four tokens."""
         z = splat(float32(0), 16)
@@ -92,20 +92,20 @@ def _quantized_kernels(decode, offsets: bool):
             w, s0, s1, m0, m1 = decode(W, row, c)
             i = t * K + 32 * c
             j = t * nd + c
-            x0, x1, x2, x3 = d[j], d[j + nd], d[j + 2 * nd], d[j + 3 * nd]
+            x0, x1, x2, x3 = get(d, j), get(d, j + nd), get(d, j + 2 * nd), get(d, j + 3 * nd)
             a0 = fma(to_f32(madd(w, load(q, i, 32))), _lane_scales(s0 * x0, s1 * x0), a0)
             a1 = fma(to_f32(madd(w, load(q, i + K, 32))), _lane_scales(s0 * x1, s1 * x1), a1)
             a2 = fma(to_f32(madd(w, load(q, i + 2 * K, 32))), _lane_scales(s0 * x2, s1 * x2), a2)
             a3 = fma(to_f32(madd(w, load(q, i + 3 * K, 32))), _lane_scales(s0 * x3, s1 * x3), a3)
             if offsets:
                 k = t * ns + 2 * c
-                o0 += (m0 * s[k] + m1 * s[k + 1]) * x0
-                o1 += (m0 * s[k + ns] + m1 * s[k + ns + 1]) * x1
-                o2 += (m0 * s[k + 2 * ns] + m1 * s[k + 2 * ns + 1]) * x2
-                o3 += (m0 * s[k + 3 * ns] + m1 * s[k + 3 * ns + 1]) * x3
+                o0 += (m0 * get(s, k) + m1 * get(s, k + 1)) * x0
+                o1 += (m0 * get(s, k + ns) + m1 * get(s, k + ns + 1)) * x1
+                o2 += (m0 * get(s, k + 2 * ns) + m1 * get(s, k + 2 * ns + 1)) * x2
+                o3 += (m0 * get(s, k + 3 * ns) + m1 * get(s, k + 3 * ns + 1)) * x3
         return hsum(a0) + o0, hsum(a1) + o1, hsum(a2) + o2, hsum(a3) + o3
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def rows(W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s, out, ldo, col0, out_t0):
         n_chunks = K // 32
         t = t0
@@ -122,7 +122,7 @@ def _quantized_kernels(decode, offsets: bool):
             for r in range(r0, r1):
                 out[(tt - out_t0) * ldo + col0 + r] = dot1(W, w_off + r * row_bytes, n_chunks, q, d, s, tt, K)
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def dequant(W, row, K, out, oo):
         for c in range(K // 32):
             w, s0, s1, m0, m1 = decode(W, row, c)
@@ -139,7 +139,7 @@ def _quantized_kernels(decode, offsets: bool):
 def _float_kernels(width: int, load_weights, load_weight):
     """The loops of a float type: `width` bytes per weight, read by the given loaders."""
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def dot(W, row, K, x, xo):
         acc = splat(float32(0), 16)
         n16 = K - K % 16
@@ -150,13 +150,13 @@ def _float_kernels(width: int, load_weights, load_weight):
             total += load_weight(W, row + width * i, 1) * x[xo + i]
         return total
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def rows(W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s, out, ldo, col0, out_t0):
         for t in range(t0, t1):
             for r in range(r0, r1):
                 out[(t - out_t0) * ldo + col0 + r] = dot(W, w_off + r * row_bytes, K, x, t * K)
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def dequant(W, row, K, out, oo):
         n16 = K - K % 16
         for i in range(0, n16, 16):
@@ -231,13 +231,13 @@ def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
     return rows, dequant
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def call_rows(table, qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s, out, ldo, col0, out_t0):
     """rows() of type qtype through its C entry point in table (see kernel_tables)."""
     call_c(table[qtype], (W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s, out, ldo, col0, out_t0))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def call_dequant(table, qtype, W, row, K, out, oo):
     """dequant() of type qtype through its C entry point in table (see kernel_tables)."""
     call_c(table[qtype], (W, row, K, out, oo))

@@ -11,7 +11,7 @@ from .simd import hsum, load, load_f32, splat, store, to_f64
 from numba import float32, float64  # noqa: E402
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def rmsnorm(x, xo, K, eps, W, w_off, out, oo):
     """out[oo:oo+K] = x[xo:xo+K] / sqrt(mean(x^2) + eps) * weight, the weight being K float32
     values at byte offset w_off of W (the mapped file)."""

@@ -17,13 +17,13 @@ from llamatool.jit import njit
 from numba import float32  # noqa: E402
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def _yarn_ramp(low, high, i0):
     y = (float32(i0 // 2) - low) / max(float32(0.001), high - low)
     return float32(1) - min(float32(1), max(float32(0), y))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def rope_angles(pos, n_rot, theta_scale, freq_scale, ext_factor, attn_factor, corr0, corr1, freq_factors, out, oo):
     """out[oo + 2i], out[oo + 2i + 1] = cos, sin of pair i's angle at position pos (times mscale)."""
     theta = float32(pos)
@@ -41,7 +41,7 @@ def rope_angles(pos, n_rot, theta_scale, freq_scale, ext_factor, attn_factor, co
         theta *= theta_scale
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def rope_rotate(v, vo, n_rot, angles, ao):
     """Rotate the adjacent pairs of v[vo:vo+n_rot] by the angles at angles[ao:]; later
     channels of the head are left as they are."""

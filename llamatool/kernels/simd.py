@@ -756,3 +756,17 @@ def _negate(typingctx, v):
 def _neg_overload(v):
     if isinstance(v, Vector):
         return lambda v: _negate(v)
+
+
+@intrinsic
+def get(typingctx, arr, index):
+    """arr[index] for a 1-D array, without Numba's negative-index wraparound (which costs a
+    compare and a select per access in hot loops; kernels never use negative indices)."""
+    if not isinstance(arr, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], context.get_data_type(arr.dtype))
+        return builder.load(ptr)
+
+    return arr.dtype(arr, index), codegen

@@ -22,7 +22,7 @@ _MAX = float32(88.3762626647949)
 _MIN = float32(-87.3365447505531)  # below this exp underflows; clamp (softmax weights ~1e-38)
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def vexp(x):
     """exp of 16 float32 lanes."""
     x = fmin(fmax(x, splat(_MIN, 16)), splat(_MAX, 16))
@@ -40,13 +40,13 @@ def vexp(x):
     return p * scale
 
 
-@njit(cache=True, forceinline=True)
+@njit(cache=True, _nrt=False, forceinline=True)
 def vsilu(x):
     """x * sigmoid(x) on 16 lanes (ggml_silu_f32: x / (1 + exp(-x)))."""
     return x / (vexp(-x) + float32(1))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def swiglu(gate, up, o, n, out):
     """out[o+i] = silu(gate[o+i]) * up[o+i] for i < n (SwiGLU: ggml_swiglu_split)."""
     n16 = n - n % 16
