@@ -49,6 +49,11 @@ _FAMILY = {
 }
 
 
+# gguf-py still lists Q8_1 with float32 d and s (40 bytes); ggml's block_q8_1 stores both
+# as fp16 (36 bytes). Q8_1 never appears in files, only as an activation format.
+_SIZE_FIXES = {"Q8_1": (32, 36)}
+
+
 @dataclass(frozen=True)
 class GGMLType:
     id: int
@@ -99,7 +104,7 @@ class GGMLType:
 def _table() -> dict[int, GGMLType]:
     table = {}
     for t in GGMLQuantizationType:
-        block_size, type_size = GGML_QUANT_SIZES[t]
+        block_size, type_size = _SIZE_FIXES.get(t.name, GGML_QUANT_SIZES[t])
         family, dot = _FAMILY.get(t.name, (None, None))
         table[int(t)] = GGMLType(int(t), t.name, block_size, type_size, family, dot)
     return table
