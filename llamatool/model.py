@@ -300,12 +300,8 @@ class Model:
             gate=np.zeros(B * a.n_ff, f32),
             up=np.zeros(B * a.n_ff, f32),
             xr=np.zeros(B * max_k, f32),
-            q8=np.zeros(B * max_k, np.int16),
-            d8=np.zeros(B * max_k // 32 + 1, f32),
-            s8=np.zeros(B * max_k // 16 + 1, f32),
-            qk=np.zeros(B * max_k, np.int16),
-            dk=np.zeros(B * max_k // 32 + 1, f32),
-            sk=np.zeros(B * max_k // 16 + 1, f32),
+            a8=_activation_slot(B * max_k),
+            ak=_activation_slot(B * max_k),
             angles=np.zeros(B * a.n_rot, f32),
             scores=np.zeros(self.n_threads * self.n_ctx, f32),
         )
@@ -392,6 +388,13 @@ class Model:
     def __repr__(self) -> str:
         a = self.args
         return f"Model({self.path.name!r}, {a.n_layer} layers, n_embd={a.n_embd}, n_ctx={self.n_ctx}, threads={self.n_threads})"
+
+
+def _activation_slot(n: int):
+    from .kernels.actquant import Activation
+
+    return Activation(np.zeros(n, np.int8), np.zeros(n // 32 + 1, np.float32), np.zeros(n // 16 + 1, np.float32),
+                      np.zeros(n // 32 + 1, np.float32))
 
 
 def _check_shapes(reader, args: ModelArgs) -> None:

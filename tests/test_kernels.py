@@ -19,7 +19,7 @@ from gguf.quants import dequantize as gguf_dequantize
 
 from llamatool.jit import njit
 from llamatool.kernels import simd
-from llamatool.kernels.actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
+from llamatool.kernels.actquant import Activation, quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
 from llamatool.kernels.attention import attend
 from llamatool.kernels.matmul import kernel_tables, kernels
 from llamatool.kernels.norm import rmsnorm
@@ -55,15 +55,16 @@ def float_rows(name: str, w: np.ndarray) -> np.ndarray:
 
 
 def activation(kind: str, x: np.ndarray):
-    """Our activation slot for rows x (n_tok, K): (q, d, s) and the dequantized values."""
+    """Our activation slot for rows x (n_tok, K), and the values it stands for (float64)."""
     n, k = x.shape
-    q, d, s = np.zeros(n * k, np.int16), np.zeros(n * k // 32, np.float32), np.zeros(n * k // 16, np.float32)
+    a = Activation(np.zeros(n * k, np.int8), np.zeros(n * k // 32, np.float32), np.zeros(n * k // 16, np.float32),
+                   np.zeros(n * k // 32, np.float32))
     fn = quantize_q8_k if kind == "Q8_K" else quantize_q8_0
     flat = np.ascontiguousarray(x, np.float32).reshape(-1)
     for t in range(n):
-        fn(flat, t * k, k, q, d, s, t)
-    deq = (q.reshape(n, k // 32, 32) * d.reshape(n, k // 32, 1).astype(np.float64)).reshape(n, k)
-    return q, d, s, deq
+        fn(flat, t * k, k, a, t)
+    deq = (a.q.reshape(n, k // 32, 32) * a.d.reshape(n, k // 32, 1).astype(np.float64)).reshape(n, k)
+    return a, deq
 
 
 # --- ggml itself, through llama-cpp-python's shared library ------------------------------------
@@ -153,11 +154,18 @@ def test_q8_0_activation_follows_ggml_algorithm():
     x = rng.standard_normal((3, 256)).astype(np.float32) * np.float32(3)
     x[1, :32] = 0  # an all-zero block
     x[2, 32:64] = 0.5  # a constant block: every value rounds to 127
-    q, d, s, _ = activation("Q8_0", x)
+    a, _ = activation("Q8_0", x)
     q_ref, d_ref = numpy_q8_0(x)
-    np.testing.assert_array_equal(q, q_ref)
-    np.testing.assert_array_equal(d, d_ref)
-    np.testing.assert_array_equal(s, q_ref.reshape(-1, 16).sum(1))
+    np.testing.assert_array_equal(a.q, q_ref)
+    np.testing.assert_array_equal(a.d, d_ref)
+    check_sums(a, q_ref)
+
+
+def check_sums(a, q_ref):
+    """The slot's scaled sums: d times the integer sums of each 16 and each 32 values."""
+    sums16 = q_ref.reshape(-1, 16).sum(1, dtype=np.int32).astype(np.float32)
+    np.testing.assert_array_equal(a.s16, np.repeat(a.d, 2) * sums16)
+    np.testing.assert_array_equal(a.s32, a.d * (sums16[0::2] + sums16[1::2]))
 
 
 def test_q8_k_activation_follows_ggml_algorithm():
@@ -166,11 +174,11 @@ def test_q8_k_activation_follows_ggml_algorithm():
     x[0, 5], x[0, 9] = 4.0, -4.0  # a tie of magnitudes: the first one sets the sign
     x[1, 256:] = 0  # an all-zero super-block
     x[2, 7] = -9.0  # negative max
-    q, d, s, _ = activation("Q8_K", x)
+    a, _ = activation("Q8_K", x)
     q_ref, d_ref = numpy_q8_k(x)
-    np.testing.assert_array_equal(q, q_ref)
-    np.testing.assert_array_equal(d.reshape(-1, 8), np.repeat(d_ref[:, None], 8, 1))
-    np.testing.assert_array_equal(s, q_ref.reshape(-1, 16).sum(1))
+    np.testing.assert_array_equal(a.q, q_ref)
+    np.testing.assert_array_equal(a.d.reshape(-1, 8), np.repeat(d_ref[:, None], 8, 1))
+    check_sums(a, q_ref)
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q8_K"])
@@ -179,16 +187,17 @@ def test_activation_quantization_is_byte_exact_with_ggml(kind):
     rng = np.random.default_rng(4)
     x = (rng.standard_normal(1024) * rng.uniform(0.1, 10, 1024)).astype(np.float32)
     raw = np.frombuffer(ggml_quantize_activation(lib, kind, x), np.uint8)
-    q, d, s, _ = activation(kind, x[None, :])
+    a, _ = activation(kind, x[None, :])
     if kind == "Q8_0":
         blocks = raw.reshape(-1, 34)
-        np.testing.assert_array_equal(blocks[:, :2].copy().view(np.float16).astype(np.float32).reshape(-1), d)
-        np.testing.assert_array_equal(blocks[:, 2:].copy().view(np.int8).reshape(-1), q)
+        np.testing.assert_array_equal(blocks[:, :2].copy().view(np.float16).astype(np.float32).reshape(-1), a.d)
+        np.testing.assert_array_equal(blocks[:, 2:].copy().view(np.int8).reshape(-1), a.q)
     else:
         blocks = raw.reshape(-1, 292)
-        np.testing.assert_array_equal(np.repeat(blocks[:, :4].copy().view(np.float32), 8), d)
-        np.testing.assert_array_equal(blocks[:, 4:260].copy().view(np.int8).reshape(-1), q)
-        np.testing.assert_array_equal(blocks[:, 260:].copy().view(np.int16).reshape(-1), s)
+        np.testing.assert_array_equal(np.repeat(blocks[:, :4].copy().view(np.float32), 8), a.d)
+        np.testing.assert_array_equal(blocks[:, 4:260].copy().view(np.int8).reshape(-1), a.q)
+        bsums = blocks[:, 260:].copy().view(np.int16).reshape(-1).astype(np.float32)
+        np.testing.assert_array_equal(a.s16, np.repeat(a.d, 2) * bsums)
 
 
 def test_float_activation_rounding():
@@ -211,10 +220,10 @@ def run_matmul(name: str, raw: np.ndarray, k: int, x: np.ndarray, act=None, r0=0
     rows = raw.shape[0]
     r1 = rows if r1 is None else r1
     t1 = x.shape[0] if t1 is None else t1
-    q, d, s = act if act is not None else activation("Q8_K" if name in K_TYPES else "Q8_0", x)[:3]
+    a = act if act is not None else activation("Q8_K" if name in K_TYPES else "Q8_0", x)[0]
     out = np.full(x.shape[0] * rows, np.nan, np.float32)
     kernels(GQ[name])[0](raw.reshape(-1), 0, raw.shape[1], k, r0, r1, t0, t1,
-                         np.ascontiguousarray(x, np.float32).reshape(-1), q, d, s, out, rows, 0, 0)
+                         np.ascontiguousarray(x, np.float32).reshape(-1), a.q, a.d, a.s16, a.s32, out, rows, 0, 0)
     return out.reshape(x.shape[0], rows)
 
 
@@ -223,11 +232,12 @@ def test_quantized_matmul_is_the_dot_product_of_both_quantized_operands(name):
     """Against float64 products of the dequantized weights and the dequantized activation:
     only float32 rounding separates them (relative 1e-5 of the row's sum of |terms|)."""
     rng = np.random.default_rng(6)
-    k, rows, n_tok = 512, 21, 7  # 7 tokens: one tile of four plus three single ones
+    # 7 tokens: one tile of four plus three single ones; 17 chunks: pairs plus an odd one
+    k, rows, n_tok = (512 if name in K_TYPES else 544), 21, 7
     raw = random_blocks(name, rows, k, rng)
     w = gguf_dequantize(raw, GQ[name]).astype(np.float64)
     x = rng.standard_normal((n_tok, k)).astype(np.float32)
-    _, _, _, xq = activation("Q8_K" if name in K_TYPES else "Q8_0", x)
+    _, xq = activation("Q8_K" if name in K_TYPES else "Q8_0", x)
     out = run_matmul(name, raw, k, x)
     scale = np.abs(xq) @ np.abs(w).T
     assert np.all(np.abs(out - xq @ w.T) <= 1e-5 * scale + 1e-7)
@@ -243,7 +253,7 @@ def test_quantized_matmul_error_is_bounded_by_the_activation_quantization(name):
     k = 512 if name in K_TYPES else k
     w = gguf_dequantize(raw, GQ[name]).astype(np.float64)
     x = rng.standard_normal((2, k)).astype(np.float32)
-    _, _, _, xq = activation("Q8_K" if name in K_TYPES else "Q8_0", x)
+    _, xq = activation("Q8_K" if name in K_TYPES else "Q8_0", x)
     bound = np.abs(x - xq) @ np.abs(w).T + 1e-5 * (np.abs(x) @ np.abs(w).T)
     assert np.all(np.abs(run_matmul(name, raw, k, x) - x.astype(np.float64) @ w.T) <= bound)
 
@@ -479,22 +489,43 @@ def test_portable_half_conversions_without_f16c(monkeypatch):
 def test_simd_integer_primitives():
     @njit(cache=True)
     def probe(a, b, table, idx, bits, out_madd, out_look, out_mask):
-        simd.store(out_madd, 0, simd.madd(simd.load(a, 0, 32), simd.load(b, 0, 32)))
+        acc = simd.load(out_madd, 0, 16)
+        simd.store(out_madd, 0, simd.dot4_u8i8(acc, simd.load(a, 0, 64), simd.load(b, 0, 64)))
         simd.store(out_look, 0, simd.lookup16(simd.load(table, 0, 16), simd.load(idx, 0, 32)))
         simd.store(out_mask, 0, simd.bit_mask(bits, 32, 3))
 
     rng = np.random.default_rng(14)
-    a = rng.integers(-32768, 32767, 32).astype(np.int16)
-    b = rng.integers(-32768, 32767, 32).astype(np.int16)
+    a = rng.integers(0, 256, 64).astype(np.uint8)
+    b = rng.integers(-128, 128, 64).astype(np.int8)
     table = rng.integers(-128, 127, 16).astype(np.int8)
     idx = rng.integers(0, 16, 32).astype(np.uint8)
     bits = np.uint64(0xDEADBEEF12345678)
-    out_madd, out_look, out_mask = np.zeros(16, np.int32), np.zeros(32, np.int8), np.zeros(32, np.uint8)
+    out_madd, out_look, out_mask = np.arange(16, dtype=np.int32), np.zeros(32, np.int8), np.zeros(32, np.uint8)
     probe(a, b, table, idx, bits, out_madd, out_look, out_mask)
-    pairs = a.astype(np.int64) * b
-    np.testing.assert_array_equal(out_madd, (pairs[0::2] + pairs[1::2]).astype(np.int32))  # wraps like vpmaddwd
+    products = a.astype(np.int32) * b
+    np.testing.assert_array_equal(out_madd, np.arange(16) + products.reshape(16, 4).sum(1))
     np.testing.assert_array_equal(out_look, table[idx])
     np.testing.assert_array_equal(out_mask, (bits >> (np.uint64(3) + np.arange(32, dtype=np.uint64))) & np.uint64(1))
+
+
+def test_portable_byte_dot_product_without_vnni(monkeypatch):
+    """The IR used on CPUs without VNNI gives the same sums as vpdpbusd."""
+    monkeypatch.setattr(simd, "_VNNI_512", False)
+    monkeypatch.setattr(simd, "_VNNI_256", False)
+
+    @njit(cache=False)
+    def dot(a, b, out16, out8):
+        simd.store(out16, 0, simd.dot4_u8i8(simd.load(out16, 0, 16), simd.load(a, 0, 64), simd.load(b, 0, 64)))
+        simd.store(out8, 0, simd.dot4_u8i8(simd.load(out8, 0, 8), simd.load(a, 0, 32), simd.load(b, 0, 32)))
+
+    rng = np.random.default_rng(15)
+    a = rng.integers(0, 256, 64).astype(np.uint8)
+    b = rng.integers(-128, 128, 64).astype(np.int8)
+    out16, out8 = np.full(16, 7, np.int32), np.full(8, -3, np.int32)
+    dot(a, b, out16, out8)
+    products = a.astype(np.int32) * b
+    np.testing.assert_array_equal(out16, 7 + products.reshape(16, 4).sum(1))
+    np.testing.assert_array_equal(out8, -3 + products[:32].reshape(8, 4).sum(1))
 
 
 # --- threads ---------------------------------------------------------------------------------------

@@ -8,11 +8,16 @@ We do the same, with the rounding of ggml's x86 kernels so our logits track llam
     Q8_K         per 256 values: the value of largest magnitude `max`, iscale = -127/max,
                  q = min(127, round_half_even(iscale * x)), d = 1/iscale (float32)
 
-Both land in one layout, an `activation slot` of three flat arrays for n_tok rows of K:
+Both land in one layout, an activation slot (`Activation`) of flat arrays for n_tok rows
+of K values:
 
-    q  int16[n_tok*K]       quantized values (int16 so the dot kernel can use vpmaddwd)
-    d  float32[n_tok*K/32]  scale of each 32-value chunk (Q8_K repeats its d 8 times)
-    s  float32[n_tok*K/16]  integer sum of each 16 values (Q8_1's s, Q8_K's bsums)
+    q    int8[n_tok*K]        quantized values
+    d    float32[n_tok*K/32]  scale of each 32-value chunk (Q8_K repeats its d 8 times)
+    s16  float32[n_tok*K/16]  d times the sum of each 16 quantized values (Q8_K's bsums)
+    s32  float32[n_tok*K/32]  d times the sum of each 32 (Q8_1's s)
+
+The sums are what a weight offset multiplies (see blocks.py); made once per activation
+row, they save every weight row the work.
 
 Float weights get the activation rounded to their own type instead (F16 or BF16 values
 kept in float32), as ggml converts src1 to the weight's vec_dot_type.
@@ -20,29 +25,41 @@ kept in float32), as ggml converts src1 to the weight's vec_dot_type.
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 from llamatool.jit import njit
 
-from .simd import as_f32, as_u32, extract, fabs, fmax, fmin, hmax, hsum, load, rint, round_f16, splat, store, to_i16, to_i32
+from .simd import as_f32, as_u32, extract, fabs, fmax, fmin, hmax, hsum, load, rint, round_f16, splat, store, to_i8, to_i32
 
 from numba import float32, uint32  # noqa: E402
 
+Activation = namedtuple("Activation", "q d s16 s32")
+
 
 @njit(cache=True, _nrt=False)
-def quantize_q8_0(x, xo, K, q, d, s, t):
-    """Quantize x[xo:xo+K] into row t of an activation slot, ggml Q8_0/Q8_1 style."""
+def quantize_q8_0(x, xo, K, a, t):
+    """Quantize x[xo:xo+K] into row t of the activation slot a, ggml Q8_0/Q8_1 style."""
     qo = t * K
     for b in range(K // 32):
         v0 = load(x, xo + 32 * b, 16)
         v1 = load(x, xo + 32 * b + 16, 16)
         amax = hmax(fmax(fabs(v0), fabs(v1)))
-        d[t * (K // 32) + b] = round_f16(amax / float32(127))
+        dx = round_f16(amax / float32(127))
         inv = float32(127) / amax if amax != 0 else float32(0)
-        q0 = to_i16(rint(v0 * inv))
-        q1 = to_i16(rint(v1 * inv))
-        store(q, qo + 32 * b, q0)
-        store(q, qo + 32 * b + 16, q1)
-        s[t * (K // 16) + 2 * b] = float32(hsum(to_i32(q0)))
-        s[t * (K // 16) + 2 * b + 1] = float32(hsum(to_i32(q1)))
+        q0 = to_i8(rint(v0 * inv))
+        q1 = to_i8(rint(v1 * inv))
+        store(a.q, qo + 32 * b, q0)
+        store(a.q, qo + 32 * b + 16, q1)
+        _set_scale_and_sums(a, t * (K // 32) + b, dx, hsum(to_i32(q0)), hsum(to_i32(q1)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _set_scale_and_sums(a, c, dx, sum0, sum1):
+    """Chunk c of a slot: its scale, and the scaled sums of its two halves and of the whole."""
+    a.d[c] = dx
+    a.s16[2 * c] = dx * float32(sum0)
+    a.s16[2 * c + 1] = dx * float32(sum1)
+    a.s32[c] = dx * float32(sum0 + sum1)
 
 
 @njit(cache=True, _nrt=False)
@@ -65,8 +82,8 @@ def _signed_absmax(x, o):
 
 
 @njit(cache=True, _nrt=False)
-def quantize_q8_k(x, xo, K, q, d, s, t):
-    """Quantize x[xo:xo+K] into row t of an activation slot, ggml Q8_K style."""
+def quantize_q8_k(x, xo, K, a, t):
+    """Quantize x[xo:xo+K] into row t of the activation slot a, ggml Q8_K style."""
     qo = t * K
     for b in range(K // 256):
         o = xo + 256 * b
@@ -78,12 +95,13 @@ def quantize_q8_k(x, xo, K, q, d, s, t):
             iscale = float32(-127) / vmax
             dd = float32(1) / iscale
         for c in range(8):
-            d[t * (K // 32) + 8 * b + c] = dd
-        for i in range(16):
             # MIN(127, .) as ggml: only a rounding of 127.5 could go past it
-            v = to_i16(fmin(rint(load(x, o + 16 * i, 16) * iscale), splat(float32(127), 16)))
-            store(q, qo + 256 * b + 16 * i, v)
-            s[t * (K // 16) + 16 * b + i] = float32(hsum(to_i32(v)))
+            top = splat(float32(127), 16)
+            v0 = to_i8(fmin(rint(load(x, o + 32 * c, 16) * iscale), top))
+            v1 = to_i8(fmin(rint(load(x, o + 32 * c + 16, 16) * iscale), top))
+            store(a.q, qo + 256 * b + 32 * c, v0)
+            store(a.q, qo + 256 * b + 32 * c + 16, v1)
+            _set_scale_and_sums(a, t * (K // 32) + 8 * b + c, dd, hsum(to_i32(v0)), hsum(to_i32(v1)))
 
 
 @njit(cache=True, _nrt=False)

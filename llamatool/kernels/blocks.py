@@ -3,15 +3,17 @@
 Every quantized row, whatever its type, is a sequence of 32-weight chunks, and each chunk
 decodes to the same five things:
 
-    w        Vector(int16, 32)  the integer weights q (unsigned or signed, type-dependent)
+    w        Vector(uint8, 32)  the weights as unsigned integers q
     s0, s1   float32            scale of weights 0-15 and 16-31
     m0, m1   float32            offset of weights 0-15 and 16-31
 
 so that weight i = s * q_i + m. A dot product with an 8-bit activation x = dx * qx then is
-`s * dx * sum(q * qx) + m * dx * sum(qx)`: one int16 multiply-add per chunk plus the
-per-16 sums of qx that activation quantization provides (ggml's Q8_1 `s` / Q8_K `bsums`).
-This is the same arithmetic as ggml's vec_dot kernels, factored so that one dot loop
-serves all types (kernels/matmul.py). Layouts follow ggml-common.h (block_q4_0 ...).
+`s * dx * sum(q * qx) + m * dx * sum(qx)`: unsigned-by-signed byte products (vpdpbusd)
+plus the per-16 sums of qx that activation quantization provides (ggml's Q8_1 `s` / Q8_K
+`bsums`). Signed formats are shifted to unsigned and the shift goes into the offset (Q8_0:
+q + 128, offset -128 d), as ggml does for Q6_K's -32. This is the arithmetic of ggml's
+vec_dot kernels, factored so that one dot loop serves all types (kernels/matmul.py).
+Layouts follow ggml-common.h (block_q4_0 ...).
 
 Each type has its own decoder function (`q4_0_chunk`, ...); the loops in matmul.py take it
 as an argument, so Numba compiles one specialized loop per type and only that type's code.
@@ -23,12 +25,14 @@ import numpy as np
 
 from llamatool.jit import njit
 
-from .simd import bit_mask, bitcast_i8, concat, load, load_f16, load_u16, load_u32, lookup16, to_i16
+from .simd import bit_mask, concat, load, load_f16, load_u16, load_u32, lookup16
 
 from numba import float32, int32, int64, uint8  # noqa: E402  (numba is already imported by .simd)
 
-#: IQ4_NL / IQ4_XS non-linear 4-bit codebook (kvalues_iq4nl in ggml-common.h)
+#: IQ4_NL / IQ4_XS non-linear 4-bit codebook (kvalues_iq4nl in ggml-common.h), shifted by
+#: +128 to unsigned bytes (the -128 goes into the chunk offset)
 IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+IQ4_VALUES_U8 = (IQ4_VALUES.astype(np.int16) + 128).astype(np.uint8)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -87,7 +91,7 @@ def q4_0_chunk(W, row, c):
     o = row + c * 18
     d = load_f16(W, o, 1)
     m = float32(-8) * d
-    return to_i16(_nibbles(W, o + 2)), d, d, m, m
+    return _nibbles(W, o + 2), d, d, m, m
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -95,7 +99,7 @@ def q4_1_chunk(W, row, c):
     o = row + c * 20
     d = load_f16(W, o, 1)
     m = load_f16(W, o + 2, 1)
-    return to_i16(_nibbles(W, o + 4)), d, d, m, m
+    return _nibbles(W, o + 4), d, d, m, m
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -104,7 +108,7 @@ def q5_0_chunk(W, row, c):
     d = load_f16(W, o, 1)
     m = float32(-16) * d
     q = _nibbles(W, o + 6) | _high_bits(load_u32(W, o + 2, 1), 0)
-    return to_i16(q), d, d, m, m
+    return q, d, d, m, m
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -113,22 +117,23 @@ def q5_1_chunk(W, row, c):
     d = load_f16(W, o, 1)
     m = load_f16(W, o + 2, 1)
     q = _nibbles(W, o + 8) | _high_bits(load_u32(W, o + 4, 1), 0)
-    return to_i16(q), d, d, m, m
+    return q, d, d, m, m
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def q8_0_chunk(W, row, c):
     o = row + c * 34
     d = load_f16(W, o, 1)
-    return to_i16(bitcast_i8(load(W, o + 2, 32))), d, d, float32(0), float32(0)
+    m = float32(-128) * d
+    return load(W, o + 2, 32) ^ uint8(0x80), d, d, m, m  # int8 q + 128, as unsigned
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq4_nl_chunk(W, row, c):
     o = row + c * 18
     d = load_f16(W, o, 1)
-    q = lookup16(load(IQ4_VALUES, 0, 16), _nibbles(W, o + 2))
-    return to_i16(q), d, d, float32(0), float32(0)
+    m = float32(-128) * d
+    return lookup16(load(IQ4_VALUES_U8, 0, 16), _nibbles(W, o + 2)), d, d, m, m
 
 
 # K-quants: 256-weight super-blocks of 8 chunks; j is the chunk within its super-block
@@ -144,7 +149,7 @@ def q2_k_chunk(W, row, c):
     sc0 = _b(W, o + 2 * j)
     sc1 = _b(W, o + 2 * j + 1)
     return (
-        to_i16(q),
+        q,
         d * float32(sc0 & 0xF),
         d * float32(sc1 & 0xF),
         -dmin * float32(sc0 >> 4),
@@ -158,9 +163,10 @@ def q3_k_chunk(W, row, c):
     j = c % 8
     d = load_f16(W, o + 108, 1)
     low = (load(W, o + 32 + 32 * (j // 4), 32) >> uint8(2 * (j % 4))) & uint8(3)
-    high = (load(W, o, 32) >> uint8(j)) & uint8(1)  # a set high-mask bit means +0, clear -4
-    q = to_i16(low) - to_i16((high ^ uint8(1)) << uint8(2))
-    return q, d * _q3k_scale(W, o + 96, 2 * j), d * _q3k_scale(W, o + 96, 2 * j + 1), float32(0), float32(0)
+    high = (load(W, o, 32) >> uint8(j)) & uint8(1)  # value = low - 4 unless the high bit is set
+    s0 = d * _q3k_scale(W, o + 96, 2 * j)
+    s1 = d * _q3k_scale(W, o + 96, 2 * j + 1)
+    return low | (high << uint8(2)), s0, s1, float32(-4) * s0, float32(-4) * s1
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -171,7 +177,7 @@ def q4_k_chunk(W, row, c):
     dmin = load_f16(W, o + 2, 1)
     sc, mn = _k4_scale_min(W, o + 4, j)
     q = (load(W, o + 16 + 32 * (j // 2), 32) >> uint8(4 * (j % 2))) & uint8(15)
-    return to_i16(q), d * sc, d * sc, -dmin * mn, -dmin * mn
+    return q, d * sc, d * sc, -dmin * mn, -dmin * mn
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -183,7 +189,7 @@ def q5_k_chunk(W, row, c):
     sc, mn = _k4_scale_min(W, o + 4, j)
     q = (load(W, o + 48 + 32 * (j // 2), 32) >> uint8(4 * (j % 2))) & uint8(15)
     q = q | (((load(W, o + 16, 32) >> uint8(j)) & uint8(1)) << uint8(4))
-    return to_i16(q), d * sc, d * sc, -dmin * mn, -dmin * mn
+    return q, d * sc, d * sc, -dmin * mn, -dmin * mn
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -194,10 +200,9 @@ def q6_k_chunk(W, row, c):
     half, g = j // 4, j % 4
     ql = (load(W, o + 64 * half + 32 * (g % 2), 32) >> uint8(4 * (g // 2))) & uint8(15)
     qh = (load(W, o + 128 + 32 * half, 32) >> uint8(2 * g)) & uint8(3)
-    q = to_i16(ql | (qh << uint8(4))) - np.int16(32)
-    sc0 = float32(_i8(_b(W, o + 192 + 2 * j)))
-    sc1 = float32(_i8(_b(W, o + 192 + 2 * j + 1)))
-    return q, d * sc0, d * sc1, float32(0), float32(0)
+    s0 = d * float32(_i8(_b(W, o + 192 + 2 * j)))
+    s1 = d * float32(_i8(_b(W, o + 192 + 2 * j + 1)))
+    return ql | (qh << uint8(4)), s0, s1, float32(-32) * s0, float32(-32) * s1  # q6 - 32
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -207,5 +212,5 @@ def iq4_xs_chunk(W, row, c):
     d = load_f16(W, o, 1)
     ls = ((_b(W, o + 4 + j // 2) >> (4 * (j % 2))) & 0xF) | (((int64(load_u16(W, o + 2, 1)) >> (2 * j)) & 3) << 4)
     dl = d * float32(int32(ls) - 32)
-    q = lookup16(load(IQ4_VALUES, 0, 16), _nibbles(W, o + 8 + 16 * j))
-    return to_i16(q), dl, dl, float32(0), float32(0)
+    m = float32(-128) * dl
+    return lookup16(load(IQ4_VALUES_U8, 0, 16), _nibbles(W, o + 8 + 16 * j)), dl, dl, m, m

@@ -87,7 +87,7 @@ NEED_Q8_0, NEED_Q8_K, NEED_F16, NEED_BF16 = 1, 2, 4, 8
 Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors")
 Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads")
 FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale")
-Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr q8 d8 s8 qk dk sk angles scores")
+Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")  # a8/ak: Q8_0/Q8_K slots
 
 
 def phases_per_call(n_layer: int) -> int:
@@ -121,9 +121,9 @@ def _formats(T, a, b, c):
 def _prepare(src, t, K, flags, s):
     """Row t of src (width K) into the activation slots the next matmuls need."""
     if flags & NEED_Q8_0:
-        quantize_q8_0(src, t * K, K, s.q8, s.d8, s.s8, t)
+        quantize_q8_0(src, t * K, K, s.a8, t)
     if flags & NEED_Q8_K:
-        quantize_q8_k(src, t * K, K, s.qk, s.dk, s.sk, t)
+        quantize_q8_k(src, t * K, K, s.ak, t)
     if flags & NEED_F16:
         round_row_f16(src, t * K, K, s.xr, t * K)
     elif flags & NEED_BF16:
@@ -136,11 +136,8 @@ def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0):
     T = net.tensors
     qtype = T[i, T_TYPE]
     x = s.xr if qtype == F16 or qtype == BF16 else src
-    if _formats(T, i, -1, -1) & NEED_Q8_K:
-        q, d, sums = s.qk, s.dk, s.sk
-    else:
-        q, d, sums = s.q8, s.d8, s.s8
-    call_rows(net.rows, qtype, net.data, T[i, T_OFFSET], T[i, T_ROW_BYTES], T[i, T_K], r0, r1, t0, t1, x, q, d, sums,
+    a = s.ak if _formats(T, i, -1, -1) & NEED_Q8_K else s.a8
+    call_rows(net.rows, qtype, net.data, T[i, T_OFFSET], T[i, T_ROW_BYTES], T[i, T_K], r0, r1, t0, t1, x, a,
               out, ldo, col0, out_t0)
 
 

@@ -6,12 +6,14 @@ an odd byte offset of the mmap'd file has no plain-Numba spelling at all. These 
 emit LLVM vector IR directly, so a kernel says exactly which vector operations it wants:
 
     q = load(W, off, 16)                    # 16 x uint8 straight from the mapped file
-    w = to_i16(concat(q & 15, q >> 4))      # 32 nibbles, widened
-    acc = fma(to_f32(madd(w, load(xq, i, 32))), splat(scale, 16), acc)
+    w = concat(q & 15, q >> 4)              # 32 nibbles
+    acc = fma(to_f32(dot4_u8i8(zero, w, load(xq, i, 32))), splat(scale, 8), acc)
 
-Everything is generic LLVM IR (portable; LLVM picks vpmovzxbw, vpmaddwd/vpdpwssd, vcvtph2ps,
-vfmadd... for the host) except `lookup16`, which uses pshufb on x86. Vectors are ordinary
-Numba values: they live in registers, flow through loops and can be passed to functions.
+Everything is generic LLVM IR (portable; LLVM picks vcvtph2ps, vfmadd, vpshufb... for the
+host), except two x86 instructions used when the CPU has them: `dot4_u8i8` is vpdpbusd
+with AVX512-VNNI / AVX-VNNI (portable IR otherwise) and `lookup16` is pshufb. Vectors are
+ordinary Numba values: they live in registers, flow through loops and can be passed to
+functions.
 
 Lane counts must be compile-time constants (literals or module-level ints).
 """
@@ -213,20 +215,6 @@ load_u16 = _typed_byte_load(ir.IntType(16), types.uint16, _same)
 load_u32 = _typed_byte_load(ir.IntType(32), types.uint32, _same)
 
 
-@intrinsic
-def f16_bits(typingctx, x):
-    """The IEEE half bits (uint16, round to nearest even) of a float32 scalar."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        if _NATIVE_HALF:
-            return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-        return _f16_bits_portable(builder, args[0])
-
-    return types.uint16(x), codegen
-
-
 def _f16_bits_portable(builder, x):
     # float32 -> half bits, round to nearest even: the float-rescaling method of ggml's
     # scalar ggml_compute_fp32_to_fp16 (from the FP16 library), for CPUs without F16C.
@@ -357,24 +345,9 @@ def _converter(target):
 #: lane-wise conversions: integers widen by sign (int8 sign-extends, uint8 zero-extends),
 #: narrow by truncation; floats to ints truncate toward zero (round first with `rint`).
 to_i8 = _converter(types.int8)
-to_u8 = _converter(types.uint8)
-to_i16 = _converter(types.int16)
 to_i32 = _converter(types.int32)
 to_f32 = _converter(types.float32)
 to_f64 = _converter(types.float64)
-
-
-@intrinsic
-def bitcast_i8(typingctx, v):
-    """Reinterpret a uint8 vector as int8 (same bits)."""
-    if not isinstance(v, Vector) or v.dtype not in (types.uint8, types.int8):
-        return None
-    vt = Vector(types.int8, v.lanes)
-
-    def codegen(context, builder, sig, args):
-        return args[0]
-
-    return vt(v), codegen
 
 
 # --- arithmetic ------------------------------------------------------------------------------
@@ -493,74 +466,6 @@ fmax = _float_call("maxnum", 2)
 fmin = _float_call("minnum", 2)
 
 
-def _int_minmax(name: str):
-    @intrinsic
-    def _mm(typingctx, a, b):
-        vt = _operand_vector_type(a, b)
-        if vt is None or not _is_int(vt.dtype):
-            return None
-
-        def codegen(context, builder, sig, args):
-            vecty = _vec_ir(context, vt)
-            a, b = args
-            if not isinstance(sig.args[1], Vector):
-                b = _splat(builder, vecty, context.cast(builder, b, sig.args[1], vt.dtype))
-            if not isinstance(sig.args[0], Vector):
-                a = _splat(builder, vecty, context.cast(builder, a, sig.args[0], vt.dtype))
-            prefix = "s" if vt.dtype.signed else "u"
-            fn = _intrinsic_fn(builder, f"llvm.{prefix}{name}.{_llvm_suffix(vecty)}", vecty, [vecty, vecty])
-            return builder.call(fn, [a, b])
-
-        return vt(a, b), codegen
-
-    return _mm
-
-
-imax = _int_minmax("max")
-imin = _int_minmax("min")
-
-
-@intrinsic
-def madd(typingctx, a, b):
-    """Pairwise multiply-add of int16 lanes into int32: out[i] = a[2i]*b[2i] + a[2i+1]*b[2i+1].
-
-    The pattern LLVM lowers to one vpmaddwd (or vpdpwssd when added to an accumulator).
-    """
-    if not (isinstance(a, Vector) and a == b and a.dtype == types.int16 and a.lanes % 2 == 0):
-        return None
-    vt = Vector(types.int32, a.lanes // 2)
-
-    def codegen(context, builder, sig, args):
-        n = a.lanes
-        wide = ir.VectorType(ir.IntType(32), n)
-        p = builder.mul(builder.sext(args[0], wide), builder.sext(args[1], wide))
-        even = ir.Constant(ir.VectorType(ir.IntType(32), n // 2), list(range(0, n, 2)))
-        odd = ir.Constant(ir.VectorType(ir.IntType(32), n // 2), list(range(1, n, 2)))
-        undef = ir.Constant(wide, ir.Undefined)
-        return builder.add(builder.shuffle_vector(p, undef, even), builder.shuffle_vector(p, undef, odd))
-
-    return vt(a, b), codegen
-
-
-@intrinsic
-def pairsum(typingctx, v):
-    """out[i] = v[2i] + v[2i+1] (int32 lanes): halves the lane count."""
-    if not (isinstance(v, Vector) and v.lanes % 2 == 0):
-        return None
-    vt = Vector(v.dtype, v.lanes // 2)
-
-    def codegen(context, builder, sig, args):
-        n = v.lanes
-        even = ir.Constant(ir.VectorType(ir.IntType(32), n // 2), list(range(0, n, 2)))
-        odd = ir.Constant(ir.VectorType(ir.IntType(32), n // 2), list(range(1, n, 2)))
-        undef = ir.Constant(args[0].type, ir.Undefined)
-        a = builder.shuffle_vector(args[0], undef, even)
-        b = builder.shuffle_vector(args[0], undef, odd)
-        return builder.add(a, b) if _is_int(v.dtype) else builder.fadd(a, b)
-
-    return vt(v), codegen
-
-
 def _reduction(int_name: str, float_name: str):
     @intrinsic
     def _reduce(typingctx, v):
@@ -670,7 +575,6 @@ def _bitcaster(target):
 
 #: same bits, other lane type (e.g. float32 <-> uint32 to build or round floats by hand)
 as_u32 = _bitcaster(types.uint32)
-as_i32 = _bitcaster(types.int32)
 as_f32 = _bitcaster(types.float32)
 
 
@@ -704,42 +608,6 @@ def round_f16(typingctx, x):
 
 
 @intrinsic
-def f16_to_f32(typingctx, h):
-    """float32 value of IEEE half bits given as a uint16 scalar."""
-    if h != types.uint16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _f32_of_f16_bits(builder, args[0], 1)
-
-    return types.float32(h), codegen
-
-
-@intrinsic
-def store_f16(typingctx, arr, index, v):
-    """Store float32 lanes as IEEE halves (round to nearest even) into a uint16 array."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.uint16 and isinstance(v, Vector) and v.dtype == types.float32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        n = v.lanes
-        i16v = ir.VectorType(ir.IntType(16), n)
-        if _NATIVE_HALF:
-            bits = builder.bitcast(builder.fptrunc(args[2], ir.VectorType(ir.HalfType(), n)), i16v)
-        else:
-            bits = ir.Constant(i16v, ir.Undefined)
-            for i in range(n):
-                k = ir.Constant(ir.IntType(32), i)
-                lane = _f16_bits_portable(builder, builder.extract_element(args[2], k))
-                bits = builder.insert_element(bits, lane, k)
-        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], i16v)
-        builder.store(bits, ptr, align=1)
-        return context.get_dummy_value()
-
-    return types.none(arr, index, v), codegen
-
-
-@intrinsic
 def _negate(typingctx, v):
     if not isinstance(v, Vector):
         return None
@@ -770,3 +638,59 @@ def get(typingctx, arr, index):
         return builder.load(ptr)
 
     return arr.dtype(arr, index), codegen
+
+
+# --- 8-bit dot products ----------------------------------------------------------------------
+
+_VNNI_512 = bool(_FEATURES.get("avx512vnni", False))
+_VNNI_256 = _VNNI_512 and bool(_FEATURES.get("avx512vl", False)) or bool(_FEATURES.get("avxvnni", False))
+
+
+@intrinsic
+def dot4_u8i8(typingctx, acc, a, b):
+    """acc[i] + sum over k < 4 of a[4i+k] * b[4i+k]: unsigned bytes times signed bytes, summed
+    in groups of four into int32 lanes. One vpdpbusd with AVX512-VNNI / AVX-VNNI (64 or 32
+    bytes); elsewhere the same sums in portable IR (widened, multiplied, pairwise added)."""
+    if not (isinstance(acc, Vector) and acc.dtype == types.int32):
+        return None
+    if not (isinstance(a, Vector) and a.dtype == types.uint8 and isinstance(b, Vector) and b.dtype == types.int8):
+        return None
+    if a.lanes != b.lanes or a.lanes != 4 * acc.lanes:
+        return None
+
+    def codegen(context, builder, sig, args):
+        n = acc.lanes
+        i32v = ir.VectorType(ir.IntType(32), n)
+        native = (n == 16 and _VNNI_512) or (n == 8 and _VNNI_256)
+        if native:
+            name = "llvm.x86.avx512.vpdpbusd.512" if n == 16 else "llvm.x86.avx512.vpdpbusd.256"
+            fn = _intrinsic_fn(builder, name, i32v, [i32v, i32v, i32v])
+            return builder.call(fn, [args[0], builder.bitcast(args[1], i32v), builder.bitcast(args[2], i32v)])
+        wide = ir.VectorType(ir.IntType(32), 4 * n)
+        p = builder.mul(builder.zext(args[1], wide), builder.sext(args[2], wide))
+        undef = ir.Constant(wide, ir.Undefined)
+        total = args[0]
+        for k in range(4):
+            lanes = ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(k, 4 * n, 4)))
+            total = builder.add(total, builder.shuffle_vector(p, undef, lanes))
+        return total
+
+    return acc(acc, a, b), codegen
+
+
+@intrinsic
+def splat4(typingctx, a, b, c, d):
+    """float32 x 16: a in lanes 0-3, b in 4-7, c in 8-11, d in 12-15."""
+    if not all(t == types.float32 for t in (a, b, c, d)):
+        return None
+    vt = Vector(types.float32, 16)
+
+    def codegen(context, builder, sig, args):
+        v = ir.Constant(ir.VectorType(ir.FloatType(), 16), ir.Undefined)
+        for i, x in enumerate(args):
+            v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), 4 * i))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 16), [4 * (i // 4) for i in range(16)])
+        return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), mask)
+
+    return vt(a, b, c, d), codegen
+
