@@ -407,10 +407,11 @@ def print_rich_table(results: Sequence[BenchResult]) -> None:
 
     table = Table(caption=f"build: {build_commit()}")
     for name in TABLE_COLUMNS:
-        table.add_column(name, justify="left" if name in ("model", "backend") else "right")
+        table.add_column(name, justify="left" if name in ("model", "backend") else "right", no_wrap=True)
     for r in results:
         table.add_row(*table_row(r))
-    Console().print(table)
+    # Piped output has no terminal width: do not squeeze the rows into 80 columns.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def bench_command(
