@@ -24,6 +24,7 @@ keep running the old code after that module changes.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from pathlib import Path
 
 from llamatool import jit as _jit
@@ -37,15 +38,21 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _import_kernels() -> None:
+_CACHE = str(_jit.cache_dir() / "numba" / f"kernels-{_source_hash()}")
+
+
+@contextmanager
+def versioned_cache():
+    """Numba functions defined inside this block cache their code in this version's folder."""
     import numba
 
     previous = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = str(_jit.cache_dir() / "numba" / f"kernels-{_source_hash()}")
+    numba.config.CACHE_DIR = _CACHE
     try:
-        from . import actquant, attention, blocks, forward, matmul, norm, rope, simd, sync, types, vmath  # noqa: F401
+        yield
     finally:
         numba.config.CACHE_DIR = previous
 
 
-_import_kernels()
+with versioned_cache():
+    from . import actquant, attention, blocks, forward, matmul, norm, rope, simd, sync, types, vmath  # noqa: F401,E402

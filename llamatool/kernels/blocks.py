@@ -15,8 +15,10 @@ q + 128, offset -128 d), as ggml does for Q6_K's -32. This is the arithmetic of 
 vec_dot kernels, factored so that one dot loop serves all types (kernels/matmul.py).
 Layouts follow ggml-common.h (block_q4_0 ...).
 
-Each type has its own decoder function (`q4_0_chunk`, ...); the loops in matmul.py take it
-as an argument, so Numba compiles one specialized loop per type and only that type's code.
+Each type has its own decoder function (`q4_0_chunk`, ...). The loops in matmul.py call
+`decode_chunk(qtype, ...)` with the type id as a compile-time constant; Numba resolves it to
+the one decoder while typing, so each type gets its own straight-line loop and compiling
+one type does not compile the others.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ import numpy as np
 from llamatool.jit import njit
 
 from .simd import bit_mask, concat, load, load_f16, load_u16, load_u32, lookup16
+from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 
 from numba import float32, int32, int64, uint8  # noqa: E402  (numba is already imported by .simd)
+from numba.core import errors, types  # noqa: E402
+from numba.extending import overload  # noqa: E402
 
 #: IQ4_NL / IQ4_XS non-linear 4-bit codebook (kvalues_iq4nl in ggml-common.h), shifted by
 #: +128 to unsigned bytes (the -128 goes into the chunk offset)
@@ -214,3 +219,45 @@ def iq4_xs_chunk(W, row, c):
     dl = d * float32(int32(ls) - 32)
     m = float32(-128) * dl
     return lookup16(load(IQ4_VALUES_U8, 0, 16), _nibbles(W, o + 8 + 16 * j)), dl, dl, m, m
+
+
+# --- choosing a decoder at compile time -----------------------------------------------------
+
+CHUNK_DECODERS = {
+    Q4_0: q4_0_chunk, Q4_1: q4_1_chunk, Q5_0: q5_0_chunk, Q5_1: q5_1_chunk, Q8_0: q8_0_chunk,
+    IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
+    Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk,
+}  # fmt: skip
+#: types whose two chunk halves have different offsets (else one offset per chunk)
+HALF_OFFSETS = (Q2_K, Q3_K, Q6_K)
+
+
+def decode_chunk(qtype, W, row, c):
+    """Chunk c of the row at byte offset `row`, for a type id that is a compile-time constant.
+
+    (An overload: Numba picks the one decoder while typing, so a kernel specialized for a
+    type compiles that type's code only.)"""
+    raise NotImplementedError("decode_chunk is only callable from compiled code")
+
+
+def half_offsets(qtype):
+    """Whether the type's chunk halves have offsets of their own (compile-time constant)."""
+    raise NotImplementedError("half_offsets is only callable from compiled code")
+
+
+def _literal_type_id(qtype) -> int:
+    if not isinstance(qtype, types.IntegerLiteral):
+        raise errors.TypingError("the quantization type must be a compile-time constant")
+    return int(qtype.literal_value)
+
+
+@overload(decode_chunk, jit_options={"_nrt": False, "forceinline": True})
+def _decode_chunk(qtype, W, row, c):
+    decoder = CHUNK_DECODERS[_literal_type_id(qtype)]
+    return lambda qtype, W, row, c: decoder(W, row, c)
+
+
+@overload(half_offsets, jit_options={"_nrt": False, "forceinline": True})
+def _half_offsets(qtype):
+    value = _literal_type_id(qtype) in HALF_OFFSETS
+    return lambda qtype: value

@@ -11,7 +11,8 @@ Two loop shapes:
     four tokens    prompt processing: each decoded weight chunk feeds four tokens, so the
                    unpacking is paid once per four products (tile, not stream)
 
-Every type gets its own compiled pair of kernels with one signature (`kernels(qtype)`):
+Every type gets its own compiled pair of kernels with one signature (specialized on the
+type id, a compile-time constant; `kernels(qtype)` binds it):
 
     rows(W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0)
         out[(t - out_t0)*ldo + col0 + r] = row r . activation row t, r0 <= r < r1, t0 <= t < t1;
@@ -29,202 +30,200 @@ re-optimize) every kernel of every type.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 
 from llamatool.jit import njit
 
-from .blocks import (
-    iq4_nl_chunk, iq4_xs_chunk, q2_k_chunk, q3_k_chunk, q4_0_chunk, q4_1_chunk, q4_k_chunk, q5_0_chunk,
-    q5_1_chunk, q5_k_chunk, q6_k_chunk, q8_0_chunk,
-)
+from .blocks import decode_chunk, half_offsets
 from .simd import concat, dot4_u8i8, fma, get, hsum, load, load_bf16, load_f16, load_f32, low_half, high_half, splat, splat4, store, to_f32
 from .ccall import c_signature, call_c
-from .types import BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, SUPPORTED
+from .types import F16, F32, FLOAT_TYPES, SUPPORTED
 
-from numba import carray, cfunc, float32, int32  # noqa: E402
+from numba import carray, cfunc, float32, int32, literally  # noqa: E402
 
 
 # --- quantized rows -----------------------------------------------------------------------
+# All specialized on the type id `qtype`, a compile-time constant. Chunks go by pairs: 64
+# weight bytes against 64 activation bytes in one vpdpbusd, whose 16 int32 lanes hold four
+# sums of 16 products each (chunk c's halves, then chunk c+1's).
 
 
-def _quantized_kernels(decode, half_offsets: bool):
-    """The loops of one quantized type, with its chunk decoder (blocks.py) compiled in.
+@njit(cache=True, _nrt=False, forceinline=True)
+def _offset(qtype, m0, m1, s16, s32, t, K, c):
+    """Chunk c's offsets times activation row t's scaled sums over the chunk."""
+    if half_offsets(qtype):
+        k = t * (K // 16) + 2 * c
+        return m0 * get(s16, k) + m1 * get(s16, k + 1)
+    return m0 * get(s32, t * (K // 32) + c)
 
-    A closure per type rather than the decoder as an argument: Numba can cache code that
-    calls a known function, not code that receives one as a value. Chunks go by pairs: 64
-    weight bytes against 64 activation bytes in one vpdpbusd, whose 16 int32 lanes hold
-    four sums of 16 products each (chunk c's halves, then chunk c+1's). half_offsets: the
-    type's offsets differ between the halves of a chunk (Q2_K, Q3_K, Q6_K), else one per chunk.
-    """
 
-    @njit(cache=True, _nrt=False, forceinline=True)
-    def offset(m0, m1, s16, s32, t, K, c):
-        """Chunk c's offsets times activation row t's scaled sums over the chunk."""
-        if half_offsets:
-            k = t * (K // 16) + 2 * c
-            return m0 * get(s16, k) + m1 * get(s16, k + 1)
-        return m0 * get(s32, t * (K // 32) + c)
+@njit(cache=True, _nrt=False, forceinline=True)
+def _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K):
+    """A last chunk without a partner: 32 bytes, halves summed separately."""
+    w, s0, s1, m0, m1 = decode_chunk(qtype, W, row, c)
+    p = to_f32(dot4_u8i8(splat(int32(0), 8), w, load(q, t * K + 32 * c, 32)))
+    dx = get(d, t * (K // 32) + c)
+    return (hsum(low_half(p)) * s0 + hsum(high_half(p)) * s1) * dx + _offset(qtype, m0, m1, s16, s32, t, K, c)
 
-    @njit(cache=True, _nrt=False, forceinline=True)
-    def odd_chunk(W, row, c, q, d, s16, s32, t, K):
-        """A last chunk without a partner: 32 bytes, halves summed separately."""
-        w, s0, s1, m0, m1 = decode(W, row, c)
-        p = to_f32(dot4_u8i8(splat(int32(0), 8), w, load(q, t * K + 32 * c, 32)))
-        dx = get(d, t * (K // 32) + c)
-        return (hsum(low_half(p)) * s0 + hsum(high_half(p)) * s1) * dx + offset(m0, m1, s16, s32, t, K, c)
 
-    @njit(cache=True, _nrt=False, inline="always")
-    def dot1(W, row, n_chunks, q, d, s16, s32, t, K):
-        """One row . activation row t."""
-        acc = splat(float32(0), 16)
-        offs = float32(0)
-        qo = t * K
-        do = t * (K // 32)
-        c = 0
-        while c + 2 <= n_chunks:
-            w0, a0, b0, m0, n0 = decode(W, row, c)
-            w1, a1, b1, m1, n1 = decode(W, row, c + 1)
-            x0 = get(d, do + c)
-            x1 = get(d, do + c + 1)
-            p = dot4_u8i8(splat(int32(0), 16), concat(w0, w1), load(q, qo + 32 * c, 64))
-            acc = fma(to_f32(p), splat4(a0 * x0, b0 * x0, a1 * x1, b1 * x1), acc)
-            offs += offset(m0, n0, s16, s32, t, K, c) + offset(m1, n1, s16, s32, t, K, c + 1)
-            c += 2
-        total = hsum(acc) + offs
-        if c < n_chunks:
-            total += odd_chunk(W, row, c, q, d, s16, s32, t, K)
-        return total
+@njit(cache=True, _nrt=False, inline="always")
+def _dot1(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
+    """One row . activation row t."""
+    acc = splat(float32(0), 16)
+    offs = float32(0)
+    qo = t * K
+    do = t * (K // 32)
+    c = 0
+    while c + 2 <= n_chunks:
+        w0, a0, b0, m0, n0 = decode_chunk(qtype, W, row, c)
+        w1, a1, b1, m1, n1 = decode_chunk(qtype, W, row, c + 1)
+        x0 = get(d, do + c)
+        x1 = get(d, do + c + 1)
+        p = dot4_u8i8(splat(int32(0), 16), concat(w0, w1), load(q, qo + 32 * c, 64))
+        acc = fma(to_f32(p), splat4(a0 * x0, b0 * x0, a1 * x1, b1 * x1), acc)
+        offs += _offset(qtype, m0, n0, s16, s32, t, K, c) + _offset(qtype, m1, n1, s16, s32, t, K, c + 1)
+        c += 2
+    total = hsum(acc) + offs
+    if c < n_chunks:
+        total += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K)
+    return total
 
-    @njit(cache=True, _nrt=False, inline="always")
-    def dot4(W, row, n_chunks, q, d, s16, s32, t, K):
-        """One row . activation rows t..t+3: each chunk is decoded once for four tokens."""
-        z = splat(float32(0), 16)
-        zi = splat(int32(0), 16)
-        a0, a1, a2, a3 = z, z, z, z
-        o0 = o1 = o2 = o3 = float32(0)
-        nd = K // 32
-        c = 0
-        while c + 2 <= n_chunks:
-            wa, sa0, sa1, ma0, ma1 = decode(W, row, c)
-            wb, sb0, sb1, mb0, mb1 = decode(W, row, c + 1)
-            w = concat(wa, wb)
-            i = t * K + 32 * c
-            j = t * nd + c
-            xa, xb = get(d, j), get(d, j + 1)
-            a0 = fma(to_f32(dot4_u8i8(zi, w, load(q, i, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a0)
-            o0 += offset(ma0, ma1, s16, s32, t, K, c) + offset(mb0, mb1, s16, s32, t, K, c + 1)
-            xa, xb = get(d, j + nd), get(d, j + nd + 1)
-            a1 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + K, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a1)
-            o1 += offset(ma0, ma1, s16, s32, t + 1, K, c) + offset(mb0, mb1, s16, s32, t + 1, K, c + 1)
-            xa, xb = get(d, j + 2 * nd), get(d, j + 2 * nd + 1)
-            a2 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + 2 * K, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a2)
-            o2 += offset(ma0, ma1, s16, s32, t + 2, K, c) + offset(mb0, mb1, s16, s32, t + 2, K, c + 1)
-            xa, xb = get(d, j + 3 * nd), get(d, j + 3 * nd + 1)
-            a3 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + 3 * K, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a3)
-            o3 += offset(ma0, ma1, s16, s32, t + 3, K, c) + offset(mb0, mb1, s16, s32, t + 3, K, c + 1)
-            c += 2
-        y0, y1, y2, y3 = hsum(a0) + o0, hsum(a1) + o1, hsum(a2) + o2, hsum(a3) + o3
-        if c < n_chunks:
-            y0 += odd_chunk(W, row, c, q, d, s16, s32, t, K)
-            y1 += odd_chunk(W, row, c, q, d, s16, s32, t + 1, K)
-            y2 += odd_chunk(W, row, c, q, d, s16, s32, t + 2, K)
-            y3 += odd_chunk(W, row, c, q, d, s16, s32, t + 3, K)
-        return y0, y1, y2, y3
 
-    @njit(cache=True, _nrt=False)
-    def rows(W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0):
-        n_chunks = K // 32
-        t = t0
-        while t + 4 <= t1:
-            for r in range(r0, r1):
-                y0, y1, y2, y3 = dot4(W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K)
-                o = (t - out_t0) * ldo + col0 + r
-                out[o] = y0
-                out[o + ldo] = y1
-                out[o + 2 * ldo] = y2
-                out[o + 3 * ldo] = y3
-            t += 4
-        for tt in range(t, t1):
-            for r in range(r0, r1):
-                out[(tt - out_t0) * ldo + col0 + r] = dot1(W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, tt, K)
+@njit(cache=True, _nrt=False, inline="always")
+def _dot4(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
+    """One row . activation rows t..t+3: each chunk is decoded once for four tokens."""
+    z = splat(float32(0), 16)
+    zi = splat(int32(0), 16)
+    a0, a1, a2, a3 = z, z, z, z
+    o0 = o1 = o2 = o3 = float32(0)
+    nd = K // 32
+    c = 0
+    while c + 2 <= n_chunks:
+        wa, sa0, sa1, ma0, ma1 = decode_chunk(qtype, W, row, c)
+        wb, sb0, sb1, mb0, mb1 = decode_chunk(qtype, W, row, c + 1)
+        w = concat(wa, wb)
+        i = t * K + 32 * c
+        j = t * nd + c
+        xa, xb = get(d, j), get(d, j + 1)
+        a0 = fma(to_f32(dot4_u8i8(zi, w, load(q, i, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a0)
+        o0 += _offset(qtype, ma0, ma1, s16, s32, t, K, c) + _offset(qtype, mb0, mb1, s16, s32, t, K, c + 1)
+        xa, xb = get(d, j + nd), get(d, j + nd + 1)
+        a1 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + K, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a1)
+        o1 += _offset(qtype, ma0, ma1, s16, s32, t + 1, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 1, K, c + 1)
+        xa, xb = get(d, j + 2 * nd), get(d, j + 2 * nd + 1)
+        a2 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + 2 * K, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a2)
+        o2 += _offset(qtype, ma0, ma1, s16, s32, t + 2, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 2, K, c + 1)
+        xa, xb = get(d, j + 3 * nd), get(d, j + 3 * nd + 1)
+        a3 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + 3 * K, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a3)
+        o3 += _offset(qtype, ma0, ma1, s16, s32, t + 3, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 3, K, c + 1)
+        c += 2
+    y0, y1, y2, y3 = hsum(a0) + o0, hsum(a1) + o1, hsum(a2) + o2, hsum(a3) + o3
+    if c < n_chunks:
+        y0 += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K)
+        y1 += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t + 1, K)
+        y2 += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t + 2, K)
+        y3 += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t + 3, K)
+    return y0, y1, y2, y3
 
-    @njit(cache=True, _nrt=False)
-    def dequant(W, row, K, out, oo):
-        for c in range(K // 32):
-            w, s0, s1, m0, m1 = decode(W, row, c)
-            wf = to_f32(w)
-            store(out, oo + 32 * c, fma(low_half(wf), splat(s0, 16), splat(m0, 16)))
-            store(out, oo + 32 * c + 16, fma(high_half(wf), splat(s1, 16), splat(m1, 16)))
 
-    return rows, dequant
+@njit(cache=True, _nrt=False)
+def quant_rows(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0):
+    """rows() of a quantized type (see the module docstring); qtype: a constant type id."""
+    literally(qtype)
+    n_chunks = K // 32
+    t = t0
+    while t + 4 <= t1:
+        for r in range(r0, r1):
+            y0, y1, y2, y3 = _dot4(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K)
+            o = (t - out_t0) * ldo + col0 + r
+            out[o] = y0
+            out[o + ldo] = y1
+            out[o + 2 * ldo] = y2
+            out[o + 3 * ldo] = y3
+        t += 4
+    for tt in range(t, t1):
+        for r in range(r0, r1):
+            out[(tt - out_t0) * ldo + col0 + r] = _dot1(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, tt, K)
+
+
+@njit(cache=True, _nrt=False)
+def quant_dequant(qtype, W, row, K, out, oo):
+    """dequant() of a quantized type; qtype: a constant type id."""
+    literally(qtype)
+    for c in range(K // 32):
+        w, s0, s1, m0, m1 = decode_chunk(qtype, W, row, c)
+        wf = to_f32(w)
+        store(out, oo + 32 * c, fma(low_half(wf), splat(s0, 16), splat(m0, 16)))
+        store(out, oo + 32 * c + 16, fma(high_half(wf), splat(s1, 16), splat(m1, 16)))
 
 
 # --- float rows -------------------------------------------------------------------------------
 
 
-def _float_kernels(width: int, load_weights, load_weight):
-    """The loops of a float type: `width` bytes per weight, read by the given loaders."""
-
-    @njit(cache=True, _nrt=False)
-    def dot(W, row, K, x, xo):
-        acc = splat(float32(0), 16)
-        n16 = K - K % 16
-        for i in range(0, n16, 16):
-            acc = fma(load_weights(W, row + width * i, 16), load(x, xo + i, 16), acc)
-        total = hsum(acc)
-        for i in range(n16, K):
-            total += load_weight(W, row + width * i, 1) * x[xo + i]
-        return total
-
-    @njit(cache=True, _nrt=False)
-    def rows(W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0):
-        for t in range(t0, t1):
-            for r in range(r0, r1):
-                out[(t - out_t0) * ldo + col0 + r] = dot(W, w_off + r * row_bytes, K, x, t * K)
-
-    @njit(cache=True, _nrt=False)
-    def dequant(W, row, K, out, oo):
-        n16 = K - K % 16
-        for i in range(0, n16, 16):
-            store(out, oo + i, load_weights(W, row + width * i, 16))
-        for i in range(n16, K):
-            out[oo + i] = load_weight(W, row + width * i, 1)
-
-    return rows, dequant
+@njit(cache=True, _nrt=False, forceinline=True)
+def _load_weights(qtype, W, o):
+    """16 float weights of a F32/F16/BF16 row at byte offset o."""
+    if qtype == F32:
+        return load_f32(W, o, 16)
+    if qtype == F16:
+        return load_f16(W, o, 16)
+    return load_bf16(W, o, 16)
 
 
-# --- the kernels of every type ------------------------------------------------------------------
-
-_BUILDERS = {
-    Q4_0: lambda: _quantized_kernels(q4_0_chunk, False),
-    Q4_1: lambda: _quantized_kernels(q4_1_chunk, False),
-    Q5_0: lambda: _quantized_kernels(q5_0_chunk, False),
-    Q5_1: lambda: _quantized_kernels(q5_1_chunk, False),
-    Q8_0: lambda: _quantized_kernels(q8_0_chunk, False),
-    IQ4_NL: lambda: _quantized_kernels(iq4_nl_chunk, False),
-    Q2_K: lambda: _quantized_kernels(q2_k_chunk, True),
-    Q3_K: lambda: _quantized_kernels(q3_k_chunk, True),
-    Q4_K: lambda: _quantized_kernels(q4_k_chunk, False),
-    Q5_K: lambda: _quantized_kernels(q5_k_chunk, False),
-    Q6_K: lambda: _quantized_kernels(q6_k_chunk, True),
-    IQ4_XS: lambda: _quantized_kernels(iq4_xs_chunk, False),
-    F32: lambda: _float_kernels(4, load_f32, load_f32),
-    F16: lambda: _float_kernels(2, load_f16, load_f16),
-    BF16: lambda: _float_kernels(2, load_bf16, load_bf16),
-}
+@njit(cache=True, _nrt=False, forceinline=True)
+def _load_weight(qtype, W, o):
+    if qtype == F32:
+        return load_f32(W, o, 1)
+    if qtype == F16:
+        return load_f16(W, o, 1)
+    return load_bf16(W, o, 1)
 
 
-@lru_cache(maxsize=None)
+@njit(cache=True, _nrt=False, forceinline=True)
+def _float_dot(qtype, W, row, K, x, xo):
+    width = 4 if qtype == F32 else 2
+    acc = splat(float32(0), 16)
+    n16 = K - K % 16
+    for i in range(0, n16, 16):
+        acc = fma(_load_weights(qtype, W, row + width * i), load(x, xo + i, 16), acc)
+    total = hsum(acc)
+    for i in range(n16, K):
+        total += _load_weight(qtype, W, row + width * i) * x[xo + i]
+    return total
+
+
+@njit(cache=True, _nrt=False)
+def float_rows(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0):
+    """rows() of F32/F16/BF16 (x already rounded to the weight's type); qtype: a constant."""
+    literally(qtype)
+    for t in range(t0, t1):
+        for r in range(r0, r1):
+            out[(t - out_t0) * ldo + col0 + r] = _float_dot(qtype, W, w_off + r * row_bytes, K, x, t * K)
+
+
+@njit(cache=True, _nrt=False)
+def float_dequant(qtype, W, row, K, out, oo):
+    """dequant() of F32/F16/BF16; qtype: a constant."""
+    literally(qtype)
+    width = 4 if qtype == F32 else 2
+    n16 = K - K % 16
+    for i in range(0, n16, 16):
+        store(out, oo + i, _load_weights(qtype, W, row + width * i))
+    for i in range(n16, K):
+        out[oo + i] = _load_weight(qtype, W, row + width * i)
+
+
+# --- the kernels of every type, and their C entry points -----------------------------------------
+
+
 def kernels(qtype: int):
-    """(rows, dequant) of a ggml type id, as Numba functions (see the module docstring)."""
-    return _BUILDERS[int(qtype)]()
-
-
-@lru_cache(maxsize=None)
-def _c_kernels(qtype: int):
-    return _c_rows(kernels(qtype)[0]), _c_dequant(kernels(qtype)[1])
+    """(rows, dequant) of a ggml type id, as Python-callable Numba kernels."""
+    qtype = int(qtype)
+    if qtype in FLOAT_TYPES:
+        return partial(float_rows, qtype), partial(float_dequant, qtype)
+    return partial(quant_rows, qtype), partial(quant_dequant, qtype)
 
 
 # argument kinds of the two kernel signatures (arrays by dtype), for their C entry points
@@ -233,22 +232,49 @@ ROWS_ARGS = (np.uint8, int, int, int, int, int, int, int, np.float32, np.int8, n
 DEQUANT_ARGS = (np.uint8, int, int, np.float32, int)
 
 
-def _c_rows(rows):
+def _c_rows(qtype: int):
+    # closures over an int only: Numba keys a cached closure on its (pickled) cell values
+    if qtype in FLOAT_TYPES:
+
+        @cfunc(c_signature(ROWS_ARGS), cache=True)
+        def entry(W, nW, w_off, row_bytes, K, r0, r1, t0, t1, x, nx, q, nq, d, nd, s16, n16, s32, n32, out, nout, ldo,
+                  col0, out_t0):
+            float_rows(qtype, carray(W, nW), w_off, row_bytes, K, r0, r1, t0, t1, carray(x, nx), carray(q, nq),
+                       carray(d, nd), carray(s16, n16), carray(s32, n32), carray(out, nout), ldo, col0, out_t0)
+
+        return entry
+
     @cfunc(c_signature(ROWS_ARGS), cache=True)
-    def entry(W, nW, w_off, row_bytes, K, r0, r1, t0, t1, x, nx, q, nq, d, nd, s16, n16, s32, n32, out, nout, ldo, col0,
-              out_t0):
-        rows(carray(W, nW), w_off, row_bytes, K, r0, r1, t0, t1, carray(x, nx), carray(q, nq), carray(d, nd),
-             carray(s16, n16), carray(s32, n32), carray(out, nout), ldo, col0, out_t0)
+    def entry(W, nW, w_off, row_bytes, K, r0, r1, t0, t1, x, nx, q, nq, d, nd, s16, n16, s32, n32, out, nout, ldo,
+              col0, out_t0):
+        quant_rows(qtype, carray(W, nW), w_off, row_bytes, K, r0, r1, t0, t1, carray(x, nx), carray(q, nq),
+                   carray(d, nd), carray(s16, n16), carray(s32, n32), carray(out, nout), ldo, col0, out_t0)
 
     return entry
 
 
-def _c_dequant(dequant):
+def _c_dequant(qtype: int):
+    if qtype in FLOAT_TYPES:
+
+        @cfunc(c_signature(DEQUANT_ARGS), cache=True)
+        def entry(W, nW, row, K, out, nout, oo):
+            float_dequant(qtype, carray(W, nW), row, K, carray(out, nout), oo)
+
+        return entry
+
     @cfunc(c_signature(DEQUANT_ARGS), cache=True)
     def entry(W, nW, row, K, out, nout, oo):
-        dequant(carray(W, nW), row, K, carray(out, nout), oo)
+        quant_dequant(qtype, carray(W, nW), row, K, carray(out, nout), oo)
 
     return entry
+
+
+@lru_cache(maxsize=None)
+def _c_kernels(qtype: int):
+    from . import versioned_cache
+
+    with versioned_cache():  # built on first use, after the package import chose the cache
+        return _c_rows(qtype), _c_dequant(qtype)
 
 
 def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
