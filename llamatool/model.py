@@ -263,6 +263,7 @@ class Model:
         threads = _thread_count(n_threads)
         model = cls(Path(path), reader, args, weights, int(n_ctx), threads, int(min(n_batch, n_ctx)))
         model._load_tokenizer()
+        model._run(np.zeros(0, np.int64), 0, model._last_logits)  # compiles or loads the forward pass now
         model.load_seconds = time.perf_counter() - start
         return model
 
@@ -360,11 +361,15 @@ class Model:
             else:
                 # only the very last token needs logits; earlier batches skip the output layer
                 out_t0, logits = (b1 - b0 - 1 if b1 == n else b1 - b0), self._last_logits
-            self._forward(self._net, self._dims, self._rope, self.k_cache, self.v_cache, ids[b0:b1], b1 - b0,
-                          self.n_past, out_t0, self._scratch, logits, self._counters)
+            self._run(ids[b0:b1], out_t0, logits)
             self.n_past += b1 - b0
             self.history.extend(int(t) for t in ids[b0:b1])
         return result if all_logits else result.copy()
+
+    def _run(self, ids: np.ndarray, out_t0: int, logits: np.ndarray) -> None:
+        """One forward call: ids at positions n_past.. (the caller advances n_past)."""
+        self._forward(self._net, self._dims, self._rope, self.k_cache, self.v_cache, ids, ids.size, self.n_past, out_t0,
+                      self._scratch, logits, self._counters)
 
     # -- generation (see llamatool.generate) ----------------------------------------------------
     def generate(self, prompt, max_tokens: int = 128, **options):
