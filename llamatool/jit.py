@@ -7,11 +7,23 @@ no kernels (`--help`, `info`) never import numba at all.
 Cache: $LLAMATOOL_CACHE_DIR, else $XDG_CACHE_HOME/llamatool, else ~/.cache/llamatool.
 Kernels are compiled on first use and cached there (`llamatool warmup` compiles them
 all ahead of time), so the JIT cost is paid once per machine, not once per run.
+
+Threads: `set_threads(n)` sets how many threads kernels use, both Numba's parallel
+regions and `for_each_chunk`, which shares work between Python threads that run
+nogil kernels: a thread takes the next chunk when it is done with one, so a thread
+the OS has descheduled (the machine is shared) slows the call by one chunk at most
+instead of holding back the half of the rows a static split would have given it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -30,8 +42,120 @@ from numba import njit, prange  # noqa: E402,F401
 
 
 def set_threads(n: int | None) -> int:
-    """Use n threads for parallel kernels (None or <= 0: all cores). Returns the count used."""
+    """Use n threads for parallel kernels (None or <= 0: all cores). Returns the count used.
+
+    The count belongs to the calling thread (as Numba's does)."""
     limit = numba.config.NUMBA_NUM_THREADS
     n = limit if not n or n <= 0 else min(int(n), limit)
     numba.set_num_threads(n)
     return n
+
+
+def threads() -> int:
+    """The calling thread's kernel thread count (1 inside a for_each_chunk worker)."""
+    return numba.get_num_threads()
+
+
+# --- cache folders keyed on sources ---------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def source_hash(folder: Path) -> str:
+    """A short hash of every .py file in folder (names and contents)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def cache_keyed_on(folder: Path, name: str):
+    """Within this context, njit(cache=True) caches into a folder named after a hash of
+    folder's sources. Numba keys a cached kernel on its own file only, so a kernel that
+    inlines helpers from a sibling module would otherwise run stale code after that module
+    changed; Numba reads the folder when a function is decorated."""
+    previous = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = str(cache_dir() / "numba" / f"{name}-{source_hash(Path(folder))}")
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = previous
+
+
+# --- compiling ------------------------------------------------------------------------------
+
+# LLVM's loop vectorizer gives up on a loop when proving its index arithmetic safe takes
+# more than 16 runtime checks ("Too many SCEV assumptions"); Numba's 2-D indexing with
+# wraparound of negative indices needs more than that in the quantizers' block loops.
+# A higher limit only lets it vectorize more loops (each still checked at run time).
+_VECTORIZER_OPTIONS = {"vectorize-scev-check-threshold": ("128", "16")}
+
+
+@contextmanager
+def vectorizer_options():
+    """Compile what runs inside this context with the vectorizer limits above (call a
+    kernel in it to compile or load it). Numba's compiler lock is held meanwhile, since
+    LLVM options are global to the process."""
+    import llvmlite.binding as llvm
+    from numba.core.compiler_lock import global_compiler_lock
+
+    with global_compiler_lock:
+        for name, (value, _) in _VECTORIZER_OPTIONS.items():
+            llvm.set_option("", f"-{name}={value}")
+        try:
+            yield
+        finally:
+            for name, (_, default) in _VECTORIZER_OPTIONS.items():
+                llvm.set_option("", f"-{name}={default}")
+
+
+# --- work sharing ---------------------------------------------------------------------------
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _single_threaded() -> None:
+    numba.set_num_threads(1)  # a worker's kernels must not share their work again
+
+
+def worker_pool() -> ThreadPoolExecutor:
+    """The process's kernel worker threads (their own kernel thread count is 1)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=numba.config.NUMBA_NUM_THREADS, thread_name_prefix="llamatool-kernel", initializer=_single_threaded
+            )
+        return _pool
+
+
+def for_each_chunk(fn, n_items: int, chunk: int) -> None:
+    """Call fn(start, stop) for consecutive chunks of range(n_items), on the calling thread
+    and up to threads() - 1 pool workers; each takes the next chunk when it is ready.
+
+    fn must release the GIL for its work (a nogil kernel). Returns when every chunk is
+    done; a worker that had not started by then is cancelled rather than waited for.
+    """
+    chunk = max(1, int(chunk))
+    n_chunks = -(-n_items // chunk)
+    helpers = min(threads(), n_chunks) - 1
+    if helpers <= 0:
+        if n_items > 0:
+            fn(0, n_items)
+        return
+    claims = itertools.count()  # next() on it is atomic (it runs under the GIL)
+
+    def work() -> None:
+        while (i := next(claims)) < n_chunks:
+            fn(i * chunk, min(n_items, (i + 1) * chunk))
+
+    pool = worker_pool()
+    futures = [pool.submit(work) for _ in range(helpers)]
+    try:
+        work()
+    finally:
+        for f in futures:
+            if not f.cancel():
+                f.result()

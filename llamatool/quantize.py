@@ -2,10 +2,13 @@
 
 The type of every tensor comes from quant_rules (llama-quantize's presets and recipe);
 this module streams the tensors through the kernels: read rows from the memory-mapped
-input, convert them to float32, quantize, write. Rows go in slabs, so memory holds one
-output tensor and one slab of float32 at a time, never the model; the input's pages are
-handed back to the OS slab by slab. The output is written atomically
-(nothing is left behind on error, Ctrl-C or SIGTERM).
+input, convert them to float32, quantize, write. The worker threads convert chunks of
+rows (a few hundred KB of float32, which stay in cache) and run ahead of the writer, on
+the tensors after the one being written, so that neither the writes nor a thread the OS
+holds back (the machine may be busy) leave the others waiting. Memory holds the tensors
+in flight (a few tens of MB, or the largest tensor) and a chunk per thread, never the
+model; the input's pages are handed back to the OS tensor by tensor. The output is
+written atomically (nothing is left behind on error, Ctrl-C or SIGTERM).
 
 The file matches llama-quantize's: tensors in its loader order, metadata copied in
 order with general.quantization_version and general.file_type moved to the end.
@@ -14,7 +17,10 @@ order with general.quantization_version and general.file_type moved to the end.
 from __future__ import annotations
 
 import mmap
+import queue
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,7 +46,8 @@ __all__ = ["QuantizeOptions", "tensor_types", "preset_file_type", "preset_names"
 
 GGML_QNT_VERSION = 2  # general.quantization_version llama.cpp writes
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
-SLAB_BYTES = 16 << 20  # float32 rows converted at once
+CHUNK_VALUES = 1 << 18  # float32 values a worker converts at once: 1 MiB, which stays in cache
+AHEAD_BYTES = 32 << 20  # output converted ahead of the writer (one tensor more at most)
 MIB = 1024 * 1024
 
 
@@ -176,15 +183,16 @@ def check_kernels(jobs: list[TensorJob]) -> None:
 # --- writing --------------------------------------------------------------------------------
 
 
-def _release_pages(reader: GGUFReader, t: TensorInfo, first: int = 0, size: int | None = None) -> None:
-    """Drop input pages we are done with from our resident set (they stay in the page
-    cache), as llama-quantize unmaps each weight: RSS then tracks a slab, not the model."""
+def _release_pages(reader: GGUFReader, t: TensorInfo) -> None:
+    """Drop a tensor's input pages from our resident set once it is written (they stay in
+    the page cache), as llama-quantize unmaps each weight: RSS then tracks the tensors in
+    flight, not the model."""
     mm = getattr(reader, "_mmap", None)
     if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
         return
-    start = reader.data_offset + t.offset + first
+    start = reader.data_offset + t.offset
     aligned = start - start % mmap.PAGESIZE
-    length = start + (t.nbytes - first if size is None else size) - aligned
+    length = start + t.nbytes - aligned
     if length > 0:
         try:
             mm.madvise(mmap.MADV_DONTNEED, aligned, length)
@@ -192,24 +200,119 @@ def _release_pages(reader: GGUFReader, t: TensorInfo, first: int = 0, size: int 
             pass
 
 
-def _convert(job: TensorJob, reader: GGUFReader, on_bytes) -> np.ndarray:
-    """The job's tensor in its new type, converted slab by slab of rows."""
-    src = job.src
-    n_per_row, n_rows = src.ne[0], src.n_rows
-    out = np.empty((n_rows, job.dst.row_bytes(n_per_row)), dtype=np.uint8)
-    rows_per_slab = max(1, SLAB_BYTES // (4 * n_per_row))
-    src_row_bytes = src.data.shape[1] if n_rows else 0
-    for r0 in range(0, n_rows, rows_per_slab):
-        r1 = min(n_rows, r0 + rows_per_slab)
-        x = dequantize(src.type, src.data[r0:r1])
-        if not np.isfinite(x).all():
-            row = r0 + int(np.argwhere(~np.isfinite(x))[0][0])
-            raise LlamatoolError(f"{job.name}: row {row} holds NaN or infinite values; refusing to quantize it")
-        out[r0:r1] = quantize(job.dst, x)
-        del x
-        _release_pages(reader, src, r0 * src_row_bytes, (r1 - r0) * src_row_bytes)
-        on_bytes((r1 - r0) * src_row_bytes)
-    return out
+def _scratch(local: threading.local, n: int) -> np.ndarray:
+    """A float32 buffer of at least n values, the calling thread's own."""
+    buf = getattr(local, "buf", None)
+    if buf is None or buf.size < n:
+        buf = local.buf = np.empty(max(n, CHUNK_VALUES), np.float32)
+    return buf[:n]
+
+
+def _convert_rows(job: TensorJob, out: np.ndarray, r0: int, r1: int, local: threading.local) -> None:
+    """Rows r0:r1 of the job's tensor, read, widened to float32 and quantized into out."""
+    from .quants.floats import first_nonfinite_row
+
+    n_per_row = job.src.ne[0]
+    raw = job.src.data[r0:r1]
+    if job.src.type.name == "F32":
+        x = raw.view(np.float32)
+    else:
+        x = dequantize(job.src.type, raw, out=_scratch(local, (r1 - r0) * n_per_row).reshape(r1 - r0, n_per_row))
+    bad = first_nonfinite_row(x)
+    if bad is not None:
+        raise LlamatoolError(f"{job.name}: row {r0 + bad} holds NaN or infinite values; refusing to quantize it")
+    quantize(job.dst, x, out=out[r0:r1])
+
+
+class _Tensor:
+    """A tensor being converted: its output and the chunks of rows still to do."""
+
+    def __init__(self, job: TensorJob):
+        n_rows, n_per_row = job.src.n_rows, job.src.ne[0]
+        self.job = job
+        self.out = np.empty((n_rows, job.dst.row_bytes(n_per_row)), np.uint8)
+        rows = max(1, CHUNK_VALUES // max(1, n_per_row))
+        self.chunks = [(r0, min(n_rows, r0 + rows)) for r0 in range(0, n_rows, rows)]
+        self.left = len(self.chunks)
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        if not self.chunks:
+            self.done.set()
+
+
+class _Converter:
+    """The tensors of a model converted in order on worker threads, ahead of the writer.
+
+    Workers take the next chunk of rows whatever tensor it belongs to, so they keep busy
+    while the writer waits for (or writes) an earlier tensor; conversion starts as soon as
+    the converter is entered (while the header is being written). Iterating gives
+    (job, data) for every job in order: the input's bytes for a copy, the converted tensor
+    otherwise."""
+
+    def __init__(self, jobs: list[TensorJob], n_workers: int):
+        self.jobs = jobs
+        self.n_workers = n_workers if any(j.converts for j in jobs) else 0
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.stopped = False
+        self.workers: list = []
+        self.pending: deque[_Tensor] = deque()
+        self.upcoming = iter([j for j in jobs if j.converts])
+        self.ahead = 0  # output bytes submitted and not yet handed to the writer
+
+    def __enter__(self) -> "_Converter":
+        if self.n_workers:
+            from .jit import worker_pool
+
+            self.workers = [worker_pool().submit(self._work) for _ in range(self.n_workers)]
+            self._submit_ahead()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Stop the workers (chunks not started are dropped) and wait for them."""
+        self.stopped = True
+        for _ in self.workers:
+            self.queue.put(None)
+        for w in self.workers:
+            w.result()
+
+    def __iter__(self):
+        for job in self.jobs:
+            if not job.converts:
+                yield job, job.src.data
+                continue
+            self._submit_ahead()
+            tensor = self.pending.popleft()
+            tensor.done.wait()
+            if tensor.error is not None:
+                raise tensor.error
+            yield job, tensor.out
+            self.ahead -= job.dst_bytes
+
+    def _submit_ahead(self) -> None:
+        while not self.pending or self.ahead < AHEAD_BYTES:
+            job = next(self.upcoming, None)
+            if job is None:
+                return
+            tensor = _Tensor(job)
+            for r0, r1 in tensor.chunks:
+                self.queue.put((tensor, r0, r1))
+            self.pending.append(tensor)
+            self.ahead += job.dst_bytes
+
+    def _work(self) -> None:
+        local = threading.local()
+        while (item := self.queue.get()) is not None:
+            tensor, r0, r1 = item
+            if tensor.error is None and not self.stopped:
+                try:
+                    _convert_rows(tensor.job, tensor.out, r0, r1, local)
+                except BaseException as e:  # noqa: BLE001 - handed to the writer, which raises it
+                    tensor.error = e
+            with self.lock:
+                tensor.left -= 1
+                if tensor.left == 0:
+                    tensor.done.set()
 
 
 def _write_header(writer: GGUFWriter, reader: GGUFReader, jobs: list[TensorJob], preset: str) -> None:
@@ -271,24 +374,21 @@ def quantize_model(
             return result
         check_requantize(reader, jobs, options)
         check_kernels(jobs)
+        n_workers = 1
         if any(j.converts for j in jobs):
             from .jit import set_threads
 
-            set_threads(nthreads)
+            n_workers = set_threads(nthreads)
         start = time.perf_counter()
         bar, task = _progress(result.size_before, progress)
-        with bar, GGUFWriter(out, force=force, inputs=[inp]) as writer:
+        with bar, GGUFWriter(out, force=force, inputs=[inp]) as writer, _Converter(jobs, n_workers) as tensors:
             _write_header(writer, reader, jobs, preset)
-            for job in jobs:
+            for job, data in tensors:
                 bar.update(task, description=f"{job.name} -> {job.dst.name}" if job.converts else job.name)
-                if job.converts:
-                    data = _convert(job, reader, lambda n: bar.advance(task, n))
-                else:
-                    data = job.src.data
-                    bar.advance(task, job.src_bytes)
                 writer.write_tensor(job.name, data)
                 del data
                 _release_pages(reader, job.src)
+                bar.advance(task, job.src_bytes)
             bar.update(task, description=f"wrote {out.name}")
         result.seconds = time.perf_counter() - start
         result.file_size = Path(out).stat().st_size

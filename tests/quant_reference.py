@@ -1,7 +1,8 @@
 """References for the legacy, IQ4 and float quantization tests.
 
-- `load()`: llama.cpp's own C quantizers through ctypes, from the libggml-base that
-  llama-cpp-python ships (nothing is built here); None when llama-cpp-python is absent.
+- `load()`: llama.cpp's own C quantizers and dequantizers through ctypes, for every
+  type (K-quants too), from the libggml-base that llama-cpp-python ships (nothing is
+  built here); None when llama-cpp-python is absent.
 - `finite_rows()` / `special_rows()`: the inputs, finite and non-finite, every test uses.
 - `random_blocks()`: raw blocks with random bits and finite fp16 scales.
 - `ggml`: a pytest fixture of the C reference that skips without llama-cpp-python.
@@ -35,8 +36,9 @@ LEGACY_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1"]
 IQ_TYPES = ["IQ4_NL", "IQ4_XS"]
 FLOAT_TYPES = ["F16", "BF16"]
 
-# Types ggml_quantize_chunk does not take, and the row quantizer used for them instead.
-_ROW_REF_ONLY = {"Q8_1": "quantize_row_q8_1_ref"}
+# Types ggml_quantize_chunk does not take (activation formats), and the row quantizer used
+# for them instead.
+_ROW_REF_ONLY = {"Q8_1": "quantize_row_q8_1_ref", "Q8_K": "quantize_row_q8_K_ref"}
 _f32p = ctypes.POINTER(ctypes.c_float)
 
 
@@ -92,7 +94,8 @@ class GGMLReference:
         block_size, type_size = self.block_geometry(type_name)
         raw = np.ascontiguousarray(raw, dtype=np.uint8)
         out = np.empty(raw.size // type_size * block_size, dtype=np.float32)
-        fn = getattr(self.lib, f"dequantize_row_{type_name.lower()}")
+        c_name = type_name.lower().replace("_k", "_K")  # ggml's spelling: q4_0, q4_K, iq4_xs
+        fn = getattr(self.lib, f"dequantize_row_{c_name}")
         fn.argtypes = [ctypes.c_void_p, _f32p, ctypes.c_int64]
         fn.restype = None
         fn(raw.ctypes.data, out.ctypes.data_as(_f32p), out.size)
@@ -294,8 +297,8 @@ def first_difference(ours: np.ndarray, expected: np.ndarray, block_bytes: int) -
             f"  ours     {ours[r, block].tobytes().hex()}\n  expected {expected[r, block].tobytes().hex()}")
 
 
-def assert_same_bits(ours: np.ndarray, expected: np.ndarray) -> None:
+def assert_same_bits(ours: np.ndarray, expected: np.ndarray, context: str = "") -> None:
     """float32 arrays equal bit for bit (so -0.0 and NaN payloads count too)."""
-    assert ours.dtype == np.float32 and ours.shape == expected.shape
+    assert ours.dtype == np.float32 and ours.shape == expected.shape, context
     same = ours.view(np.uint32) == np.ascontiguousarray(expected, dtype=np.float32).view(np.uint32)
-    assert same.all(), f"{(~same).sum()} values differ, first at {np.argwhere(~same)[0]}"
+    assert same.all(), f"{context} {(~same).sum()} values differ, first at {np.argwhere(~same)[0]}"

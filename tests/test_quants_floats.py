@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from gguf.constants import GGMLQuantizationType
 
-from llamatool.quants import floats, registry
+from llamatool.quants import cmath, registry
 from tests.quant_reference import (
     FLOAT_TYPES, VECTORS_LEGACY, assert_same_bits, dequantize, elementwise, float_values, ggml, load_vectors, quantize,
 )
 
 
-_fp16_bits_of = elementwise(floats.fp32_to_fp16_bits, np.uint16)
-_fp32_of_fp16_bits = elementwise(floats.fp16_bits_to_fp32, np.float32)
+_fp16_bits_of = elementwise(cmath.fp32_to_fp16_bits, np.uint16)
+_fp32_of_fp16_bits = elementwise(cmath.fp16_bits_to_fp32, np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +81,22 @@ def test_fp16_scalar_conversion_matches_ggml_on_random_bits(ggml):
     assert np.array_equal(_fp16_bits_of(x), ggml.quantize("F16", x.reshape(1, -1)).view(np.uint16).ravel())
 
 
-def test_fp16_back_to_fp32_is_exact_for_every_finite_half():
+def test_fp16_back_to_fp32_is_exact_for_every_half():
+    """Every one of the 65536 halves; a NaN keeps sign and payload and comes back quiet,
+    as ggml_compute_fp16_to_fp32 (and the hardware conversion) make it."""
     bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    finite = (bits & 0x7C00) != 0x7C00
+    nan = ((bits & 0x7C00) == 0x7C00) & ((bits & 0x3FF) != 0)
     ours = _fp32_of_fp16_bits(bits)
-    assert_same_bits(ours[finite], bits[finite].view(np.float16).astype(np.float32))
-    assert np.isinf(ours[(bits & 0x7FFF) == 0x7C00]).all()
-    assert np.isnan(ours[((bits & 0x7C00) == 0x7C00) & ((bits & 0x3FF) != 0)]).all()
+    assert_same_bits(ours[~nan], bits[~nan].view(np.float16).astype(np.float32))
+    wide = bits[nan].astype(np.uint32)
+    quiet_nans = ((wide & 0x8000) << 16) | 0x7FC00000 | ((wide & 0x3FF) << 13)
+    assert np.array_equal(ours[nan].view(np.uint32), quiet_nans)
+
+
+def test_fp16_of_nan_is_ggml_quiet_nan_with_the_sign():
+    nans = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFBFFFFF, 0x7FFFFFFF], np.uint32).view(np.float32)
+    assert list(_fp16_bits_of(nans)) == [0x7E00, 0xFE00, 0x7E00, 0xFE00, 0x7E00]
+    assert list(quantize("F16", nans.reshape(1, -1)).view(np.uint16)[0]) == [0x7E00, 0xFE00, 0x7E00, 0xFE00, 0x7E00]
 
 
 # ---------------------------------------------------------------- dequantize and F32

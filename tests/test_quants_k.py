@@ -4,14 +4,13 @@
   (tests/data/quant_vectors_k_*.npz), so CI checks byte-exactness without llama.cpp.
   Regenerate with `python -m tests.test_quants_k` (needs llama-cpp-python).
 - gguf-py's numpy dequantizers (bit-exact), and its quantizers where it has them.
-- ggml itself through ctypes (libggml-base.so shipped in llama-cpp-python), when installed.
+- ggml itself through ctypes (tests/quant_reference.py's binding to the libggml-base
+  shipped in llama-cpp-python), when installed.
 - Round-trip error within what each format can do.
 """
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
 from pathlib import Path
 
 import gguf.quants
@@ -20,7 +19,8 @@ import pytest
 from gguf.constants import GGMLQuantizationType
 
 from llamatool.errors import LlamatoolError
-from llamatool.quants import kquants, registry
+from llamatool.quants import cmath, kquants, registry
+from tests.quant_reference import assert_same_bits, elementwise, first_difference, ggml, load  # noqa: F401  (ggml: a fixture)
 
 TYPES = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k"]
 DATA = Path(__file__).parent / "data"
@@ -38,13 +38,17 @@ def dequantize(name: str, raw: np.ndarray) -> np.ndarray:
     return getattr(kquants, f"dequantize_{name}")(raw)
 
 
+def ggml_quantize(ref, name: str, x: np.ndarray) -> np.ndarray:
+    """What llama-quantize writes without an imatrix (Q8_K: ggml's _ref row function)."""
+    return ref.quantize(name.upper(), x)
+
+
+def ggml_dequantize(ref, name: str, raw: np.ndarray) -> np.ndarray:
+    return ref.dequantize(name.upper(), raw)
+
+
 def ggml_id(name: str) -> GGMLQuantizationType:
     return GGMLQuantizationType[name.upper()]
-
-
-def same_floats(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bit-identical float32 arrays (so -0.0 != 0.0 and every NaN must sit where the other's is)."""
-    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
 # ---------------------------------------------------------------- inputs
@@ -115,60 +119,9 @@ def random_blocks(name: str, rng: np.random.Generator, n_rows: int = 16, n_block
     return raw.reshape(n_rows, n_blocks * size)
 
 
-# ---------------------------------------------------------------- ggml through ctypes
-
-
-def ggml_library():
-    """libggml-base from llama-cpp-python, or None when it is not installed."""
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "lib" / "libggml-base.so"
-    if not path.exists():
-        return None
-    lib = ctypes.CDLL(str(path))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3 + [
-        ctypes.c_void_p
-    ]
-    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
-    lib.quantize_row_q8_K_ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    for name in TYPES:
-        getattr(lib, f"dequantize_row_{name[:-1]}K").argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    return lib
-
-
-def ggml_quantize(lib, name: str, x: np.ndarray) -> np.ndarray:
-    """What llama-quantize writes without an imatrix: ggml_quantize_chunk (Q8_K: its _ref row function)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.zeros((x.shape[0], x.shape[1] // 256 * kquants.BLOCK_BYTES[name]), np.uint8)
-    if name == "q8_k":  # not a storage type, so not in ggml_quantize_chunk
-        lib.quantize_row_q8_K_ref(x.ctypes.data, out.ctypes.data, x.size)
-    else:
-        lib.ggml_quantize_init(int(ggml_id(name)))
-        lib.ggml_quantize_chunk(int(ggml_id(name)), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], None)
-    return out
-
-
-def ggml_dequantize(lib, name: str, raw: np.ndarray) -> np.ndarray:
-    raw = np.ascontiguousarray(raw)
-    y = np.zeros((raw.shape[0], raw.shape[1] // kquants.BLOCK_BYTES[name] * 256), np.float32)
-    with np.errstate(all="ignore"):
-        getattr(lib, f"dequantize_row_{name[:-1]}K")(raw.ctypes.data, y.ctypes.data, y.size)
-    return y
-
-
-@pytest.fixture(scope="module")
-def ggml():
-    lib = ggml_library()
-    if lib is None:
-        pytest.skip("llama-cpp-python (libggml-base.so) is not installed: no comparison with ggml's C code")
-    return lib
-
-
 def write_reference_vectors(out_dir: Path = DATA) -> None:
     """Regenerate tests/data/quant_vectors_k_*.npz from ggml's C quantizers."""
-    lib = ggml_library()
+    lib = load()
     if lib is None:
         raise SystemExit("llama-cpp-python is not installed")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,13 +134,6 @@ def write_reference_vectors(out_dir: Path = DATA) -> None:
 
 
 # ---------------------------------------------------------------- byte-exactness, committed vectors
-
-
-def first_difference(ours: np.ndarray, expected: np.ndarray, block_bytes: int) -> str:
-    row, col = np.argwhere(ours != expected)[0]
-    block = col // block_bytes
-    span = slice(block * block_bytes, (block + 1) * block_bytes)
-    return f"row {row}, block {block}, byte {col % block_bytes}: ours {ours[row, span]} ggml {expected[row, span]}"
 
 
 @pytest.mark.parametrize("name", TYPES)
@@ -221,19 +167,19 @@ def test_dequantize_matches_gguf_py_on_ggml_blocks(name):
         raw = expected[case]
         with np.errstate(all="ignore"):
             want = gguf.quants.dequantize(raw, ggml_id(name))
-        assert same_floats(dequantize(name, raw), want), case
+        assert_same_bits(dequantize(name, raw), want, case)
 
 
 @pytest.mark.parametrize("name", [t for t in TYPES if t != "q8_k"])
 def test_dequantize_matches_gguf_py_on_random_blocks(name):
     rng = np.random.default_rng(7)
     raw = random_blocks(name, rng)
-    assert same_floats(dequantize(name, raw), gguf.quants.dequantize(raw, ggml_id(name)))
+    assert_same_bits(dequantize(name, raw), gguf.quants.dequantize(raw, ggml_id(name)))
     # any bytes at all, scales that are inf or NaN included: still the same bits
     raw = rng.integers(0, 256, raw.shape, dtype=np.uint8)
     with np.errstate(all="ignore"):
         want = gguf.quants.dequantize(raw, ggml_id(name))
-    assert same_floats(dequantize(name, raw), want)
+    assert_same_bits(dequantize(name, raw), want)
 
 
 def test_dequantize_q8_k_is_d_times_qs():
@@ -243,7 +189,7 @@ def test_dequantize_q8_k_is_d_times_qs():
     d = blocks[:, 0:4].copy().view(np.float32)
     qs = blocks[:, 4:260].view(np.int8).astype(np.float32)
     want = (d * qs).reshape(raw.shape[0], -1)
-    assert same_floats(dequantize("q8_k", raw), want)
+    assert_same_bits(dequantize("q8_k", raw), want)
 
 
 def test_q8_k_bsums_are_sums_of_16():
@@ -301,7 +247,7 @@ def test_dequantize_matches_ggml_c(ggml, name):
         quantize(name, fresh_rows(rng)["weights"]),
     ]
     for raw in blocks:
-        assert same_floats(dequantize(name, raw), ggml_dequantize(ggml, name, raw))
+        assert_same_bits(dequantize(name, raw), ggml_dequantize(ggml, name, raw))
 
 
 def test_committed_vectors_are_what_ggml_writes(ggml):
@@ -407,6 +353,9 @@ def test_bad_shapes_are_clear_errors(name):
 
 
 # ---------------------------------------------------------------- scalar helpers
+# (the fp16 conversions the K-quants share with the other kernels are tested in test_quants_floats.py)
+
+_nearest_ints = elementwise(cmath.nearest_int, np.int64)
 
 
 def test_nearest_int_is_ggml_magic_rounding():
@@ -423,32 +372,7 @@ def test_nearest_int_is_ggml_magic_rounding():
     with np.errstate(over="ignore", invalid="ignore"):
         summed = values + np.float32(12582912.0)
     want = (summed.view(np.int32) & 0x007FFFFF) - 0x00400000
-    got = np.array([kquants._nearest_int(v) for v in values])
-    assert np.array_equal(got, want)
-
-
-def test_fp16_bits_to_fp32_exhaustive():
-    bits = np.arange(65536, dtype=np.uint16)
-    want = bits.view(np.float16).astype(np.float32)
-    got = np.array([kquants._fp16_bits_to_fp32(int(b)) for b in bits], np.float32)
-    # NaN payloads are kept; returning to Python (a double) sets the quiet bit of signaling ones
-    want_bits = want.view(np.uint32) | np.where(np.isnan(want), 0x00400000, 0).astype(np.uint32)
-    assert np.array_equal(got.view(np.uint32), want_bits)
-
-
-def test_fp32_to_fp16_rounds_to_nearest_even():
-    """Every fp16 value, the midpoints to its neighbour (ties) and the floats either side of them."""
-    h = np.arange(0, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32)
-    upper = np.append(h[1:], np.float32(65536.0))
-    mid = ((h.astype(np.float64) + upper) / 2).astype(np.float32)
-    values = np.concatenate([h, mid, np.nextafter(mid, 0), np.nextafter(mid, np.inf), [65519.996, 1e-9, 1e30, np.inf]])
-    values = np.concatenate([values, -values]).astype(np.float32)
-    with np.errstate(over="ignore"):
-        want = values.astype(np.float16).view(np.uint16)
-    got = np.array([kquants._fp32_to_fp16_bits(v) for v in values], np.uint16)
-    assert np.array_equal(got, want)
-    assert kquants._fp32_to_fp16_bits(np.float32(np.nan)) == 0x7E00
-    assert kquants._fp32_to_fp16_bits(np.float32(-np.nan)) == 0xFE00
+    assert np.array_equal(_nearest_ints(values), want)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import prange
-from .floats import inline, load_fp16, parallel_kernel, row_dequantizer, row_quantizer, store_fp16
+from .cmath import inverse, load_fp16, nearest_int, store_fp16
+from .rows import dequantizer, inline, kernel, quantizer
 
 # kvalues_iq4nl: the 16 levels, ascending
 LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
@@ -35,7 +35,6 @@ XS_BYTES = 136
 _GROUP_MAX_EPS = np.float32(1e-15)
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
-_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23
 
 
 @inline
@@ -60,17 +59,6 @@ def _nearest_level(x):
     for k in range(15):
         level = LEVELS[k + 1] if MIDPOINTS[k] <= x else level
     return LEVELS[15] if x != x else level
-
-
-@inline
-def _nearest_int(f):
-    """ggml's nearest_int: round half even via the float32 bits of f + 1.5 * 2**23.
-
-    Read exactly, also where C's assert would not hold: the result is the mantissa
-    field of the sum minus 2**22 (a NaN sum is x86's default NaN, field 2**22).
-    """
-    bits = np.int64(np.float32(f + _MAGIC).view(np.uint32))
-    return (bits & 0x7FFFFF) - 0x400000 if (bits & 0x7FFFFFFF) <= 0x7F800000 else 0
 
 
 @inline
@@ -120,20 +108,20 @@ def _put_levels(x, r, s, inv, out, pos):
         out[r, pos + j] = np.uint8(lo | (hi << 4))
 
 
-@parallel_kernel
+@kernel
 def _quantize_iq4_nl(x, out):
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         inv, sumqx, sumq2 = np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.float32)
         for b in range(x.shape[1] // QK4_NL):
             s, o = b * QK4_NL, b * NL_BYTES
             d = _block_scale(x, r, s, inv, sumqx, sumq2)
             store_fp16(out, r, o, d)
-            _put_levels(x, r, s, _ONE / d if d != 0 else _ZERO, out, o + 2)
+            _put_levels(x, r, s, inverse(d), out, o + 2)
 
 
-@parallel_kernel
+@kernel
 def _quantize_iq4_xs(x, out):
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         inv, sumqx, sumq2 = np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.float32)
         scales = np.empty(QK_K // 32, np.float32)
         for b in range(x.shape[1] // QK_K):
@@ -147,12 +135,12 @@ def _quantize_iq4_xs(x, out):
                     max_scale = scales[ib]
             d = -max_scale / np.float32(32.0)
             store_fp16(out, r, o, d)
-            id_ = _ONE / d if d != 0 else _ZERO
+            id_ = inverse(d)
             scales_h = 0
             for ib in range(QK_K // 32):
-                ls = max(-32, min(31, _nearest_int(id_ * scales[ib])))
+                ls = max(-32, min(31, nearest_int(id_ * scales[ib])))
                 dl = d * np.float32(ls)
-                _put_levels(x, r, s + 32 * ib, _ONE / dl if dl != 0 else _ZERO, out, o + 8 + 16 * ib)
+                _put_levels(x, r, s + 32 * ib, inverse(dl), out, o + 8 + 16 * ib)
                 ls += 32
                 if ib % 2 == 0:
                     out[r, o + 4 + ib // 2] = ls & 0xF
@@ -170,17 +158,17 @@ def _dequantize_levels(raw, r, pos, dl, out, s):
         out[r, s + 16 + j] = dl * LEVELS[raw[r, pos + j] >> 4]
 
 
-@parallel_kernel
+@kernel
 def _dequantize_iq4_nl(raw, out):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         for b in range(raw.shape[1] // NL_BYTES):
             o = b * NL_BYTES
             _dequantize_levels(raw, r, o + 2, load_fp16(raw, r, o), out, b * QK4_NL)
 
 
-@parallel_kernel
+@kernel
 def _dequantize_iq4_xs(raw, out):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         for b in range(raw.shape[1] // XS_BYTES):
             o = b * XS_BYTES
             d = load_fp16(raw, r, o)
@@ -190,7 +178,7 @@ def _dequantize_iq4_xs(raw, out):
                 _dequantize_levels(raw, r, o + 8 + 16 * ib, d * np.float32(ls - 32), out, b * QK_K + 32 * ib)
 
 
-quantize_iq4_nl = row_quantizer(_quantize_iq4_nl, QK4_NL, NL_BYTES)
-quantize_iq4_xs = row_quantizer(_quantize_iq4_xs, QK_K, XS_BYTES)
-dequantize_iq4_nl = row_dequantizer(_dequantize_iq4_nl, QK4_NL, NL_BYTES)
-dequantize_iq4_xs = row_dequantizer(_dequantize_iq4_xs, QK_K, XS_BYTES)
+quantize_iq4_nl = quantizer(_quantize_iq4_nl, "IQ4_NL", QK4_NL, NL_BYTES)
+quantize_iq4_xs = quantizer(_quantize_iq4_xs, "IQ4_XS", QK_K, XS_BYTES)
+dequantize_iq4_nl = dequantizer(_dequantize_iq4_nl, "IQ4_NL", QK4_NL, NL_BYTES)
+dequantize_iq4_xs = dequantizer(_dequantize_iq4_xs, "IQ4_XS", QK_K, XS_BYTES)

@@ -35,12 +35,10 @@ Importing this module imports numba, so only modules that need kernels import it
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..errors import LlamatoolError
-from ..jit import njit, prange
+from .cmath import get_fp16, nearest_int, put_fp16, put_u16
+from .rows import dequantizer, inline, kernel, quantizer
 
 QK_K = 256
 BLOCK_BYTES = {"q2_k": 84, "q3_k": 110, "q4_k": 144, "q5_k": 176, "q6_k": 210, "q8_k": 292}
@@ -48,85 +46,13 @@ BLOCK_BYTES = {"q2_k": 84, "q3_k": 110, "q4_k": 144, "q5_k": 176, "q6_k": 210, "
 _f32 = np.float32
 _F0 = _f32(0.0)
 _F1 = _f32(1.0)
-_MAGIC = _f32(12582912.0)  # 1.5 * 2**23: adding it leaves the rounded integer in the mantissa
 _GROUP_MAX_EPS = _f32(1e-15)
 _TENTH = _f32(0.1)
-_TWO_M24 = _f32(2.0**-24)
-
-# error_model="numpy": float division by zero gives inf/NaN as in C, not a Python exception
-_kernel = njit(cache=True, error_model="numpy")
-_inline = njit(cache=True, error_model="numpy", inline="always")  # for the few-instruction helpers
-_parallel = njit(cache=True, parallel=True, error_model="numpy")
-
-
-# ---------------------------------------------------------------- scalar helpers
-
-
-@_inline
-def _nearest_int(f):
-    """ggml's nearest_int(float) as C computes it: add 1.5 * 2**23 in float32 and read the
-    mantissa bits. Round half to even; for out-of-range input (inf, NaN, overflowed scales)
-    the same values as C."""
-    return (np.float32(f + _MAGIC).view(np.int32) & 0x7FFFFF) - 0x400000
-
-
-@_kernel
-def _fp32_to_fp16_bits(f):
-    """GGML_FP32_TO_FP16: IEEE half, round to nearest even; NaN -> 0x7E00 with its sign."""
-    sign = 0x8000 if math.copysign(1.0, np.float64(f)) < 0.0 else 0
-    if f != f:
-        return sign | 0x7E00
-    a = abs(np.float64(f))
-    if a >= 65520.0:  # halfway between 65504 and 2**16 rounds to even, i.e. overflows
-        return sign | 0x7C00
-    if a < 6.103515625e-05:  # below 2**-14: subnormal half, units of 2**-24
-        return sign | np.int64(np.rint(a * 16777216.0))
-    m, e = math.frexp(a)
-    q = np.int64(np.rint(m * 2048.0))  # 11 significant bits incl. the implicit one (1024..2048)
-    return sign | (((e + 13) << 10) + q)  # a carry out of q bumps the exponent, as it should
-
-
-@_kernel
-def _fp16_bits_to_fp32(h):
-    """GGML_FP16_TO_FP32: exact, NaN payloads included."""
-    exp = (h >> 10) & 0x1F
-    mant = h & 0x3FF
-    if exp == 0:  # zero or subnormal: mant * 2**-24, exact in float32
-        v = _f32(mant) * _TWO_M24
-        return -v if h & 0x8000 else v
-    exp32 = 0xFF if exp == 31 else exp + 112  # rebias 15 -> 127
-    bits = ((h & 0x8000) << 16) | (exp32 << 23) | (mant << 13)
-    return np.uint32(bits).view(np.float32)
-
-
-@_kernel
-def _put_u16(out, pos, v):
-    out[pos] = v & 0xFF
-    out[pos + 1] = (v >> 8) & 0xFF
-
-
-@_kernel
-def _get_u16(raw, pos):
-    return np.int64(raw[pos]) | (np.int64(raw[pos + 1]) << 8)
-
-
-@_kernel
-def _put_fp16(out, pos, f):
-    """Store f as fp16 and return the float32 it now stands for."""
-    bits = _fp32_to_fp16_bits(f)
-    _put_u16(out, pos, bits)
-    return _fp16_bits_to_fp32(bits)
-
-
-@_kernel
-def _get_fp16(raw, pos):
-    return _fp16_bits_to_fp32(_get_u16(raw, pos))
-
 
 # ---------------------------------------------------------------- ggml's scale searches
 
 
-@_kernel
+@kernel
 def _make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
     """Asymmetric levels 0..nmax for x: a grid search over the scale, refitting scale
     and min by weighted least squares at each step. Returns (scale, -min); L gets the levels."""
@@ -152,7 +78,7 @@ def _make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad
     scale = _F1 / iscale
     best_error = _F0
     for i in range(n):
-        l = min(max(_nearest_int(iscale * (x[i] - lo)), 0), nmax)
+        l = min(max(nearest_int(iscale * (x[i] - lo)), 0), nmax)
         L[i] = l
         diff = scale * _f32(l) + lo - x[i]
         diff = abs(diff) if use_mad else diff * diff
@@ -165,7 +91,7 @@ def _make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad
         sum_l2 = _F0
         sum_xl = _F0
         for i in range(n):
-            l = min(max(_nearest_int(iscale * (x[i] - lo)), 0), nmax)
+            l = min(max(nearest_int(iscale * (x[i] - lo)), 0), nmax)
             Laux[i] = l
             w = weights[i]
             fl = _f32(l)
@@ -193,7 +119,7 @@ def _make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad
     return scale, -lo
 
 
-@_kernel
+@kernel
 def _abs_max(n, x):
     """The element of largest magnitude (the first one on ties) and that magnitude."""
     amax = _F0
@@ -206,7 +132,7 @@ def _abs_max(n, x):
     return vmax, amax
 
 
-@_kernel
+@kernel
 def _make_qx_quants_rmse1(n, nmax, x, L):
     """ggml's make_qx_quants with rmse_type 1 and no importance weights (Q6_K's path):
     symmetric levels, weights x**2, then a search over 18 nearby scales.
@@ -219,7 +145,7 @@ def _make_qx_quants_rmse1(n, nmax, x, L):
     sumlx = _F0
     suml2 = _F0
     for i in range(n):
-        l = min(max(_nearest_int(iscale * x[i]), -nmax), nmax - 1)
+        l = min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
         L[i] = l + nmax
         w = x[i] * x[i]
         fl = _f32(l)
@@ -234,20 +160,20 @@ def _make_qx_quants_rmse1(n, nmax, x, L):
         sumlx = _F0
         suml2 = _F0
         for i in range(n):
-            l = min(max(_nearest_int(iscale * x[i]), -nmax), nmax - 1)
+            l = min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
             w = x[i] * x[i]
             fl = _f32(l)
             sumlx += w * x[i] * fl
             suml2 += w * fl * fl
         if suml2 > _F0 and sumlx * sumlx > best * suml2:
             for i in range(n):
-                L[i] = nmax + min(max(_nearest_int(iscale * x[i]), -nmax), nmax - 1)
+                L[i] = nmax + min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
             scale = sumlx / suml2
             best = scale * sumlx
     return scale
 
 
-@_kernel
+@kernel
 def _make_q3_quants_rmse(n, nmax, x, L):
     """ggml's make_q3_quants with do_rmse: symmetric levels, then up to 5 passes of
     coordinate descent on each level (weights x**2). Returns the scale; L gets 0..2*nmax-1."""
@@ -259,7 +185,7 @@ def _make_q3_quants_rmse(n, nmax, x, L):
     sumlx = _F0
     suml2 = _F0
     for i in range(n):
-        l = min(max(_nearest_int(iscale * x[i]), -nmax), nmax - 1)
+        l = min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
         L[i] = l
         w = x[i] * x[i]
         fl = _f32(l)
@@ -273,7 +199,7 @@ def _make_q3_quants_rmse(n, nmax, x, L):
             slx = sumlx - w * x[i] * fl
             if slx > _F0:
                 sl2 = suml2 - w * fl * fl
-                new_l = min(max(_nearest_int(x[i] * sl2 / slx), -nmax), nmax - 1)
+                new_l = min(max(nearest_int(x[i] * sl2 / slx), -nmax), nmax - 1)
                 if new_l != L[i]:
                     fn = _f32(new_l)
                     slx += w * x[i] * fn
@@ -293,7 +219,7 @@ def _make_q3_quants_rmse(n, nmax, x, L):
 # ---------------------------------------------------------------- bit packing
 
 
-@_kernel
+@kernel
 def _pack_2bit(L, out, pos):
     """qs of Q2_K/Q3_K: byte l of each 128-weight half holds weights l, l+32, l+64, l+96."""
     for half in range(0, QK_K, 128):
@@ -303,12 +229,12 @@ def _pack_2bit(L, out, pos):
             ) & 0xFF
 
 
-@_kernel
+@kernel
 def _pack_scale_min_k4(scales, mins, inv_scale, inv_min, out, pos):
     """Q4_K/Q5_K's 12 bytes of eight 6-bit (scale, min) pairs; see _scale_min_k4."""
     for j in range(8):
-        ls = min(_nearest_int(inv_scale * scales[j]) & 0xFF, 63)  # C stores into uint8_t first
-        lm = min(_nearest_int(inv_min * mins[j]) & 0xFF, 63)
+        ls = min(nearest_int(inv_scale * scales[j]) & 0xFF, 63)  # C stores into uint8_t first
+        lm = min(nearest_int(inv_min * mins[j]) & 0xFF, 63)
         if j < 4:
             out[pos + j] = ls
             out[pos + j + 4] = lm
@@ -318,7 +244,7 @@ def _pack_scale_min_k4(scales, mins, inv_scale, inv_min, out, pos):
             out[pos + j] |= (lm >> 4) << 6
 
 
-@_kernel
+@kernel
 def _scale_min_k4(j, raw, pos):
     """ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j (0..7)."""
     if j < 4:
@@ -328,7 +254,7 @@ def _scale_min_k4(j, raw, pos):
     return sc, m
 
 
-@_kernel
+@kernel
 def _q3_scale(j, raw, pos):
     """Q3_K's signed 6-bit scale of sub-block j (0..15): 4 low bits, 2 high bits, minus 32."""
     if j < 8:
@@ -339,7 +265,7 @@ def _q3_scale(j, raw, pos):
     return (low | (high << 4)) - 32
 
 
-@_kernel
+@kernel
 def _qkx2_scratch(sub):
     """Per-row scratch of the make_qkx2_quants types, for sub-blocks of `sub` weights:
     levels L (a whole block), Laux, weights, and the sub-blocks' scales and mins."""
@@ -356,7 +282,7 @@ def _qkx2_scratch(sub):
 # ---------------------------------------------------------------- Q2_K
 
 
-@_kernel
+@kernel
 def _quantize_block_q2_k(x, out, pos):
     L, Laux, weights, scales, mins = _qkx2_scratch(16)
     max_scale = _F0
@@ -377,57 +303,57 @@ def _quantize_block_q2_k(x, out, pos):
     if max_scale > _F0:
         iscale = q4scale / max_scale
         for j in range(16):
-            out[sc + j] = _nearest_int(iscale * scales[j]) & 0xFF
-        d = _put_fp16(out, pos + 80, max_scale / q4scale)
+            out[sc + j] = nearest_int(iscale * scales[j]) & 0xFF
+        d = put_fp16(out, pos + 80, max_scale / q4scale)
     else:
         out[sc : sc + 16] = 0
-        d = _put_fp16(out, pos + 80, _F0)
+        d = put_fp16(out, pos + 80, _F0)
     if max_min > _F0:
         iscale = q4scale / max_min
         for j in range(16):
-            out[sc + j] |= (_nearest_int(iscale * mins[j]) << 4) & 0xFF
-        dmin = _put_fp16(out, pos + 82, max_min / q4scale)
+            out[sc + j] |= (nearest_int(iscale * mins[j]) << 4) & 0xFF
+        dmin = put_fp16(out, pos + 82, max_min / q4scale)
     else:
-        dmin = _put_fp16(out, pos + 82, _F0)
+        dmin = put_fp16(out, pos + 82, _F0)
     for j in range(16):
         dl = d * _f32(out[sc + j] & 0xF)
         if dl == _F0:
             continue  # keeps the first pass's levels, as C does
         ml = dmin * _f32(out[sc + j] >> 4)
         for ii in range(16):
-            L[16 * j + ii] = min(max(_nearest_int((x[16 * j + ii] + ml) / dl), 0), 3)
+            L[16 * j + ii] = min(max(nearest_int((x[16 * j + ii] + ml) / dl), 0), 3)
     _pack_2bit(L, out, pos + 16)
 
 
-@_parallel
+@kernel
 def _quantize_rows_q2_k(x, out):
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         for b in range(x.shape[1] // QK_K):
             _quantize_block_q2_k(x[r, b * QK_K : (b + 1) * QK_K], out[r], b * 84)
 
 
-@_kernel
+@kernel
 def _dequantize_row_q2_k(raw, y):
     for b in range(y.size // QK_K):
         pos = b * 84
-        d = _get_fp16(raw, pos + 80)
-        dmin = _get_fp16(raw, pos + 82)
+        d = get_fp16(raw, pos + 80)
+        dmin = get_fp16(raw, pos + 82)
         for e in range(QK_K):
             sc = raw[pos + e // 16]
             q = (raw[pos + 16 + (e // 128) * 32 + e % 32] >> (2 * ((e % 128) // 32))) & 3
             y[b * QK_K + e] = d * _f32(sc & 0xF) * _f32(q) - dmin * _f32(sc >> 4)
 
 
-@_parallel
+@kernel
 def _dequantize_rows_q2_k(raw, y):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         _dequantize_row_q2_k(raw[r], y[r])
 
 
 # ---------------------------------------------------------------- Q3_K
 
 
-@_kernel
+@kernel
 def _quantize_block_q3_k(x, out, pos):
     L = np.empty(QK_K, np.int8)
     scales = np.empty(16, np.float32)
@@ -444,7 +370,7 @@ def _quantize_block_q3_k(x, out, pos):
     if max_scale != _F0:
         iscale = _f32(-32.0) / max_scale
         for j in range(16):
-            l = _nearest_int(iscale * scales[j])
+            l = nearest_int(iscale * scales[j])
             l = ((l + 128) & 0xFF) - 128  # C stores into int8_t before clamping
             l = min(max(l, -32), 31) + 32
             if j < 8:
@@ -452,15 +378,15 @@ def _quantize_block_q3_k(x, out, pos):
             else:
                 out[sc + j - 8] |= (l & 0xF) << 4
             out[sc + 8 + j % 4] |= (l >> 4) << (2 * (j // 4))
-        d_all = _put_fp16(out, pos + 108, _F1 / iscale)
+        d_all = put_fp16(out, pos + 108, _F1 / iscale)
     else:
-        d_all = _put_fp16(out, pos + 108, _F0)
+        d_all = put_fp16(out, pos + 108, _F0)
     for j in range(16):
         d = d_all * _f32(_q3_scale(j, out, sc))
         if d == _F0:
             continue  # keeps the first pass's levels, as C does
         for ii in range(16):
-            L[16 * j + ii] = min(max(_nearest_int(x[16 * j + ii] / d), -4), 3) + 4
+            L[16 * j + ii] = min(max(nearest_int(x[16 * j + ii] / d), -4), 3) + 4
     # the third bit of weight j goes to bit j // 32 of hmask[j % 32]
     out[pos : pos + 32] = 0
     for j in range(QK_K):
@@ -470,18 +396,18 @@ def _quantize_block_q3_k(x, out, pos):
     _pack_2bit(L, out, pos + 32)
 
 
-@_parallel
+@kernel
 def _quantize_rows_q3_k(x, out):
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         for b in range(x.shape[1] // QK_K):
             _quantize_block_q3_k(x[r, b * QK_K : (b + 1) * QK_K], out[r], b * 110)
 
 
-@_kernel
+@kernel
 def _dequantize_row_q3_k(raw, y):
     for b in range(y.size // QK_K):
         pos = b * 110
-        d_all = _get_fp16(raw, pos + 108)
+        d_all = get_fp16(raw, pos + 108)
         for j in range(16):
             dl = d_all * _f32(_q3_scale(j, raw, pos + 96))
             for e in range(16 * j, 16 * j + 16):
@@ -490,16 +416,16 @@ def _dequantize_row_q3_k(raw, y):
                 y[b * QK_K + e] = dl * _f32(np.int64(q) - (0 if high else 4))
 
 
-@_parallel
+@kernel
 def _dequantize_rows_q3_k(raw, y):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         _dequantize_row_q3_k(raw[r], y[r])
 
 
 # ---------------------------------------------------------------- Q4_K and Q5_K
 
 
-@_kernel
+@kernel
 def _qkx2_sub_blocks(x, nmax, rmin, nstep, L, Laux, weights, scales, mins):
     """Q4_K/Q5_K's first pass: make_qkx2_quants on each 32-weight sub-block, weighted by
     rms + |x|. Returns the largest scale and the largest min."""
@@ -523,7 +449,7 @@ def _qkx2_sub_blocks(x, nmax, rmin, nstep, L, Laux, weights, scales, mins):
     return max_scale, max_min
 
 
-@_kernel
+@kernel
 def _requantize_k4(x, nmax, out, pos, L, max_scale, max_min, scales, mins):
     """Store d, dmin and the packed 6-bit scales, then requantize each sub-block with
     the stored (rounded) scale and min."""
@@ -531,8 +457,8 @@ def _requantize_k4(x, nmax, out, pos, L, max_scale, max_min, scales, mins):
     inv_scale = sixty3 / max_scale if max_scale > _F0 else _F0
     inv_min = sixty3 / max_min if max_min > _F0 else _F0
     _pack_scale_min_k4(scales, mins, inv_scale, inv_min, out, pos + 4)
-    d_all = _put_fp16(out, pos, max_scale / sixty3)
-    dmin_all = _put_fp16(out, pos + 2, max_min / sixty3)
+    d_all = put_fp16(out, pos, max_scale / sixty3)
+    dmin_all = put_fp16(out, pos + 2, max_min / sixty3)
     for j in range(8):
         sc, m = _scale_min_k4(j, out, pos + 4)
         d = d_all * _f32(sc)
@@ -540,10 +466,10 @@ def _requantize_k4(x, nmax, out, pos, L, max_scale, max_min, scales, mins):
             continue  # keeps the first pass's levels, as C does
         dm = dmin_all * _f32(m)
         for ii in range(32):
-            L[32 * j + ii] = min(max(_nearest_int((x[32 * j + ii] + dm) / d), 0), nmax)
+            L[32 * j + ii] = min(max(nearest_int((x[32 * j + ii] + dm) / d), 0), nmax)
 
 
-@_kernel
+@kernel
 def _quantize_block_q4_k(x, out, pos):
     L, Laux, weights, scales, mins = _qkx2_scratch(32)
     max_scale, max_min = _qkx2_sub_blocks(x, 15, _f32(-1.0), 20, L, Laux, weights, scales, mins)
@@ -554,7 +480,7 @@ def _quantize_block_q4_k(x, out, pos):
             out[qs + 32 * chunk + l] = L[64 * chunk + l] | (L[64 * chunk + l + 32] << 4)
 
 
-@_kernel
+@kernel
 def _quantize_block_q5_k(x, out, pos):
     L, Laux, weights, scales, mins = _qkx2_scratch(32)
     max_scale, max_min = _qkx2_sub_blocks(x, 31, _f32(-0.5), 15, L, Laux, weights, scales, mins)
@@ -578,15 +504,15 @@ def _quantize_block_q5_k(x, out, pos):
             out[ql + 32 * chunk + l] = l1 | (l2 << 4)
 
 
-@_kernel
+@kernel
 def _dequantize_row_k4(raw, y, block_bytes, with_fifth_bit):
     """Q4_K and Q5_K: d * scale * q - dmin * min per 32-weight sub-block; Q5_K adds
     qh[32] (bit j of qh[l] is the fifth bit of weight l of sub-block j) before qs."""
     qs = 48 if with_fifth_bit else 16
     for b in range(y.size // QK_K):
         pos = b * block_bytes
-        d = _get_fp16(raw, pos)
-        dmin = _get_fp16(raw, pos + 2)
+        d = get_fp16(raw, pos)
+        dmin = get_fp16(raw, pos + 2)
         for j in range(8):
             sc, m = _scale_min_k4(j, raw, pos + 4)
             dl = d * _f32(sc)
@@ -598,36 +524,36 @@ def _dequantize_row_k4(raw, y, block_bytes, with_fifth_bit):
                 y[b * QK_K + 32 * j + l] = dl * _f32(q) - ml
 
 
-@_parallel
+@kernel
 def _quantize_rows_q4_k(x, out):
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         for b in range(x.shape[1] // QK_K):
             _quantize_block_q4_k(x[r, b * QK_K : (b + 1) * QK_K], out[r], b * 144)
 
 
-@_parallel
+@kernel
 def _quantize_rows_q5_k(x, out):
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         for b in range(x.shape[1] // QK_K):
             _quantize_block_q5_k(x[r, b * QK_K : (b + 1) * QK_K], out[r], b * 176)
 
 
-@_parallel
+@kernel
 def _dequantize_rows_q4_k(raw, y):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         _dequantize_row_k4(raw[r], y[r], 144, False)
 
 
-@_parallel
+@kernel
 def _dequantize_rows_q5_k(raw, y):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         _dequantize_row_k4(raw[r], y[r], 176, True)
 
 
 # ---------------------------------------------------------------- Q6_K
 
 
-@_kernel
+@kernel
 def _quantize_block_q6_k(x, out, pos):
     L = np.empty(QK_K, np.int8)
     scales = np.empty(16, np.float32)
@@ -643,17 +569,17 @@ def _quantize_block_q6_k(x, out, pos):
         out[pos : pos + 210] = 0
         return
     iscale = _f32(-128.0) / max_scale
-    d_all = _put_fp16(out, pos + 208, _F1 / iscale)
+    d_all = put_fp16(out, pos + 208, _F1 / iscale)
     sc = pos + 192  # int8 scales[16]
     for ib in range(16):
-        out[sc + ib] = min(_nearest_int(iscale * scales[ib]), 127) & 0xFF
+        out[sc + ib] = min(nearest_int(iscale * scales[ib]), 127) & 0xFF
     for j in range(16):
         s = np.int64(out[sc + j])
         d = d_all * _f32(s - 256 if s > 127 else s)
         if d == _F0:
             continue  # keeps the first pass's levels, as C does
         for ii in range(16):
-            L[16 * j + ii] = min(max(_nearest_int(x[16 * j + ii] / d), -32), 31) + 32
+            L[16 * j + ii] = min(max(nearest_int(x[16 * j + ii] / d), -32), 31) + 32
     # per 128 weights: ql holds the low nibbles of weights l and l+64 (bytes 0..31) and of
     # l+32 and l+96 (bytes 32..63); qh[l] holds the 2 high bits of l, l+32, l+64, l+96
     for half in range(2):
@@ -669,18 +595,18 @@ def _quantize_block_q6_k(x, out, pos):
             out[qh + l] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6)
 
 
-@_parallel
+@kernel
 def _quantize_rows_q6_k(x, out):
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         for b in range(x.shape[1] // QK_K):
             _quantize_block_q6_k(x[r, b * QK_K : (b + 1) * QK_K], out[r], b * 210)
 
 
-@_kernel
+@kernel
 def _dequantize_row_q6_k(raw, y):
     for b in range(y.size // QK_K):
         pos = b * 210
-        d = _get_fp16(raw, pos + 208)
+        d = get_fp16(raw, pos + 208)
         for e in range(QK_K):
             half = e // 128
             quarter = (e % 128) // 32  # which of l, l+32, l+64, l+96
@@ -692,16 +618,16 @@ def _dequantize_row_q6_k(raw, y):
             y[b * QK_K + e] = d * _f32(s - 256 if s > 127 else s) * _f32(q)
 
 
-@_parallel
+@kernel
 def _dequantize_rows_q6_k(raw, y):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         _dequantize_row_q6_k(raw[r], y[r])
 
 
 # ---------------------------------------------------------------- Q8_K
 
 
-@_kernel
+@kernel
 def _quantize_row_q8_k(x, out):
     for b in range(x.size // QK_K):
         xb = x[b * QK_K : (b + 1) * QK_K]
@@ -715,17 +641,17 @@ def _quantize_row_q8_k(x, out):
         for j in range(16):
             total = 0
             for ii in range(16):
-                v = min(_nearest_int(iscale * xb[16 * j + ii]), 127)
+                v = min(nearest_int(iscale * xb[16 * j + ii]), 127)
                 v = ((v + 128) & 0xFF) - 128  # int8_t
                 out[pos + 4 + 16 * j + ii] = v & 0xFF
                 total += v
-            _put_u16(out, pos + 260 + 2 * j, total & 0xFFFF)
+            put_u16(out, pos + 260 + 2 * j, total & 0xFFFF)
         bits = np.float32(_F1 / iscale).view(np.uint32)  # d is a plain float32
         for k in range(4):
             out[pos + k] = (bits >> (8 * k)) & 0xFF
 
 
-@_kernel
+@kernel
 def _dequantize_row_q8_k(raw, y):
     for b in range(y.size // QK_K):
         pos = b * 292
@@ -738,73 +664,30 @@ def _dequantize_row_q8_k(raw, y):
             y[b * QK_K + e] = d * _f32(q - 256 if q > 127 else q)
 
 
-@_parallel
+@kernel
 def _quantize_rows_q8_k(x, out):
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         _quantize_row_q8_k(x[r], out[r])
 
 
-@_parallel
+@kernel
 def _dequantize_rows_q8_k(raw, y):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         _dequantize_row_q8_k(raw[r], y[r])
 
 
-# ---------------------------------------------------------------- public wrappers
+# ---------------------------------------------------------------- public API
 
 
-def _rows_in(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] % QK_K:
-        raise LlamatoolError(f"{name.upper()} quantizes rows whose length is a multiple of {QK_K}, got shape {x.shape}")
-    return x
-
-
-def _blocks_in(raw: np.ndarray, name: str) -> np.ndarray:
-    raw = np.ascontiguousarray(raw).view(np.uint8)
-    if raw.ndim != 2 or raw.shape[1] % BLOCK_BYTES[name]:
-        raise LlamatoolError(
-            f"{name.upper()} rows must be whole {BLOCK_BYTES[name]}-byte blocks, got shape {raw.shape}"
-        )
-    return raw
-
-
-def _quantizer(name, kernel):
-    def quantize(x: np.ndarray) -> np.ndarray:
-        x = _rows_in(x, name)
-        out = np.empty((x.shape[0], x.shape[1] // QK_K * BLOCK_BYTES[name]), np.uint8)
-        if out.size:
-            kernel(x, out)
-        return out
-
-    quantize.__name__ = quantize.__qualname__ = f"quantize_{name}"
-    quantize.__doc__ = f"float32[n_rows, n_per_row] -> {name.upper()} blocks, byte-exact with ggml."
-    return quantize
-
-
-def _dequantizer(name, kernel):
-    def dequantize(raw: np.ndarray) -> np.ndarray:
-        raw = _blocks_in(raw, name)
-        y = np.empty((raw.shape[0], raw.shape[1] // BLOCK_BYTES[name] * QK_K), np.float32)
-        if y.size:
-            kernel(raw, y)
-        return y
-
-    dequantize.__name__ = dequantize.__qualname__ = f"dequantize_{name}"
-    dequantize.__doc__ = f"{name.upper()} blocks -> float32[n_rows, n_per_row], as ggml's dequantize_row."
-    return dequantize
-
-
-quantize_q2_k = _quantizer("q2_k", _quantize_rows_q2_k)
-quantize_q3_k = _quantizer("q3_k", _quantize_rows_q3_k)
-quantize_q4_k = _quantizer("q4_k", _quantize_rows_q4_k)
-quantize_q5_k = _quantizer("q5_k", _quantize_rows_q5_k)
-quantize_q6_k = _quantizer("q6_k", _quantize_rows_q6_k)
-quantize_q8_k = _quantizer("q8_k", _quantize_rows_q8_k)
-
-dequantize_q2_k = _dequantizer("q2_k", _dequantize_rows_q2_k)
-dequantize_q3_k = _dequantizer("q3_k", _dequantize_rows_q3_k)
-dequantize_q4_k = _dequantizer("q4_k", _dequantize_rows_q4_k)
-dequantize_q5_k = _dequantizer("q5_k", _dequantize_rows_q5_k)
-dequantize_q6_k = _dequantizer("q6_k", _dequantize_rows_q6_k)
-dequantize_q8_k = _dequantizer("q8_k", _dequantize_rows_q8_k)
+quantize_q2_k = quantizer(_quantize_rows_q2_k, "Q2_K", QK_K, BLOCK_BYTES["q2_k"])
+quantize_q3_k = quantizer(_quantize_rows_q3_k, "Q3_K", QK_K, BLOCK_BYTES["q3_k"])
+quantize_q4_k = quantizer(_quantize_rows_q4_k, "Q4_K", QK_K, BLOCK_BYTES["q4_k"])
+quantize_q5_k = quantizer(_quantize_rows_q5_k, "Q5_K", QK_K, BLOCK_BYTES["q5_k"])
+quantize_q6_k = quantizer(_quantize_rows_q6_k, "Q6_K", QK_K, BLOCK_BYTES["q6_k"])
+quantize_q8_k = quantizer(_quantize_rows_q8_k, "Q8_K", QK_K, BLOCK_BYTES["q8_k"])
+dequantize_q2_k = dequantizer(_dequantize_rows_q2_k, "Q2_K", QK_K, BLOCK_BYTES["q2_k"])
+dequantize_q3_k = dequantizer(_dequantize_rows_q3_k, "Q3_K", QK_K, BLOCK_BYTES["q3_k"])
+dequantize_q4_k = dequantizer(_dequantize_rows_q4_k, "Q4_K", QK_K, BLOCK_BYTES["q4_k"])
+dequantize_q5_k = dequantizer(_dequantize_rows_q5_k, "Q5_K", QK_K, BLOCK_BYTES["q5_k"])
+dequantize_q6_k = dequantizer(_dequantize_rows_q6_k, "Q6_K", QK_K, BLOCK_BYTES["q6_k"])
+dequantize_q8_k = dequantizer(_dequantize_rows_q8_k, "Q8_K", QK_K, BLOCK_BYTES["q8_k"])

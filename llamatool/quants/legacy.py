@@ -10,12 +10,21 @@ Byte-exactness rules followed throughout:
   "integer indefinite" 0x80000000 (low byte 0) for NaN or out-of-range values;
 - roundf rounds half away from zero; scales go through fp32_to_fp16_bits (nearest even).
 
-Speed: each row is done in two passes so that LLVM vectorizes both without changing a
-result. Pass 1 finds every block's scale; its per-block loop runs in C's element order,
-and LLVM vectorizes across blocks (one block per SIMD lane). Pass 2 quantizes, a
-vectorized loop over the 32 values of a block. Helpers are inlined at the Numba level
-(inline="always") and index the 2-D arrays directly: calls and slices in the hot loops
-would stop the vectorizer.
+Speed: a row is done in three passes, each a loop LLVM vectorizes.
+1. Block statistics (largest |x|, or min and max) as integer reductions over the
+   float bits: unlike float comparisons these may be reordered, so the 32 values of a
+   block are compared in a tree of vector max/min instructions. Each statistic is a
+   key whose order is C's: for the value of largest magnitude, (|x| bits, then the
+   earlier position), so the tree picks the value C's sequential scan picks. The few
+   cases where C's scan depends on order in a way a key cannot express (a NaN in
+   Q8_0's MAX macro, a block whose min or max is a zero of either sign) are redone by
+   C's own sequential loop.
+2. The scales, their inverses and fp16 bits of all the blocks of the row, one block
+   per SIMD lane.
+3. The quants, block by block, a vector loop over the 32 values.
+Helpers are inlined at the Numba level (inline="always") and index the 2-D arrays
+directly, and byte offsets inside a block are literal constants: otherwise the loops
+would not vectorize.
 
 Block layouts (little-endian), all with fp16 scales:
   Q4_0  d, qs[16]            x = d * (q - 8)         q in 0..15, low nibbles hold x[0:16]
@@ -30,57 +39,45 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import prange
-from .floats import fp32_to_fp16_bits, inline, load_fp16, parallel_kernel, row_dequantizer, row_quantizer, store_fp16
+from .cmath import c_int, c_int8, c_roundf, fp32_to_fp16_bits, inverse, load_fp16, store_fp16
+from .rows import dequantizer, inline, kernel, quantizer
 
 QK = 32
-_INT_INDEFINITE = np.int32(-2147483648)  # what x86 cvttss2si gives for NaN and out-of-range
-_TWO_POW_31 = np.float32(2147483648.0)
+Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES, Q8_1_BYTES = 18, 20, 22, 24, 34, 36
+
+_U32 = np.uint32
+_U64 = np.uint64
 _FLT_MAX = np.float32(3.4028234663852886e38)
 _HALF = np.float32(0.5)
-_ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
+_ABS = _U32(0x7FFFFFFF)
+_INF_BITS = _U32(0x7F800000)
+_SIGN = _U32(0x80000000)
 
 
-# ----------------------------------------------------------------------------- C semantics
-
-
-@inline
-def _c_int(t):
-    """(int)t as compiled C computes it on x86 (cvttss2si): truncation toward zero, and
-    0x80000000 for NaN, inf and values out of range. A select, so loops still vectorize."""
-    return np.int32(t) if abs(t) < _TWO_POW_31 else _INT_INDEFINITE
+# ----------------------------------------------------------------------------- pass 1: block statistics
+# Each reads the block x[r, s:s + 32] (xi: the same values' bits).
 
 
 @inline
-def _c_int8(t):
-    """(int8_t)t: the low byte of the truncated int32, read as signed."""
-    return np.int32(np.int8(_c_int(t)))
+def _magnitude_key(xi, r, s):
+    """The largest key (|x| bits, 31 - position, sign) over the block: the first value of
+    largest magnitude, as C's scans find it, and its sign. A NaN's |x| bits are above
+    inf's: a key above _NAN_KEY means the block holds a NaN."""
+    key = _U64(0)
+    for j in range(QK):
+        u = xi[r, s + j]
+        key = max(key, (_U64(u & _ABS) << _U64(6)) | _U64((31 - j) << 1) | _U64(u >> _U32(31)))
+    return key
+
+
+_NAN_KEY = _U64(0x7F800000) << _U64(6) | _U64(63)  # keys above it hold a NaN's bits
 
 
 @inline
-def _c_roundf(v):
-    """roundf (half away from zero) of float32 v, as a float64 that truncates to it.
-
-    v +- 0.5 is exact in float64, so truncating the sum rounds half away from zero;
-    values too large for that are out of int range anyway.
-    """
-    v64 = np.float64(v)
-    return v64 + (0.5 if v64 >= 0 else -0.5)
-
-
-@inline
-def _inverse(d):
-    return _ONE / d if d != 0 else _ZERO
-
-
-# ----------------------------------------------------------------------------- block statistics
-# Each scans one block x[r, s:s + 32] in order, exactly as the C loop does.
-
-
-@inline
-def _signed_absmax(x, r, s):
-    """The value of largest magnitude, first one on a tie, NaN never (Q4_0, Q5_0)."""
+def _signed_absmax_c(x, r, s):
+    """Q4_0, Q5_0: C's `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`, in order: the
+    first value of largest magnitude, NaNs never."""
     amax = _ZERO
     vmax = _ZERO
     for j in range(s, s + QK):
@@ -92,8 +89,21 @@ def _signed_absmax(x, r, s):
 
 
 @inline
+def _signed_absmax(x, xi, r, s):
+    """What _signed_absmax_c finds, from the block's magnitude key; +0.0 (C's start value)
+    when the largest magnitude is 0, and C's loop when there is a NaN to skip."""
+    key = _magnitude_key(xi, r, s)
+    if key > _NAN_KEY:
+        return _signed_absmax_c(x, r, s)
+    magnitude = _U32(key >> _U64(6))
+    sign = _U32(_U32(key & _U64(1)) << _U32(31))
+    return _U32(magnitude | sign if magnitude != 0 else 0).view(np.float32)
+
+
+@inline
 def _absmax_c_max(x, r, s):
-    """amax = MAX(amax, fabsf(v)) with C's macro: a NaN is taken, then dropped by the next value."""
+    """Q8_0, Q8_1: amax = MAX(amax, fabsf(v)) with C's macro, in order: a NaN is taken,
+    then dropped by the next value (the values before it are forgotten)."""
     amax = _ZERO
     for j in range(s, s + QK):
         av = abs(x[r, j])
@@ -101,71 +111,104 @@ def _absmax_c_max(x, r, s):
     return amax
 
 
-# ----------------------------------------------------------------------------- quantizers
-# Byte offsets inside each block are literal constants on purpose: passed in as
-# arguments they would not fold in time, and the vectorizer would give up.
-
-Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES, Q8_1_BYTES = 18, 20, 22, 24, 34, 36
-
-
-_GATHER_BITS = np.uint64(0x0102040810204080)
+@inline
+def _absmax(x, xi, r, s):
+    """What _absmax_c_max finds: without NaNs the largest |x|, from the magnitude key."""
+    key = _magnitude_key(xi, r, s)
+    if key > _NAN_KEY:
+        return _absmax_c_max(x, r, s)
+    return _U32(key >> _U64(6)).view(np.float32)
 
 
 @inline
-def _put_bits(out, r, pos, words):
-    """Pack 32 flags (bytes 0 or 1, read as 4 uint64 words) as bit j of the little-endian
-    uint32 at out[r, pos].
-
-    Multiplying 8 flag bytes by _GATHER_BITS moves flag i to bit 56 + i with no
-    carries: a byte of qh per multiply instead of 32 shifts.
-    """
-    for k in range(4):
-        out[r, pos + k] = np.uint8((words[k] * _GATHER_BITS) >> np.uint64(56))
+def _order_key(u):
+    """Bits of a float as a uint32 that orders as the floats do (-0.0 just below +0.0):
+    negative floats have their bits flipped, positive ones their sign bit set."""
+    flip = _U32(_U32(0) - _U32(u >> _U32(31)))
+    return _U32(u ^ _U32(flip | _SIGN))
 
 
 @inline
-def _pack_nibbles(lo, hi):
-    return np.uint8(lo & 0x0F) | np.uint8(np.uint8(hi & 0x0F) << 4)
+def _from_order_key(k):
+    flip = _U32(_U32(0) - _U32(_U32(1) - _U32(k >> _U32(31))))
+    return _U32(k ^ _U32(flip | _SIGN)).view(np.float32)
 
 
-# Pass 1: the scales of all the blocks of row r, with their inverses and fp16 bits
-# (computing those here, vectorized across blocks, is cheaper than once per block).
-# The helpers fill arrays the kernel allocated: returning new arrays from an inlined
-# helper costs the vectorizer its alias analysis (measured: 2x slower).
-
-
-@inline
-def _signed_scales(x, r, divisor, inverse, half):
-    """Q4_0, Q5_0: 1/d and fp16(d) for d = (the value of largest magnitude) / divisor."""
-    for b in range(inverse.size):
-        d = _signed_absmax(x, r, b * QK) / divisor
-        inverse[b] = _inverse(d)
-        half[b] = fp32_to_fp16_bits(d)
+_FLT_MAX_KEY = _U32(0xFF7FFFFF)  # _order_key of FLT_MAX
+_MINUS_FLT_MAX_KEY = _U32(0x00800000)  # of -FLT_MAX
 
 
 @inline
-def _block_ranges(x, r, lows, highs):
-    """Q4_1, Q5_1: each block's min and max. (Their d, 1/d and fp16 bits are left to
-    pass 2 here: in this loop they would stop it vectorizing.)"""
+def _range_c(x, r, s):
+    """Q4_1, Q5_1: C's `if (v < min) min = v; if (v > max) max = v;` from +-FLT_MAX, in order."""
+    lo = _FLT_MAX
+    hi = -_FLT_MAX
+    for j in range(s, s + QK):
+        v = x[r, j]
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+    return lo, hi
+
+
+@inline
+def _range(x, xi, r, s):
+    """The block's (min, max) as C's loop computes them. Ignoring NaNs and starting from
+    +-FLT_MAX, the order keys give both in any order, except for which zero C keeps
+    (the first, of either sign) when the min or the max is a zero: then C's own loop."""
+    lo = _FLT_MAX_KEY
+    hi = _MINUS_FLT_MAX_KEY
+    for j in range(QK):
+        u = xi[r, s + j]
+        nan = (u & _ABS) > _INF_BITS
+        k = _order_key(u)
+        lo = _U32(min(lo, _FLT_MAX_KEY if nan else k))
+        hi = _U32(max(hi, _MINUS_FLT_MAX_KEY if nan else k))
+    low, high = _from_order_key(lo), _from_order_key(hi)
+    if low == 0 or high == 0:
+        return _range_c(x, r, s)
+    return low, high
+
+
+# ----------------------------------------------------------------------------- pass 2: scales
+# For all the blocks of a row at once (their arrays are allocated once per call: returning
+# new arrays from an inlined helper costs the vectorizer its alias analysis).
+
+
+@inline
+def _scales_of(values, divisor, inverses, halves):
+    """d = value / divisor per block: 1/d and fp16(d)."""
+    for b in range(values.size):
+        d = values[b] / divisor
+        inverses[b] = inverse(d)
+        halves[b] = fp32_to_fp16_bits(d)
+
+
+@inline
+def _range_scales(lows, highs, steps, inverses, halves, low_halves):
+    """Q4_1, Q5_1: d = (max - min) / steps per block: 1/d, fp16(d), fp16(min)."""
     for b in range(lows.size):
-        lo = _FLT_MAX
-        hi = -_FLT_MAX
-        for j in range(b * QK, b * QK + QK):  # C's `if (v < min) min = v;`, as selects
-            v = x[r, j]
-            lo = v if v < lo else lo
-            hi = v if v > hi else hi
-        lows[b] = lo
-        highs[b] = hi
+        d = (highs[b] - lows[b]) / steps
+        inverses[b] = inverse(d)
+        halves[b] = fp32_to_fp16_bits(d)
+        low_halves[b] = fp32_to_fp16_bits(lows[b])
 
 
 @inline
-def _absmax_scales(x, r, scale, inverse, half):
-    """Q8_0, Q8_1: d, 1/d and fp16(d) for d = max |x| / 127."""
-    for b in range(inverse.size):
-        d = _absmax_c_max(x, r, b * QK) / np.float32(127.0)
-        scale[b] = d
-        inverse[b] = _inverse(d)
-        half[b] = fp32_to_fp16_bits(d)
+def _signed_absmax_row(x, xi, r, values):
+    for b in range(values.size):
+        values[b] = _signed_absmax(x, xi, r, b * QK)
+
+
+@inline
+def _absmax_row(x, xi, r, values):
+    for b in range(values.size):
+        values[b] = _absmax(x, xi, r, b * QK)
+
+
+@inline
+def _range_row(x, xi, r, lows, highs):
+    for b in range(lows.size):
+        lows[b], highs[b] = _range(x, xi, r, b * QK)
 
 
 @inline
@@ -178,16 +221,26 @@ def _halves(x):
     return np.empty(x.shape[1] // QK, np.uint16)
 
 
-# Pass 2: the quants, block by block.
+# ----------------------------------------------------------------------------- pass 3: quants
+
+_GATHER_BITS = _U64(0x0102040810204080)
 
 
 @inline
-def _put_range_scale(out, r, pos, m, hi, steps):
-    """Q4_1, Q5_1: store d = (hi - m) / steps and m as fp16 at out[r, pos:pos + 4]; return 1/d."""
-    d = (hi - m) / steps
-    store_fp16(out, r, pos, d)
-    store_fp16(out, r, pos + 2, m)
-    return _inverse(d)
+def _put_bits(out, r, pos, words):
+    """Pack 32 flags (bytes 0 or 1, read as 4 uint64 words) as bit j of the little-endian
+    uint32 at out[r, pos].
+
+    Multiplying 8 flag bytes by _GATHER_BITS moves flag i to bit 56 + i with no
+    carries: a byte of qh per multiply instead of 32 shifts.
+    """
+    for k in range(4):
+        out[r, pos + k] = np.uint8((words[k] * _GATHER_BITS) >> _U64(56))
+
+
+@inline
+def _pack_nibbles(lo, hi):
+    return np.uint8(lo & 0x0F) | np.uint8(np.uint8(hi & 0x0F) << 4)
 
 
 @inline
@@ -201,108 +254,122 @@ def _q8_quants(x, r, s, inv, out, pos):
     """roundf(x * inv) of one block into out[r, pos:pos + 32] as int8; returns their sum."""
     total = np.int32(0)
     for j in range(QK):
-        q = _c_int8(_c_roundf(x[r, s + j] * inv))
+        q = c_int8(c_roundf(x[r, s + j] * inv))
         out[r, pos + j] = np.uint8(q & 0xFF)
         total += q
     return total
 
 
-@parallel_kernel
+@kernel
 def _quantize_q4_0(x, out):
-    for r in prange(x.shape[0]):
-        inverse, half = _floats(x), _halves(x)
-        _signed_scales(x, r, np.float32(-8.0), inverse, half)
-        for b in range(inverse.size):
-            s, o, inv = b * QK, b * Q4_0_BYTES, inverse[b]
-            _put_half(out, r, o, half[b])
+    xi = x.view(np.uint32)
+    values, inverses, halves = _floats(x), _floats(x), _halves(x)
+    for r in range(x.shape[0]):
+        _signed_absmax_row(x, xi, r, values)
+        _scales_of(values, np.float32(-8.0), inverses, halves)
+        for b in range(values.size):
+            s, o, inv = b * QK, b * Q4_0_BYTES, inverses[b]
+            _put_half(out, r, o, halves[b])
             for j in range(QK // 2):
-                lo = min(15, _c_int8(x[r, s + j] * inv + np.float32(8.5)))
-                hi = min(15, _c_int8(x[r, s + QK // 2 + j] * inv + np.float32(8.5)))
+                lo = min(15, c_int8(x[r, s + j] * inv + np.float32(8.5)))
+                hi = min(15, c_int8(x[r, s + QK // 2 + j] * inv + np.float32(8.5)))
                 out[r, o + 2 + j] = _pack_nibbles(lo, hi)
 
 
-@parallel_kernel
+@kernel
 def _quantize_q4_1(x, out):
-    for r in prange(x.shape[0]):
-        lows, highs = _floats(x), _floats(x)
-        _block_ranges(x, r, lows, highs)
+    xi = x.view(np.uint32)
+    lows, highs, inverses, halves, low_halves = _floats(x), _floats(x), _floats(x), _halves(x), _halves(x)
+    for r in range(x.shape[0]):
+        _range_row(x, xi, r, lows, highs)
+        _range_scales(lows, highs, np.float32(15.0), inverses, halves, low_halves)
         for b in range(lows.size):
-            s, o, m = b * QK, b * Q4_1_BYTES, lows[b]
-            inv = _put_range_scale(out, r, o, m, highs[b], np.float32(15.0))
+            s, o, m, inv = b * QK, b * Q4_1_BYTES, lows[b], inverses[b]
+            _put_half(out, r, o, halves[b])
+            _put_half(out, r, o + 2, low_halves[b])
             for j in range(QK // 2):
-                lo = min(15, _c_int8((x[r, s + j] - m) * inv + _HALF))
-                hi = min(15, _c_int8((x[r, s + QK // 2 + j] - m) * inv + _HALF))
+                lo = min(15, c_int8((x[r, s + j] - m) * inv + _HALF))
+                hi = min(15, c_int8((x[r, s + QK // 2 + j] - m) * inv + _HALF))
                 out[r, o + 4 + j] = _pack_nibbles(lo, hi)
 
 
-@parallel_kernel
+@kernel
 def _quantize_q5_0(x, out):
-    for r in prange(x.shape[0]):
-        inverse, half = _floats(x), _halves(x)
-        _signed_scales(x, r, np.float32(-16.0), inverse, half)
-        fifth = np.empty(QK, np.uint8)  # bit 4 of each quant of the block
-        fifth_words = fifth.view(np.uint64)
-        for b in range(inverse.size):
-            s, o, inv = b * QK, b * Q5_0_BYTES, inverse[b]
-            _put_half(out, r, o, half[b])
+    xi = x.view(np.uint32)
+    values, inverses, halves = _floats(x), _floats(x), _halves(x)
+    fifth = np.empty(QK, np.uint8)  # bit 4 of each quant of the block
+    fifth_words = fifth.view(np.uint64)
+    for r in range(x.shape[0]):
+        _signed_absmax_row(x, xi, r, values)
+        _scales_of(values, np.float32(-16.0), inverses, halves)
+        for b in range(values.size):
+            s, o, inv = b * QK, b * Q5_0_BYTES, inverses[b]
+            _put_half(out, r, o, halves[b])
             for j in range(QK // 2):
-                lo = min(31, _c_int8(x[r, s + j] * inv + np.float32(16.5)))
-                hi = min(31, _c_int8(x[r, s + QK // 2 + j] * inv + np.float32(16.5)))
+                lo = min(31, c_int8(x[r, s + j] * inv + np.float32(16.5)))
+                hi = min(31, c_int8(x[r, s + QK // 2 + j] * inv + np.float32(16.5)))
                 out[r, o + 6 + j] = _pack_nibbles(lo, hi)
                 fifth[j] = (lo >> 4) & 1
                 fifth[j + QK // 2] = (hi >> 4) & 1
             _put_bits(out, r, o + 2, fifth_words)
 
 
-@parallel_kernel
+@kernel
 def _quantize_q5_1(x, out):
-    for r in prange(x.shape[0]):
-        lows, highs = _floats(x), _floats(x)
-        _block_ranges(x, r, lows, highs)
-        fifth = np.empty(QK, np.uint8)  # bit 4 of each quant of the block
-        fifth_words = fifth.view(np.uint64)
+    xi = x.view(np.uint32)
+    lows, highs, inverses, halves, low_halves = _floats(x), _floats(x), _floats(x), _halves(x), _halves(x)
+    fifth = np.empty(QK, np.uint8)  # bit 4 of each quant of the block
+    fifth_words = fifth.view(np.uint64)
+    for r in range(x.shape[0]):
+        _range_row(x, xi, r, lows, highs)
+        _range_scales(lows, highs, np.float32(31.0), inverses, halves, low_halves)
         for b in range(lows.size):
-            s, o, m = b * QK, b * Q5_1_BYTES, lows[b]
-            inv = _put_range_scale(out, r, o, m, highs[b], np.float32(31.0))
+            s, o, m, inv = b * QK, b * Q5_1_BYTES, lows[b], inverses[b]
+            _put_half(out, r, o, halves[b])
+            _put_half(out, r, o + 2, low_halves[b])
             for j in range(QK // 2):
                 # a (uint8_t) cast without a clamp: the C code relies on the value staying below 32
-                lo = _c_int((x[r, s + j] - m) * inv + _HALF) & 0xFF
-                hi = _c_int((x[r, s + QK // 2 + j] - m) * inv + _HALF) & 0xFF
+                lo = c_int((x[r, s + j] - m) * inv + _HALF) & 0xFF
+                hi = c_int((x[r, s + QK // 2 + j] - m) * inv + _HALF) & 0xFF
                 out[r, o + 8 + j] = _pack_nibbles(lo, hi)
                 fifth[j] = (lo >> 4) & 1
                 fifth[j + QK // 2] = (hi >> 4) & 1
             _put_bits(out, r, o + 4, fifth_words)
 
 
-@parallel_kernel
+@kernel
 def _quantize_q8_0(x, out):
-    for r in prange(x.shape[0]):
-        scale, inverse, half = _floats(x), _floats(x), _halves(x)
-        _absmax_scales(x, r, scale, inverse, half)
-        for b in range(inverse.size):
+    xi = x.view(np.uint32)
+    values, inverses, halves = _floats(x), _floats(x), _halves(x)
+    for r in range(x.shape[0]):
+        _absmax_row(x, xi, r, values)
+        _scales_of(values, np.float32(127.0), inverses, halves)
+        for b in range(values.size):
             o = b * Q8_0_BYTES
-            _put_half(out, r, o, half[b])
-            _q8_quants(x, r, b * QK, inverse[b], out, o + 2)
+            _put_half(out, r, o, halves[b])
+            _q8_quants(x, r, b * QK, inverses[b], out, o + 2)
 
 
-@parallel_kernel
+@kernel
 def _quantize_q8_1(x, out):
-    for r in prange(x.shape[0]):
-        scale, inverse, half = _floats(x), _floats(x), _halves(x)
-        _absmax_scales(x, r, scale, inverse, half)
-        for b in range(inverse.size):
+    xi = x.view(np.uint32)
+    values, inverses, halves = _floats(x), _floats(x), _halves(x)
+    for r in range(x.shape[0]):
+        _absmax_row(x, xi, r, values)
+        _scales_of(values, np.float32(127.0), inverses, halves)
+        for b in range(values.size):
             o = b * Q8_1_BYTES
-            _put_half(out, r, o, half[b])
-            total = _q8_quants(x, r, b * QK, inverse[b], out, o + 4)
-            store_fp16(out, r, o + 2, np.float32(total) * scale[b])
+            _put_half(out, r, o, halves[b])
+            total = _q8_quants(x, r, b * QK, inverses[b], out, o + 4)
+            store_fp16(out, r, o + 2, np.float32(total) * (values[b] / np.float32(127.0)))
 
 
 # ----------------------------------------------------------------------------- dequantizers
 
 
-@parallel_kernel
+@kernel
 def _dequantize_q4_0(raw, out):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         for b in range(raw.shape[1] // Q4_0_BYTES):
             o, s = b * Q4_0_BYTES, b * QK
             d = load_fp16(raw, r, o)
@@ -312,9 +379,9 @@ def _dequantize_q4_0(raw, out):
                 out[r, s + QK // 2 + j] = np.float32((q >> 4) - 8) * d
 
 
-@parallel_kernel
+@kernel
 def _dequantize_q4_1(raw, out):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         for b in range(raw.shape[1] // Q4_1_BYTES):
             o, s = b * Q4_1_BYTES, b * QK
             d, m = load_fp16(raw, r, o), load_fp16(raw, r, o + 2)
@@ -337,9 +404,9 @@ def _q5_value(q, qh, j):
     return np.int32(q | (((qh >> j) & 1) << 4))
 
 
-@parallel_kernel
+@kernel
 def _dequantize_q5_0(raw, out):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         for b in range(raw.shape[1] // Q5_0_BYTES):
             o, s = b * Q5_0_BYTES, b * QK
             d, qh = load_fp16(raw, r, o), _load_u32(raw, r, o + 2)
@@ -349,9 +416,9 @@ def _dequantize_q5_0(raw, out):
                 out[r, s + QK // 2 + j] = np.float32(_q5_value(q >> 4, qh, j + QK // 2) - 16) * d
 
 
-@parallel_kernel
+@kernel
 def _dequantize_q5_1(raw, out):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         for b in range(raw.shape[1] // Q5_1_BYTES):
             o, s = b * Q5_1_BYTES, b * QK
             d, m, qh = load_fp16(raw, r, o), load_fp16(raw, r, o + 2), _load_u32(raw, r, o + 4)
@@ -361,9 +428,9 @@ def _dequantize_q5_1(raw, out):
                 out[r, s + QK // 2 + j] = np.float32(_q5_value(q >> 4, qh, j + QK // 2)) * d + m
 
 
-@parallel_kernel
+@kernel
 def _dequantize_q8_0(raw, out):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         for b in range(raw.shape[1] // Q8_0_BYTES):
             o, s = b * Q8_0_BYTES, b * QK
             d = load_fp16(raw, r, o)
@@ -371,9 +438,9 @@ def _dequantize_q8_0(raw, out):
                 out[r, s + j] = np.float32(np.int8(raw[r, o + 2 + j])) * d
 
 
-@parallel_kernel
+@kernel
 def _dequantize_q8_1(raw, out):
-    for r in prange(raw.shape[0]):
+    for r in range(raw.shape[0]):
         for b in range(raw.shape[1] // Q8_1_BYTES):
             o, s = b * Q8_1_BYTES, b * QK
             d = load_fp16(raw, r, o)  # the sum s at o + 2 is not needed
@@ -383,16 +450,15 @@ def _dequantize_q8_1(raw, out):
 
 # ----------------------------------------------------------------------------- public API
 
-
-quantize_q4_0 = row_quantizer(_quantize_q4_0, QK, Q4_0_BYTES)
-quantize_q4_1 = row_quantizer(_quantize_q4_1, QK, Q4_1_BYTES)
-quantize_q5_0 = row_quantizer(_quantize_q5_0, QK, Q5_0_BYTES)
-quantize_q5_1 = row_quantizer(_quantize_q5_1, QK, Q5_1_BYTES)
-quantize_q8_0 = row_quantizer(_quantize_q8_0, QK, Q8_0_BYTES)
-quantize_q8_1 = row_quantizer(_quantize_q8_1, QK, Q8_1_BYTES)
-dequantize_q4_0 = row_dequantizer(_dequantize_q4_0, QK, Q4_0_BYTES)
-dequantize_q4_1 = row_dequantizer(_dequantize_q4_1, QK, Q4_1_BYTES)
-dequantize_q5_0 = row_dequantizer(_dequantize_q5_0, QK, Q5_0_BYTES)
-dequantize_q5_1 = row_dequantizer(_dequantize_q5_1, QK, Q5_1_BYTES)
-dequantize_q8_0 = row_dequantizer(_dequantize_q8_0, QK, Q8_0_BYTES)
-dequantize_q8_1 = row_dequantizer(_dequantize_q8_1, QK, Q8_1_BYTES)
+quantize_q4_0 = quantizer(_quantize_q4_0, "Q4_0", QK, Q4_0_BYTES)
+quantize_q4_1 = quantizer(_quantize_q4_1, "Q4_1", QK, Q4_1_BYTES)
+quantize_q5_0 = quantizer(_quantize_q5_0, "Q5_0", QK, Q5_0_BYTES)
+quantize_q5_1 = quantizer(_quantize_q5_1, "Q5_1", QK, Q5_1_BYTES)
+quantize_q8_0 = quantizer(_quantize_q8_0, "Q8_0", QK, Q8_0_BYTES)
+quantize_q8_1 = quantizer(_quantize_q8_1, "Q8_1", QK, Q8_1_BYTES)
+dequantize_q4_0 = dequantizer(_dequantize_q4_0, "Q4_0", QK, Q4_0_BYTES)
+dequantize_q4_1 = dequantizer(_dequantize_q4_1, "Q4_1", QK, Q4_1_BYTES)
+dequantize_q5_0 = dequantizer(_dequantize_q5_0, "Q5_0", QK, Q5_0_BYTES)
+dequantize_q5_1 = dequantizer(_dequantize_q5_1, "Q5_1", QK, Q5_1_BYTES)
+dequantize_q8_0 = dequantizer(_dequantize_q8_0, "Q8_0", QK, Q8_0_BYTES)
+dequantize_q8_1 = dequantizer(_dequantize_q8_1, "Q8_1", QK, Q8_1_BYTES)

@@ -83,10 +83,7 @@ class GGMLType:
         return n_elements // self.block_size * self.type_size
 
     def _kernel(self, verb: str):
-        if self.family is None:
-            return None
-        module = importlib.import_module(f"llamatool.quants.{self.family}")
-        return getattr(module, f"{verb}_{self.name.lower()}", None)
+        return _family_function(self.family, f"{verb}_{self.name.lower()}")
 
     @property
     def can_quantize(self) -> bool:
@@ -98,6 +95,13 @@ class GGMLType:
 
     def __str__(self) -> str:
         return self.name
+
+
+@lru_cache(maxsize=None)
+def _family_function(family: str | None, name: str):
+    if family is None:
+        return None
+    return getattr(importlib.import_module(f"llamatool.quants.{family}"), name, None)
 
 
 @lru_cache(maxsize=None)
@@ -131,8 +135,16 @@ def ggml_type(key: int | str | GGMLType) -> GGMLType:
     raise LlamatoolError(f"not a ggml type: {key!r}")
 
 
-def quantize(qtype: int | str | GGMLType, x: np.ndarray) -> np.ndarray:
-    """Quantize float32 values shaped (..., n_per_row) into raw blocks shaped (..., row_bytes)."""
+def _rows(a: np.ndarray, n: int) -> np.ndarray:
+    """a as 2-D rows of n values, without a copy (out= arrays are filled in place)."""
+    if not a.flags.c_contiguous:
+        raise LlamatoolError("output array must be C-contiguous")
+    return a.reshape(-1, n)
+
+
+def quantize(qtype: int | str | GGMLType, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Quantize float32 values shaped (..., n_per_row) into raw blocks shaped (..., row_bytes),
+    into `out` if given (a C-contiguous uint8 array of that shape)."""
     t = ggml_type(qtype)
     kernel = t._kernel("quantize")
     if kernel is None:
@@ -142,12 +154,13 @@ def quantize(qtype: int | str | GGMLType, x: np.ndarray) -> np.ndarray:
         raise LlamatoolError("cannot quantize a scalar")
     n = x.shape[-1]
     row_bytes = t.row_bytes(n)
-    out = kernel(x.reshape(-1, n))
-    return out.reshape(*x.shape[:-1], row_bytes)
+    result = kernel(x.reshape(-1, n), None if out is None else _rows(out, row_bytes))
+    return result.reshape(*x.shape[:-1], row_bytes) if out is None else out
 
 
-def dequantize(qtype: int | str | GGMLType, raw: np.ndarray) -> np.ndarray:
-    """Dequantize raw blocks shaped (..., row_bytes) into float32 shaped (..., n_per_row)."""
+def dequantize(qtype: int | str | GGMLType, raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Dequantize raw blocks shaped (..., row_bytes) into float32 shaped (..., n_per_row),
+    into `out` if given (a C-contiguous float32 array of that shape)."""
     t = ggml_type(qtype)
     kernel = t._kernel("dequantize")
     if kernel is None:
@@ -156,5 +169,6 @@ def dequantize(qtype: int | str | GGMLType, raw: np.ndarray) -> np.ndarray:
     row_bytes = raw.shape[-1]
     if row_bytes % t.type_size:
         raise LlamatoolError(f"{t.name}: {row_bytes} bytes is not a whole number of blocks")
-    out = kernel(raw.reshape(-1, row_bytes))
-    return out.reshape(*raw.shape[:-1], row_bytes // t.type_size * t.block_size)
+    n = row_bytes // t.type_size * t.block_size
+    result = kernel(raw.reshape(-1, row_bytes), None if out is None else _rows(out, n))
+    return result.reshape(*raw.shape[:-1], n) if out is None else out
