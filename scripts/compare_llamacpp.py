@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""llamatool next to llama.cpp on the same GGUF: speed per test, and whether they agree.
+
+    .venv/bin/python scripts/compare_llamacpp.py                       # default model, pp512 + tg128
+    .venv/bin/python scripts/compare_llamacpp.py -m x.gguf -p 512 -n 128 -t 2 -r 5 --json
+
+llama.cpp runs in this process through llama-cpp-python (the optional extra
+`pip install -e '.[compare]'`, or `pip install llama-cpp-python`, which builds llama.cpp
+from source). Both engines get the same file, threads, batch size (512) and the same
+synthetic tokens (llamatool's bench: random ids, BOS first when the model adds one).
+Repetitions alternate between the engines, so a busy machine slows both alike; the figures
+are medians and the ratio is llamatool t/s / llama.cpp t/s.
+
+Then the agreement check: for a few prompts, greedy continuations of both engines (same
+prompt ids) and the top-k logits at the last prompt position. Logits differ a little by
+construction (different summation orders in the same integer-dot arithmetic), so the report
+is how many greedy tokens agree before the first divergence and the largest logit
+difference among llama.cpp's top k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+N_BATCH = 512
+PROMPTS = (
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "def fibonacci(n):",
+    "The three primary colors are",
+)
+INSTALL_HINT = (
+    "llama-cpp-python is not installed; get it with `pip install -e '.[compare]'` "
+    "(or `pip install llama-cpp-python`, which builds llama.cpp from source: minutes on 2 cores)"
+)
+
+
+def import_llama_cpp():
+    """The llama_cpp module, or None when the optional package is missing."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return llama_cpp
+
+
+@dataclass(frozen=True)
+class Test:
+    n_prompt: int = 0
+    n_gen: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"pp{self.n_prompt}" if self.n_prompt else f"tg{self.n_gen}"
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_prompt + self.n_gen
+
+
+# --- the two engines, behind the same three calls: reset, eval(tokens), logits ---------------
+
+
+class LlamaCpp:
+    def __init__(self, path: Path, n_threads: int, n_ctx: int):
+        llama_cpp = import_llama_cpp()
+        self._lib = llama_cpp
+        self.llm = llama_cpp.Llama(
+            model_path=str(path), n_threads=n_threads, n_threads_batch=n_threads, n_ctx=n_ctx, n_batch=N_BATCH,
+            n_ubatch=N_BATCH, verbose=False,
+        )  # fmt: skip
+        self.n_vocab = self.llm.n_vocab()
+
+    def reset(self) -> None:
+        self.llm.reset()
+
+    def eval(self, tokens) -> None:
+        self.llm.eval(list(tokens))  # batches of n_batch; drops cache entries past n_tokens first
+
+    def logits(self) -> np.ndarray:
+        ptr = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class Llamatool:
+    def __init__(self, path: Path, n_threads: int, n_ctx: int):
+        from llamatool.model import Model
+
+        self.model = Model.load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=N_BATCH)
+        self.n_vocab = self.model.args.n_vocab
+        self._last = None
+
+    def reset(self) -> None:
+        self.model.reset()
+
+    def eval(self, tokens) -> None:
+        self._last = self.model.eval(list(tokens))
+
+    def logits(self) -> np.ndarray:
+        return self._last
+
+    def close(self) -> None:
+        self.model._forward.close()
+
+
+# --- speed ------------------------------------------------------------------------------------
+
+
+def synthetic_tokens(rng, n: int, n_vocab: int, bos: int | None) -> list[int]:
+    """Random ids with BOS first, as llamatool's (and llama-bench's) tests use."""
+    from llamatool.bench import _random_tokens
+
+    return _random_tokens(rng, n, n_vocab, bos)
+
+
+def time_once(engine, test: Test, tokens: list[int]) -> float:
+    """Seconds for one repetition of the test on a fresh context."""
+    engine.reset()
+    start = time.perf_counter()
+    if test.n_prompt:
+        engine.eval(tokens)  # batches of N_BATCH inside both engines
+    else:
+        for t in tokens:
+            engine.eval([t])
+    return time.perf_counter() - start
+
+
+def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, n_vocab: int, log=print) -> list[dict]:
+    """Median t/s of each engine per test, alternating engines every repetition."""
+    rows = []
+    for test in tests:
+        rng = np.random.default_rng(0)
+        token_sets = [synthetic_tokens(rng, test.n_tokens, n_vocab, bos) for _ in range(reps + 1)]
+        rates = {name: [] for name in engines}
+        for name, engine in engines.items():  # warm-up, not counted
+            time_once(engine, test, token_sets[0])
+        for r in range(reps):
+            order = list(engines.items()) if r % 2 == 0 else list(engines.items())[::-1]
+            for name, engine in order:
+                rates[name].append(test.n_tokens / time_once(engine, test, token_sets[r + 1]))
+        row = {"test": test.name, **{f"{n}_ts": statistics.median(v) for n, v in rates.items()},
+               **{f"{n}_samples": v for n, v in rates.items()}}  # fmt: skip
+        row["ratio"] = row["llamatool_ts"] / row["llama.cpp_ts"]
+        log(f"  {test.name}: llamatool {row['llamatool_ts']:.1f} t/s, llama.cpp {row['llama.cpp_ts']:.1f} t/s, "
+            f"ratio {row['ratio']:.2f}")  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+# --- agreement ----------------------------------------------------------------------------------
+
+
+def greedy(engine, prompt_ids: list[int], n_gen: int) -> tuple[np.ndarray, list[int]]:
+    """Logits at the last prompt position and n_gen greedy tokens."""
+    engine.reset()
+    engine.eval(prompt_ids)
+    first = engine.logits()
+    out, logits = [], first
+    for _ in range(n_gen):
+        out.append(int(np.argmax(logits)))
+        engine.eval([out[-1]])
+        logits = engine.logits()
+    return first, out
+
+
+def check_agreement(ours: Llamatool, theirs: LlamaCpp, prompts=PROMPTS, n_gen: int = 16, top_k: int = 10) -> dict:
+    """Greedy tokens and top-k logits of both engines for each prompt (same prompt ids)."""
+    tok = ours.model.tokenizer
+    cases = []
+    for text in prompts:
+        ids = tok.encode(text, add_special=True)
+        la, ta = greedy(ours, ids, n_gen)
+        lb, tb = greedy(theirs, ids, n_gen)
+        top = np.argsort(-lb)[:top_k]
+        same_prefix = next((i for i, (a, b) in enumerate(zip(ta, tb)) if a != b), min(len(ta), len(tb)))
+        cases.append({
+            "prompt": text,
+            "tokens_llamatool": ta,
+            "tokens_llama.cpp": tb,
+            "greedy_agree": same_prefix,
+            "top_k_overlap": len(set(top.tolist()) & set(np.argsort(-la)[:top_k].tolist())),
+            "top1_same": int(np.argmax(la)) == int(np.argmax(lb)),
+            "max_abs_diff_top_k": float(np.max(np.abs(la[top] - lb[top]))),
+            "text_llamatool": tok.decode(ta),
+            "text_llama.cpp": tok.decode(tb),
+        })  # fmt: skip
+    return {
+        "n_gen": n_gen,
+        "top_k": top_k,
+        "cases": cases,
+        "greedy_agree": sum(c["greedy_agree"] for c in cases),
+        "greedy_total": n_gen * len(cases),
+        "max_abs_diff_top_k": max(c["max_abs_diff_top_k"] for c in cases),
+    }
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def parse_tests(prompts: str, gens: str) -> list[Test]:
+    tests = [Test(n_prompt=int(p)) for p in prompts.split(",") if p.strip() and int(p)]
+    tests += [Test(n_gen=int(g)) for g in gens.split(",") if g.strip() and int(g)]
+    return tests
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-m", "--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("-p", "--n-prompt", default="512", help="prompt lengths, comma-separated (0 = none)")
+    ap.add_argument("-n", "--n-gen", default="128", help="generation lengths, comma-separated (0 = none)")
+    ap.add_argument("-t", "--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("-r", "--repetitions", type=int, default=5)
+    ap.add_argument("--check-prompts", type=int, default=len(PROMPTS), help="prompts for the agreement check (0 = skip)")
+    ap.add_argument("--check-tokens", type=int, default=16, help="greedy tokens per prompt")
+    ap.add_argument("--no-speed", action="store_true", help="only the agreement check")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args(argv)
+
+    if import_llama_cpp() is None:
+        print(f"error: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    if not args.model.is_file():
+        print(f"error: {args.model}: no such model file", file=sys.stderr)
+        return 1
+    tests = [] if args.no_speed else parse_tests(args.n_prompt, args.n_gen)
+    n_ctx = max([t.n_tokens for t in tests] + [256]) + 1
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    log(f"{args.model.name}: {args.threads} threads, {args.repetitions} alternating repetitions")
+    ours = Llamatool(args.model, args.threads, n_ctx)
+    theirs = LlamaCpp(args.model, args.threads, n_ctx)
+    tok = ours.model.tokenizer
+    bos = tok.bos_id if tok.add_bos else None
+    report = {"model": str(args.model), "threads": args.threads, "repetitions": args.repetitions}
+    report["speed"] = compare_speed({"llamatool": ours, "llama.cpp": theirs}, tests, args.repetitions, bos, ours.n_vocab,
+                                    log)
+    if args.check_prompts:
+        report["agreement"] = check_agreement(ours, theirs, PROMPTS[: args.check_prompts], args.check_tokens)
+    ours.close()
+    theirs.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+def print_report(report: dict) -> None:
+    if report["speed"]:
+        print(f"\n| test | llamatool t/s | llama.cpp t/s | ratio |\n| --- | ---: | ---: | ---: |")
+        for r in report["speed"]:
+            print(f"| {r['test']} | {r['llamatool_ts']:.1f} | {r['llama.cpp_ts']:.1f} | {r['ratio']:.2f} |")
+    agree = report.get("agreement")
+    if agree:
+        print(f"\ngreedy tokens agreeing before the first divergence: {agree['greedy_agree']}/{agree['greedy_total']}; "
+              f"max |logit diff| over llama.cpp's top {agree['top_k']}: {agree['max_abs_diff_top_k']:.4f}")  # fmt: skip
+        for c in agree["cases"]:
+            print(f"  {c['greedy_agree']:2d}/{agree['n_gen']}  top-{agree['top_k']} overlap {c['top_k_overlap']}  "
+                  f"max diff {c['max_abs_diff_top_k']:.4f}  {c['prompt']!r} -> {c['text_llamatool']!r}")  # fmt: skip
+            if c["greedy_agree"] < agree["n_gen"]:
+                print(f"{'':8}llama.cpp: {c['text_llama.cpp']!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
