@@ -447,7 +447,7 @@ def perplexity_command(
     else:
         result = perplexity(model, tokens, n_ctx, n_chunks, n_batch, on_chunk=show)
     print()
-    print(f"Final estimate: PPL = {result.ppl:.4f} +/- {result.ppl_error:.5f}")
+    print(f"Final estimate: PPL = {result.ppl:.4f} +/- {result.ppl_error:.5f}", flush=True)
     log(
         f"perplexity: {result.n_chunks} chunks, {result.n_scored} scored tokens, {result.seconds:.2f} s "
         f"({result.n_chunks * n_ctx / max(result.seconds, 1e-9):.1f} tokens/s evaluated)"

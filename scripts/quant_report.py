@@ -28,46 +28,78 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_TEXT = ROOT / "tests" / "data" / "shakespeare-sonnets.txt"
-DEFAULT_PRESETS = "F16,Q8_0,Q6_K,Q5_K_M,Q5_1,Q5_0,Q4_K_M,Q4_K_S,Q4_1,Q4_0,IQ4_NL,IQ4_XS,Q3_K_M,Q2_K"
+DEFAULT_PRESETS = "Q8_0,Q6_K,Q5_K_M,Q5_0,Q4_K_M,Q4_1,Q4_0,Q3_K_M,Q2_K"
 
 
-def quantize(src: Path, dst: Path, preset: str, threads: int) -> None:
+def quantize(src: Path, dst: Path, preset: str, args) -> None:
     """Through the command line, exactly as a user would run it."""
-    if dst.exists():
+    if args.reuse and dst.exists():
         return
-    cmd = [sys.executable, "-m", "llamatool", "quantize", str(src), str(dst), preset, "--allow-requantize", "--nthreads", str(threads)]
+    cmd = [sys.executable, "-m", "llamatool", "quantize", str(src), str(dst), preset, "--allow-requantize", "--force"]
+    cmd += ["--nthreads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"quantize {preset} failed: {proc.stderr.strip()}")
 
 
-def measure(path: Path, base_file: Path, text: str, args) -> dict:
-    from llamatool.bench import model_description, plan_tests, run_benchmarks
+def measure_speed(path: Path, args) -> dict:
+    from llamatool.bench import plan_tests, run_benchmarks
+
+    if args.no_speed:
+        return {}
+    tests = plan_tests([path], [args.pp], [args.tg], [], [args.threads])
+    return {r.test.name: {"avg_ts": r.avg_ts, "stddev_ts": r.stddev_ts} for r in run_benchmarks(tests, reps=args.reps)}
+
+
+def size_figures(path: Path) -> dict:
+    from llamatool.bench import model_description
     from llamatool.gguf_io import GGUFReader
-    from llamatool.model import Model
-    from llamatool.perplexity import LogitsFile, kl_divergence, perplexity, tokenize_text
 
     _, tensor_bytes, n_params = model_description(GGUFReader(path))
-    model = Model.load(path, n_ctx=args.ctx_size, n_threads=args.threads)
-    tokens = tokenize_text(model, text)
-    ppl = perplexity(model, tokens, n_ctx=args.ctx_size, n_chunks=args.chunks)
-    stats = kl_divergence(model, LogitsFile.open(base_file), n_chunks=args.chunks)
+    return {"file_bytes": path.stat().st_size, "bits_per_weight": 8 * tensor_bytes / n_params}
+
+
+def measure(path: Path, base_file: Path, args) -> dict:
+    """One pass over the base file's tokens gives both the PPL and the KLD figures."""
+    from llamatool.model import Model
+    from llamatool.perplexity import LogitsFile, kl_divergence
+
+    base = LogitsFile.open(base_file)
+    model = Model.load(path, n_ctx=base.n_ctx, n_threads=args.threads)
+    stats = kl_divergence(model, base)
     del model
-    speed = {}
-    if not args.no_speed:
-        tests = plan_tests([path], [args.pp], [args.tg], [], [args.threads])
-        for r in run_benchmarks(tests, reps=args.reps):
-            speed[r.test.name] = (r.avg_ts, r.stddev_ts)
+    (ppl, ppl_error), (kld, kld_error) = stats.ppl(), stats.kld()
     return {
-        "file_bytes": path.stat().st_size,
-        "bits_per_weight": 8 * tensor_bytes / n_params,
-        "ppl": ppl.ppl,
-        "ppl_error": ppl.ppl_error,
-        "kld": stats.kld()[0],
-        "kld_error": stats.kld()[1],
+        **size_figures(path),
+        "ppl": ppl,
+        "ppl_error": ppl_error,
+        "kld": kld,
+        "kld_error": kld_error,
         "same_top": stats.same_top()[0],
         "delta_ppl": stats.ppl_diff()[0],
-        "speed": {k: {"avg_ts": v[0], "stddev_ts": v[1]} for k, v in speed.items()},
+        "speed": measure_speed(path, args),
+    }
+
+
+def measure_reference(reference: Path, base_file: Path, text: str, args) -> dict:
+    """Write the KLD base file (atomically: a half-written one must never be reused)."""
+    from llamatool.fileio import atomic_output
+    from llamatool.model import Model
+    from llamatool.perplexity import perplexity, tokenize_text
+
+    model = Model.load(reference, n_ctx=args.ctx_size, n_threads=args.threads)
+    with atomic_output(base_file, force=True) as f:
+        result = perplexity(model, tokenize_text(model, text), n_ctx=args.ctx_size, n_chunks=args.chunks, logits_out=f)
+    del model
+    return {
+        **size_figures(reference),
+        "ppl": result.ppl,
+        "ppl_error": result.ppl_error,
+        "kld": 0.0,
+        "kld_error": 0.0,
+        "same_top": 1.0,
+        "delta_ppl": 0.0,
+        "speed": measure_speed(reference, args),
     }
 
 
@@ -122,13 +154,11 @@ def main() -> None:
     p.add_argument("--tg", type=int, default=128)
     p.add_argument("-r", "--reps", type=int, default=3)
     p.add_argument("--no-speed", action="store_true", help="skip the speed columns")
+    p.add_argument("--reuse", action="store_true", help="keep model files already in OUTDIR instead of quantizing again")
     args = p.parse_args()
 
     from rich.console import Console
     from rich.table import Table
-
-    from llamatool.model import Model
-    from llamatool.perplexity import perplexity, tokenize_text
 
     console = Console(stderr=True)
     args.outdir.mkdir(parents=True, exist_ok=True)
@@ -136,21 +166,19 @@ def main() -> None:
     stem = args.model.name.removesuffix(".gguf")
     reference = args.outdir / f"{stem}.F32.gguf"
     console.print(f"reference: {reference}")
-    quantize(args.model, reference, "F32", args.threads)
+    quantize(args.model, reference, "F32", args)
+    # The base file is always recomputed: it depends on the text, -c and --chunks.
     base_file = args.outdir / f"{stem}.F32.kld"
-    if not base_file.exists():
-        model = Model.load(reference, n_ctx=args.ctx_size, n_threads=args.threads)
-        with open(base_file, "wb") as f:
-            perplexity(model, tokenize_text(model, text), n_ctx=args.ctx_size, n_chunks=args.chunks, logits_out=f)
-        del model
+    t0 = time.perf_counter()
+    rows = [{"preset": "F32 (reference)", **measure_reference(reference, base_file, text, args)}]
+    console.print(f"reference measured in {time.perf_counter() - t0:.1f} s")
 
-    rows = []
     for preset in [s.strip() for s in args.presets.split(",") if s.strip()]:
         out = args.outdir / f"{stem}.{preset.upper()}.gguf"
         t0 = time.perf_counter()
-        quantize(reference, out, preset, args.threads)
+        quantize(reference, out, preset, args)
         console.print(f"{preset}: quantized in {time.perf_counter() - t0:.1f} s, measuring ...")
-        rows.append({"preset": preset.upper(), **measure(out, base_file, text, args)})
+        rows.append({"preset": preset.upper(), **measure(out, base_file, args)})
 
     pp, tg = f"pp{args.pp}", f"tg{args.tg}"
     table = Table(title=f"{args.model.name}: {args.chunks} chunks of {args.ctx_size} tokens of {args.file.name}")
@@ -169,7 +197,7 @@ def main() -> None:
             f"{s[pp]['avg_ts']:.1f}" if pp in s else "-",
             f"{s[tg]['avg_ts']:.1f}" if tg in s else "-",
         )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     (args.outdir / "report.md").write_text(markdown(rows, pp, tg))
     (args.outdir / "report.json").write_text(json.dumps(rows, indent=2))
     if plot(rows, args.outdir / "size_vs_kld.png"):

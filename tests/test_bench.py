@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -112,3 +113,41 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert proc.returncode == 1 and "invalid -p list" in proc.stderr
     proc = llamatool("bench", "-m", model, "-o", "xml")
     assert proc.returncode == 1 and "unknown output format" in proc.stderr
+
+
+# --- the real default model ---------------------------------------------------------------
+
+
+def test_bench_json_on_the_default_model(default_model):
+    from llamatool.gguf_io import GGUFReader
+
+    proc = llamatool("bench", "-m", default_model, "-p", "16", "-n", "8", "-r", "2", "-t", "2", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(proc.stdout)
+    assert [(r["n_prompt"], r["n_gen"]) for r in records] == [(16, 0), (0, 8)]
+    reader = GGUFReader(default_model)
+    for r in records:
+        assert list(r)[: len(FIELDS)] == FIELDS
+        assert r["model_type"] == "llama 135M Q4_1" and r["n_threads"] == 2 and r["backends"] == "CPU"
+        assert r["model_size"] == sum(t.nbytes for t in reader.tensors)
+        assert r["model_n_params"] == sum(t.n_elements for t in reader.tensors)
+        assert len(r["samples_ns"]) == len(r["samples_ts"]) == 2
+        n_tokens = r["n_prompt"] + r["n_gen"]
+        for ns, ts in zip(r["samples_ns"], r["samples_ts"]):
+            assert ns > 0 and ts == pytest.approx(1e9 * n_tokens / ns)
+        # a 135M model on any CPU: more than 1 token/s, fewer than a million
+        assert all(1 < ts < 1e6 for ts in r["samples_ts"])
+        assert r["avg_ts"] == pytest.approx(statistics.mean(r["samples_ts"]))
+        assert r["stddev_ts"] == pytest.approx(statistics.stdev(r["samples_ts"]))
+        assert r["avg_ns"] == pytest.approx(statistics.mean(r["samples_ns"]), abs=1)
+
+
+def test_bench_table_on_the_default_model(default_model):
+    proc = llamatool("bench", "-m", default_model, "-p", "16", "-n", "8", "-r", "2", "-t", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if "model" in line and "t/s" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["model", "size", "params", "backend", "threads", "test", "t/s"]
+    rows = {m.group(1): float(m.group(2)) for m in (re.search(r"│\s+(pp16|tg8)\s+│\s+([\d.]+) ± [\d.]+\s+│", line) for line in lines) if m}
+    assert set(rows) == {"pp16", "tg8"} and all(v > 1 for v in rows.values())
+    assert "llama 135M Q4_1" in proc.stdout and "92.10 MiB" in proc.stdout and "134.52 M" in proc.stdout
