@@ -17,13 +17,14 @@ order with general.quantization_version and general.file_type moved to the end.
 from __future__ import annotations
 
 import mmap
+import os
 import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from .quant_rules import (
     preset_names,
     tensor_types,
 )
-from .quants.registry import GGMLType, dequantize, ggml_type, quantize
+from .quants.registry import GGMLType, ggml_type
 
 __all__ = ["QuantizeOptions", "tensor_types", "preset_file_type", "preset_names", "quantize_model", "QuantizeResult"]
 
@@ -83,6 +84,7 @@ class QuantizeResult:
     n_elements: int
     seconds: float = 0.0
     file_size: int = 0
+    threads: int = 1
 
     @property
     def size_before(self) -> int:
@@ -170,14 +172,33 @@ def check_requantize(reader: GGUFReader, jobs: list[TensorJob], options: Quantiz
         )
 
 
-def check_kernels(jobs: list[TensorJob]) -> None:
+@dataclass(frozen=True)
+class Kernels:
+    """The serial row kernels a job runs (see quants.native): None for float32 input."""
+
+    dequantize: Callable | None
+    quantize: Callable
+    count_nonfinite: Callable
+
+
+def load_kernels(jobs: list[TensorJob]) -> dict[str, Kernels]:
+    """The kernels of every job that converts, by tensor name; only the types the model
+    uses are loaded. A clear error for a type without kernels, before anything is written."""
+    from .quants.native import nonfinite_counter, row_kernel
+
+    kernels = {}
     for j in jobs:
-        if not j.converts:
-            continue
-        if not j.src.type.can_dequantize:
-            raise LlamatoolError(f"{j.name}: reading {j.src.type.name} tensors is not supported")
-        if not j.dst.can_quantize:
-            raise LlamatoolError(f"{j.name}: quantizing to {j.dst.name} is not supported")
+        if j.converts:
+            reads = None if j.src.type.name == "F32" else row_kernel(j.src.type, "dequantize")
+            kernels[j.name] = Kernels(reads, row_kernel(j.dst, "quantize"), nonfinite_counter())
+    return kernels
+
+
+def worker_count(nthreads: int | None) -> int:
+    """Threads for the conversion: nthreads, or (None, 0 or less) every core we may use."""
+    if nthreads and nthreads > 0:
+        return int(nthreads)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -208,20 +229,19 @@ def _scratch(local: threading.local, n: int) -> np.ndarray:
     return buf[:n]
 
 
-def _convert_rows(job: TensorJob, out: np.ndarray, r0: int, r1: int, local: threading.local) -> None:
+def _convert_rows(job: TensorJob, kernels: Kernels, out: np.ndarray, r0: int, r1: int, local: threading.local) -> None:
     """Rows r0:r1 of the job's tensor, read, widened to float32 and quantized into out."""
-    from .quants.floats import first_nonfinite_row
-
     n_per_row = job.src.ne[0]
     raw = job.src.data[r0:r1]
-    if job.src.type.name == "F32":
+    if kernels.dequantize is None:
         x = raw.view(np.float32)
     else:
-        x = dequantize(job.src.type, raw, out=_scratch(local, (r1 - r0) * n_per_row).reshape(r1 - r0, n_per_row))
-    bad = first_nonfinite_row(x)
-    if bad is not None:
+        x = _scratch(local, (r1 - r0) * n_per_row).reshape(r1 - r0, n_per_row)
+        kernels.dequantize(raw, x)
+    if kernels.count_nonfinite(x):
+        bad = int(np.argwhere(~np.isfinite(x))[0][0])
         raise LlamatoolError(f"{job.name}: row {r0 + bad} holds NaN or infinite values; refusing to quantize it")
-    quantize(job.dst, x, out=out[r0:r1])
+    kernels.quantize(x, out[r0:r1])
 
 
 class _Tensor:
@@ -249,8 +269,9 @@ class _Converter:
     (job, data) for every job in order: the input's bytes for a copy, the converted tensor
     otherwise."""
 
-    def __init__(self, jobs: list[TensorJob], n_workers: int):
+    def __init__(self, jobs: list[TensorJob], kernels: dict[str, Kernels], n_workers: int):
         self.jobs = jobs
+        self.kernels = kernels
         self.n_workers = n_workers if any(j.converts for j in jobs) else 0
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.lock = threading.Lock()
@@ -262,9 +283,9 @@ class _Converter:
 
     def __enter__(self) -> "_Converter":
         if self.n_workers:
-            from .jit import worker_pool
-
-            self.workers = [worker_pool().submit(self._work) for _ in range(self.n_workers)]
+            self.workers = [threading.Thread(target=self._work, name=f"llamatool-quantize-{i}", daemon=True) for i in range(self.n_workers)]
+            for w in self.workers:
+                w.start()
             self._submit_ahead()
         return self
 
@@ -274,7 +295,7 @@ class _Converter:
         for _ in self.workers:
             self.queue.put(None)
         for w in self.workers:
-            w.result()
+            w.join()
 
     def __iter__(self):
         for job in self.jobs:
@@ -306,7 +327,7 @@ class _Converter:
             tensor, r0, r1 = item
             if tensor.error is None and not self.stopped:
                 try:
-                    _convert_rows(tensor.job, tensor.out, r0, r1, local)
+                    _convert_rows(tensor.job, self.kernels[tensor.job.name], tensor.out, r0, r1, local)
                 except BaseException as e:  # noqa: BLE001 - handed to the writer, which raises it
                     tensor.error = e
             with self.lock:
@@ -373,15 +394,11 @@ def quantize_model(
         if dry_run:
             return result
         check_requantize(reader, jobs, options)
-        check_kernels(jobs)
-        n_workers = 1
-        if any(j.converts for j in jobs):
-            from .jit import set_threads
-
-            n_workers = set_threads(nthreads)
+        kernels = load_kernels(jobs)
+        result.threads = worker_count(nthreads)
         start = time.perf_counter()
         bar, task = _progress(result.size_before, progress)
-        with bar, GGUFWriter(out, force=force, inputs=[inp]) as writer, _Converter(jobs, n_workers) as tensors:
+        with bar, GGUFWriter(out, force=force, inputs=[inp]) as writer, _Converter(jobs, kernels, result.threads) as tensors:
             _write_header(writer, reader, jobs, preset)
             for job, data in tensors:
                 bar.update(task, description=f"{job.name} -> {job.dst.name}" if job.converts else job.name)

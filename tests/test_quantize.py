@@ -545,15 +545,11 @@ def test_non_finite_weights_are_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.gguf"]
 
 
-def test_nthreads_sets_the_kernel_threads(small_model, tmp_path):
-    import numba
-
-    before = numba.get_num_threads()
-    try:
-        quantize_model(small_model, tmp_path / "q.gguf", QuantizeOptions("Q8_0"), nthreads=1, progress=False)
-        assert numba.get_num_threads() == 1
-    finally:
-        numba.set_num_threads(before)
+def test_nthreads_sets_the_worker_threads_and_not_the_bytes(small_model, tmp_path):
+    one = quantize_model(small_model, tmp_path / "1.gguf", QuantizeOptions("Q4_K_M"), nthreads=1, progress=False)
+    two = quantize_model(small_model, tmp_path / "2.gguf", QuantizeOptions("Q4_K_M"), nthreads=2, progress=False)
+    assert (one.threads, two.threads) == (1, 2)
+    assert (tmp_path / "1.gguf").read_bytes() == (tmp_path / "2.gguf").read_bytes()
 
 
 # --- the command line ------------------------------------------------------------------------------

@@ -86,6 +86,7 @@ def quantizer(kernel, name: str, block_size: int, type_size: int):
 
     quantize.__name__ = quantize.__qualname__ = f"quantize_{name.lower()}"
     quantize.__doc__ = f"float32[n_rows, n_per_row] -> {name} blocks, byte-exact with ggml."
+    quantize.kernel = kernel  # serial, for callers with threads of their own (native.py)
     return quantize
 
 
@@ -103,4 +104,5 @@ def dequantizer(kernel, name: str, block_size: int, type_size: int):
 
     dequantize.__name__ = dequantize.__qualname__ = f"dequantize_{name.lower()}"
     dequantize.__doc__ = f"{name} blocks -> float32[n_rows, n_per_row], as ggml's dequantize_row_{name.lower()}."
+    dequantize.kernel = kernel
     return dequantize

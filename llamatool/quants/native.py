@@ -1,0 +1,355 @@
+"""Row kernels as machine code that loads without Numba: what `llamatool quantize` runs.
+
+Numba's cache keeps compiled kernels across runs, but loading one still needs Numba:
+importing it and setting up its compiler before the first cached kernel runs takes about
+half a second, as long as llama-quantize takes for the whole default model. So the
+kernels a quantize run needs are kept a second way too. The first run builds a C entry
+point for each (a Numba cfunc around the cached kernel, compiled under the same
+vectorizer options) and saves its object code in the cache folder; later runs load that
+object with llvmlite's MCJIT alone (a few tens of milliseconds, no Numba import) and call
+it through ctypes, which releases the GIL. It is the same machine code Numba runs, so the
+bytes are the same; the cache is keyed on this package's sources, the Numba and llvmlite
+versions and the host CPU. Where any of that fails, the kernels run through Numba.
+
+A row kernel is serial: kernel(src, dst) on C-contiguous 2-D arrays (rows of float32 and
+rows of blocks); callers share rows between their own threads.
+
+The object code leaves a few symbols to the loader: Python's C API and libm (found in the
+process), and Numba's runtime, of which the kernels use only allocation (scratch arrays)
+and, on an error path no kernel takes, exception reporting. _RUNTIME_IR implements those.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LlamatoolError
+from .registry import ggml_type
+
+_PACKAGE = Path(__file__).resolve().parent
+
+# Numba's NRT_MemInfo (refct, dtor, dtor_info, data, size, external_allocator): kernels
+# read `data` at offset 24 and decrement `refct` at 0 themselves. A kernel error would
+# report itself under the GIL (numba_gil_ensure): that sets llamatool_kernel_failed.
+_RUNTIME_IR = r"""
+declare ptr @malloc(i64)
+declare void @free(ptr)
+declare i32 @PyGILState_Ensure()
+declare void @PyGILState_Release(i32)
+
+@llamatool_kernel_failed = global i32 0
+
+define ptr @NRT_MemInfo_alloc_aligned(i64 %size, i32 %align) {
+entry:
+  %a32 = icmp eq i32 %align, 0
+  %a1 = select i1 %a32, i32 1, i32 %align
+  %a = zext i32 %a1 to i64
+  %t0 = add i64 %size, 48
+  %total = add i64 %t0, %a
+  %mi = call ptr @malloc(i64 %total)
+  %null = icmp eq ptr %mi, null
+  br i1 %null, label %fail, label %ok
+fail:
+  ret ptr null
+ok:
+  %base = ptrtoint ptr %mi to i64
+  %start = add i64 %base, 48
+  %am1 = sub i64 %a, 1
+  %up = add i64 %start, %am1
+  %mask = sub i64 0, %a
+  %aligned = and i64 %up, %mask
+  %data = inttoptr i64 %aligned to ptr
+  store i64 1, ptr %mi
+  %f1 = getelementptr i8, ptr %mi, i64 8
+  store ptr null, ptr %f1
+  %f2 = getelementptr i8, ptr %mi, i64 16
+  store ptr null, ptr %f2
+  %f3 = getelementptr i8, ptr %mi, i64 24
+  store ptr %data, ptr %f3
+  %f4 = getelementptr i8, ptr %mi, i64 32
+  store i64 %size, ptr %f4
+  %f5 = getelementptr i8, ptr %mi, i64 40
+  store ptr null, ptr %f5
+  ret ptr %mi
+}
+
+define void @NRT_MemInfo_call_dtor(ptr %mi) {
+  call void @free(ptr %mi)
+  ret void
+}
+
+define void @NRT_Free(ptr %p) {
+  call void @free(ptr %p)
+  ret void
+}
+
+define void @numba_gil_ensure(ptr %state) {
+  store i32 1, ptr @llamatool_kernel_failed
+  %s = call i32 @PyGILState_Ensure()
+  store i32 %s, ptr %state
+  ret void
+}
+
+define void @numba_gil_release(ptr %state) {
+  %s = load i32, ptr %state
+  call void @PyGILState_Release(i32 %s)
+  ret void
+}
+
+define ptr @numba_unpickle(ptr %data, i32 %n, ptr %hash) {
+  ret ptr null
+}
+
+define ptr @numba_runtime_build_excinfo_struct(ptr %a, ptr %b) {
+  ret ptr null
+}
+
+define void @numba_do_raise(ptr %exc) {
+  ret void
+}
+"""
+_RUNTIME_SYMBOLS = {
+    "NRT_MemInfo_alloc_aligned",
+    "NRT_MemInfo_call_dtor",
+    "NRT_Free",
+    "numba_gil_ensure",
+    "numba_gil_release",
+    "numba_unpickle",
+    "numba_runtime_build_excinfo_struct",
+    "numba_do_raise",
+}
+
+_ROWS = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+_COUNT = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+NONFINITE = "count_nonfinite"  # the key of floats._count_nonfinite
+
+
+# --- the cache folder ---------------------------------------------------------------------------
+
+
+def _cache_root() -> Path:
+    # jit.cache_dir's rule (jit itself imports numba)
+    root = os.environ.get("LLAMATOOL_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "llamatool"
+
+
+@lru_cache(maxsize=None)
+def _folder() -> Path:
+    """Named after everything the object code depends on."""
+    import llvmlite
+    import llvmlite.binding as llvm
+    from importlib.metadata import version
+
+    h = hashlib.sha256()
+    for path in sorted(_PACKAGE.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    h.update(f"{version('numba')} {llvmlite.__version__} {llvm.get_process_triple()} {llvm.get_host_cpu_name()}".encode())
+    h.update(llvm.get_host_cpu_features().flatten().encode())
+    return _cache_root() / "native" / f"quants-{h.hexdigest()[:16]}"
+
+
+# --- loading (no numba) -------------------------------------------------------------------------
+
+
+class _Engine:
+    """One MCJIT engine holding the runtime shims and every object loaded so far."""
+
+    def __init__(self):
+        import llvmlite.binding as llvm
+
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        self.llvm = llvm
+        tm = llvm.Target.from_default_triple().create_target_machine()
+        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(_RUNTIME_IR), tm)
+        self.engine.finalize_object()
+        self.failed = ctypes.c_int32.from_address(self.engine.get_global_value_address("llamatool_kernel_failed"))
+        self.lock = threading.Lock()
+
+    def load(self, symbol: str, obj: bytes) -> int:
+        with self.lock:
+            self.engine.add_object_file(self.llvm.ObjectFileRef.from_data(obj))
+            self.engine.finalize_object()
+            return self.engine.get_function_address(symbol)
+
+
+@lru_cache(maxsize=None)
+def _engine() -> _Engine:
+    return _Engine()
+
+
+def _read(key: str) -> tuple[str, bytes] | None:
+    try:
+        blob = (_folder() / f"{key}.o").read_bytes()
+    except OSError:
+        return None
+    symbol, _, obj = blob.partition(b"\n")
+    return symbol.decode(), obj
+
+
+def _write(key: str, symbol: str, obj: bytes) -> None:
+    folder = _folder()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        tmp.write_bytes(symbol.encode() + b"\n" + obj)
+        os.replace(tmp, folder / f"{key}.o")
+    except OSError:
+        pass  # a read-only cache: build again next time
+
+
+def _checked(engine: _Engine, fn, name: str):
+    def call(*args):
+        result = fn(*args)
+        if engine.failed.value:
+            raise LlamatoolError(f"internal error: the {name} kernel failed")
+        return result
+
+    return call
+
+
+def _native_rows(key: str, src_dtype, dst_dtype):
+    """The cached object's kernel as kernel(src, dst), or None when there is none."""
+    found = _read(key)
+    if found is None:
+        return None
+    engine = _engine()
+    address = engine.load(*found)
+    if not address:
+        return None
+    fn = _checked(engine, _ROWS(address), key)
+
+    def kernel(src: np.ndarray, dst: np.ndarray) -> None:
+        if src.dtype != src_dtype or dst.dtype != dst_dtype or not (src.flags.c_contiguous and dst.flags.c_contiguous):
+            raise LlamatoolError(f"internal error: {key} takes C-contiguous {src_dtype} and {dst_dtype} rows")
+        if src.shape[0] != dst.shape[0]:
+            raise LlamatoolError(f"internal error: {key}: {src.shape[0]} rows in, {dst.shape[0]} out")
+        if src.shape[0]:
+            fn(src.ctypes.data, dst.ctypes.data, src.shape[0], src.shape[1], dst.shape[1])
+
+    return kernel
+
+
+def _native_count(key: str):
+    found = _read(key)
+    if found is None:
+        return None
+    engine = _engine()
+    address = engine.load(*found)
+    if not address:
+        return None
+    fn = _checked(engine, _COUNT(address), key)
+
+    def count(x: np.ndarray) -> int:
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1) if x.ndim else x.reshape(1, 1)
+        return int(fn(x.ctypes.data, x.shape[0], x.shape[1])) if x.size else 0
+
+    return count
+
+
+# --- building (numba) ---------------------------------------------------------------------------
+
+
+def _undefined_symbols(module) -> list[str]:
+    names = [f.name for f in module.functions if f.is_declaration and not f.name.startswith("llvm.")]
+    return names + [g.name for g in module.global_variables if g.is_declaration]
+
+
+def _object_code(entry) -> tuple[str, bytes]:
+    """A cfunc's machine code (Numba's own, as it caches it) and its symbol; raises when it
+    needs a symbol the loader cannot provide."""
+    lib = entry._library
+    lib._ensure_finalized()
+    process = ctypes.CDLL(None)
+    for name in _undefined_symbols(lib._final_module):
+        if name not in _RUNTIME_SYMBOLS and not hasattr(process, name):
+            raise LookupError(f"{entry.native_name} needs {name}")
+    return entry.native_name, lib._codegen._tm.emit_object(lib._final_module)
+
+
+def _build(key: str, kernel, src_dtype, dst_dtype) -> None:
+    """Compile kernel's C entry point and save its object code (quietly not, if it fails)."""
+    from numba import carray, cfunc, types
+
+    from .. import jit
+
+    def entry(src, dst, n_rows, src_cols, dst_cols):
+        kernel(carray(src, (n_rows, src_cols), src_dtype), carray(dst, (n_rows, dst_cols), dst_dtype))
+
+    sig = types.void(types.voidptr, types.voidptr, types.int64, types.int64, types.int64)
+    try:
+        with jit.vectorizer_options():
+            _write(key, *_object_code(cfunc(sig, nogil=True, error_model="numpy")(entry)))
+    except Exception:  # noqa: BLE001 - Numba internals moved, or a symbol we lack: Numba runs it
+        pass
+
+
+def _build_count(key: str, kernel) -> None:
+    from numba import carray, cfunc, types
+
+    from .. import jit
+
+    def entry(src, n_rows, cols):
+        return kernel(carray(src, (n_rows, cols), np.float32))
+
+    sig = types.int64(types.voidptr, types.int64, types.int64)
+    try:
+        with jit.vectorizer_options():
+            _write(key, *_object_code(cfunc(sig, nogil=True, error_model="numpy")(entry)))
+    except Exception:  # noqa: BLE001 - as in _build
+        pass
+
+
+# --- the row kernels ----------------------------------------------------------------------------
+
+
+def _copy_f32(src: np.ndarray, dst: np.ndarray) -> None:
+    dst.view(np.float32)[...] = src.view(np.float32)
+
+
+def _numba_kernel(family: str, name: str):
+    public = getattr(importlib.import_module(f"llamatool.quants.{family}"), name, None)
+    return getattr(public, "kernel", None)
+
+
+@lru_cache(maxsize=None)
+def row_kernel(qtype, verb: str):
+    """The serial kernel that quantizes float32 rows to qtype (verb "quantize") or
+    dequantizes qtype's rows to float32 ("dequantize"); a clear error if there is none."""
+    t = ggml_type(qtype)
+    if t.name == "F32":
+        return _copy_f32
+    key = f"{verb}_{t.name.lower()}"
+    src_dtype, dst_dtype = (np.float32, np.uint8) if verb == "quantize" else (np.uint8, np.float32)
+    if t.family is not None:
+        kernel = _native_rows(key, src_dtype, dst_dtype)
+        if kernel is not None:
+            return kernel
+        kernel = _numba_kernel(t.family, key)
+        if kernel is not None:
+            _build(key, kernel, src_dtype, dst_dtype)
+            return _native_rows(key, src_dtype, dst_dtype) or kernel
+    raise LlamatoolError(f"{'quantizing to' if verb == 'quantize' else 'reading'} {t.name} tensors is not supported")
+
+
+@lru_cache(maxsize=None)
+def nonfinite_counter():
+    """count(x): how many values of float32 rows x are NaN or infinite."""
+    count = _native_count(NONFINITE)
+    if count is None:
+        from . import floats
+
+        _build_count(NONFINITE, floats._count_nonfinite)
+        count = _native_count(NONFINITE) or (lambda x: int(floats._count_nonfinite(np.ascontiguousarray(x, np.float32))))
+    return count
