@@ -312,6 +312,12 @@ def run_test(model, test: BenchTest, reps: int, warmup: bool, seed: int = 0) -> 
     return samples
 
 
+def _kv_cache_type(model) -> str:
+    """llama-bench's type_k/type_v: the cache's element type (f16 is stored as raw uint16 bits)."""
+    dtype = str(getattr(getattr(model, "k_cache", None), "dtype", "float32"))
+    return {"uint16": "f16", "float16": "f16", "float32": "f32"}.get(dtype, dtype)
+
+
 def run_benchmarks(
     tests: Sequence[BenchTest],
     reps: int = 5,
@@ -333,7 +339,7 @@ def run_benchmarks(
             on_progress(f"loading {path}")
         model_type, size, n_params = model_description(GGUFReader(path))
         model = Model.load(path, n_ctx=n_ctx, n_threads=group[0].n_threads)
-        kv_type = str(getattr(model, "kv_type", "f32")).lower()
+        kv_type = _kv_cache_type(model)
         for i, test in enumerate(group):
             if on_progress:
                 on_progress(f"{path.name}: {test.name}, {test.n_threads} threads, {reps} reps")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import struct
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -112,8 +113,6 @@ def perplexity(
     logits_out=None,
 ) -> PerplexityResult:
     """llama-perplexity's algorithm; with logits_out (a binary file) also writes a KLD base file."""
-    import time
-
     n_max = _check_tokens(tokens, n_ctx)
     n = n_max if n_chunks is None or n_chunks < 0 else min(n_chunks, n_max)
     if n < 1:
@@ -435,9 +434,15 @@ def perplexity_command(
     model = Model.load(model_path, n_ctx=n_ctx, n_threads=n_threads)
     tokens = tokenize_text(model, text)
     _check_tokens(tokens, n_ctx)
-    log(f"perplexity: {len(tokens)} tokens, {len(tokens) // n_ctx} chunks of {n_ctx} available")
+    n_available = len(tokens) // n_ctx
+    n_run = n_available if n_chunks < 0 else min(n_chunks, n_available)
+    log(f"perplexity: {len(tokens)} tokens; calculating perplexity over {n_run} of {n_available} chunks, n_ctx={n_ctx}")
+    started = time.perf_counter()
 
     def show(i: int, estimate: float) -> None:
+        if i == 1:  # llama-perplexity's estimate of the whole run, from the first chunk
+            per_chunk = time.perf_counter() - started
+            log(f"perplexity: {per_chunk:.2f} seconds per pass - ETA {per_chunk * (n_run - 1) / 60:.2f} minutes")
         print(f"[{i}]{estimate:.4f},", end="", flush=True)
 
     if kld_base is not None:

@@ -129,6 +129,7 @@ def test_bench_json_on_the_default_model(default_model):
     for r in records:
         assert list(r)[: len(FIELDS)] == FIELDS
         assert r["model_type"] == "llama 135M Q4_1" and r["n_threads"] == 2 and r["backends"] == "CPU"
+        assert r["type_k"] == r["type_v"] == "f16"  # the forward pass keeps its KV cache in f16
         assert r["model_size"] == sum(t.nbytes for t in reader.tensors)
         assert r["model_n_params"] == sum(t.n_elements for t in reader.tensors)
         assert len(r["samples_ns"]) == len(r["samples_ts"]) == 2
