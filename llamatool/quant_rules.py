@@ -26,10 +26,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from gguf.constants import LlamaFileType as FT
-
 from .errors import LlamatoolError
-from .quants.registry import GGMLType, ggml_type
+from .quants.registry import GGMLType, ggml_type, gguf_constants
+
+FT = gguf_constants.LlamaFileType
 
 # preset -> (llama_ftype written to general.file_type, default tensor type)
 PRESETS: dict[str, tuple[FT, str]] = {

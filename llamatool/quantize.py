@@ -19,6 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -345,7 +346,30 @@ def _write_header(writer: GGUFWriter, reader: GGUFReader, jobs: list[TensorJob],
         writer.add_tensor_info(j.name, j.dst, j.src.ne)
 
 
+class _NoProgress:
+    """What _progress gives when no bar can be drawn (rich is not even imported)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, task, **kw) -> None:
+        pass
+
+    def advance(self, task, amount) -> None:
+        pass
+
+
+def _may_be_terminal() -> bool:
+    """False when rich would certainly not draw on stderr (no tty, no variable forcing it)."""
+    return sys.stderr.isatty() or any(os.environ.get(k) for k in ("TTY_COMPATIBLE", "FORCE_COLOR", "TTY_INTERACTIVE"))
+
+
 def _progress(total: int, enabled: bool):
+    if not (enabled and _may_be_terminal()):
+        return _NoProgress(), None
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -397,21 +421,26 @@ def quantize_model(
         kernels = load_kernels(jobs)
         result.threads = worker_count(nthreads)
         start = time.perf_counter()
-        bar, task = _progress(result.size_before, progress)
-        with bar, GGUFWriter(out, force=force, inputs=[inp]) as writer, _Converter(jobs, kernels, result.threads) as tensors:
-            _write_header(writer, reader, jobs, preset)
-            for job, data in tensors:
-                bar.update(task, description=f"{job.name} -> {job.dst.name}" if job.converts else job.name)
-                writer.write_tensor(job.name, data)
-                del data
-                _release_pages(reader, job.src)
-                bar.advance(task, job.src_bytes)
-            bar.update(task, description=f"wrote {out.name}")
+        with _Converter(jobs, kernels, result.threads) as tensors:  # converting from here on
+            bar, task = _progress(result.size_before, progress)
+            with bar, GGUFWriter(out, force=force, inputs=[inp]) as writer:
+                _write_tensors(reader, writer, jobs, preset, tensors, bar, task)
+                bar.update(task, description=f"wrote {out.name}")
         result.seconds = time.perf_counter() - start
         result.file_size = Path(out).stat().st_size
         return result
     finally:
         reader.close()
+
+
+def _write_tensors(reader: GGUFReader, writer: GGUFWriter, jobs: list[TensorJob], preset: str, tensors, bar, task) -> None:
+    _write_header(writer, reader, jobs, preset)
+    for job, data in tensors:
+        bar.update(task, description=f"{job.name} -> {job.dst.name}" if job.converts else job.name)
+        writer.write_tensor(job.name, data)
+        del data
+        _release_pages(reader, job.src)
+        bar.advance(task, job.src_bytes)
 
 
 # --- reporting ------------------------------------------------------------------------------
@@ -463,29 +492,29 @@ def print_plan(result: QuantizeResult) -> None:
         table.add_row(str(i), j.name, shape, j.src.type.name, to, _mib(j.src_bytes), _mib(j.dst_bytes), note)
     console = _console()
     console.print(table)
-    _print_sizes(console, result)
+    _print_sizes(console.print, result)
 
 
-def _print_sizes(console, result: QuantizeResult) -> None:
-    console.print(f"model size  = {_mib(result.size_before):>12} ({result.bpw(result.size_before):.2f} BPW)")
-    console.print(f"quant size  = {_mib(result.size_after):>12} ({result.bpw(result.size_after):.2f} BPW)")
+def _print_sizes(say, result: QuantizeResult) -> None:
+    say(f"model size  = {_mib(result.size_before):>12} ({result.bpw(result.size_before):.2f} BPW)")
+    say(f"quant size  = {_mib(result.size_after):>12} ({result.bpw(result.size_after):.2f} BPW)")
 
 
 def print_summary(result: QuantizeResult) -> None:
+    """Plain lines (no rich: its import would cost more than the text needs)."""
     from collections import Counter
 
-    console = _console()
     converted = [j for j in result.jobs if j.converts]
     types = Counter(j.dst.name for j in result.jobs)
-    console.print(f"quantized {result.input} -> {result.output} as {result.preset}")
-    console.print(
+    print(f"quantized {result.input} -> {result.output} as {result.preset}")
+    print(
         f"tensors     = {len(result.jobs)} ({len(converted)} converted, {len(result.jobs) - len(converted)} copied): "
         + ", ".join(f"{t} x{n}" for t, n in sorted(types.items()))
     )
-    _print_sizes(console, result)
+    _print_sizes(print, result)
     rate = result.size_before / MIB / result.seconds if result.seconds else 0.0
-    console.print(f"file        = {result.file_size:,} bytes")
-    console.print(f"time        = {result.seconds:.2f} s ({rate:.1f} MiB/s)")
+    print(f"file        = {result.file_size:,} bytes")
+    print(f"time        = {result.seconds:.2f} s ({rate:.1f} MiB/s)")
 
 
 def run_quantize_command(
@@ -500,8 +529,6 @@ def run_quantize_command(
     dry_run: bool,
     force: bool,
 ) -> None:
-    import sys
-
     inp, out, preset, positional_threads = parse_positional(args)
     if nthreads is not None and positional_threads is not None and nthreads != positional_threads:
         raise LlamatoolError(f"two thread counts given: --nthreads {nthreads} and {positional_threads}")

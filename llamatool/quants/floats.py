@@ -117,14 +117,6 @@ def _count_nonfinite(x):
     return count
 
 
-def first_nonfinite_row(x: np.ndarray) -> int | None:
-    """The first row of float32 x[n_rows, n] that holds a NaN or an infinity, or None."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not _count_nonfinite(x):
-        return None
-    return int(np.argwhere(~np.isfinite(x))[0][0])
-
-
 def quantize_f32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if out is None:

@@ -127,9 +127,11 @@ _RUNTIME_SYMBOLS = {
     "numba_do_raise",
 }
 
-_ROWS = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
-_COUNT = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 NONFINITE = "count_nonfinite"  # the key of floats._count_nonfinite
+_PROTOTYPES = (  # [key == NONFINITE]: row kernels, the counter
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64),
+    ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64),
+)
 
 
 # --- the cache folder ---------------------------------------------------------------------------
@@ -147,14 +149,17 @@ def _cache_root() -> Path:
 @lru_cache(maxsize=None)
 def _folder() -> Path:
     """Named after everything the object code depends on."""
+    import importlib.util
+
     import llvmlite
     import llvmlite.binding as llvm
-    from importlib.metadata import version
 
     h = hashlib.sha256()
     for path in sorted(_PACKAGE.glob("*.py")):
         h.update(path.name.encode() + path.read_bytes())
-    h.update(f"{version('numba')} {llvmlite.__version__} {llvm.get_process_triple()} {llvm.get_host_cpu_name()}".encode())
+    numba_init = Path(importlib.util.find_spec("numba").origin)  # its version, without importing it
+    h.update(numba_init.with_name("_version.py").read_bytes())
+    h.update(f"{llvmlite.__version__} {llvm.get_process_triple()} {llvm.get_host_cpu_name()}".encode())
     h.update(llvm.get_host_cpu_features().flatten().encode())
     return _cache_root() / "native" / f"quants-{h.hexdigest()[:16]}"
 
@@ -219,16 +224,21 @@ def _checked(engine: _Engine, fn, name: str):
     return call
 
 
-def _native_rows(key: str, src_dtype, dst_dtype):
-    """The cached object's kernel as kernel(src, dst), or None when there is none."""
+def _load(key: str):
+    """The cached object's entry point as a checked ctypes function of `prototype`, or None."""
     found = _read(key)
     if found is None:
         return None
     engine = _engine()
     address = engine.load(*found)
-    if not address:
+    return _checked(engine, _PROTOTYPES[key == NONFINITE](address), key) if address else None
+
+
+def _native_rows(key: str, src_dtype, dst_dtype):
+    """The cached object's kernel as kernel(src, dst), or None when there is none."""
+    fn = _load(key)
+    if fn is None:
         return None
-    fn = _checked(engine, _ROWS(address), key)
 
     def kernel(src: np.ndarray, dst: np.ndarray) -> None:
         if src.dtype != src_dtype or dst.dtype != dst_dtype or not (src.flags.c_contiguous and dst.flags.c_contiguous):
@@ -242,14 +252,9 @@ def _native_rows(key: str, src_dtype, dst_dtype):
 
 
 def _native_count(key: str):
-    found = _read(key)
-    if found is None:
+    fn = _load(key)
+    if fn is None:
         return None
-    engine = _engine()
-    address = engine.load(*found)
-    if not address:
-        return None
-    fn = _checked(engine, _COUNT(address), key)
 
     def count(x: np.ndarray) -> int:
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1) if x.ndim else x.reshape(1, 1)
@@ -278,16 +283,12 @@ def _object_code(entry) -> tuple[str, bytes]:
     return entry.native_name, lib._codegen._tm.emit_object(lib._final_module)
 
 
-def _build(key: str, kernel, src_dtype, dst_dtype) -> None:
-    """Compile kernel's C entry point and save its object code (quietly not, if it fails)."""
-    from numba import carray, cfunc, types
+def _save(key: str, entry, sig) -> None:
+    """Compile entry as a cfunc of sig and save its object code (quietly not, if that fails)."""
+    from numba import cfunc
 
     from .. import jit
 
-    def entry(src, dst, n_rows, src_cols, dst_cols):
-        kernel(carray(src, (n_rows, src_cols), src_dtype), carray(dst, (n_rows, dst_cols), dst_dtype))
-
-    sig = types.void(types.voidptr, types.voidptr, types.int64, types.int64, types.int64)
     try:
         with jit.vectorizer_options():
             _write(key, *_object_code(cfunc(sig, nogil=True, error_model="numpy")(entry)))
@@ -295,20 +296,22 @@ def _build(key: str, kernel, src_dtype, dst_dtype) -> None:
         pass
 
 
-def _build_count(key: str, kernel) -> None:
-    from numba import carray, cfunc, types
+def _build(key: str, kernel, src_dtype, dst_dtype) -> None:
+    from numba import carray, types
 
-    from .. import jit
+    def entry(src, dst, n_rows, src_cols, dst_cols):
+        kernel(carray(src, (n_rows, src_cols), src_dtype), carray(dst, (n_rows, dst_cols), dst_dtype))
+
+    _save(key, entry, types.void(types.voidptr, types.voidptr, types.int64, types.int64, types.int64))
+
+
+def _build_count(key: str, kernel) -> None:
+    from numba import carray, types
 
     def entry(src, n_rows, cols):
         return kernel(carray(src, (n_rows, cols), np.float32))
 
-    sig = types.int64(types.voidptr, types.int64, types.int64)
-    try:
-        with jit.vectorizer_options():
-            _write(key, *_object_code(cfunc(sig, nogil=True, error_model="numpy")(entry)))
-    except Exception:  # noqa: BLE001 - as in _build
-        pass
+    _save(key, entry, types.int64(types.voidptr, types.int64, types.int64))
 
 
 # --- the row kernels ----------------------------------------------------------------------------

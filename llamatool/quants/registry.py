@@ -18,13 +18,36 @@ Numba is imported only when a kernel is first used, so importing this module is 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import LlamatoolError
+
+
+def _gguf_constants():
+    """gguf-py's constants module (the format's own tables), without importing the rest of
+    the gguf package: its __init__ also loads its reader, writer, metadata and yaml, which
+    would cost `llamatool quantize` more start-up than all of its own modules."""
+    if "gguf.constants" in sys.modules:
+        return sys.modules["gguf.constants"]
+    package = importlib.util.find_spec("gguf")
+    if package is None or not package.submodule_search_locations:
+        return importlib.import_module("gguf.constants")  # raises the usual ImportError
+    path = Path(list(package.submodule_search_locations)[0]) / "constants.py"
+    spec = importlib.util.spec_from_file_location("llamatool._gguf_constants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module
+    return module
+
+
+gguf_constants = _gguf_constants()
+GGML_QUANT_SIZES, GGMLQuantizationType = gguf_constants.GGML_QUANT_SIZES, gguf_constants.GGMLQuantizationType
 
 # Which family module implements a type's quantize/dequantize kernels, and the
 # activation type ggml's CPU backend quantizes the other operand to for dot products.
