@@ -27,7 +27,7 @@ import numpy as np
 
 from llamatool.jit import njit
 
-from .simd import bit_mask, concat, load, load_f16, load_u16, load_u32, lookup16
+from .simd import bit_mask, concat, get, load, zip16, load_f16, load_u16, load_u32, lookup16
 from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 
 from numba import float32, int32, int64, uint8  # noqa: E402  (numba is already imported by .simd)
@@ -43,7 +43,7 @@ IQ4_VALUES_U8 = (IQ4_VALUES.astype(np.int16) + 128).astype(np.uint8)
 @njit(cache=True, _nrt=False, forceinline=True)
 def _b(W, i):
     """Byte i of W as int64 (Numba would mix uint8 and int64 arithmetic into float64)."""
-    return int64(W[i])
+    return int64(get(W, i))  # get: no negative-index wraparound (a compare and select per byte)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -85,31 +85,32 @@ def _q3k_scale(W, o, k):
     return float32(int32(low | (high << 4)) - 32)
 
 
-# --- one decoder per type: chunk c of the row at byte offset `row` ---------------------------
-# Each returns (w, s0, s1, m0, m1) (see the module docstring). They are small and forced
-# inline, so the loops that take them as an argument (matmul.py) compile to one
-# straight-line loop per type.
+# --- one decoder per type: chunk j (0..7) of the group of 8 chunks at byte offset bo ---------
+# A group is one K-quant super-block, or eight blocks of a 32-weight type. Each decoder
+# returns (w, s0, s1, m0, m1) (see the module docstring). They are small and forced inline:
+# the loops in matmul.py unroll a group's four chunk pairs, so j is a constant there and
+# the K-quants' scale unpacking (which bytes, which shifts) is decided at compile time.
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q4_0_chunk(W, row, c):
-    o = row + c * 18
+def q4_0_chunk(W, bo, j):
+    o = bo + j * 18
     d = load_f16(W, o, 1)
     m = float32(-8) * d
     return _nibbles(W, o + 2), d, d, m, m
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q4_1_chunk(W, row, c):
-    o = row + c * 20
+def q4_1_chunk(W, bo, j):
+    o = bo + j * 20
     d = load_f16(W, o, 1)
     m = load_f16(W, o + 2, 1)
     return _nibbles(W, o + 4), d, d, m, m
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q5_0_chunk(W, row, c):
-    o = row + c * 22
+def q5_0_chunk(W, bo, j):
+    o = bo + j * 22
     d = load_f16(W, o, 1)
     m = float32(-16) * d
     q = _nibbles(W, o + 6) | _high_bits(load_u32(W, o + 2, 1), 0)
@@ -117,8 +118,8 @@ def q5_0_chunk(W, row, c):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q5_1_chunk(W, row, c):
-    o = row + c * 24
+def q5_1_chunk(W, bo, j):
+    o = bo + j * 24
     d = load_f16(W, o, 1)
     m = load_f16(W, o + 2, 1)
     q = _nibbles(W, o + 8) | _high_bits(load_u32(W, o + 4, 1), 0)
@@ -126,28 +127,59 @@ def q5_1_chunk(W, row, c):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q8_0_chunk(W, row, c):
-    o = row + c * 34
+def q8_0_chunk(W, bo, j):
+    o = bo + j * 34
     d = load_f16(W, o, 1)
     m = float32(-128) * d
     return load(W, o + 2, 32) ^ uint8(0x80), d, d, m, m  # int8 q + 128, as unsigned
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def iq4_nl_chunk(W, row, c):
-    o = row + c * 18
+def iq4_nl_chunk(W, bo, j):
+    o = bo + j * 18
     d = load_f16(W, o, 1)
     m = float32(-128) * d
     return lookup16(load(IQ4_VALUES_U8, 0, 16), _nibbles(W, o + 2)), d, d, m, m
 
 
-# K-quants: 256-weight super-blocks of 8 chunks; j is the chunk within its super-block
+# Pairs of chunks (j, j+1) of the 4-bit types at once: both chunks' bytes shifted and masked
+# in one 32-byte register, then interleaved into chunk order by one permute (per chunk that
+# would be three lane inserts and two shifts).
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q2_k_chunk(W, row, c):
-    o = row + (c // 8) * 84
-    j = c % 8
+def _nibble_pair(W, o0, o1):
+    """16 bytes at o0 and 16 at o1 -> 64 uint8: nibbles of the first (low then high), then the second's."""
+    q = concat(load(W, o0, 16), load(W, o1, 16))
+    return zip16(q & uint8(15), q >> uint8(4))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q4_0_pair(W, bo, j):
+    o = bo + j * 18
+    d0 = load_f16(W, o, 1)
+    d1 = load_f16(W, o + 18, 1)
+    m0 = float32(-8) * d0
+    m1 = float32(-8) * d1
+    return _nibble_pair(W, o + 2, o + 20), d0, d0, d1, d1, m0, m0, m1, m1
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q4_1_pair(W, bo, j):
+    o = bo + j * 20
+    d0 = load_f16(W, o, 1)
+    m0 = load_f16(W, o + 2, 1)
+    d1 = load_f16(W, o + 20, 1)
+    m1 = load_f16(W, o + 22, 1)
+    return _nibble_pair(W, o + 4, o + 24), d0, d0, d1, d1, m0, m0, m1, m1
+
+
+# K-quants: a group is one 256-weight super-block
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q2_k_chunk(W, bo, j):
+    o = bo
     d = load_f16(W, o + 80, 1)
     dmin = load_f16(W, o + 82, 1)
     q = (load(W, o + 16 + 32 * (j // 4), 32) >> uint8(2 * (j % 4))) & uint8(3)
@@ -163,9 +195,8 @@ def q2_k_chunk(W, row, c):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q3_k_chunk(W, row, c):
-    o = row + (c // 8) * 110
-    j = c % 8
+def q3_k_chunk(W, bo, j):
+    o = bo
     d = load_f16(W, o + 108, 1)
     low = (load(W, o + 32 + 32 * (j // 4), 32) >> uint8(2 * (j % 4))) & uint8(3)
     high = (load(W, o, 32) >> uint8(j)) & uint8(1)  # value = low - 4 unless the high bit is set
@@ -175,9 +206,8 @@ def q3_k_chunk(W, row, c):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q4_k_chunk(W, row, c):
-    o = row + (c // 8) * 144
-    j = c % 8
+def q4_k_chunk(W, bo, j):
+    o = bo
     d = load_f16(W, o, 1)
     dmin = load_f16(W, o + 2, 1)
     sc, mn = _k4_scale_min(W, o + 4, j)
@@ -186,9 +216,8 @@ def q4_k_chunk(W, row, c):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q5_k_chunk(W, row, c):
-    o = row + (c // 8) * 176
-    j = c % 8
+def q5_k_chunk(W, bo, j):
+    o = bo
     d = load_f16(W, o, 1)
     dmin = load_f16(W, o + 2, 1)
     sc, mn = _k4_scale_min(W, o + 4, j)
@@ -198,9 +227,8 @@ def q5_k_chunk(W, row, c):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q6_k_chunk(W, row, c):
-    o = row + (c // 8) * 210
-    j = c % 8
+def q6_k_chunk(W, bo, j):
+    o = bo
     d = load_f16(W, o + 208, 1)
     half, g = j // 4, j % 4
     ql = (load(W, o + 64 * half + 32 * (g % 2), 32) >> uint8(4 * (g // 2))) & uint8(15)
@@ -211,9 +239,8 @@ def q6_k_chunk(W, row, c):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def iq4_xs_chunk(W, row, c):
-    o = row + (c // 8) * 136
-    j = c % 8
+def iq4_xs_chunk(W, bo, j):
+    o = bo
     d = load_f16(W, o, 1)
     ls = ((_b(W, o + 4 + j // 2) >> (4 * (j % 2))) & 0xF) | (((int64(load_u16(W, o + 2, 1)) >> (2 * j)) & 3) << 4)
     dl = d * float32(int32(ls) - 32)
@@ -228,7 +255,14 @@ CHUNK_DECODERS = {
     IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
     Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk,
 }  # fmt: skip
-#: types whose two chunk halves have different offsets (else one offset per chunk)
+#: decoders of chunk pairs, for types where decoding two chunks at once saves work
+PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
+#: bytes of a group of 8 chunks: a super-block, or 8 blocks of a 32-weight type
+GROUP_BYTES = {
+    Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
+    Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136,
+}  # fmt: skip
+#: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K)
 
 
@@ -240,8 +274,24 @@ def decode_chunk(qtype, W, row, c):
     raise NotImplementedError("decode_chunk is only callable from compiled code")
 
 
+def decode_in_group(qtype, W, bo, j):
+    """Chunk j (0..7) of the group at byte offset bo (see GROUP_BYTES); compiled code only."""
+    raise NotImplementedError("decode_in_group is only callable from compiled code")
+
+
+def decode_pair_in_group(qtype, W, bo, j):
+    """Chunks j, j+1 of the group at bo: (w: 64 uint8, s0, s1 of chunk j, s0, s1 of chunk j+1,
+    m0, m1 of chunk j, m0, m1 of chunk j+1); compiled code only."""
+    raise NotImplementedError("decode_pair_in_group is only callable from compiled code")
+
+
+def group_bytes(qtype):
+    """GROUP_BYTES of the type (compile-time constant)."""
+    raise NotImplementedError("group_bytes is only callable from compiled code")
+
+
 def half_offsets(qtype):
-    """Whether the type's chunk halves have offsets of their own (compile-time constant)."""
+    """Whether the type's chunk halves have scales and offsets of their own (compile-time constant)."""
     raise NotImplementedError("half_offsets is only callable from compiled code")
 
 
@@ -254,7 +304,36 @@ def _literal_type_id(qtype) -> int:
 @overload(decode_chunk, jit_options={"_nrt": False, "forceinline": True})
 def _decode_chunk(qtype, W, row, c):
     decoder = CHUNK_DECODERS[_literal_type_id(qtype)]
-    return lambda qtype, W, row, c: decoder(W, row, c)
+    size = GROUP_BYTES[_literal_type_id(qtype)]
+    return lambda qtype, W, row, c: decoder(W, row + (c >> 3) * size, c & 7)
+
+
+@overload(decode_in_group, jit_options={"_nrt": False, "forceinline": True})
+def _decode_in_group(qtype, W, bo, j):
+    decoder = CHUNK_DECODERS[_literal_type_id(qtype)]
+    return lambda qtype, W, bo, j: decoder(W, bo, j)
+
+
+@overload(decode_pair_in_group, jit_options={"_nrt": False, "forceinline": True})
+def _decode_pair_in_group(qtype, W, bo, j):
+    qt = _literal_type_id(qtype)
+    if qt in PAIR_DECODERS:
+        pair = PAIR_DECODERS[qt]
+        return lambda qtype, W, bo, j: pair(W, bo, j)
+    decoder = CHUNK_DECODERS[qt]
+
+    def two_chunks(qtype, W, bo, j):
+        wa, sa0, sa1, ma0, ma1 = decoder(W, bo, j)
+        wb, sb0, sb1, mb0, mb1 = decoder(W, bo, j + 1)
+        return concat(wa, wb), sa0, sa1, sb0, sb1, ma0, ma1, mb0, mb1
+
+    return two_chunks
+
+
+@overload(group_bytes, jit_options={"_nrt": False, "forceinline": True})
+def _group_bytes(qtype):
+    value = GROUP_BYTES[_literal_type_id(qtype)]
+    return lambda qtype: value
 
 
 @overload(half_offsets, jit_options={"_nrt": False, "forceinline": True})

@@ -36,8 +36,9 @@ import numpy as np
 
 from llamatool.jit import njit
 
-from .blocks import decode_chunk, half_offsets
-from .simd import concat, dot4_u8i8, fma, get, hsum, load, load_bf16, load_f16, load_f32, low_half, high_half, splat, splat4, store, to_f32
+from .blocks import decode_chunk, decode_pair_in_group, group_bytes, half_offsets
+from .simd import (concat, dot4_u8i8, fma, get, hsum, load, load_bf16, load_f16, load_f32, low_half, high_half,
+                   pack2, repeat_lanes, splat, splat4, store, to_f32)
 from .ccall import c_signature, call_c
 from .types import F16, F32, FLOAT_TYPES, SUPPORTED
 
@@ -68,22 +69,49 @@ def _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K):
     return (hsum(low_half(p)) * s0 + hsum(high_half(p)) * s1) * dx + _offset(qtype, m0, m1, s16, s32, t, K, c)
 
 
+@njit(cache=True, _nrt=False, forceinline=True)
+def _pair_scales(d, j):
+    """Activation scales of chunks j and j+1 laid out as a chunk pair's dot lanes: [d_j x 8, d_j+1 x 8]."""
+    return repeat_lanes(load(d, j, 2), 8)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x):
+    """Weight times activation scale of every lane of a chunk pair's dot (chunks x, x+1 of the
+    activation). Types with one scale per chunk need a single permute; the others four."""
+    if half_offsets(qtype):
+        return splat4(sa0, sa1, sb0, sb1) * _pair_scales(d, x)
+    return repeat_lanes(load(d, x, 2) * pack2(sa0, sb0), 8)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _pair1(qtype, W, bo, j, c, q, d, s16, s32, t, K, acc, offs):
+    """Chunks c, c+1 (chunks j, j+1 of the group at bo) . activation row t, into acc/offs."""
+    w, a0, b0, a1, b1, m0, n0, m1, n1 = decode_pair_in_group(qtype, W, bo, j)
+    p = dot4_u8i8(splat(int32(0), 16), w, load(q, t * K + 32 * c, 64))
+    acc = fma(to_f32(p), _lane_scales(qtype, a0, b0, a1, b1, d, t * (K // 32) + c), acc)
+    offs += _offset(qtype, m0, n0, s16, s32, t, K, c) + _offset(qtype, m1, n1, s16, s32, t, K, c + 1)
+    return acc, offs
+
+
 @njit(cache=True, _nrt=False, inline="always")
 def _dot1(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
     """One row . activation row t."""
     acc = splat(float32(0), 16)
     offs = float32(0)
-    qo = t * K
-    do = t * (K // 32)
-    c = 0
+    n_groups = n_chunks // 8
+    for g in range(n_groups):
+        bo = row + g * group_bytes(qtype)
+        c = 8 * g
+        acc, offs = _pair1(qtype, W, bo, 0, c, q, d, s16, s32, t, K, acc, offs)
+        acc, offs = _pair1(qtype, W, bo, 2, c + 2, q, d, s16, s32, t, K, acc, offs)
+        acc, offs = _pair1(qtype, W, bo, 4, c + 4, q, d, s16, s32, t, K, acc, offs)
+        acc, offs = _pair1(qtype, W, bo, 6, c + 6, q, d, s16, s32, t, K, acc, offs)
+    # rows that end inside a group (32-weight types only)
+    bo = row + n_groups * group_bytes(qtype)
+    c = 8 * n_groups
     while c + 2 <= n_chunks:
-        w0, a0, b0, m0, n0 = decode_chunk(qtype, W, row, c)
-        w1, a1, b1, m1, n1 = decode_chunk(qtype, W, row, c + 1)
-        x0 = get(d, do + c)
-        x1 = get(d, do + c + 1)
-        p = dot4_u8i8(splat(int32(0), 16), concat(w0, w1), load(q, qo + 32 * c, 64))
-        acc = fma(to_f32(p), splat4(a0 * x0, b0 * x0, a1 * x1, b1 * x1), acc)
-        offs += _offset(qtype, m0, n0, s16, s32, t, K, c) + _offset(qtype, m1, n1, s16, s32, t, K, c + 1)
+        acc, offs = _pair1(qtype, W, bo, c - 8 * n_groups, c, q, d, s16, s32, t, K, acc, offs)
         c += 2
     total = hsum(acc) + offs
     if c < n_chunks:
@@ -91,34 +119,46 @@ def _dot1(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
     return total
 
 
+@njit(cache=True, _nrt=False, forceinline=True)
+def _pair4(qtype, W, bo, j, c, q, d, s16, s32, t, K, acc):
+    """Chunks c, c+1 (chunks j, j+1 of the group at bo) . activation rows t..t+3, decoded once."""
+    a0, a1, a2, a3, o0, o1, o2, o3 = acc
+    w, sa0, sa1, sb0, sb1, ma0, ma1, mb0, mb1 = decode_pair_in_group(qtype, W, bo, j)
+    zi = splat(int32(0), 16)
+    nd = K // 32
+    i = t * K + 32 * c
+    x = t * nd + c
+    a0 = fma(to_f32(dot4_u8i8(zi, w, load(q, i, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x), a0)
+    o0 += _offset(qtype, ma0, ma1, s16, s32, t, K, c) + _offset(qtype, mb0, mb1, s16, s32, t, K, c + 1)
+    a1 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + nd), a1)
+    o1 += _offset(qtype, ma0, ma1, s16, s32, t + 1, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 1, K, c + 1)
+    a2 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + 2 * K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + 2 * nd), a2)
+    o2 += _offset(qtype, ma0, ma1, s16, s32, t + 2, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 2, K, c + 1)
+    a3 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + 3 * K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + 3 * nd), a3)
+    o3 += _offset(qtype, ma0, ma1, s16, s32, t + 3, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 3, K, c + 1)
+    return a0, a1, a2, a3, o0, o1, o2, o3
+
+
 @njit(cache=True, _nrt=False, inline="always")
 def _dot4(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
     """One row . activation rows t..t+3: each chunk is decoded once for four tokens."""
     z = splat(float32(0), 16)
-    zi = splat(int32(0), 16)
-    a0, a1, a2, a3 = z, z, z, z
-    o0 = o1 = o2 = o3 = float32(0)
-    nd = K // 32
-    c = 0
+    zf = float32(0)
+    acc = (z, z, z, z, zf, zf, zf, zf)
+    n_groups = n_chunks // 8
+    for g in range(n_groups):
+        bo = row + g * group_bytes(qtype)
+        c = 8 * g
+        acc = _pair4(qtype, W, bo, 0, c, q, d, s16, s32, t, K, acc)
+        acc = _pair4(qtype, W, bo, 2, c + 2, q, d, s16, s32, t, K, acc)
+        acc = _pair4(qtype, W, bo, 4, c + 4, q, d, s16, s32, t, K, acc)
+        acc = _pair4(qtype, W, bo, 6, c + 6, q, d, s16, s32, t, K, acc)
+    bo = row + n_groups * group_bytes(qtype)
+    c = 8 * n_groups
     while c + 2 <= n_chunks:
-        wa, sa0, sa1, ma0, ma1 = decode_chunk(qtype, W, row, c)
-        wb, sb0, sb1, mb0, mb1 = decode_chunk(qtype, W, row, c + 1)
-        w = concat(wa, wb)
-        i = t * K + 32 * c
-        j = t * nd + c
-        xa, xb = get(d, j), get(d, j + 1)
-        a0 = fma(to_f32(dot4_u8i8(zi, w, load(q, i, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a0)
-        o0 += _offset(qtype, ma0, ma1, s16, s32, t, K, c) + _offset(qtype, mb0, mb1, s16, s32, t, K, c + 1)
-        xa, xb = get(d, j + nd), get(d, j + nd + 1)
-        a1 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + K, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a1)
-        o1 += _offset(qtype, ma0, ma1, s16, s32, t + 1, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 1, K, c + 1)
-        xa, xb = get(d, j + 2 * nd), get(d, j + 2 * nd + 1)
-        a2 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + 2 * K, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a2)
-        o2 += _offset(qtype, ma0, ma1, s16, s32, t + 2, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 2, K, c + 1)
-        xa, xb = get(d, j + 3 * nd), get(d, j + 3 * nd + 1)
-        a3 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + 3 * K, 64))), splat4(sa0 * xa, sa1 * xa, sb0 * xb, sb1 * xb), a3)
-        o3 += _offset(qtype, ma0, ma1, s16, s32, t + 3, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 3, K, c + 1)
+        acc = _pair4(qtype, W, bo, c - 8 * n_groups, c, q, d, s16, s32, t, K, acc)
         c += 2
+    a0, a1, a2, a3, o0, o1, o2, o3 = acc
     y0, y1, y2, y3 = hsum(a0) + o0, hsum(a1) + o1, hsum(a2) + o2, hsum(a3) + o3
     if c < n_chunks:
         y0 += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K)

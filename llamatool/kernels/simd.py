@@ -718,3 +718,50 @@ def splat4(typingctx, a, b, c, d):
 
     return vt(a, b, c, d), codegen
 
+
+
+@intrinsic
+def repeat_lanes(typingctx, v, times):
+    """Each lane of v `times` times in a row: [v0 x times, v1 x times, ...] (one permute)."""
+    n = _literal_int(times)
+    if not isinstance(v, Vector) or n is None or n <= 0:
+        return None
+    vt = Vector(v.dtype, v.lanes * n)
+
+    def codegen(context, builder, sig, args):
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), [i // n for i in range(vt.lanes)])
+        return builder.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), mask)
+
+    return vt(v, times), codegen
+
+
+@intrinsic
+def pack2(typingctx, a, b):
+    """float32 x 2: [a, b]."""
+    if not (a == types.float32 and b == types.float32):
+        return None
+    vt = Vector(types.float32, 2)
+
+    def codegen(context, builder, sig, args):
+        v = ir.Constant(ir.VectorType(ir.FloatType(), 2), ir.Undefined)
+        v = builder.insert_element(v, args[0], ir.Constant(ir.IntType(32), 0))
+        return builder.insert_element(v, args[1], ir.Constant(ir.IntType(32), 1))
+
+    return vt(a, b), codegen
+
+
+@intrinsic
+def zip16(typingctx, a, b):
+    """Blocks of 16 lanes of a and b alternately: [a0..15, b0..15, a16..31, b16..31, ...]
+    (one lane-granular permute of two registers)."""
+    if not isinstance(a, Vector) or a != b or a.lanes % 16:
+        return None
+    vt = Vector(a.dtype, 2 * a.lanes)
+
+    def codegen(context, builder, sig, args):
+        n = a.lanes
+        order = [src * n + blk * 16 + i for blk in range(n // 16) for src in (0, 1) for i in range(16)]
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * n), order)
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return vt(a, b), codegen
