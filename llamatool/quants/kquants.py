@@ -132,44 +132,52 @@ def _abs_max(n, x):
     return vmax, amax
 
 
+QX_LANES = 32  # make_qx_quants' 19 candidate scales, one per SIMD lane (two AVX-512 vectors)
+
+
+@inline
+def _qx_level(iscale, v, nmax):
+    return min(max(nearest_int(iscale * v), -nmax), nmax - 1)
+
+
 @kernel
-def _make_qx_quants_rmse1(n, nmax, x, L):
+def _make_qx_quants_rmse1(n, nmax, x, L, lanes):
     """ggml's make_qx_quants with rmse_type 1 and no importance weights (Q6_K's path):
     symmetric levels, weights x**2, then a search over 18 nearby scales.
-    Returns the scale; L gets levels 0..2*nmax-1."""
+    Returns the scale; L gets levels 0..2*nmax-1.
+
+    The 19 scales (C's first pass, then its steps -9..9 without 0) do not depend on each
+    other, so they are tried at once, one per lane of lanes[3, QX_LANES] (scales, sums of
+    l*x*w, sums of l*l*w); each lane adds its terms in C's order. C's choice among them
+    is then made in its order."""
     vmax, amax = _abs_max(n, x)
     if amax < _GROUP_MAX_EPS:
         L[:n] = 0
         return _F0
-    iscale = _f32(-nmax) / vmax
-    sumlx = _F0
-    suml2 = _F0
+    iscales, sumlx, suml2 = lanes[0], lanes[1], lanes[2]
+    iscales[0] = _f32(-nmax) / vmax
+    for k in range(1, QX_LANES):
+        step = k - 10 if k < 10 else k - 9
+        iscales[k] = -(_f32(nmax) + _TENTH * _f32(step)) / vmax if k < 19 else _F0
+    sumlx[:] = _F0
+    suml2[:] = _F0
     for i in range(n):
-        l = min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
-        L[i] = l + nmax
-        w = x[i] * x[i]
-        fl = _f32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
-    scale = sumlx / suml2 if suml2 != _F0 else _F0
-    best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = -(_f32(nmax) + _TENTH * _f32(step)) / vmax
-        sumlx = _F0
-        suml2 = _F0
-        for i in range(n):
-            l = min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
-            w = x[i] * x[i]
-            fl = _f32(l)
-            sumlx += w * x[i] * fl
-            suml2 += w * fl * fl
-        if suml2 > _F0 and sumlx * sumlx > best * suml2:
-            for i in range(n):
-                L[i] = nmax + min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
-            scale = sumlx / suml2
-            best = scale * sumlx
+        xi = x[i]
+        w = xi * xi
+        for k in range(QX_LANES):
+            fl = _f32(_qx_level(iscales[k], xi, nmax))
+            sumlx[k] += w * xi * fl
+            suml2[k] += w * fl * fl
+    scale = sumlx[0] / suml2[0] if suml2[0] != _F0 else _F0
+    best = scale * sumlx[0]
+    chosen = 0
+    for k in range(1, 19):
+        if suml2[k] > _F0 and sumlx[k] * sumlx[k] > best * suml2[k]:
+            scale = sumlx[k] / suml2[k]
+            best = scale * sumlx[k]
+            chosen = k
+    for i in range(n):
+        L[i] = nmax + _qx_level(iscales[chosen], x[i], nmax)
     return scale
 
 
@@ -557,10 +565,11 @@ def _dequantize_rows_q5_k(raw, y):
 def _quantize_block_q6_k(x, out, pos):
     L = np.empty(QK_K, np.int8)
     scales = np.empty(16, np.float32)
+    lanes = np.empty((3, QX_LANES), np.float32)
     max_scale = _F0
     max_abs_scale = _F0
     for ib in range(16):
-        scales[ib] = _make_qx_quants_rmse1(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16])
+        scales[ib] = _make_qx_quants_rmse1(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16], lanes)
         a = abs(scales[ib])
         if a > max_abs_scale:
             max_abs_scale = a
