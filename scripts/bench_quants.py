@@ -31,8 +31,15 @@ def weights(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def median_seconds(fn, repeats: int) -> float:
-    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
+def alternating_medians(fns: dict, rounds: dict) -> dict:
+    """Median seconds of each fn, timed in turn round after round (fn k takes part in the
+    first rounds[k] rounds), so that a busy spell on the shared machine hits all of them."""
+    times = {k: [] for k in fns}
+    for i in range(max(rounds.values())):
+        for k, fn in fns.items():
+            if i < rounds[k]:
+                times[k].append(timeit.timeit(fn, number=1))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def ggml_quantize_chunk():
@@ -48,7 +55,8 @@ def ggml_quantize_chunk():
     return fn
 
 
-def bench_c(t, x: np.ndarray, repeats: int, chunk) -> tuple[float, np.ndarray]:
+def c_quantizer(t, x: np.ndarray, chunk):
+    """ggml's quantizer for t on x as a function returning its output."""
     out = np.empty((x.shape[0], t.row_bytes(x.shape[1])), np.uint8)
 
     def run():
@@ -56,10 +64,11 @@ def bench_c(t, x: np.ndarray, repeats: int, chunk) -> tuple[float, np.ndarray]:
         return out
 
     run()  # ggml builds its lookup tables on first use
-    return x.nbytes / median_seconds(run, repeats) / 1e6, out
+    return run
 
 
 def bench_type(name: str, x: np.ndarray, repeats: int, ref_repeats: int, chunk=None) -> dict:
+    """MB/s of llamatool, gguf.quants and ggml's C (where they have t), timed alternately."""
     import gguf
     from gguf.quants import quantize as gguf_quantize
 
@@ -71,19 +80,19 @@ def bench_type(name: str, x: np.ndarray, repeats: int, ref_repeats: int, chunk=N
         row["note"] = "no llamatool kernel"
         return row
     ours = quantize(t, x)  # compiles (or loads from the cache) before the timed runs
-    row["ours"] = x.nbytes / median_seconds(lambda: quantize(t, x), repeats) / 1e6
+    fns, rounds = {"ours": lambda: quantize(t, x)}, {"ours": repeats}
     if chunk is not None:
-        row["c"], c_out = bench_c(t, x, ref_repeats, chunk)
-        row["same_c"] = np.array_equal(c_out, ours)
+        fns["c"], rounds["c"] = c_quantizer(t, x, chunk), ref_repeats
+        row["same_c"] = np.array_equal(fns["c"](), ours)
     qtype = gguf.GGMLQuantizationType[name]
     try:
         gguf_quantize(x[:4], qtype)
+        row["same"] = np.array_equal(np.asarray(gguf_quantize(x, qtype)).view(np.uint8).reshape(ours.shape), ours)
+        fns["ref"], rounds["ref"] = (lambda: gguf_quantize(x, qtype)), ref_repeats
     except (NotImplementedError, gguf.quants.QuantError):
         row["note"] = "no gguf.quants quantizer"
-        return row
-    ref = gguf_quantize(x, qtype)
-    row["ref"] = x.nbytes / median_seconds(lambda: gguf_quantize(x, qtype), ref_repeats) / 1e6
-    row["same"] = np.array_equal(np.asarray(ref).view(np.uint8).reshape(ours.shape), ours)
+    for k, seconds in alternating_medians(fns, rounds).items():
+        row[k] = x.nbytes / seconds / 1e6
     return row
 
 
@@ -104,7 +113,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--cols", type=int, default=4096, help="row length (a multiple of 256)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of llamatool per type")
-    parser.add_argument("--ref-repeats", type=int, default=3, help="timed runs of gguf.quants per type")
+    parser.add_argument("--ref-repeats", type=int, default=3, help="timed runs of gguf.quants and ggml C per type (alternating with ours)")
     parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
     parser.add_argument("--types", nargs="*", default=TYPES)
     args = parser.parse_args()
