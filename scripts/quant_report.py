@@ -117,7 +117,7 @@ def markdown(rows: list[dict], pp: str, tg: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> bool:
+def plot(rows: list[dict], path: Path, title: str) -> bool:
     try:
         import matplotlib
 
@@ -134,51 +134,18 @@ def plot(rows: list[dict], path: Path) -> bool:
     ax.set_xlabel("file size (MiB)")
     ax.set_ylabel("mean KL divergence from the reference (log scale)")
     ax.set_yscale("log")
-    ax.set_title("Quantization: size vs quality")
+    ax.margins(x=0.1, y=0.15)  # room for the labels of the outermost points
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-m", "--model", type=Path, default=DEFAULT_MODEL)
-    p.add_argument("-f", "--file", type=Path, default=DEFAULT_TEXT, help="text for perplexity and KLD")
-    p.add_argument("--presets", default=DEFAULT_PRESETS)
-    p.add_argument("-o", "--outdir", type=Path, default=ROOT / "models" / "quant-report")
-    p.add_argument("-c", "--ctx-size", type=int, default=512)
-    p.add_argument("--chunks", type=int, default=8, help="chunks of text to score (-1: all)")
-    p.add_argument("-t", "--threads", type=int, default=2)
-    p.add_argument("--pp", type=int, default=512)
-    p.add_argument("--tg", type=int, default=128)
-    p.add_argument("-r", "--reps", type=int, default=3)
-    p.add_argument("--no-speed", action="store_true", help="skip the speed columns")
-    p.add_argument("--reuse", action="store_true", help="keep model files already in OUTDIR instead of quantizing again")
-    args = p.parse_args()
-
+def render(rows: list[dict], args, console) -> None:
+    """The table on stdout; report.md, report.json and size_vs_kld.png in OUTDIR."""
     from rich.console import Console
     from rich.table import Table
-
-    console = Console(stderr=True)
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    text = args.file.read_text(encoding="utf-8")
-    stem = args.model.name.removesuffix(".gguf")
-    reference = args.outdir / f"{stem}.F32.gguf"
-    console.print(f"reference: {reference}")
-    quantize(args.model, reference, "F32", args)
-    # The base file is always recomputed: it depends on the text, -c and --chunks.
-    base_file = args.outdir / f"{stem}.F32.kld"
-    t0 = time.perf_counter()
-    rows = [{"preset": "F32 (reference)", **measure_reference(reference, base_file, text, args)}]
-    console.print(f"reference measured in {time.perf_counter() - t0:.1f} s")
-
-    for preset in [s.strip() for s in args.presets.split(",") if s.strip()]:
-        out = args.outdir / f"{stem}.{preset.upper()}.gguf"
-        t0 = time.perf_counter()
-        quantize(reference, out, preset, args)
-        console.print(f"{preset}: quantized in {time.perf_counter() - t0:.1f} s, measuring ...")
-        rows.append({"preset": preset.upper(), **measure(out, base_file, args)})
 
     pp, tg = f"pp{args.pp}", f"tg{args.tg}"
     table = Table(title=f"{args.model.name}: {args.chunks} chunks of {args.ctx_size} tokens of {args.file.name}")
@@ -200,10 +167,55 @@ def main() -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     (args.outdir / "report.md").write_text(markdown(rows, pp, tg))
     (args.outdir / "report.json").write_text(json.dumps(rows, indent=2))
-    if plot(rows, args.outdir / "size_vs_kld.png"):
+    title = f"{args.model.name}: size vs quality\nmean KLD from {rows[0]['preset']}, {args.chunks} x {args.ctx_size} tokens of {args.file.name}"
+    if plot(rows, args.outdir / "size_vs_kld.png", title):
         console.print(f"plot: {args.outdir / 'size_vs_kld.png'}")
     console.print(f"tables: {args.outdir / 'report.md'}, {args.outdir / 'report.json'}")
 
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-m", "--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("-f", "--file", type=Path, default=DEFAULT_TEXT, help="text for perplexity and KLD")
+    p.add_argument("--presets", default=DEFAULT_PRESETS)
+    p.add_argument("-o", "--outdir", type=Path, default=ROOT / "models" / "quant-report")
+    p.add_argument("-c", "--ctx-size", type=int, default=512)
+    p.add_argument("--chunks", type=int, default=8, help="chunks of text to score (-1: all)")
+    p.add_argument("-t", "--threads", type=int, default=2)
+    p.add_argument("--pp", type=int, default=512)
+    p.add_argument("--tg", type=int, default=128)
+    p.add_argument("-r", "--reps", type=int, default=3)
+    p.add_argument("--no-speed", action="store_true", help="skip the speed columns")
+    p.add_argument("--reuse", action="store_true", help="keep model files already in OUTDIR instead of quantizing again")
+    p.add_argument("--from-json", type=Path, help="render the table and plot of an earlier report.json (same -m/-f/-c/--chunks)")
+    args = p.parse_args()
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        render(json.loads(args.from_json.read_text()), args, console)
+        return
+    text = args.file.read_text(encoding="utf-8")
+    stem = args.model.name.removesuffix(".gguf")
+    reference = args.outdir / f"{stem}.F32.gguf"
+    console.print(f"reference: {reference}")
+    quantize(args.model, reference, "F32", args)
+    # The base file is always recomputed: it depends on the text, -c and --chunks.
+    base_file = args.outdir / f"{stem}.F32.kld"
+    t0 = time.perf_counter()
+    rows = [{"preset": "F32 (reference)", **measure_reference(reference, base_file, text, args)}]
+    console.print(f"reference measured in {time.perf_counter() - t0:.1f} s")
+
+    for preset in [s.strip() for s in args.presets.split(",") if s.strip()]:
+        out = args.outdir / f"{stem}.{preset.upper()}.gguf"
+        t0 = time.perf_counter()
+        quantize(reference, out, preset, args)
+        console.print(f"{preset}: quantized in {time.perf_counter() - t0:.1f} s, measuring ...")
+        rows.append({"preset": preset.upper(), **measure(out, base_file, args)})
+
+    render(rows, args, console)
 
 if __name__ == "__main__":
     main()
