@@ -448,11 +448,12 @@ def perplexity_command(
     if kld_base is not None:
         with atomic_output(kld_base, force=force, inputs=[model_path, text_file]) as f:
             result = perplexity(model, tokens, n_ctx, n_chunks, n_batch, on_chunk=show, logits_out=f)
-        log(f"\nsaved log-probabilities of {result.n_chunks} chunks to {kld_base}")
     else:
         result = perplexity(model, tokens, n_ctx, n_chunks, n_batch, on_chunk=show)
     print()
     print(f"Final estimate: PPL = {result.ppl:.4f} +/- {result.ppl_error:.5f}", flush=True)
+    if kld_base is not None:
+        log(f"saved log-probabilities of {result.n_chunks} chunks to {kld_base}")
     log(
         f"perplexity: {result.n_chunks} chunks, {result.n_scored} scored tokens, {result.seconds:.2f} s "
         f"({result.n_chunks * n_ctx / max(result.seconds, 1e-9):.1f} tokens/s evaluated)"

@@ -170,13 +170,14 @@ def test_kld_matches_llama_cpp_on_the_same_files(ppl_runs, default_model, requan
     from llamatool.perplexity import LogitsFile, kl_divergence
 
     base = LogitsFile.open(ppl_runs[2])
-    chunks = [base.tokens[i * N_CTX : (i + 1) * N_CTX].tolist() for i in range(base.n_chunk)]
+    n_chunks = 2  # llama-cpp-python's all-logits evaluation is slow: keep it short
+    chunks = [base.tokens[i * N_CTX : (i + 1) * N_CTX].tolist() for i in range(n_chunks)]
     p = _llama_cpp_log_probs(llama_cpp, default_model, chunks)
     for preset in ("Q4_0", "Q2_K"):
         q = _llama_cpp_log_probs(llama_cpp, requantized[preset], chunks)
         theirs = float((np.exp(p) * (p - q)).sum(1).mean())
-        ours = kl_divergence(Model.load(requantized[preset], n_ctx=N_CTX), base).kld()[0]
+        ours = kl_divergence(Model.load(requantized[preset], n_ctx=N_CTX), base, n_chunks=n_chunks).kld()[0]
         # Both sides round activations to 8 bits their own way, in the base and in the
-        # requantized model. Measured: within 1% here (KLD 0.33 and 0.44), and within 2%
+        # requantized model. Measured: within 1% on 3 chunks (KLD 0.33 and 0.44), and within 4%
         # on 2 x 512 tokens for every preset of the quantization report.
         assert ours == pytest.approx(theirs, rel=0.05), preset
