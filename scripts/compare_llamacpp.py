@@ -9,7 +9,10 @@ llama.cpp runs in this process through llama-cpp-python (the optional extra
 from source). Both engines get the same file, threads, batch size (512) and the same
 synthetic tokens (llamatool's bench: random ids, BOS first when the model adds one).
 Repetitions alternate between the engines, so a busy machine slows both alike; the figures
-are medians and the ratio is llamatool t/s / llama.cpp t/s.
+are medians and the ratio is llamatool t/s / llama.cpp t/s. Tokens per CPU-second of the
+process are reported too: with one thread they compare the engines' work even when other
+processes hold the cores (an oversubscribed machine costs llama.cpp's spinning thread pool
+far more wall time than it costs the work itself).
 
 Then the agreement check: for a few prompts, greedy continuations of both engines (same
 prompt ids) and the top-k logits at the last prompt position. Logits differ a little by
@@ -129,16 +132,16 @@ def synthetic_tokens(rng, n: int, n_vocab: int, bos: int | None) -> list[int]:
     return _random_tokens(rng, n, n_vocab, bos)
 
 
-def time_once(engine, test: Test, tokens: list[int]) -> float:
-    """Seconds for one repetition of the test on a fresh context."""
+def time_once(engine, test: Test, tokens: list[int]) -> tuple[float, float]:
+    """Wall and process CPU seconds for one repetition of the test on a fresh context."""
     engine.reset()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if test.n_prompt:
         engine.eval(tokens)  # batches of N_BATCH inside both engines
     else:
         for t in tokens:
             engine.eval([t])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, n_vocab: int, log=print) -> list[dict]:
@@ -148,17 +151,25 @@ def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, 
         rng = np.random.default_rng(0)
         token_sets = [synthetic_tokens(rng, test.n_tokens, n_vocab, bos) for _ in range(reps + 1)]
         rates = {name: [] for name in engines}
+        cpu_rates = {name: [] for name in engines}
         for name, engine in engines.items():  # warm-up, not counted
             time_once(engine, test, token_sets[0])
         for r in range(reps):
             order = list(engines.items()) if r % 2 == 0 else list(engines.items())[::-1]
             for name, engine in order:
-                rates[name].append(test.n_tokens / time_once(engine, test, token_sets[r + 1]))
+                wall, cpu = time_once(engine, test, token_sets[r + 1])
+                rates[name].append(test.n_tokens / wall)
+                cpu_rates[name].append(test.n_tokens / cpu)
         row = {"test": test.name, **{f"{n}_ts": statistics.median(v) for n, v in rates.items()},
-               **{f"{n}_samples": v for n, v in rates.items()}}  # fmt: skip
+               **{f"{n}_samples": v for n, v in rates.items()},
+               # tokens per CPU-second of the process: on a busy machine, with one thread, the
+               # figure a descheduled engine does not lose
+               **{f"{n}_cpu_ts": statistics.median(v) for n, v in cpu_rates.items()}}  # fmt: skip
         row["ratio"] = row["llamatool_ts"] / row["llama.cpp_ts"]
+        row["cpu_ratio"] = row["llamatool_cpu_ts"] / row["llama.cpp_cpu_ts"]
         log(f"  {test.name}: llamatool {row['llamatool_ts']:.1f} t/s, llama.cpp {row['llama.cpp_ts']:.1f} t/s, "
-            f"ratio {row['ratio']:.2f}")  # fmt: skip
+            f"ratio {row['ratio']:.2f} (per CPU-second: {row['llamatool_cpu_ts']:.1f} / {row['llama.cpp_cpu_ts']:.1f}, "
+            f"{row['cpu_ratio']:.2f})")  # fmt: skip
         rows.append(row)
     return rows
 
@@ -262,9 +273,11 @@ def main(argv=None) -> int:
 
 def print_report(report: dict) -> None:
     if report["speed"]:
-        print(f"\n| test | llamatool t/s | llama.cpp t/s | ratio |\n| --- | ---: | ---: | ---: |")
+        print("\n| test | llamatool t/s | llama.cpp t/s | ratio | per CPU-s: llamatool | llama.cpp | ratio |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in report["speed"]:
-            print(f"| {r['test']} | {r['llamatool_ts']:.1f} | {r['llama.cpp_ts']:.1f} | {r['ratio']:.2f} |")
+            print(f"| {r['test']} | {r['llamatool_ts']:.1f} | {r['llama.cpp_ts']:.1f} | {r['ratio']:.2f} "
+                  f"| {r['llamatool_cpu_ts']:.1f} | {r['llama.cpp_cpu_ts']:.1f} | {r['cpu_ratio']:.2f} |")
     agree = report.get("agreement")
     if agree:
         print(f"\ngreedy tokens agreeing before the first divergence: {agree['greedy_agree']}/{agree['greedy_total']}; "

@@ -55,6 +55,8 @@ def test_speed_table_has_both_engines(engines):
     for r in rows:
         assert r["llamatool_ts"] > 0 and r["llama.cpp_ts"] > 0
         assert r["ratio"] == pytest.approx(r["llamatool_ts"] / r["llama.cpp_ts"])
+        assert r["llamatool_cpu_ts"] > 0 and r["llama.cpp_cpu_ts"] > 0
+        assert r["cpu_ratio"] == pytest.approx(r["llamatool_cpu_ts"] / r["llama.cpp_cpu_ts"])
 
 
 def test_without_llama_cpp_says_how_to_get_it(monkeypatch, capsys):

@@ -15,10 +15,12 @@ q + 128, offset -128 d), as ggml does for Q6_K's -32. This is the arithmetic of 
 vec_dot kernels, factored so that one dot loop serves all types (kernels/matmul.py).
 Layouts follow ggml-common.h (block_q4_0 ...).
 
-Each type has its own decoder function (`q4_0_chunk`, ...). The loops in matmul.py call
-`decode_chunk(qtype, ...)` with the type id as a compile-time constant; Numba resolves it to
-the one decoder while typing, so each type gets its own straight-line loop and compiling
-one type does not compile the others.
+Each type has its own decoder function (`q4_0_chunk`, ...) reading chunk j of a group of 8
+chunks (a K-quant super-block, or 8 blocks of a 32-weight type); the 4-bit legacy types also
+decode two chunks at once (`q4_1_pair`). The loops in matmul.py call
+`decode_pair_in_group(qtype, ...)` with the type id as a compile-time constant; Numba
+resolves it to the one decoder while typing, so each type gets its own straight-line loop
+and compiling one type does not compile the others.
 """
 
 from __future__ import annotations

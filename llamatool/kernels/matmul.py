@@ -11,6 +11,12 @@ Two loop shapes:
     four tokens    prompt processing: each decoded weight chunk feeds four tokens, so the
                    unpacking is paid once per four products (tile, not stream)
 
+Both walk a row in groups of 8 chunks with the group's four chunk pairs unrolled, so a
+decoder sees the chunk's place in its group as a constant (a K-quant's scale bytes and
+shifts are chosen at compile time). Checked with llvm-mca on the emitted assembly
+(Sapphire Rapids): Q4_1 decode ~6.4 cycles per 64 weights, prefill ~4.1 per 64
+weight-token products, ports 0/1/5 about evenly loaded.
+
 Every type gets its own compiled pair of kernels with one signature (specialized on the
 type id, a compile-time constant; `kernels(qtype)` binds it):
 
