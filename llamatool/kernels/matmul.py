@@ -37,6 +37,7 @@ re-optimize) every kernel of every type.
 from __future__ import annotations
 
 from functools import lru_cache, partial
+from pathlib import Path
 
 import numpy as np
 
@@ -315,12 +316,32 @@ def _c_dequant(qtype: int):
     return entry
 
 
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
 @lru_cache(maxsize=None)
-def _c_kernels(qtype: int):
+def _c_kernels(qtype: int) -> tuple[int, int]:
+    """Addresses of a type's rows and dequant entry points. Loading them through Numba's
+    cache costs a quarter of a second per type, most of a warm start, so their machine code
+    is also saved the first time they compile and later loads with llvmlite alone (tens of
+    milliseconds; see quants.native). Numba's cache serves where that cannot be done."""
+    from ..quants import native
+
+    keys = (f"rows_{qtype}", f"dequant_{qtype}")
+    addresses = native.cached_addresses(_PACKAGE_DIR, keys)
+    if addresses is not None:
+        return tuple(addresses)
     from . import versioned_cache
 
     with versioned_cache():  # built on first use, after the package import chose the cache
-        return _c_rows(qtype), _c_dequant(qtype)
+        entries = _c_rows(qtype), _c_dequant(qtype)
+    for key, entry in zip(keys, entries):
+        native.save_cfunc(_PACKAGE_DIR, key, entry)
+    _compiled[qtype] = entries  # the code behind the addresses lives as long as these
+    return tuple(e.address for e in entries)
+
+
+_compiled: dict = {}
 
 
 def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
@@ -329,7 +350,7 @@ def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
     rows = np.zeros(max(SUPPORTED) + 1, np.int64)
     dequant = np.zeros_like(rows)
     for t in sorted({int(t) for t in qtypes}):
-        rows[t], dequant[t] = (c.address for c in _c_kernels(t))
+        rows[t], dequant[t] = _c_kernels(t)
     return rows, dequant
 
 

@@ -147,21 +147,22 @@ def _cache_root() -> Path:
 
 
 @lru_cache(maxsize=None)
-def _folder() -> Path:
-    """Named after everything the object code depends on."""
+def _folder(package: Path = _PACKAGE) -> Path:
+    """Named after everything the object code depends on: the sources of the package that
+    defines the kernels, Numba, llvmlite and the host CPU."""
     import importlib.util
 
     import llvmlite
     import llvmlite.binding as llvm
 
     h = hashlib.sha256()
-    for path in sorted(_PACKAGE.glob("*.py")):
+    for path in sorted(package.glob("*.py")):
         h.update(path.name.encode() + path.read_bytes())
     numba_init = Path(importlib.util.find_spec("numba").origin)  # its version, without importing it
     h.update(numba_init.with_name("_version.py").read_bytes())
     h.update(f"{llvmlite.__version__} {llvm.get_process_triple()} {llvm.get_host_cpu_name()}".encode())
     h.update(llvm.get_host_cpu_features().flatten().encode())
-    return _cache_root() / "native" / f"quants-{h.hexdigest()[:16]}"
+    return _cache_root() / "native" / f"{package.name}-{h.hexdigest()[:16]}"
 
 
 # --- loading (no numba) -------------------------------------------------------------------------
@@ -194,17 +195,17 @@ def _engine() -> _Engine:
     return _Engine()
 
 
-def _read(key: str) -> tuple[str, bytes] | None:
+def _read(key: str, package: Path = _PACKAGE) -> tuple[str, bytes] | None:
     try:
-        blob = (_folder() / f"{key}.o").read_bytes()
+        blob = (_folder(package) / f"{key}.o").read_bytes()
     except OSError:
         return None
     symbol, _, obj = blob.partition(b"\n")
     return symbol.decode(), obj
 
 
-def _write(key: str, symbol: str, obj: bytes) -> None:
-    folder = _folder()
+def _write(key: str, symbol: str, obj: bytes, package: Path = _PACKAGE) -> None:
+    folder = _folder(package)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}.tmp"
@@ -261,6 +262,31 @@ def _native_count(key: str):
         return int(fn(x.ctypes.data, x.shape[0], x.shape[1])) if x.size else 0
 
     return count
+
+
+def cached_addresses(package: Path, keys) -> list[int] | None:
+    """Entry points of the C functions saved under keys for a kernel package (see
+    save_cfunc), loaded without Numba; None unless every one is there."""
+    found = [_read(key, package) for key in keys]
+    if any(f is None for f in found):
+        return None
+    engine = _engine()
+    addresses = [engine.load(*f) for f in found]
+    return addresses if all(addresses) else None
+
+
+def save_cfunc(package: Path, key: str, entry) -> bool:
+    """Save the machine code of a Numba cfunc compiled in this process for cached_addresses;
+    False (nothing saved) when it came from Numba's cache, needs a symbol the loader lacks,
+    or the cache is read-only."""
+    try:
+        module = entry._library._final_module
+        if not any(f.name == entry.native_name and not f.is_declaration for f in module.functions):
+            return False  # loaded from Numba's cache as bare machine code: nothing to check it by
+        _write(key, *_object_code(entry), package=package)
+    except Exception:  # noqa: BLE001 - Numba internals moved, or a symbol we lack: Numba keeps running it
+        return False
+    return _read(key, package) is not None
 
 
 # --- building (numba) ---------------------------------------------------------------------------
