@@ -58,7 +58,9 @@ def compile_forward(threads: int | None = None) -> float:
 
 
 def compile_quantizers() -> tuple[float, list[str]]:
-    from .quants import registry
+    """Compile the quantization kernels of every type, and save the machine code that
+    `llamatool quantize` loads without Numba (quants.native)."""
+    from .quants import native, registry
 
     start = time.perf_counter()
     x = np.linspace(-1, 1, 2 * 256, dtype=np.float32).reshape(2, 256)
@@ -67,8 +69,12 @@ def compile_quantizers() -> tuple[float, list[str]]:
         try:
             if t.can_quantize:
                 registry.dequantize(t, registry.quantize(t, x))
+                native.row_kernel(t, "quantize")
+            if t.can_dequantize:
+                native.row_kernel(t, "dequantize")
         except Exception:  # noqa: BLE001 - a warm-up: report a type that fails, do not stop
             missing.append(t.name)
+    native.nonfinite_counter()
     return time.perf_counter() - start, missing
 
 

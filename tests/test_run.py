@@ -124,7 +124,20 @@ def test_chat_reply_stops_at_end_of_turn(default_model):
     assert result.stop_reason == "eog" and "<|im_end|>" not in result.text and result.text.strip()
 
 
-def test_warmup_reports_its_time():
+def test_warmup_reports_its_time_and_saves_native_kernels():
+    from llamatool.quants import native
+
+    checked = ("Q4_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_XS")
+    for name in checked:  # earlier tests may have saved them: warmup must save them again
+        for verb in ("quantize", "dequantize"):
+            (native._folder() / f"{verb}_{name.lower()}.o").unlink(missing_ok=True)
     proc = llamatool("warmup", "-t", 2, timeout=1800)
     assert proc.returncode == 0, proc.stderr
     assert "warmup done in" in proc.stderr and proc.stdout == ""
+    # later runs load these without compiling (or, for quantize, without importing Numba)
+    from llamatool.kernels import matmul
+    from llamatool.kernels.types import SUPPORTED
+
+    assert native.cached_addresses(matmul._PACKAGE_DIR, [f"{v}_{t}" for t in SUPPORTED for v in ("rows", "dequant")])
+    for name in checked:
+        assert native._read(f"quantize_{name.lower()}") and native._read(f"dequantize_{name.lower()}"), name
