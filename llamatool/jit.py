@@ -27,12 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("LLAMATOOL_CACHE_DIR")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "llamatool"
+from .cache import cache_dir  # noqa: E402  (re-exported: jit.cache_dir)
 
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))

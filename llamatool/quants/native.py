@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import cache_dir
 from ..errors import LlamatoolError
 from .registry import ggml_type
 
@@ -137,15 +138,6 @@ _PROTOTYPES = (  # [key == NONFINITE]: row kernels, the counter
 # --- the cache folder ---------------------------------------------------------------------------
 
 
-def _cache_root() -> Path:
-    # jit.cache_dir's rule (jit itself imports numba)
-    root = os.environ.get("LLAMATOOL_CACHE_DIR")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "llamatool"
-
-
 @lru_cache(maxsize=None)
 def _folder(package: Path = _PACKAGE) -> Path:
     """Named after everything the object code depends on: the sources of the package that
@@ -162,7 +154,7 @@ def _folder(package: Path = _PACKAGE) -> Path:
     h.update(numba_init.with_name("_version.py").read_bytes())
     h.update(f"{llvmlite.__version__} {llvm.get_process_triple()} {llvm.get_host_cpu_name()}".encode())
     h.update(llvm.get_host_cpu_features().flatten().encode())
-    return _cache_root() / "native" / f"{package.name}-{h.hexdigest()[:16]}"
+    return cache_dir() / "native" / f"{package.name}-{h.hexdigest()[:16]}"
 
 
 # --- loading (no numba) -------------------------------------------------------------------------
