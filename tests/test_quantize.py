@@ -665,6 +665,9 @@ def test_interrupted_quantize_leaves_nothing(default_model, tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "llamatool", "quantize", "--allow-requantize", default_model, out, "F32"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell starts background jobs with SIGINT ignored, and Python keeps it so: a user's
+        # Ctrl-C reaches a foreground process, which is what this test plays.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
