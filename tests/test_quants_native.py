@@ -79,7 +79,7 @@ def test_a_built_kernel_loads_without_numba(tmp_path):
 
 
 def test_without_object_code_numba_runs_the_kernel(monkeypatch):
-    monkeypatch.setattr(native, "_read", lambda key: None)
+    monkeypatch.setattr(native, "_read", lambda key, package=None: None)
     monkeypatch.setattr(native, "_build", lambda *a: None)
     native.row_kernel.cache_clear()
     try:

@@ -219,12 +219,10 @@ def _checked(engine: _Engine, fn, name: str):
 
 def _load(key: str):
     """The cached object's entry point as a checked ctypes function of `prototype`, or None."""
-    found = _read(key)
-    if found is None:
+    addresses = cached_addresses(_PACKAGE, [key])
+    if addresses is None:
         return None
-    engine = _engine()
-    address = engine.load(*found)
-    return _checked(engine, _PROTOTYPES[key == NONFINITE](address), key) if address else None
+    return _checked(_engine(), _PROTOTYPES[key == NONFINITE](addresses[0]), key)
 
 
 def _native_rows(key: str, src_dtype, dst_dtype):
@@ -267,20 +265,6 @@ def cached_addresses(package: Path, keys) -> list[int] | None:
     return addresses if all(addresses) else None
 
 
-def save_cfunc(package: Path, key: str, entry) -> bool:
-    """Save the machine code of a Numba cfunc compiled in this process for cached_addresses;
-    False (nothing saved) when it came from Numba's cache, needs a symbol the loader lacks,
-    or the cache is read-only."""
-    try:
-        module = entry._library._final_module
-        if not any(f.name == entry.native_name and not f.is_declaration for f in module.functions):
-            return False  # loaded from Numba's cache as bare machine code: nothing to check it by
-        _write(key, *_object_code(entry), package=package)
-    except Exception:  # noqa: BLE001 - Numba internals moved, or a symbol we lack: Numba keeps running it
-        return False
-    return _read(key, package) is not None
-
-
 # --- building (numba) ---------------------------------------------------------------------------
 
 
@@ -301,6 +285,21 @@ def _object_code(entry) -> tuple[str, bytes]:
     return entry.native_name, lib._codegen._tm.emit_object(lib._final_module)
 
 
+def save_cfunc(package: Path, key: str, entry) -> bool:
+    """Save the machine code of a Numba cfunc compiled in this process for cached_addresses;
+    False (nothing saved) when it came from Numba's cache, needs a symbol the loader lacks,
+    or the cache is read-only."""
+    try:
+        entry._library._ensure_finalized()
+        module = entry._library._final_module
+        if not any(f.name == entry.native_name and not f.is_declaration for f in module.functions):
+            return False  # loaded from Numba's cache as bare machine code: nothing to check it by
+        _write(key, *_object_code(entry), package=package)
+    except Exception:  # noqa: BLE001 - Numba internals moved, or a symbol we lack: Numba keeps running it
+        return False
+    return _read(key, package) is not None
+
+
 def _save(key: str, entry, sig) -> None:
     """Compile entry as a cfunc of sig and save its object code (quietly not, if that fails)."""
     from numba import cfunc
@@ -309,8 +308,8 @@ def _save(key: str, entry, sig) -> None:
 
     try:
         with jit.vectorizer_options():
-            _write(key, *_object_code(cfunc(sig, nogil=True, error_model="numpy")(entry)))
-    except Exception:  # noqa: BLE001 - Numba internals moved, or a symbol we lack: Numba runs it
+            save_cfunc(_PACKAGE, key, cfunc(sig, nogil=True, error_model="numpy")(entry))
+    except Exception:  # noqa: BLE001 - Numba internals moved: Numba runs the kernel
         pass
 
 
