@@ -177,22 +177,49 @@ class _Cursor:
         return raw.decode("utf-8", errors="surrogateescape")
 
     def _strings(self, n: int, what: str) -> list[str]:
-        # The hot path of opening a model (vocab and merges are ~100k strings): inlined.
-        buf, pos, size, out = self.buf, self.pos, self.size, []
+        """n length-prefixed strings: the hot path of opening a model (vocab and merges are
+        ~100k strings). The lengths are walked and checked in a tight loop; the strings are
+        then decoded in one call, their length fields turned into NUL separators, and split.
+        A NUL can never be part of a multi-byte character, so each string decodes exactly as
+        on its own (surrogates for invalid bytes included)."""
+        buf, first, size = self.buf, self.pos, self.size
+        if n == 0:
+            return []
+        heads = self._string_heads(n, what)  # offset of each string's length field
+        pos = self.pos
+        region = np.frombuffer(buf, np.uint8, pos - first, first).copy()
+        heads = np.array(heads, np.int64) - first
+        keep = np.ones(region.size, bool)
+        keep[(heads[:, None] + np.arange(1, 8)).reshape(-1)] = False
+        region[heads] = 0
+        joined = region[keep]
+        if np.count_nonzero(joined == 0) != n:  # a string holds a NUL: decode one by one
+            return [bytes(buf[h + 8 + first : e]).decode("utf-8", errors="surrogateescape")
+                    for h, e in zip(heads.tolist(), [*(heads[1:] + first).tolist(), pos])]
+        return joined.tobytes().decode("utf-8", errors="surrogateescape").split("\0")[1:]
+
+    def _string_heads(self, n: int, what: str) -> list[int]:
+        """Offsets of n consecutive strings; the cursor moves past them. Unchecked first (a
+        length field past the end of the buffer stops struct), then checked on failure."""
+        buf, pos = self.buf, self.pos
         unpack_len = _U64.unpack_from
-        for i in range(n):
-            if pos + 8 > size:
-                self.pos = pos
-                self.need(8, f"length of {what}[{i}]")
-            (length,) = unpack_len(buf, pos)
-            pos += 8
-            if pos + length > size:
-                self.pos = pos
-                self.need(length, f"{what}[{i}]")
-            out.append(buf[pos : pos + length].decode("utf-8", errors="surrogateescape"))
-            pos += length
-        self.pos = pos
-        return out
+        heads = []
+        add = heads.append
+        try:
+            for _ in range(n):
+                add(pos)
+                pos += 8 + unpack_len(buf, pos)[0]
+        except (struct.error, OverflowError):  # past the end, or a length beyond any offset
+            pos = self.size + 1
+        if pos <= self.size:
+            self.pos = pos
+            return heads
+        for i in range(n):  # find the first string that does not fit, for the message
+            self.need(8, f"length of {what}[{i}]")
+            length = self.u64(f"length of {what}[{i}]")
+            self.need(length, f"{what}[{i}]")
+            self.pos += length
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def count(self, what: str, min_item_bytes: int) -> int:
         """A u64 count of items, each at least min_item_bytes: bounded by the bytes left."""

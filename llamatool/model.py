@@ -145,9 +145,10 @@ class Weights:
 
     @classmethod
     def from_gguf(cls, reader, args: ModelArgs) -> "Weights":
-        from .kernels import forward as fw
-        from .kernels.types import SUPPORTED
+        from . import kernel_api
 
+        fw = kernel_api.load("forward")
+        SUPPORTED = kernel_api.load("types").SUPPORTED
         data = np.memmap(reader.path, dtype=np.uint8, mode="r")
         rows, names, index = [], [], {}
 
@@ -282,16 +283,16 @@ class Model:
         return self._tokenizer
 
     def _setup_buffers(self) -> None:
-        from .kernels import forward as fw
-        from .kernels.matmul import kernel_tables
-        from .kernels.sync import counters_size
+        from . import kernel_api, native_forward
 
+        fw = native_forward.driver()
         a, B, w = self.args, self.n_batch, self.weights
-        rows, dequant = kernel_tables(w.matrix_types)
+        rows, dequant = native_forward.kernel_tables(w.matrix_types)
         self._net = fw.Net(w.data, w.tensors, w.layers, w.globals, rows, dequant, w.freq_factors)
         n_q, n_kv = a.n_head * a.head_dim, a.n_head_kv * a.head_dim
         max_k = max(a.n_embd, n_q, a.n_ff)
         f32 = np.float32
+        Activation = kernel_api.load("actquant").Activation
         self._scratch = fw.Scratch(
             x=np.zeros(B * a.n_embd, f32),
             xn=np.zeros(B * a.n_embd, f32),
@@ -301,8 +302,8 @@ class Model:
             gate=np.zeros(B * a.n_ff, f32),
             up=np.zeros(B * a.n_ff, f32),
             xr=np.zeros(B * max_k, f32),
-            a8=_activation_slot(B * max_k),
-            ak=_activation_slot(B * max_k),
+            a8=_activation_slot(Activation, B * max_k),
+            ak=_activation_slot(Activation, B * max_k),
             angles=np.zeros(B * a.n_rot, f32),
             scores=np.zeros(self.n_threads * self.n_ctx, f32),
         )
@@ -310,12 +311,13 @@ class Model:
         # np.zeros maps fresh zero pages: memory is committed only as the context fills
         self.k_cache = np.zeros(cache_len, np.uint16)
         self.v_cache = np.zeros(cache_len, np.uint16)
-        self._counters = np.zeros(counters_size(fw.phases_per_call(a.n_layer)), np.int64)
+        self._counters = np.zeros(kernel_api.load("sync").counters_size(fw.phases_per_call(a.n_layer)), np.int64)
         self._dims = fw.Dims(a.n_embd, a.n_layer, a.n_head, a.n_head_kv, a.head_dim, a.n_ff, a.n_vocab, self.n_ctx, a.n_rot,
                              self.n_threads)
         self._rope = fw.FloatParams(*_rope_params(a))
         self._last_logits = np.zeros(a.n_vocab, f32)
         self._forward = fw.Forward(self.n_threads)
+        self._forward_worker = fw.worker
 
     # -- the KV cache ------------------------------------------------------------------------
     def reset(self) -> None:
@@ -331,6 +333,12 @@ class Model:
         del self.history[n_past:]
 
     @property
+    def forward_backend(self) -> str | None:
+        """How the forward pass runs: "native" (saved machine code, no Numba), "numba", or
+        None before the first eval."""
+        return self._forward_worker.backend
+
+    @property
     def kv_cache_bytes(self) -> int:
         return self.k_cache.nbytes + self.v_cache.nbytes
 
@@ -342,7 +350,7 @@ class Model:
         Long inputs are processed in batches of n_batch tokens, each batch through every
         layer as matrix-matrix products.
         """
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(-1)
         n = ids.size
         if n == 0:
             raise LlamatoolError("eval needs at least one token")
@@ -395,9 +403,7 @@ class Model:
         return f"Model({self.path.name!r}, {a.n_layer} layers, n_embd={a.n_embd}, n_ctx={self.n_ctx}, threads={self.n_threads})"
 
 
-def _activation_slot(n: int):
-    from .kernels.actquant import Activation
-
+def _activation_slot(Activation, n: int):
     return Activation(np.zeros(n, np.int8), np.zeros(n // 32 + 1, np.float32), np.zeros(n // 16 + 1, np.float32),
                       np.zeros(n // 32 + 1, np.float32))
 

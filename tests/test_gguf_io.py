@@ -341,3 +341,43 @@ def test_output_mode_follows_umask_and_tensorless_file_is_unpadded(tmp_path):
     # like gguf-py's writer (convert_hf_to_gguf.py --vocab-only), no padding after the header
     assert path.read_bytes().endswith(b"gpt2")
     assert gguf.GGUFReader(path).fields["tokenizer.ggml.model"].contents() == "gpt2"
+
+
+# --- string arrays (decoded in one pass) ------------------------------------------------
+
+
+def _string_array_file(tmp_path, strings: list[bytes]):
+    """A tensorless GGUF whose one metadata entry is the array of raw strings given."""
+    body = b"".join(struct.pack("<Q", len(s)) + s for s in strings)
+    key = b"test.strings"
+    raw = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+           + struct.pack("<IIQ", ValueType.ARRAY, ValueType.STRING, len(strings)) + body)
+    path = tmp_path / "strings.gguf"
+    path.write_bytes(raw)
+    return path, raw
+
+
+def test_string_arrays_decode_like_each_string_alone(tmp_path):
+    """Invalid UTF-8 (cut characters, lone continuation bytes, surrogates, 0xFF) and NULs
+    inside strings: each string reads as bytes.decode("utf-8", "surrogateescape") of itself."""
+    rng = np.random.default_rng(7)
+    pieces = [b"a", b"\xc3", b"\xa9", b"\xe2\x82", b"\xac", b"\xf0\x9f", b"\x98\x80", b"\xff", b"\xed\xa0\x80", b" "]
+    for with_nul in (False, True):
+        strings = []
+        for _ in range(3000):
+            parts = rng.choice(len(pieces) + with_nul, size=rng.integers(0, 6))
+            strings.append(b"".join(pieces[p] if p < len(pieces) else b"\x00" for p in parts))
+        path, _ = _string_array_file(tmp_path, strings)
+        assert GGUFReader(path).fields["test.strings"].value == [s.decode("utf-8", "surrogateescape") for s in strings]
+    path, _ = _string_array_file(tmp_path, [])
+    assert GGUFReader(path).fields["test.strings"].value == []
+
+
+def test_string_array_errors_name_the_string(tmp_path):
+    path, raw = _string_array_file(tmp_path, [b"one", b"two", b"three"])
+    path.write_bytes(raw[:-2])
+    assert "test.strings'[2]" in expect_clean_error(path, "truncated")
+    at = raw.index(b"two") - 8
+    for length in (2**40, 2**63 + 5):
+        path.write_bytes(raw[:at] + struct.pack("<Q", length) + raw[at + 8 :])
+        assert "test.strings'[1]" in expect_clean_error(path, "truncated")

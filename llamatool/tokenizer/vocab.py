@@ -172,10 +172,9 @@ def load_vocab(reader) -> Vocab:
     n = len(tokens)
     if n == 0:
         raise LlamatoolError(f"{_where(reader)}: {KEY}tokens is empty")
-    for i, t in enumerate(tokens):
-        if not t:
-            tokens[i] = f"[EMPTY_{i}]"
-    token_to_id = {t: i for i, t in enumerate(tokens)}
+    if "" in tokens:
+        tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    token_to_id = dict(zip(tokens, range(n)))
     if len(token_to_id) != n:
         dup = next(t for i, t in enumerate(tokens) if token_to_id[t] != i)
         raise LlamatoolError(f"{_where(reader)}: token {dup!r} appears twice in {KEY}tokens (llama.cpp refuses this too)")
@@ -197,11 +196,16 @@ def load_vocab(reader) -> Vocab:
     _set_model_specific_attrs(vocab, reader)
     vocab.special_ids = tuple(
         sorted(
-            (i for i, a in enumerate(vocab.attrs) if a & SEARCHED_IN_TEXT),
+            _with_attr(vocab.attrs, SEARCHED_IN_TEXT),
             key=lambda i: -len(vocab.tokens[i].encode("utf-8", "surrogateescape")),
         )
     )
     return vocab
+
+
+def _with_attr(attrs: list[int], flags: int) -> list[int]:
+    """Ids of the tokens that have any of flags (a loop over the whole vocabulary, in numpy)."""
+    return np.flatnonzero(np.array(attrs, dtype=np.int64) & flags).tolist()
 
 
 def _attrs_of_types(types: np.ndarray) -> list[int]:
@@ -217,10 +221,8 @@ def _set_model_defaults(vocab: Vocab, reader) -> None:
         vocab.add_space_prefix, vocab.add_bos, vocab.clean_spaces = True, True, False
     else:
         merges = _string_array(reader, KEY + "merges", required=True)
-        ranks: dict[str, int] = {}
-        for rank, m in enumerate(merges):
-            ranks.setdefault(m, rank)  # the first of duplicate merges wins
-        vocab.merges = ranks
+        # the first of duplicate merges wins: it is inserted last
+        vocab.merges = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
         vocab.bos_id = vocab.eos_id = 11  # llama.cpp's defaults for BPE vocabularies
         vocab.pre_name = reader.get(KEY + "pre")
         vocab.pre = pre_tokenizer_spec(vocab.pre_name)
@@ -273,8 +275,8 @@ def _detect_special_by_text(vocab: Vocab) -> None:
 
     # Control tokens named "unused..." are unused.
     unused = int(Attr.UNUSED)
-    for i, a in enumerate(attrs):
-        if a & CONTROL and "unused" in vocab.tokens[i]:
+    for i in _with_attr(attrs, CONTROL):
+        if "unused" in vocab.tokens[i]:
             attrs[i] |= unused
 
     eog = {i for i in (vocab.fim_pad_id, vocab.fim_rep_id, vocab.fim_sep_id) if i is not None}
