@@ -280,6 +280,13 @@ class ForwardWorker:
         self._save = False
         self._lock = threading.Lock()
 
+    @property
+    def saved(self) -> bool:
+        """Whether machine code for the arguments of the first call is saved (for the next process)."""
+        from .quants import native
+
+        return self.key is not None and (native._folder(kernel_api.KERNELS) / f"{self.key}.o").exists()
+
     def __call__(self, ith, *args) -> None:
         worker = self._worker or self._choose(args)
         worker(ith, args)

@@ -25,8 +25,9 @@ def warmup_command(threads: int | None = None) -> None:
     start = time.perf_counter()
     kernels_s = compile_matmul_kernels()
     print(f"  matmul kernels of every type: {kernels_s:.1f} s", file=sys.stderr, flush=True)
-    forward_s = compile_forward(threads)
-    print(f"  forward pass: {forward_s:.1f} s", file=sys.stderr, flush=True)
+    forward_s, saved = compile_forward(threads)
+    note = "saved as machine code that loads without Numba" if saved else "machine code could not be saved: runs through Numba"
+    print(f"  forward pass: {forward_s:.1f} s ({note})", file=sys.stderr, flush=True)
     quant_s, missing = compile_quantizers()
     print(f"  quantize/dequantize: {quant_s:.1f} s" + (f" (failed: {', '.join(missing)})" if missing else ""),
           file=sys.stderr, flush=True)
@@ -43,8 +44,9 @@ def compile_matmul_kernels() -> float:
     return time.perf_counter() - start
 
 
-def compile_forward(threads: int | None = None) -> float:
-    """Compile (or load from the cache) the forward pass; returns the seconds it took."""
+def compile_forward(threads: int | None = None) -> tuple[float, bool]:
+    """Compile (or load from the cache) the forward pass and save its machine code (see
+    native_forward); returns the seconds it took and whether the machine code is saved."""
     from .model import Model
 
     start = time.perf_counter()
@@ -53,8 +55,9 @@ def compile_forward(threads: int | None = None) -> float:
         model = Model.load(path, n_ctx=64, n_threads=threads)
         model.eval([1, 2, 3])
         model.eval([4])
+        saved = model._forward_worker.saved
         del model
-    return time.perf_counter() - start
+    return time.perf_counter() - start, saved
 
 
 def compile_quantizers() -> tuple[float, list[str]]:

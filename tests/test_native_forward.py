@@ -180,3 +180,17 @@ def test_native_kernel_tables_match_the_compiled_ones(default_model, saved_forwa
     compiled_rows, compiled_dequant = kernel_tables(qtypes)
     assert (np.flatnonzero(rows).tolist(), np.flatnonzero(dequant).tolist()) == (
         np.flatnonzero(compiled_rows).tolist(), np.flatnonzero(compiled_dequant).tolist())
+
+
+def test_warmup_saves_the_forward_pass(saved_forward):
+    """On a machine where the forward pass has no saved code yet, `llamatool warmup` saves it
+    (its trial model has the default model's argument layout, so the same object serves both)."""
+    good = saved_forward.read_bytes()
+    try:
+        saved_forward.unlink()
+        code = "from llamatool.warmup import compile_forward; print(compile_forward(2)[1])"
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.split() == ["True"] and saved_forward.exists()
+    finally:
+        saved_forward.write_bytes(good)
