@@ -139,11 +139,19 @@ class _NativeWorker:
             raise LlamatoolError("internal error: the forward pass failed")
 
 
+_loaded: dict[str, int] = {}  # key -> address: an object is added to the process's engine once
+
+
 def _load(spec: tuple) -> _NativeWorker | None:
     from .quants import native
 
-    addresses = native.cached_addresses(kernel_api.KERNELS, [_key(spec)])
-    return None if addresses is None else _NativeWorker(addresses[0], spec)
+    key = _key(spec)
+    if key not in _loaded:
+        addresses = native.cached_addresses(kernel_api.KERNELS, [key])
+        if addresses is None:
+            return None
+        _loaded[key] = addresses[0]
+    return _NativeWorker(_loaded[key], spec)
 
 
 # --- building (numba) ---------------------------------------------------------------------------
@@ -236,23 +244,54 @@ def _readonly():
 
 def build(args) -> bool:
     """Compile the C wrapper of forward_worker for arguments like args and save its machine
-    code; False when it cannot be (Numba then keeps running the worker)."""
+    code; False when it cannot be (Numba then keeps running the worker). Building takes
+    seconds, so a failure is noted in the cache folder and not tried again for this key
+    (the key changes with the kernels, this module, Numba and the CPU), nor is a build tried
+    where nothing can be saved."""
+    from .quants import native
+
+    spec = layout(args)
+    key = _key(spec)
+    folder = native._folder(kernel_api.KERNELS)
+    failed = folder / f"{key}.failed"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if failed.exists() or not os.access(folder, os.W_OK):
+            return False
+    except OSError:
+        return False
+    try:
+        saved = native.save_cfunc(kernel_api.KERNELS, key, _compile(spec, args))
+        reason = "the machine code could not be saved (see quants/native.py save_cfunc)"
+    except Exception as e:  # noqa: BLE001 - Numba internals moved: Numba runs the worker
+        saved, reason = False, f"{type(e).__name__}: {e}"
+    if not saved:
+        try:
+            failed.write_text(reason + "\n")
+        except OSError:
+            pass
+    return saved
+
+
+def forget_failures() -> None:
+    """Let the next build try again where one failed (`llamatool warmup` does this)."""
+    from .quants import native
+
+    for marker in native._folder(kernel_api.KERNELS).glob("forward-*.failed"):
+        marker.unlink(missing_ok=True)
+
+
+def _compile(spec: tuple, args):
+    """The cfunc entry(ith, P, I, F) around forward_worker for arguments of layout spec."""
     from numba import carray, cfunc, types
 
     from .kernels import forward
-    from .quants import native
 
-    try:
-        real = _real(args, _compiled_classes())
-        spec = layout(args)
-        source, names = _entry_source(spec, real)
-        scope = {"forward_worker": forward.forward_worker, "carray": carray, "_readonly": _readonly(), **names}
-        exec(source, scope)  # noqa: S102 - generated above from the layout
-        sig = types.void(types.int64, types.CPointer(types.voidptr), types.CPointer(types.int64), types.CPointer(types.float64))
-        entry = cfunc(sig, nogil=True)(scope["entry"])  # not cached by Numba: its machine code is saved below
-        return native.save_cfunc(kernel_api.KERNELS, _key(spec), entry)
-    except Exception:  # noqa: BLE001 - Numba internals moved, or a symbol the loader lacks: Numba runs the worker
-        return False
+    source, names = _entry_source(spec, _real(args, _compiled_classes()))
+    scope = {"forward_worker": forward.forward_worker, "carray": carray, "_readonly": _readonly(), **names}
+    exec(source, scope)  # noqa: S102 - generated above from the layout
+    sig = types.void(types.int64, types.CPointer(types.voidptr), types.CPointer(types.int64), types.CPointer(types.float64))
+    return cfunc(sig, nogil=True)(scope["entry"])  # not cached by Numba: its machine code is saved instead
 
 
 # --- the worker the driver calls ----------------------------------------------------------------

@@ -48,8 +48,10 @@ def compile_forward(threads: int | None = None) -> tuple[float, bool]:
     """Compile (or load from the cache) the forward pass and save its machine code (see
     native_forward); returns the seconds it took and whether the machine code is saved."""
     from .model import Model
+    from .native_forward import forget_failures
 
     start = time.perf_counter()
+    forget_failures()
     with tempfile.TemporaryDirectory(prefix="llamatool-warmup-") as tmp:
         path = write_tiny_model(Path(tmp) / "tiny.gguf")
         model = Model.load(path, n_ctx=64, n_threads=threads)

@@ -194,3 +194,22 @@ def test_warmup_saves_the_forward_pass(saved_forward):
         assert child.stdout.split() == ["True"] and saved_forward.exists()
     finally:
         saved_forward.write_bytes(good)
+
+
+def test_a_failed_build_is_not_tried_again_until_warmup(monkeypatch):
+    args = (np.zeros(4, np.float32), np.int64(2))  # a layout of its own: its own key
+    marker = native._folder(kernel_api.KERNELS) / f"{native_forward._key(native_forward.layout(args))}.failed"
+    calls = []
+
+    def failing(spec, args):
+        calls.append(spec)
+        raise RuntimeError("no cfunc today")
+
+    monkeypatch.setattr(native_forward, "_compile", failing)
+    try:
+        assert native_forward.build(args) is False and "no cfunc today" in marker.read_text()
+        assert native_forward.build(args) is False and len(calls) == 1  # seconds saved on every later run
+        native_forward.forget_failures()
+        assert native_forward.build(args) is False and len(calls) == 2
+    finally:
+        marker.unlink(missing_ok=True)
