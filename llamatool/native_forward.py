@@ -32,6 +32,7 @@ import ctypes
 import hashlib
 import os
 import threading
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
@@ -103,7 +104,8 @@ class _NativeWorker:
     Flattening the arguments costs far more than a call (an array's address alone takes
     microseconds to read), and from call to call almost all of them are the same objects:
     each argument's part of the tables is kept while the argument is, and the tables while
-    all of them are (the threads of one forward call share them)."""
+    all of them are (the threads of one forward call share them). Arrays are remembered by
+    weak reference, so a caller's logits or tokens are never kept alive here."""
 
     def __init__(self, address: int, spec: tuple):
         from .quants import native
@@ -111,32 +113,41 @@ class _NativeWorker:
         self._fn = _PROTOTYPE(address)
         self._spec = spec
         self._failed = native._engine().failed
-        self._parts: list = [None] * len(spec[3])  # per argument: (value, ptrs, ints, floats)
-        self._tables = None  # (args, addresses of P, I, F, the arrays behind them)
+        self._parts: list = [None] * len(spec[3])  # per argument: (reference, ptrs, ints, floats)
+        self._tables = None  # (references to args, addresses of P, I, F, the arrays behind them)
 
     def _flat(self, args) -> tuple:
         ptrs, ints, floats = [], [], []
         for i, (value, spec) in enumerate(zip(args, self._spec[3])):
             part = self._parts[i]
-            if part is None or part[0] is not value:
-                part = (value, [], [], [])
+            if part is None or not _same(part[0], value):
+                part = (_reference(value), [], [], [])
                 _flatten(value, spec, *part[1:])
                 self._parts[i] = part
             ptrs += part[1]
             ints += part[2]
             floats += part[3]
         arrays = (np.array(ptrs or [0], np.uint64), np.array(ints or [0], np.int64), np.array(floats or [0.0], np.float64))
-        return (args, *(a.ctypes.data for a in arrays), arrays)
+        return (tuple(_reference(a) for a in args), *(a.ctypes.data for a in arrays), arrays)
 
     def __call__(self, ith, args) -> None:
         tables = self._tables
-        if tables is None or len(args) != len(tables[0]) or any(a is not b for a, b in zip(args, tables[0])):
+        if tables is None or len(args) != len(tables[0]) or not all(_same(r, a) for r, a in zip(tables[0], args)):
             if len(args) != len(self._spec[3]):
                 raise LlamatoolError(f"internal error: the forward pass takes {len(self._spec[3])} arguments")
             tables = self._tables = self._flat(args)
         self._fn(int(ith), tables[1], tables[2], tables[3])
         if self._failed.value:
             raise LlamatoolError("internal error: the forward pass failed")
+
+
+def _reference(value):
+    """A weak reference to an array; other values (the model's namedtuples, scalars) as they are."""
+    return weakref.ref(value) if isinstance(value, np.ndarray) else value
+
+
+def _same(reference, value) -> bool:
+    return (reference() if isinstance(reference, weakref.ref) else reference) is value
 
 
 _loaded: dict[str, int] = {}  # key -> address: an object is added to the process's engine once

@@ -213,3 +213,15 @@ def test_a_failed_build_is_not_tried_again_until_warmup(monkeypatch):
         assert native_forward.build(args) is False and len(calls) == 2
     finally:
         marker.unlink(missing_ok=True)
+
+
+def test_native_worker_keeps_no_caller_arrays_alive(default_model, saved_forward, monkeypatch):
+    import gc
+    import weakref
+
+    model = _load(default_model, "native", monkeypatch, n_ctx=64, n_threads=2)
+    logits = model.eval([1, 504, 3458], all_logits=True)
+    ref = weakref.ref(logits)
+    del logits
+    gc.collect()
+    assert ref() is None  # perplexity's all-logits arrays must not outlive their call
