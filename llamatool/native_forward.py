@@ -6,7 +6,8 @@ as quants/native.py does for the quantizers and the matmul entry points, the wor
 kept a second way: the first run wraps it in a C function (a Numba cfunc) and saves that
 function's machine code in the cache folder; later runs load it with llvmlite alone and
 call it through ctypes, which releases the GIL, so the driver's threads still run the
-worker in parallel. It is Numba's own machine code for the worker, linked with the cfunc.
+worker in parallel. The cfunc links the worker Numba compiled (its cached LLVM IR, same
+types, same options), and the tests check that both give the same logits bit for bit.
 
 The C function takes flat tables instead of the worker's arguments (namedtuples of
 arrays, ints and floats):
