@@ -12,7 +12,10 @@ Model        eval() appends tokens to the cache and returns logits; generate()/s
              add sampling and decoding (llamatool.generate)
 
 Heavy lifting is one compiled call per eval (llamatool.kernels.forward); this module only
-validates the file, lays out tables and buffers, and splits long inputs into batches.
+validates the file, lays out tables and buffers, and splits long inputs into batches. It
+never imports the kernels itself: their layout comes from llamatool.kernel_api and the
+compiled pass from llamatool.native_forward (saved machine code, Numba where there is none),
+so a warm start does not import Numba.
 """
 
 from __future__ import annotations
