@@ -9,8 +9,10 @@ SIGTERM) leaves no partial file behind.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -22,6 +24,45 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return a.resolve() == b.resolve()
+
+
+WRITEBACK_BYTES = 8 << 20  # written bytes that start their way to the disk at once
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@lru_cache(maxsize=None)
+def _sync_file_range():
+    """Linux's sync_file_range(fd, offset, nbytes, flags) from the C library, or None."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class _WritebackFile(io.FileIO):
+    """A file whose data starts its way to the disk every WRITEBACK_BYTES (without waiting
+    for it), so that the fsync which ends atomic_output finds little left to write: the disk
+    works while the data is being produced instead of after. Only where the C library has
+    sync_file_range (Linux); elsewhere the fsync does it all, as it would anyway."""
+
+    def __init__(self, fd: int):
+        super().__init__(fd, "wb")
+        self._start = 0  # where the data not yet sent on its way begins
+        self._sync = _sync_file_range()
+
+    def write(self, b) -> int:
+        n = super().write(b)
+        if self._sync is not None and n:
+            end = self.tell()
+            if end - self._start >= WRITEBACK_BYTES:
+                self._sync(self.fileno(), self._start, end - self._start, _SYNC_FILE_RANGE_WRITE)
+                self._start = end
+        return n
 
 
 def check_output_path(path: str | os.PathLike, *, force: bool = False, inputs=()) -> Path:
@@ -56,7 +97,7 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False, inputs=()) ->
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
+        with io.BufferedWriter(_WritebackFile(fd)) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

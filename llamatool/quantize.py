@@ -19,6 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 import queue
+import struct
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ import numpy as np
 
 from .errors import LlamatoolError
 from .fileio import check_output_path
-from .gguf_io import GGUFReader, GGUFWriter, TensorInfo, ValueType, copy_fields
+from .gguf_io import Field, GGUFReader, GGUFWriter, TensorInfo, ValueType, copy_fields
 from .quant_rules import (
     QuantizeOptions,
     TypePlan,
@@ -337,9 +338,86 @@ class _Converter:
                     tensor.done.set()
 
 
-def _write_header(writer: GGUFWriter, reader: GGUFReader, jobs: list[TensorJob], preset: str) -> None:
-    # llama-quantize copies every key in order, then re-sets these two, which moves them last.
-    copy_fields(reader, writer, skip=("general.quantization_version", "general.file_type", *SPLIT_KEYS))
+# --- the header ---------------------------------------------------------------------------
+
+# llama-quantize copies every key in order, then re-sets these two, which moves them last.
+RESET_KEYS = ("general.quantization_version", "general.file_type", *SPLIT_KEYS)
+_KV_START = 24  # the metadata follows the magic, the version and the two counts
+_VALUE_BYTES = {
+    ValueType.UINT8: 1, ValueType.INT8: 1, ValueType.BOOL: 1, ValueType.UINT16: 2, ValueType.INT16: 2,
+    ValueType.UINT32: 4, ValueType.INT32: 4, ValueType.FLOAT32: 4,
+    ValueType.UINT64: 8, ValueType.INT64: 8, ValueType.FLOAT64: 8,
+}  # fmt: skip
+
+
+def _encoded_size(f: Field) -> int:
+    """Bytes of f's value in a GGUF file, from its decoded value (KeyError for arrays of
+    arrays, which no model needs copied fast)."""
+    if f.type == ValueType.STRING:
+        return 8 + len(f.value.encode("utf-8", "surrogateescape"))
+    if f.type != ValueType.ARRAY:
+        return _VALUE_BYTES[f.type]
+    if f.subtype == ValueType.STRING:  # one encode of the joined strings: their lengths add up
+        return 12 + 8 * len(f.value) + len("".join(f.value).encode("utf-8", "surrogateescape"))
+    return 12 + len(f.value) * _VALUE_BYTES[f.subtype]
+
+
+def _key_bytes(key: str, vtype: int) -> bytes:
+    k = key.encode("utf-8", "surrogateescape")
+    return struct.pack("<Q", len(k)) + k + struct.pack("<I", vtype)
+
+
+def copied_metadata(reader: GGUFReader, skip: Sequence[str] = RESET_KEYS) -> tuple[int, bytes] | None:
+    """The input's metadata entries but `skip`, as their bytes in the file (and how many):
+    what copy_fields would write, without encoding the vocabulary's ~100k strings again.
+    None when the bytes do not check out: every key must sit where the decoded sizes put
+    it, and the first tensor's name right after the last value."""
+    if "general.alignment" in reader.fields or not reader.tensors:
+        return None  # the writer must see the alignment; a file without tensors is small anyway
+    with open(reader.path, "rb") as f:
+        head = f.read(reader.data_offset)
+    pos, parts, head = _KV_START, [], memoryview(head)
+    try:
+        for key, field in reader.fields.items():
+            entry = _key_bytes(key, field.type)
+            if head[pos : pos + len(entry)] != entry:  # (memoryview == bytes compares the bytes)
+                return None
+            end = pos + len(entry) + _encoded_size(field)
+            if key not in skip:
+                parts.append(head[pos:end])
+            pos = end
+    except (KeyError, TypeError, AttributeError):
+        return None
+    first = reader.tensors[0].name.encode("utf-8", "surrogateescape")
+    if head[pos : pos + 8 + len(first)] != struct.pack("<Q", len(first)) + first:
+        return None
+    return len(parts), b"".join(parts)
+
+
+class _Writer(GGUFWriter):
+    """A GGUFWriter whose metadata starts with entries copied as bytes (copied_metadata)."""
+
+    def __init__(self, path: Path, copied: tuple[int, bytes], **kw):
+        super().__init__(path, **kw)
+        self.copied = copied
+
+    def _header_bytes(self) -> bytes:
+        header = super()._header_bytes()
+        count, entries = self.copied
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", header, 4)
+        return header[:4] + struct.pack("<IQQ", version, n_tensors, count + n_kv) + entries + header[_KV_START:]
+
+
+def _writer(out: Path, reader: GGUFReader, force: bool) -> GGUFWriter:
+    copied = copied_metadata(reader)
+    if copied is None:
+        writer = GGUFWriter(out, force=force, inputs=[reader.path])
+        copy_fields(reader, writer, skip=RESET_KEYS)
+        return writer
+    return _Writer(out, copied, force=force, inputs=[reader.path])
+
+
+def _write_header(writer: GGUFWriter, jobs: list[TensorJob], preset: str) -> None:
     writer.add_field("general.quantization_version", GGML_QNT_VERSION, ValueType.UINT32)
     writer.add_field("general.file_type", preset_file_type(preset), ValueType.UINT32)
     for j in jobs:
@@ -411,6 +489,9 @@ def quantize_model(
         if not inp.exists():
             raise LlamatoolError(f"{inp}: no such file")
         check_output_path(out, force=force, inputs=[inp])
+        from .quants.native import start_loader
+
+        start_loader()  # meanwhile the header is read
     reader = GGUFReader(inp)
     try:
         jobs, plan = plan_jobs(reader, options)
@@ -423,7 +504,7 @@ def quantize_model(
         start = time.perf_counter()
         with _Converter(jobs, kernels, result.threads) as tensors:  # converting from here on
             bar, task = _progress(result.size_before, progress)
-            with bar, GGUFWriter(out, force=force, inputs=[inp]) as writer:
+            with bar, _writer(out, reader, force) as writer:
                 _write_tensors(reader, writer, jobs, preset, tensors, bar, task)
                 bar.update(task, description=f"wrote {out.name}")
         result.seconds = time.perf_counter() - start
@@ -434,7 +515,7 @@ def quantize_model(
 
 
 def _write_tensors(reader: GGUFReader, writer: GGUFWriter, jobs: list[TensorJob], preset: str, tensors, bar, task) -> None:
-    _write_header(writer, reader, jobs, preset)
+    _write_header(writer, jobs, preset)
     for job, data in tensors:
         bar.update(task, description=f"{job.name} -> {job.dst.name}" if job.converts else job.name)
         writer.write_tensor(job.name, data)

@@ -1,7 +1,7 @@
 """Wall time of `llamatool quantize` beside llama.cpp's llama-quantize, on the same file.
 
     .venv/bin/python scripts/compare_quantize.py [--model PATH] [--types Q4_0 Q8_0 Q4_K_M F16]
-                                                 [--repeats 5] [--threads 2]
+                                                 [--repeats 5] [--threads 2] [--baseline DIR]
 
 For each type, runs llama.cpp's quantizer (llama_model_quantize from llama-cpp-python,
 the library llama-quantize is a thin wrapper around, with nthread = --threads) and
@@ -9,7 +9,9 @@ the library llama-quantize is a thin wrapper around, with nthread = --threads) a
 cache loading included) alternately, --repeats times each, and prints the median wall
 times and their ratio (llamatool / llama.cpp; the goal is <= 1.5). Requantizing input
 (the default model is Q4_1) is allowed, as with llama-quantize --allow-requantize.
-Both outputs are also compared byte for byte.
+Both outputs are also compared byte for byte. With --baseline DIR (another checkout of
+llamatool, e.g. main's worktree) that version runs in turn too, for a before/after figure
+measured in the same run.
 
 llama-cpp-python is an optional extra: `pip install llama-cpp-python` (it builds
 llama.cpp from source, minutes on 2 cores). Without it this script says so and exits.
@@ -20,7 +22,7 @@ read, not the absolute times.
 from __future__ import annotations
 
 import argparse
-import ctypes
+import os
 import statistics
 import subprocess
 import sys
@@ -63,13 +65,14 @@ def llama_cpp_seconds(model: Path, out: Path, preset: str, threads: int) -> floa
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def llamatool_seconds(model: Path, out: Path, preset: str, threads: int) -> float:
-    """Wall time of the whole command, from process start to exit."""
+def llamatool_seconds(model: Path, out: Path, preset: str, threads: int, root: Path = ROOT) -> float:
+    """Wall time of the whole command, from process start to exit (llamatool from root)."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "llamatool", "quantize", "--allow-requantize", "--force",
-         "--nthreads", str(threads), str(model), str(out), preset],
-        capture_output=True, text=True, cwd=ROOT,
+         "--nthreads", str(threads), str(model.resolve()), str(out), preset],
+        capture_output=True, text=True, cwd=root, env=env,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--types", nargs="*", default=DEFAULT_TYPES)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, default=None, help="another llamatool checkout to time in turn (before/after)")
     args = parser.parse_args()
     try:
         import llama_cpp  # noqa: F401
@@ -95,18 +99,24 @@ def main() -> None:
         raise SystemExit(f"{args.model}: no such file (scripts/fetch_model.py downloads the default model)")
 
     print(f"{args.model.name}, {args.threads} threads, median of {args.repeats} alternating runs")
-    print(f"{'type':8} {'llamatool':>10} {'llama.cpp':>10} {'ratio':>7}  same bytes")
+    baseline = "" if args.baseline is None else f" {'baseline':>10} {'ratio':>7}"
+    print(f"{'type':8} {'llamatool':>10} {'llama.cpp':>10} {'ratio':>7}{baseline}  same bytes")
     with tempfile.TemporaryDirectory(prefix="compare-quantize-") as tmp:
         for preset in args.types:
-            ours_out, ref_out = Path(tmp) / f"ours-{preset}.gguf", Path(tmp) / f"ref-{preset}.gguf"
+            ours_out, ref_out, base_out = (Path(tmp) / f"{who}-{preset}.gguf" for who in ("ours", "ref", "base"))
             llamatool_seconds(args.model, ours_out, preset, args.threads)  # compiles kernels on a cold cache
-            ours, ref = [], []
+            if args.baseline:
+                llamatool_seconds(args.model, base_out, preset, args.threads, args.baseline)
+            ours, ref, base = [], [], []
             for _ in range(args.repeats):
                 ref.append(llama_cpp_seconds(args.model, ref_out, preset, args.threads))
                 ours.append(llamatool_seconds(args.model, ours_out, preset, args.threads))
+                if args.baseline:
+                    base.append(llamatool_seconds(args.model, base_out, preset, args.threads, args.baseline))
             a, b = statistics.median(ours), statistics.median(ref)
             same = "yes" if ours_out.read_bytes() == ref_out.read_bytes() else "NO"
-            print(f"{preset:8} {a:9.2f}s {b:9.2f}s {a / b:6.2f}x  {same}", flush=True)
+            before = "" if not base else f" {statistics.median(base):9.2f}s {statistics.median(base) / b:6.2f}x"
+            print(f"{preset:8} {a:9.2f}s {b:9.2f}s {a / b:6.2f}x{before}  {same}", flush=True)
 
 
 if __name__ == "__main__":

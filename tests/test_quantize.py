@@ -552,6 +552,71 @@ def test_nthreads_sets_the_worker_threads_and_not_the_bytes(small_model, tmp_pat
     assert (tmp_path / "1.gguf").read_bytes() == (tmp_path / "2.gguf").read_bytes()
 
 
+# --- the header: metadata copied as bytes ----------------------------------------------------------
+
+
+def _metadata_model(tmp_path, extra=(), alignment=None) -> Path:
+    from tests.gguf_factory import all_value_types_fields
+
+    fields = [f for f in all_value_types_fields() if f[0] != "test.arr_nested"] + list(extra)
+    fields += [
+        ("test.undecodable", "a\udcff\udc80b", ValueType.STRING, None),  # bytes that are not UTF-8
+        ("test.vocab", [f"tok{i}\u2581é" for i in range(3000)], ValueType.ARRAY, ValueType.STRING),
+        ("general.file_type", 7, ValueType.UINT32, None),
+        ("general.quantization_version", 2, ValueType.UINT32, None),
+        ("llama.block_count", 1, ValueType.UINT32, None),
+        ("test.after", "last", ValueType.STRING, None),
+    ]
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    return write_gguf(tmp_path / "meta.gguf", fields, {"a.weight": ("F32", x), "b.weight": ("F16", x)}, alignment=alignment)
+
+
+def _header(writer) -> bytes:
+    writer.add_field("general.file_type", 1, ValueType.UINT32)
+    writer.add_tensor_info("a.weight", "Q8_0", (64, 4))
+    return writer._header_bytes()
+
+
+def test_metadata_copied_as_bytes_is_what_copy_fields_writes(tmp_path):
+    """The quantizer copies the metadata's bytes instead of encoding ~100k vocabulary
+    strings again: every value type, undecodable bytes and the skipped keys included."""
+    from llamatool import quantize as q
+    from llamatool.gguf_io import GGUFWriter, copy_fields
+
+    with GGUFReader(_metadata_model(tmp_path)) as reader:
+        count, entries = q.copied_metadata(reader)
+        assert count == len(reader.fields) - 2  # all but file_type and quantization_version
+        slow = GGUFWriter(tmp_path / "slow.gguf")
+        copy_fields(reader, slow, skip=q.RESET_KEYS)
+        assert _header(q._Writer(tmp_path / "fast.gguf", (count, entries))) == _header(slow)
+
+
+@pytest.mark.parametrize("why", ["nested array", "alignment"])
+def test_metadata_is_encoded_again_when_bytes_cannot_be_copied(tmp_path, why):
+    """Nested arrays and an explicit alignment take the slow path, with the same result."""
+    from llamatool import quantize as q
+
+    nested = ("test.nested", [np.array([1, 2], np.int32), np.array([3], np.int32)], ValueType.ARRAY, ValueType.ARRAY)
+    model = _metadata_model(tmp_path, [nested]) if why == "nested array" else _metadata_model(tmp_path, alignment=64)
+    with GGUFReader(model) as reader:
+        assert q.copied_metadata(reader) is None
+    quantize_model(model, tmp_path / "out.gguf", QuantizeOptions(preset="Q8_0"), progress=False)
+    with GGUFReader(model) as before, GGUFReader(tmp_path / "out.gguf") as after:
+        kept = [k for k in before.fields if k not in q.RESET_KEYS]
+        assert list(after.fields)[: len(kept)] == kept and after.alignment == before.alignment
+        assert all(after.get(k) is not None for k in kept) and after.get("test.after") == "last"
+
+
+def test_quantized_file_is_the_same_with_metadata_copied_or_encoded(tmp_path, monkeypatch):
+    from llamatool import quantize as q
+
+    model = _metadata_model(tmp_path)
+    quantize_model(model, tmp_path / "fast.gguf", QuantizeOptions(preset="Q4_0"), progress=False)
+    monkeypatch.setattr(q, "copied_metadata", lambda reader: None)
+    quantize_model(model, tmp_path / "slow.gguf", QuantizeOptions(preset="Q4_0"), progress=False)
+    assert (tmp_path / "fast.gguf").read_bytes() == (tmp_path / "slow.gguf").read_bytes()
+
+
 # --- the command line ------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from gguf.constants import GGMLQuantizationType
 
-from llamatool.quants import cmath, registry
+from llamatool.quants import cmath, floats, registry
 from tests.quant_reference import (
     FLOAT_TYPES, VECTORS_LEGACY, assert_same_bits, dequantize, elementwise, float_values, ggml, load_vectors, quantize,
 )
@@ -128,3 +128,38 @@ def test_registry_dispatches_to_these_kernels(name, values):
     raw = registry.quantize(name, x)
     assert raw.shape == (4, 17, 512)
     assert np.array_equal(raw.reshape(68, -1), quantize(name, values[:68]))
+
+
+# ---------------------------------------------------------------- line stores (floats.py)
+
+
+def _expected_halves(name: str, x: np.ndarray) -> np.ndarray:
+    if name == "F16":
+        return _fp16_bits_of(x)  # ggml's algorithm, checked against numpy and ggml above
+    return gguf.quants.quantize(x.reshape(1, -1), GGMLQuantizationType.BF16).view(np.uint16).ravel()
+
+
+@pytest.mark.parametrize("name", ["F16", "BF16"])
+def test_quantize_into_every_alignment_and_length(name, values):
+    """The F16/BF16 quantizers store whole aligned 64-byte lines of output (non-temporally)
+    and do the head before the first line and the tail after the last one value by value:
+    every output offset (odd ones have no aligned lines at all) and every length around a
+    line must give the same bytes, NaNs, infinities, subnormals and ties included, and
+    write nothing outside the output."""
+    flat = values.reshape(-1)
+    kernel = getattr(floats, f"quantize_{name.lower()}")
+    for n in (1, 31, 32, 33, 63, 64, 65, 97, 1000, flat.size - 64):
+        expected = _expected_halves(name, flat[:n])
+        for offset in range(0, 66):
+            buf = np.zeros(2 * n + 160, np.uint8)
+            out = buf[16 + offset : 16 + offset + 2 * n].reshape(1, 2 * n)
+            kernel(flat[:n].reshape(1, n), out=out)
+            assert np.array_equal(out.copy().view(np.uint16).ravel(), expected), (n, offset)
+            assert not buf[: 16 + offset].any() and not buf[16 + offset + 2 * n :].any(), (n, offset)
+
+
+@pytest.mark.parametrize("name", ["F16", "BF16"])
+def test_quantize_many_rows_on_threads(name, values):
+    """Rows shared between threads in chunks whose starts fall anywhere in a line."""
+    x = np.tile(values.reshape(-1)[: 16 * 1001].reshape(16, 1001), (100, 1))  # chunk starts 16 bytes past a line
+    assert np.array_equal(quantize(name, x).view(np.uint16).ravel(), _expected_halves(name, x.ravel()))

@@ -182,9 +182,21 @@ class _Engine:
             return self.engine.get_function_address(symbol)
 
 
-@lru_cache(maxsize=None)
+_engine_lock = threading.Lock()
+_engine_made: list[_Engine] = []
+
+
 def _engine() -> _Engine:
-    return _Engine()
+    with _engine_lock:
+        if not _engine_made:
+            _engine_made.append(_Engine())
+        return _engine_made[0]
+
+
+def start_loader() -> None:
+    """Set the loader up (llvmlite and its engine: tens of ms) on a thread of its own, for
+    a caller with other work to do first, such as reading its input's header."""
+    threading.Thread(target=_engine, name="llamatool-loader", daemon=True).start()
 
 
 # A saved object starts with the line "sha256:<hex digest of the object> <symbol>" (files
