@@ -40,11 +40,11 @@ import numpy as np
 from llamatool.jit import njit
 
 from .actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
-from .attention import attend
+from .attention import attend_tile, cache_positions, scratch_floats, store_kv
 from .matmul import call_dequant, call_rows
 from .norm import rmsnorm
 from .rope import rope_angles, rope_rotate
-from .simd import load, load_f32, store_f16
+from .simd import load, load_f32, round_f16, store
 from .sync import claim, finish, wait
 from .types import BF16, F16, F32, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
 from .vmath import swiglu
@@ -85,9 +85,21 @@ TOKENS_PER_ATTENTION_CHUNK = 8
 NEED_Q8_0, NEED_Q8_K, NEED_F16, NEED_BF16 = 1, 2, 4, 8
 
 Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors")
+# Dims.n_ctx is the cache's positions per layer and KV head: kv_cache_positions(context size)
 Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads")
 FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale")
-Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")  # a8/ak: Q8_0/Q8_K slots
+# a8/ak: Q8_0/Q8_K slots; scores: n_threads equal parts of attention_scratch_floats each
+Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")
+
+
+def kv_cache_positions(n_ctx: int) -> int:
+    """Positions per layer and KV head to allocate in each cache for a context of n_ctx."""
+    return cache_positions(n_ctx)
+
+
+def attention_scratch_floats(n_head: int, n_head_kv: int) -> int:
+    """float32 attention scratch per thread (Scratch.scores holds one per thread)."""
+    return scratch_floats(n_head, n_head_kv, TOKENS_PER_ATTENTION_CHUNK)
 
 
 def phases_per_call(n_layer: int) -> int:
@@ -254,7 +266,8 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, src, s, ldo, n_q, n_kv):
 
 @njit(cache=True, _nrt=False)
 def _phase_rope_store(ctr, ph, dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo):
-    """Rotate q and k of each token, then append k and v to the f16 cache."""
+    """Rotate q and k of each token, round q to f16 for the K.Q products (as ggml does for an
+    f16 cache), then append k and v to the cache."""
     hd = dims.head_dim
     n_q = dims.n_head * hd
     n_kv = dims.n_head_kv * hd
@@ -266,12 +279,12 @@ def _phase_rope_store(ctr, ph, dims, layer, n_tok, pos0, s, k_cache, v_cache, ld
         row = t * ldo
         for h in range(dims.n_head):
             rope_rotate(s.qkv, row + h * hd, dims.n_rot, s.angles, t * dims.n_rot)
+            for d in range(row + h * hd, row + (h + 1) * hd, 16):
+                store(s.qkv, d, round_f16(load(s.qkv, d, 16)))
         for h in range(dims.n_head_kv):
             rope_rotate(s.qkv, row + n_q + h * hd, dims.n_rot, s.angles, t * dims.n_rot)
-            dst = ((layer * dims.n_head_kv + h) * dims.n_ctx + pos0 + t) * hd
-            for d in range(0, hd, 16):
-                store_f16(k_cache, dst + d, load(s.qkv, row + n_q + h * hd + d, 16))
-                store_f16(v_cache, dst + d, load(s.qkv, row + n_q + n_kv + h * hd + d, 16))
+            region = (layer * dims.n_head_kv + h) * dims.n_ctx * hd
+            store_kv(s.qkv, row + n_q + h * hd, s.qkv, row + n_q + n_kv + h * hd, hd, pos0 + t, k_cache, v_cache, region)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n_tok)
@@ -280,23 +293,25 @@ def _phase_rope_store(ctr, ph, dims, layer, n_tok, pos0, s, k_cache, v_cache, ld
 
 @njit(cache=True, _nrt=False)
 def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, pos0, s, k_cache, v_cache, ldo, kq_scale):
-    """Attention output of tokens first..n_tok-1 into s.att (chunk = head x 8 tokens)."""
+    """Attention output of tokens first..n_tok-1 into s.att (chunk = the query heads of one
+    KV head x 8 tokens, the latest tokens, which see the most positions, first)."""
     hd = dims.head_dim
     group = dims.n_head // dims.n_head_kv
     tiles = (n_tok - first + TOKENS_PER_ATTENTION_CHUNK - 1) // TOKENS_PER_ATTENTION_CHUNK
-    n = dims.n_head * tiles
-    scratch = ith * dims.n_ctx
+    n = dims.n_head_kv * tiles
+    work = ith * (s.scores.size // dims.n_threads)
+    n_q = dims.n_head * hd
     done = 0
     while True:
         c = claim(ctr, ph)
         if c >= n:
             break
-        h = c % dims.n_head
-        t0 = first + (c // dims.n_head) * TOKENS_PER_ATTENTION_CHUNK
-        kv_off = (layer * dims.n_head_kv + h // group) * dims.n_ctx * hd
-        for t in range(t0, min(t0 + TOKENS_PER_ATTENTION_CHUNK, n_tok)):
-            attend(s.qkv, t * ldo + h * hd, k_cache, v_cache, kv_off, pos0 + t + 1, hd, kq_scale,
-                   s.scores, scratch, s.att, t * dims.n_head * hd + h * hd)
+        g = c % dims.n_head_kv
+        t0 = first + (tiles - 1 - c // dims.n_head_kv) * TOKENS_PER_ATTENTION_CHUNK
+        nt = min(TOKENS_PER_ATTENTION_CHUNK, n_tok - t0)
+        region = (layer * dims.n_head_kv + g) * dims.n_ctx * hd
+        attend_tile(s.qkv, t0 * ldo + g * group * hd, ldo, nt, group, hd, pos0 + t0, k_cache, v_cache, region,
+                    kq_scale, s.att, t0 * n_q + g * group * hd, n_q, s.scores, work)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
