@@ -304,7 +304,7 @@ class Model:
             a8=_activation_slot(B * max_k),
             ak=_activation_slot(B * max_k),
             angles=np.zeros(B * a.n_rot, f32),
-            scores=np.zeros(self.n_threads * fw.attention_scratch_floats(a.n_head, a.n_head_kv), f32),
+            scores=np.zeros(self.n_threads * fw.attention_scratch_floats(a.n_head, a.n_head_kv, a.head_dim), f32),
         )
         cache_positions = fw.kv_cache_positions(self.n_ctx)
         cache_len = a.n_layer * a.n_head_kv * cache_positions * a.head_dim

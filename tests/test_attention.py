@@ -49,7 +49,7 @@ def run_tile(q16, keys, values, pos, scale, n_ctx, *, ldq_pad=5, ldo_pad=3, offs
     out = np.full(offset + n_tok * ldo, 99.0, np.float32)
     for t in range(n_tok):
         q[offset + t * ldq: offset + t * ldq + n_heads * hd] = q16[t].reshape(-1)
-    work = np.zeros(11 + scratch_floats(n_heads, 1, n_tok), np.float32)
+    work = np.zeros(11 + scratch_floats(n_heads, 1, hd, n_tok), np.float32)
     attend_tile(q, offset, ldq, n_tok, n_heads, hd, pos, k_cache, v_cache, region, np.float32(scale), out, offset, ldo,
                 work, 11)
     got = np.stack([out[offset + t * ldo: offset + t * ldo + n_heads * hd].reshape(n_heads, hd) for t in range(n_tok)])
@@ -77,6 +77,7 @@ def random_case(rng, n_tok, n_heads, hd, pos, spread=1.0):
         (5, 3, 64, 27),  # a short tile across a step boundary, cache already holding 27
         (8, 4, 32, 70),  # 4 heads per KV head, 32-dim heads
         (7, 1, 48, 13),  # a head dim that is not a multiple of 32
+        (1, 4, 48, 50),  # ... in a decode step (the keys and values read as halves directly)
         (3, 2, 128, 95),  # 128-dim heads
     ],
 )
@@ -103,7 +104,8 @@ def test_peaked_scores_and_a_growing_maximum():
 
 def test_a_query_does_not_depend_on_its_tile():
     # the same query alone, or with later tokens in its tile (which see more positions),
-    # gives the same bits: prefill in chunks of any size and decode agree exactly
+    # gives the same bits: prefill in chunks of any size and decode agree exactly (a tile
+    # of 24 queries reads the keys and values converted to float32, one of 3 reads halves)
     rng = np.random.default_rng(5)
     q16, keys, values = random_case(rng, 8, 3, 64, 40)
     whole = run_tile(q16, keys, values, 40, 0.125, n_ctx=64)

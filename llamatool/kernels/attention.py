@@ -35,7 +35,7 @@ from llamatool import jit  # noqa: F401  (sets the Numba cache dir before numba 
 from llvmlite import ir  # noqa: E402
 from numba import float32  # noqa: E402
 from numba.core import types  # noqa: E402
-from numba.extending import intrinsic  # noqa: E402
+from numba.extending import intrinsic, overload  # noqa: E402
 
 from llamatool.jit import njit  # noqa: E402
 
@@ -58,10 +58,11 @@ def cache_positions(n_ctx: int) -> int:
     return -(-n_ctx // STEP) * STEP
 
 
-def scratch_floats(n_head: int, n_head_kv: int, tokens_per_tile: int) -> int:
+def scratch_floats(n_head: int, n_head_kv: int, head_dim: int, tokens_per_tile: int) -> int:
     """float32 scratch one thread needs for attend_tile: m and l of every query of a tile
-    (and of SUB padding queries), and the weights of SUB queries over one step."""
-    return 2 * ((n_head // n_head_kv) * tokens_per_tile + SUB) + SUB * STEP
+    (and of SUB padding queries), the weights of SUB queries over one step, and one step's
+    keys and values as float32."""
+    return 2 * ((n_head // n_head_kv) * tokens_per_tile + SUB) + SUB * STEP + 2 * STEP * head_dim
 
 
 # --- SIMD helpers of this module --------------------------------------------------------------
@@ -117,6 +118,18 @@ def scatter_f16(typingctx, arr, index, stride, v):
     return types.none(arr, index, stride, v), codegen
 
 
+def load16(arr, index):
+    """16 float32 lanes from a float32 array, or from a uint16 array of halves."""
+
+
+@overload(load16)
+def _load16(arr, index):
+    if isinstance(arr, types.Array) and arr.dtype == types.uint16:
+        return lambda arr, index: load_f16(arr, index, 16)
+    if isinstance(arr, types.Array) and arr.dtype == types.float32:
+        return lambda arr, index: load(arr, index, 16)
+
+
 # --- the cache layout -------------------------------------------------------------------------
 
 
@@ -127,15 +140,24 @@ def key_offset(pos, head_dim):
     return (pos // KEY_BLOCK) * KEY_BLOCK * head_dim + pos % KEY_BLOCK
 
 
+@njit(cache=True, _nrt=False, forceinline=True)
+def store_key16(k_cache, region, pos, head_dim, d, k):
+    """Key elements d..d+15 (a float32 vector) of position pos into a head's region."""
+    scatter_f16(k_cache, region + key_offset(pos, head_dim) + d * KEY_BLOCK, KEY_BLOCK, k)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def store_value16(v_cache, region, pos, head_dim, d, v):
+    """Value elements d..d+15 of position pos into a head's region."""
+    scatter_f16(v_cache, region + pos * head_dim + d, 1, v)
+
+
 @njit(cache=True, _nrt=False)
 def store_kv(k, ko, v, vo, head_dim, pos, k_cache, v_cache, region):
     """Append one position's key k[ko:ko+head_dim] and value v[vo:...] to a head's region."""
-    kd = region + key_offset(pos, head_dim)
-    vd = region + pos * head_dim
     for d in range(0, head_dim, 16):
-        scatter_f16(k_cache, kd + d * KEY_BLOCK, KEY_BLOCK, load(k, ko + d, 16))
-        # store_f16 of simd would do; scatter with stride 1 keeps one conversion routine
-        scatter_f16(v_cache, vd + d, 1, load(v, vo + d, 16))
+        store_key16(k_cache, region, pos, head_dim, d, load(k, ko + d, 16))
+        store_value16(v_cache, region, pos, head_dim, d, load(v, vo + d, 16))
 
 
 # --- one step of SUB queries ------------------------------------------------------------------
@@ -149,8 +171,8 @@ def _scores(q, qa, qb, qc, qd, k_cache, kb, head_dim):
     a0, a1, b0, b1, c0, c1, d0, d1 = z, z, z, z, z, z, z, z
     kb2 = kb + KEY_BLOCK * head_dim
     for d in range(head_dim):
-        k0 = load_f16(k_cache, kb + d * KEY_BLOCK, 16)
-        k1 = load_f16(k_cache, kb2 + d * KEY_BLOCK, 16)
+        k0 = load16(k_cache, kb + d * KEY_BLOCK)
+        k1 = load16(k_cache, kb2 + d * KEY_BLOCK)
         x = splat(get(q, qa + d), 16)
         a0 = fma(x, k0, a0)
         a1 = fma(x, k1, a1)
@@ -218,8 +240,8 @@ def _accumulate(out, oa, ob, oc, od, n_real, alpha, v_cache, vb, n_pos, head_dim
         d0 = load(out, od + dd, 16) * ad
         d1 = load(out, od + dd + 16, 16) * ad
         for j in range(n_pos):
-            v0 = load_f16(v_cache, vb + j * head_dim + dd, 16)
-            v1 = load_f16(v_cache, vb + j * head_dim + dd + 16, 16)
+            v0 = load16(v_cache, vb + j * head_dim + dd)
+            v1 = load16(v_cache, vb + j * head_dim + dd + 16)
             x = splat(get(work, po + j), 16)
             a0 = fma(x, v0, a0)
             a1 = fma(x, v1, a1)
@@ -241,7 +263,7 @@ def _accumulate(out, oa, ob, oc, od, n_real, alpha, v_cache, vb, n_pos, head_dim
         c0 = load(out, oc + dd, 16) * ac
         d0 = load(out, od + dd, 16) * ad
         for j in range(n_pos):
-            v0 = load_f16(v_cache, vb + j * head_dim + dd, 16)
+            v0 = load16(v_cache, vb + j * head_dim + dd)
             a0 = fma(splat(get(work, po + j), 16), v0, a0)
             b0 = fma(splat(get(work, po + STEP + j), 16), v0, b0)
             c0 = fma(splat(get(work, po + 2 * STEP + j), 16), v0, c0)
@@ -306,7 +328,8 @@ def attend_tile(q, q0, ldq, n_tok, n_heads, head_dim, pos, k_cache, v_cache, reg
     to f16; its output goes to out[o0 + t * ldo + h * head_dim:]. Token t is at position pos + t and
     sees positions 0..pos + t of the head's cache region (starting at `region`, in the
     layout of the module docstring). work[wo:wo + scratch_floats(...)] is scratch: m of
-    every query (and SUB padding slots), then l, then the weights of one step.
+    every query (and SUB padding slots), then l, the weights of one step, and the step's
+    keys and values in float32 when more than SUB queries share them.
     """
     n_q = n_tok * n_heads
     ms = wo
@@ -319,14 +342,25 @@ def attend_tile(q, q0, ldq, n_tok, n_heads, head_dim, pos, k_cache, v_cache, reg
         o = o0 + (i // n_heads) * ldo + (i % n_heads) * head_dim
         for d in range(0, head_dim, 16):
             store(out, o + d, splat(float32(0), 16))
+    keys = po + SUB * STEP
+    values = keys + STEP * head_dim
     for j0 in range(0, pos + n_tok, STEP):
         kb = region + j0 * head_dim  # STEP is a multiple of KEY_BLOCK: block j0 // 16 starts here
         vb = region + j0 * head_dim
+        if n_q > SUB:
+            # several groups of queries read this step: convert its keys and values once
+            for e in range(0, STEP * head_dim, 16):
+                store(work, keys + e, load_f16(k_cache, kb + e, 16))
+                store(work, values + e, load_f16(v_cache, vb + e, 16))
         for i0 in range(0, n_q, SUB):
             if pos + (min(i0 + SUB, n_q) - 1) // n_heads < j0:
                 continue  # these queries' positions all come before the step
-            _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, k_cache, v_cache, kb, vb, j0, scale, work, ms, ls,
-                  po)
+            if n_q > SUB:
+                _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, work, work, keys, values, j0, scale, work,
+                      ms, ls, po)
+            else:
+                _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, k_cache, v_cache, kb, vb, j0, scale, work,
+                      ms, ls, po)
     for i in range(n_q):
         inv = float32(1) / work[ls + i]
         o = o0 + (i // n_heads) * ldo + (i % n_heads) * head_dim
