@@ -308,14 +308,15 @@ class Model:
             a8=_activation_slot(Activation, B * max_k),
             ak=_activation_slot(Activation, B * max_k),
             angles=np.zeros(B * a.n_rot, f32),
-            scores=np.zeros(self.n_threads * self.n_ctx, f32),
+            scores=np.zeros(self.n_threads * fw.attention_scratch_floats(a.n_head, a.n_head_kv, a.head_dim), f32),
         )
-        cache_len = a.n_layer * a.n_head_kv * self.n_ctx * a.head_dim
+        cache_positions = fw.kv_cache_positions(self.n_ctx)
+        cache_len = a.n_layer * a.n_head_kv * cache_positions * a.head_dim
         # np.zeros maps fresh zero pages: memory is committed only as the context fills
         self.k_cache = np.zeros(cache_len, np.uint16)
         self.v_cache = np.zeros(cache_len, np.uint16)
         self._counters = np.zeros(kernel_api.load("sync").counters_size(fw.phases_per_call(a.n_layer)), np.int64)
-        self._dims = fw.Dims(a.n_embd, a.n_layer, a.n_head, a.n_head_kv, a.head_dim, a.n_ff, a.n_vocab, self.n_ctx, a.n_rot,
+        self._dims = fw.Dims(a.n_embd, a.n_layer, a.n_head, a.n_head_kv, a.head_dim, a.n_ff, a.n_vocab, cache_positions, a.n_rot,
                              self.n_threads)
         self._rope = fw.FloatParams(*_rope_params(a))
         self._last_logits = np.zeros(a.n_vocab, f32)

@@ -20,7 +20,6 @@ from gguf.quants import dequantize as gguf_dequantize
 from llamatool.jit import njit
 from llamatool.kernels import simd
 from llamatool.kernels.actquant import Activation, quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
-from llamatool.kernels.attention import attend
 from llamatool.kernels.matmul import kernel_tables, kernels
 from llamatool.kernels.norm import rmsnorm
 from llamatool.kernels.rope import rope_angles, rope_rotate
@@ -316,7 +315,7 @@ def test_kernel_tables_hold_entry_points_of_the_requested_types_only():
     assert again[GQ.Q8_0] == rows[GQ.Q8_0]  # built once per process
 
 
-# --- norm, rope, attention, exp ---------------------------------------------------------------
+# --- norm, rope, exp (attention: test_attention.py) ---------------------------------------------------------------
 
 
 def test_rmsnorm_matches_float64():
@@ -375,25 +374,6 @@ def test_rope_rotates_adjacent_pairs():
     np.testing.assert_allclose(out[4:36], expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(out[:4], v[:4])
     np.testing.assert_array_equal(out[36:], v[36:])
-
-
-@pytest.mark.parametrize("n_pos", [1, 15, 16, 37])
-def test_attention_matches_float64_softmax(n_pos):
-    rng = np.random.default_rng(12)
-    hd = 64
-    q = rng.standard_normal(hd).astype(np.float32)
-    keys = rng.standard_normal((n_pos, hd)).astype(np.float16)
-    values = rng.standard_normal((n_pos, hd)).astype(np.float16)
-    k_cache = np.concatenate([np.zeros(hd, np.float16), keys.reshape(-1)]).view(np.uint16)
-    v_cache = np.concatenate([np.zeros(hd, np.float16), values.reshape(-1)]).view(np.uint16)
-    scale = np.float32(1 / math.sqrt(hd))
-    out = np.zeros(hd, np.float32)
-    attend(q, 0, k_cache, v_cache, hd, n_pos, hd, scale, np.zeros(64, np.float32), 0, out, 0)
-    q16 = q.astype(np.float16).astype(np.float64)  # ggml rounds Q to the f16 cache's type
-    s = keys.astype(np.float64) @ q16 * float(scale)
-    p = np.exp(s - s.max())
-    expected = (p / p.sum()) @ values.astype(np.float64)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_vexp_and_swiglu():

@@ -7,9 +7,9 @@ atomic counters (see sync.py), so threads meet once per call, not once per op:
 
     embed        token rows of token_embd (dequantized), RoPE angles of each position
     per layer    attn norm + activation quantization      (chunk = token)
-                 Q, K, V projections                      (chunk = rows of one matrix)
-                 RoPE, K and V into the f16 cache         (chunk = token)
-                 attention                                (chunk = head x 8 tokens)
+                 Q, K, V projections, then RoPE and K, V   (chunk = rows of one matrix)
+                 into the f16 cache
+                 attention                   (chunk = query heads of a KV head x 8 tokens)
                  quantize attention output                (chunk = token)
                  output projection + residual             (chunk = rows)
                  ffn norm + activation quantization       (chunk = token)
@@ -40,11 +40,11 @@ import numpy as np
 from llamatool.jit import njit
 
 from .actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
-from .attention import attend
+from .attention import attend_tile, cache_positions, scratch_floats, store_key16, store_value16
 from .matmul import call_dequant, call_rows
 from .norm import rmsnorm
 from .rope import rope_angles, rope_rotate
-from .simd import load, load_f32, store_f16
+from .simd import load, load_f32, round_f16, store
 from .sync import claim, finish, wait
 from .types import BF16, F16, F32, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
 from .vmath import swiglu
@@ -85,14 +85,26 @@ TOKENS_PER_ATTENTION_CHUNK = 8
 NEED_Q8_0, NEED_Q8_K, NEED_F16, NEED_BF16 = 1, 2, 4, 8
 
 Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors")
+# Dims.n_ctx is the cache's positions per layer and KV head: kv_cache_positions(context size)
 Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads")
 FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale")
-Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")  # a8/ak: Q8_0/Q8_K slots
+# a8/ak: Q8_0/Q8_K slots; scores: n_threads equal parts of attention_scratch_floats each
+Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")
+
+
+def kv_cache_positions(n_ctx: int) -> int:
+    """Positions per layer and KV head to allocate in each cache for a context of n_ctx."""
+    return cache_positions(n_ctx)
+
+
+def attention_scratch_floats(n_head: int, n_head_kv: int, head_dim: int) -> int:
+    """float32 attention scratch per thread (Scratch.scores holds one per thread)."""
+    return scratch_floats(n_head, n_head_kv, head_dim, TOKENS_PER_ATTENTION_CHUNK)
 
 
 def phases_per_call(n_layer: int) -> int:
     """Upper bound of the number of phases of one forward call (sizes the counters)."""
-    return 1 + 10 * n_layer + 2
+    return 1 + 9 * n_layer + 2
 
 
 # --- pieces of a phase --------------------------------------------------------------------
@@ -220,8 +232,9 @@ def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_qkv(ctr, ph, net, dims, layer, n_tok, src, s, ldo, n_q, n_kv):
-    """Q, K, V projections of all tokens into s.qkv (row t: q | k | v), biases added."""
+def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache, ldo, n_q, n_kv):
+    """Q, K, V projections of all tokens into s.qkv (row t: q | k | v), biases added, RoPE
+    applied; keys and values appended to the cache."""
     T, L = net.tensors, net.layers
     fused = L[layer, LAYER_WQKV]
     if fused >= 0:
@@ -246,6 +259,7 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, src, s, ldo, n_q, n_kv):
         r1 = min(r0 + _chunk_rows(T, i, dims.n_threads), T[i, T_ROWS])
         _matmul(net, i, r0, r1, 0, n_tok, src, s, s.qkv, ldo, cols[m], 0)
         _add_bias(net, biases[m], r0, r1, 0, n_tok, s.qkv, ldo, cols[m])
+        _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, cols[m] + r0, cols[m] + r1)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -253,50 +267,52 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, src, s, ldo, n_q, n_kv):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_rope_store(ctr, ph, dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo):
-    """Rotate q and k of each token, then append k and v to the f16 cache."""
+def _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, c0, c1):
+    """Columns c0..c1 (multiples of 16) of every token's q | k | v row, just projected:
+    rotate q and k, round q to f16 for the K.Q products (as ggml does for an f16 cache),
+    and append k and v to the cache. A chunk of the projections does this for its own rows,
+    so no phase (and no barrier) is needed between the projections and attention."""
     hd = dims.head_dim
     n_q = dims.n_head * hd
     n_kv = dims.n_head_kv * hd
-    done = 0
-    while True:
-        t = claim(ctr, ph)
-        if t >= n_tok:
-            break
+    for t in range(n_tok):
         row = t * ldo
-        for h in range(dims.n_head):
-            rope_rotate(s.qkv, row + h * hd, dims.n_rot, s.angles, t * dims.n_rot)
-        for h in range(dims.n_head_kv):
-            rope_rotate(s.qkv, row + n_q + h * hd, dims.n_rot, s.angles, t * dims.n_rot)
-            dst = ((layer * dims.n_head_kv + h) * dims.n_ctx + pos0 + t) * hd
-            for d in range(0, hd, 16):
-                store_f16(k_cache, dst + d, load(s.qkv, row + n_q + h * hd + d, 16))
-                store_f16(v_cache, dst + d, load(s.qkv, row + n_q + n_kv + h * hd + d, 16))
-        done += 1
-    finish(ctr, ph, done)
-    wait(ctr, ph, n_tok)
-    return ph + 1
+        for c in range(c0, c1, 16):
+            d = c % hd  # rotated pairs never straddle a 16-column group: n_rot is even
+            if d < dims.n_rot and c < n_q + n_kv:
+                rope_rotate(s.qkv, row + c, min(16, dims.n_rot - d), s.angles, t * dims.n_rot + d)
+            x = load(s.qkv, row + c, 16)
+            if c < n_q:
+                store(s.qkv, row + c, round_f16(x))
+            elif c < n_q + n_kv:
+                region = (layer * dims.n_head_kv + (c - n_q) // hd) * dims.n_ctx * hd
+                store_key16(k_cache, region, pos0 + t, hd, d, x)
+            else:
+                region = (layer * dims.n_head_kv + (c - n_q - n_kv) // hd) * dims.n_ctx * hd
+                store_value16(v_cache, region, pos0 + t, hd, d, x)
 
 
 @njit(cache=True, _nrt=False)
 def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, pos0, s, k_cache, v_cache, ldo, kq_scale):
-    """Attention output of tokens first..n_tok-1 into s.att (chunk = head x 8 tokens)."""
+    """Attention output of tokens first..n_tok-1 into s.att (chunk = the query heads of one
+    KV head x 8 tokens, the latest tokens, which see the most positions, first)."""
     hd = dims.head_dim
     group = dims.n_head // dims.n_head_kv
     tiles = (n_tok - first + TOKENS_PER_ATTENTION_CHUNK - 1) // TOKENS_PER_ATTENTION_CHUNK
-    n = dims.n_head * tiles
-    scratch = ith * dims.n_ctx
+    n = dims.n_head_kv * tiles
+    work = ith * (s.scores.size // dims.n_threads)
+    n_q = dims.n_head * hd
     done = 0
     while True:
         c = claim(ctr, ph)
         if c >= n:
             break
-        h = c % dims.n_head
-        t0 = first + (c // dims.n_head) * TOKENS_PER_ATTENTION_CHUNK
-        kv_off = (layer * dims.n_head_kv + h // group) * dims.n_ctx * hd
-        for t in range(t0, min(t0 + TOKENS_PER_ATTENTION_CHUNK, n_tok)):
-            attend(s.qkv, t * ldo + h * hd, k_cache, v_cache, kv_off, pos0 + t + 1, hd, kq_scale,
-                   s.scores, scratch, s.att, t * dims.n_head * hd + h * hd)
+        g = c % dims.n_head_kv
+        t0 = first + (tiles - 1 - c // dims.n_head_kv) * TOKENS_PER_ATTENTION_CHUNK
+        nt = min(TOKENS_PER_ATTENTION_CHUNK, n_tok - t0)
+        region = (layer * dims.n_head_kv + g) * dims.n_ctx * hd
+        attend_tile(s.qkv, t0 * ldo + g * group * hd, ldo, nt, group, hd, pos0 + t0, k_cache, v_cache, region,
+                    kq_scale, s.att, t0 * n_q + g * group * hd, n_q, s.scores, work)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -393,8 +409,7 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, ou
         qkv_formats = _formats(T, L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         qkv_formats |= _formats(T, L[layer, LAYER_WQKV], -1, -1)
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s)
-        ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, s.xn, s, ld_qkv, n_q, n_kv)
-        ph = _phase_rope_store(ctr, ph, dims, layer, n_tok, pos0, s, k_cache, v_cache, ld_qkv)
+        ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv)
         ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, pos0, s, k_cache, v_cache, ld_qkv, fp.kq_scale)
         wo = L[layer, LAYER_WO]
         ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s)
