@@ -35,12 +35,12 @@ import numpy as np
 
 from llamatool.jit import njit
 
-from .lanes import repeat_slice
+from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, get, high_half, load, low_half, zip16, load_f16, load_u16, load_u32, lookup16,
-                   to_f32, to_i8, to_i32)
+                   splat, to_f32, to_i8, to_i32)
 from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 
-from numba import float32, int32, int64, uint8  # noqa: E402  (numba is already imported by .simd)
+from numba import float32, int32, int64, uint8, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
@@ -307,10 +307,19 @@ def _k4_lane_scales(W, bo, dx):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _twice(W, o, shift):
+    """The 32 bytes at o, then the same 32 bytes shifted right by `shift` bits, in one broadcast
+    load and one 64-bit shift (no lane-crossing insert). The top `shift` bits of each byte
+    of the second half are the next byte's low bits: callers mask them off."""
+    q = load(W, o, 32)
+    amounts = concat(splat(uint64(0), 4), splat(uint64(shift), 4))
+    return as_u8_lanes(as_u64_lanes(concat(q, q)) >> amounts)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _nibbles64(W, o):
     """32 bytes at o -> 64 uint8: their low nibbles, then their high nibbles (a Q4_K chunk pair)."""
-    q = load(W, o, 32)
-    return concat(q & uint8(15), q >> uint8(4))
+    return _twice(W, o, 4) & uint8(15)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -323,8 +332,7 @@ def q4_k_superblock(W, bo, dx):
 @njit(cache=True, _nrt=False, forceinline=True)
 def q5_k_superblock(W, bo, dx):
     l0, l1, l2, l3, m = _k4_lane_scales(W, bo, dx)
-    qh = load(W, bo + 16, 32)
-    qh = concat(qh, qh >> uint8(1))  # chunk j's fifth bit is bit j of qh: pair p's are bit 2p of these
+    qh = _twice(W, bo + 16, 1)  # chunk j's fifth bit is bit j of qh: pair p's are bit 2p of these
     o = bo + 48
     w0 = _nibbles64(W, o) | ((qh << uint8(4)) & uint8(16))
     w1 = _nibbles64(W, o + 32) | ((qh << uint8(2)) & uint8(16))
@@ -339,8 +347,7 @@ def _q6_k_half(W, bo, h):
     4 bits are the 64 bytes ql[64h:] (low nibbles, then high); their top 2 bits come from the
     32 bytes qh[32h:], bits 0-1 / 2-3 for the first pair and 4-5 / 6-7 for the second."""
     ql = load(W, bo + 64 * h, 64)
-    qh = load(W, bo + 128 + 32 * h, 32)
-    qh = concat(qh, qh >> uint8(2))
+    qh = _twice(W, bo + 128 + 32 * h, 2)
     w_a = (ql & uint8(15)) | ((qh << uint8(4)) & uint8(48))
     w_b = (ql >> uint8(4)) | (qh & uint8(48))
     return w_a, w_b

@@ -34,3 +34,24 @@ def repeat_slice(typingctx, v, start, count, times):
         return builder.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), mask)
 
     return vt(v, start, count, times), codegen
+
+
+def _reinterpreter(target):
+    @intrinsic
+    def _cast(typingctx, v):
+        if not isinstance(v, Vector) or (v.dtype.bitwidth * v.lanes) % target.bitwidth:
+            return None
+        vt = Vector(target, v.dtype.bitwidth * v.lanes // target.bitwidth)
+
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], context.get_value_type(vt))
+
+        return vt(v), codegen
+
+    return _cast
+
+
+#: the same bits as other lanes: 64 bytes as 8 uint64 (for shifts that differ per 8-byte lane
+#: where bytes would need a shift each), and back
+as_u64_lanes = _reinterpreter(types.uint64)
+as_u8_lanes = _reinterpreter(types.uint8)
