@@ -293,15 +293,15 @@ def test_matmul_matches_ggml_vec_dot(name):
 
 
 #: byte ranges of the packed sub-block scales of the K-quants decoded by whole super-blocks
-SCALE_BYTES = {"Q4_K": (4, 16), "Q5_K": (4, 16), "Q6_K": (192, 208)}
+SCALE_BYTES = {"Q2_K": (0, 16), "Q3_K": (96, 108), "Q4_K": (4, 16), "Q5_K": (4, 16), "Q6_K": (192, 208)}
 
 
 @pytest.mark.parametrize("name", list(SCALE_BYTES))
 def test_superblock_decode_on_long_rows_and_extreme_scales(name):
-    """One token (the super-block path) over rows of 8 super-blocks whose packed scales are
-    all-ones bits (Q4_K/Q5_K: every 6-bit scale and min 63; Q6_K: -1), 0x80 (Q6_K: -128),
-    0x7F (Q6_K: 127), zero, or random: the dot product of both quantized operands to float32
-    rounding, and the same numbers as the tiles of four to that rounding."""
+    """One token (the super-block path) over rows of 8 super-blocks whose packed scale bytes
+    are all ones (Q4_K/Q5_K: every 6-bit scale and min 63; Q3_K: every scale 31; Q6_K: -1),
+    0x80 (Q6_K: -128), 0x7F (Q6_K: 127), zero, or random: the dot product of both quantized
+    operands to float32 rounding, and the same numbers as the tiles of four to that rounding."""
     rng = np.random.default_rng(12)
     k, rows = 2048, 6
     raw = random_blocks(name, rows, k, rng).reshape(rows, k // 256, -1)

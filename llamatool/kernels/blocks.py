@@ -354,14 +354,76 @@ def _q6_k_half(W, bo, h):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _per16_lanes(l):
+    """Scales of the 16 sub-blocks of 16 weights as the dot lanes of the four chunk pairs."""
+    return repeat_slice(l, 0, 4, 4), repeat_slice(l, 4, 4, 4), repeat_slice(l, 8, 4, 4), repeat_slice(l, 12, 4, 4)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def q6_k_superblock(W, bo, dx):
     d = load_f16(W, bo + 208, 1)
     sc = to_f32(to_i32(to_i8(load(W, bo + 192, 16)))) * d  # 16 signed 8-bit scales, one per 16 weights
-    l = sc * dx
+    l0, l1, l2, l3 = _per16_lanes(sc * dx)
     w0, w1 = _q6_k_half(W, bo, 0)
     w2, w3 = _q6_k_half(W, bo, 1)
-    return (w0, w1, w2, w3, repeat_slice(l, 0, 4, 4), repeat_slice(l, 4, 4, 4), repeat_slice(l, 8, 4, 4),
-            repeat_slice(l, 12, 4, 4), sc * float32(-32))  # q6 - 32
+    return w0, w1, w2, w3, l0, l1, l2, l3, sc * float32(-32)  # q6 - 32
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _crumbs(W, o):
+    """Q2_K/Q3_K: the 2-bit fields of the 32 bytes at o as two chunk pairs: bits 0-1 then 2-3,
+    and bits 4-5 then 6-7 (64 uint8 each)."""
+    b = _twice(W, o, 2)
+    return b & uint8(3), (b >> uint8(4)) & uint8(3)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q2_k_superblock(W, bo, dx):
+    d = load_f16(W, bo + 80, 1)
+    dmin = load_f16(W, bo + 82, 1)
+    b = load(W, bo, 16)  # per 16 weights: the scale in the low nibble, the min in the high one
+    l0, l1, l2, l3 = _per16_lanes(to_f32(to_i32(b & uint8(15))) * (d * dx))
+    w0, w1 = _crumbs(W, bo + 16)
+    w2, w3 = _crumbs(W, bo + 48)
+    return w0, w1, w2, w3, l0, l1, l2, l3, to_f32(to_i32(b >> uint8(4))) * -dmin
+
+
+def _q3k_table(fn):
+    return np.array([fn(k) for k in range(16)], np.int32)
+
+
+# Q3_K packs sixteen signed 6-bit scales in 12 bytes: the low 4 bits of scale k in the low
+# (k < 8) or high nibble of byte k % 8, the top 2 bits in bits 2(k // 4) of byte 8 + k % 4.
+# The 16 bytes read end at the 12 bytes' end (offset -4: the block has only 2 bytes after them).
+Q3K_LOW_BYTE = _q3k_table(lambda k: 4 + k % 8).astype(np.uint8)
+Q3K_LOW_SHIFT = _q3k_table(lambda k: 0 if k < 8 else 4)
+Q3K_HIGH_BYTE = _q3k_table(lambda k: 4 + 8 + k % 4).astype(np.uint8)
+Q3K_HIGH_SHIFT = _q3k_table(lambda k: 2 * (k // 4))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _q3k_scales(W, o):
+    """Q3_K: the 16 scales packed in the 12 bytes at o, as int32 (-32..31)."""
+    b = load(W, o - 4, 16)
+    low = to_i32(lookup16(b, load(Q3K_LOW_BYTE, 0, 16)))
+    high = to_i32(lookup16(b, load(Q3K_HIGH_BYTE, 0, 16)))
+    low = (low >> load(Q3K_LOW_SHIFT, 0, 16)) & 15
+    return (low | (((high >> load(Q3K_HIGH_SHIFT, 0, 16)) & 3) << 4)) - 32
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q3_k_superblock(W, bo, dx):
+    d = load_f16(W, bo + 108, 1)
+    sc = to_f32(_q3k_scales(W, bo + 96)) * d
+    l0, l1, l2, l3 = _per16_lanes(sc * dx)
+    hm = _twice(W, bo, 1)  # chunk j's third bit is bit j of hmask: pair p's are bit 2p of these
+    w0, w1 = _crumbs(W, bo + 32)
+    w2, w3 = _crumbs(W, bo + 64)
+    w0 = w0 | ((hm << uint8(2)) & uint8(4))
+    w1 = w1 | (hm & uint8(4))
+    w2 = w2 | ((hm >> uint8(2)) & uint8(4))
+    w3 = w3 | ((hm >> uint8(4)) & uint8(4))
+    return w0, w1, w2, w3, l0, l1, l2, l3, sc * float32(-4)  # value = q - 4
 
 
 # --- choosing a decoder at compile time -----------------------------------------------------
@@ -379,7 +441,8 @@ GROUP_BYTES = {
     Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136,
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
-SUPERBLOCK_DECODERS = {Q4_K: q4_k_superblock, Q5_K: q5_k_superblock, Q6_K: q6_k_superblock}
+SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
+                       Q6_K: q6_k_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K)
 
