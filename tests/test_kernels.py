@@ -20,6 +20,7 @@ from gguf.quants import dequantize as gguf_dequantize
 from llamatool.jit import njit
 from llamatool.kernels import simd
 from llamatool.kernels.actquant import Activation, quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
+from llamatool.kernels.blocks import SUPERBLOCK_DECODERS
 from llamatool.kernels.matmul import kernel_tables, kernels
 from llamatool.kernels.norm import rmsnorm
 from llamatool.kernels.rope import rope_angles, rope_rotate
@@ -290,6 +291,36 @@ def test_matmul_matches_ggml_vec_dot(name):
     assert np.all(np.abs(ours - ref) <= tol * scale + 1e-6), (ours, ref)
 
 
+#: byte ranges of the packed sub-block scales of the K-quants decoded by whole super-blocks
+SCALE_BYTES = {"Q2_K": (0, 16), "Q3_K": (96, 108), "Q4_K": (4, 16), "Q5_K": (4, 16), "Q6_K": (192, 208)}
+
+
+@pytest.mark.parametrize("name", list(SCALE_BYTES))
+def test_superblock_decode_on_long_rows_and_extreme_scales(name):
+    """One token (the super-block path) over rows of 8 super-blocks whose packed scale bytes
+    are all ones (Q4_K/Q5_K: every 6-bit scale and min 63; Q3_K: every scale 31; Q6_K: -1),
+    0x80 (Q6_K: -128), 0x7F (Q6_K: 127), zero, or random: the dot product of both quantized
+    operands to float32 rounding, and the same numbers as the tiles of four to that rounding."""
+    rng = np.random.default_rng(12)
+    k, rows = 2048, 6
+    raw = random_blocks(name, rows, k, rng).reshape(rows, k // 256, -1)
+    lo, hi = SCALE_BYTES[name]
+    for r, byte in enumerate((0xFF, 0x80, 0x7F, 0x00)):
+        raw[r, :, lo:hi] = byte
+    raw[4, :, lo:hi:3] = 0xFF  # a mix
+    raw = raw.reshape(rows, -1)
+    w = gguf_dequantize(raw, GQ[name]).astype(np.float64)
+    x = (rng.standard_normal((5, k)) * rng.uniform(0.01, 100, (5, 1))).astype(np.float32)
+    _, xq = activation("Q8_K", x)
+    scale = np.abs(xq) @ np.abs(w).T
+    tiled = run_matmul(name, raw, k, x, t1=4)
+    for t in range(5):
+        single = run_matmul(name, raw, k, x, t0=t, t1=t + 1)[t]
+        assert np.all(np.abs(single - xq[t] @ w.T) <= 1e-5 * scale[t] + 1e-7), t
+        if t < 4:
+            assert np.all(np.abs(single - tiled[t]) <= 1e-5 * scale[t] + 1e-7), t
+
+
 @pytest.mark.parametrize("name", ["Q4_0", "Q6_K", "F16"])
 def test_matmul_row_and_token_ranges(name):
     """A chunk computes exactly its rows and tokens, whatever the tiling."""
@@ -300,11 +331,20 @@ def test_matmul_row_and_token_ranges(name):
     if name == "F16":
         round_row_f16(x.reshape(-1).copy(), 0, x.size, x.reshape(-1), 0)
     full = run_matmul(name, raw, k, x)
+    if name != "F16" and GQ[name] in SUPERBLOCK_DECODERS:
+        # one token sums a super-block at once, a tile of four by chunk pairs: another order
+        w = gguf_dequantize(raw, GQ[name]).astype(np.float64)
+        tol = 1e-5 * (np.abs(x) @ np.abs(w).T).max()
+
+        def check_same(a, b):
+            np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+    else:
+        check_same = np.testing.assert_array_equal
     part = run_matmul(name, raw, k, x, r0=2, r1=7, t0=1, t1=6)
-    np.testing.assert_array_equal(part[1:6, 2:7], full[1:6, 2:7])
+    check_same(part[1:6, 2:7], full[1:6, 2:7])
     assert np.isnan(part[0]).all() and np.isnan(part[:, :2]).all() and np.isnan(part[:, 7:]).all()
     for t in range(n_tok):  # one token at a time gives the same numbers as tiles of four
-        np.testing.assert_array_equal(run_matmul(name, raw, k, x, t0=t, t1=t + 1)[t], full[t])
+        check_same(run_matmul(name, raw, k, x, t0=t, t1=t + 1)[t], full[t])
 
 
 def test_kernel_tables_hold_entry_points_of_the_requested_types_only():

@@ -1,8 +1,10 @@
 """Numba kernels of the forward pass, one module per concern:
 
     simd.py       explicit SIMD vectors (LLVM vector IR through Numba intrinsics)
+    lanes.py      lane shuffles and reinterpretations with compile-time patterns
     types.py      ggml type ids the kernels specialize on
-    blocks.py     every quantized block type read in place as 32-weight chunks
+    blocks.py     every quantized block type read in place as 32-weight chunks (and the
+                  K-quants as whole 256-weight super-blocks)
     actquant.py   8-bit activation quantization (ggml's Q8_0/Q8_1/Q8_K) and f16/bf16 rounding
     matmul.py     matrix-vector and matrix-matrix products straight from the mapped file
     norm.py       RMSNorm;  rope.py  rotary embeddings;  attention.py  attention over the cache

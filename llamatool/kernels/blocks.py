@@ -21,6 +21,12 @@ decode two chunks at once (`q4_1_pair`). The loops in matmul.py call
 `decode_pair_in_group(qtype, ...)` with the type id as a compile-time constant; Numba
 resolves it to the one decoder while typing, so each type gets its own straight-line loop
 and compiling one type does not compile the others.
+
+The K-quants also decode a whole 256-weight super-block at once (`q6_k_superblock`, ...):
+the dot product against a Q8_K activation, whose scale is one per super-block, then
+needs no per-chunk scalars at all. The packed sub-block scales are unpacked once, as one
+vector, and spread over each chunk pair's dot lanes by one constant shuffle; the offsets
+become one vector of coefficients for the activation's 16 per-16 sums (`decode_superblock`).
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ import numpy as np
 
 from llamatool.jit import njit
 
-from .simd import bit_mask, concat, get, load, zip16, load_f16, load_u16, load_u32, lookup16
+from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
+from .simd import (bit_mask, concat, get, high_half, load, low_half, zip16, load_f16, load_u16, load_u32, lookup16,
+                   splat, to_f32, to_i8, to_i32)
 from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 
-from numba import float32, int32, int64, uint8  # noqa: E402  (numba is already imported by .simd)
+from numba import float32, int32, int64, uint8, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
@@ -250,6 +258,174 @@ def iq4_xs_chunk(W, bo, j):
     return lookup16(load(IQ4_VALUES_U8, 0, 16), _nibbles(W, o + 8 + 16 * j)), dl, dl, m, m
 
 
+# --- whole super-blocks of the K-quants --------------------------------------------------------
+# Each returns (w0, w1, w2, w3, l0, l1, l2, l3, m) for the super-block at bo:
+#   w_p   uint8 x 64   the weights q of chunk pair p (chunks 2p, 2p+1), as for decode_pair_in_group
+#   l_p   float32 x 16 the scale of each dot lane of that pair (lane i covers weights 4i..4i+3)
+#                      times dx, the activation's scale (one per super-block for Q8_K)
+#   m     float32 x 16 the offset of each 16 weights, to multiply by the activation's s16 sums
+# so the super-block's dot product is sum_p to_f32(dot(w_p, x_p)) * l_p + sum(m * s16).
+
+
+def _k4_table(fn):
+    return np.array([fn(lane % 8, lane // 8) for lane in range(16)], np.int32)
+
+
+# Q4_K/Q5_K pack eight 6-bit scales and eight 6-bit mins in 12 bytes (ggml's get_scale_min_k4):
+# sub-blocks 0-3 keep theirs in the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); 4-7
+# keep their low 4 bits in the nibbles of bytes 8-11 and their top 2 bits in the top bits
+# of bytes 0-7. Lane i of the unpacked vector (j = i % 8, a min when i >= 8):
+#   ((byte LOW[i] >> LOW_SHIFT[i]) & LOW_MASK[i]) | ((byte HIGH[i] >> 2) & HIGH_MASK[i])
+K4_LOW_BYTE = _k4_table(lambda j, is_min: j + 4 * is_min if j < 4 else j + 4).astype(np.uint8)
+K4_LOW_SHIFT = _k4_table(lambda j, is_min: 0 if j < 4 else 4 * is_min)
+K4_LOW_MASK = _k4_table(lambda j, is_min: 63 if j < 4 else 15)
+K4_HIGH_BYTE = _k4_table(lambda j, is_min: j - 4 + 4 * is_min if j >= 4 else 0).astype(np.uint8)
+K4_HIGH_MASK = _k4_table(lambda j, is_min: 0x30 if j >= 4 else 0)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _k4_scales_mins(W, o):
+    """Q4_K/Q5_K: the 8 scales (lanes 0-7) and 8 mins (lanes 8-15) packed in the 12 bytes at o."""
+    b = load(W, o, 16)  # the last 4 bytes belong to the next field and are never selected
+    low = to_i32(lookup16(b, load(K4_LOW_BYTE, 0, 16)))
+    high = to_i32(lookup16(b, load(K4_HIGH_BYTE, 0, 16)))
+    low = (low >> load(K4_LOW_SHIFT, 0, 16)) & load(K4_LOW_MASK, 0, 16)
+    return low | ((high >> 2) & load(K4_HIGH_MASK, 0, 16))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _k4_lane_scales(W, bo, dx):
+    """Q4_K/Q5_K: (l0, l1, l2, l3, m) of the super-block at bo (see above): one scale per
+    32 weights (8 lanes of a pair's dot), one min per 32 (two per-16 sums)."""
+    d = load_f16(W, bo, 1)
+    dmin = load_f16(W, bo + 2, 1)
+    sm = to_f32(_k4_scales_mins(W, bo + 4))
+    sc = low_half(sm) * (d * dx)
+    m = repeat_slice(high_half(sm) * -dmin, 0, 8, 2)
+    return (repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
+            m)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _twice(W, o, shift):
+    """The 32 bytes at o, then the same 32 bytes shifted right by `shift` bits, in one broadcast
+    load and one 64-bit shift (no lane-crossing insert). The top `shift` bits of each byte
+    of the second half are the next byte's low bits: callers mask them off."""
+    q = load(W, o, 32)
+    amounts = concat(splat(uint64(0), 4), splat(uint64(shift), 4))
+    return as_u8_lanes(as_u64_lanes(concat(q, q)) >> amounts)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _nibbles64(W, o):
+    """32 bytes at o -> 64 uint8: their low nibbles, then their high nibbles (a Q4_K chunk pair)."""
+    return _twice(W, o, 4) & uint8(15)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q4_k_superblock(W, bo, dx):
+    l0, l1, l2, l3, m = _k4_lane_scales(W, bo, dx)
+    o = bo + 16
+    return _nibbles64(W, o), _nibbles64(W, o + 32), _nibbles64(W, o + 64), _nibbles64(W, o + 96), l0, l1, l2, l3, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q5_k_superblock(W, bo, dx):
+    l0, l1, l2, l3, m = _k4_lane_scales(W, bo, dx)
+    qh = _twice(W, bo + 16, 1)  # chunk j's fifth bit is bit j of qh: pair p's are bit 2p of these
+    o = bo + 48
+    w0 = _nibbles64(W, o) | ((qh << uint8(4)) & uint8(16))
+    w1 = _nibbles64(W, o + 32) | ((qh << uint8(2)) & uint8(16))
+    w2 = _nibbles64(W, o + 64) | (qh & uint8(16))
+    w3 = _nibbles64(W, o + 96) | ((qh >> uint8(2)) & uint8(16))
+    return w0, w1, w2, w3, l0, l1, l2, l3, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _q6_k_half(W, bo, h):
+    """Q6_K: chunk pairs 2h and 2h+1, the 128 weights of half h of the super-block. Their low
+    4 bits are the 64 bytes ql[64h:] (low nibbles, then high); their top 2 bits come from the
+    32 bytes qh[32h:], bits 0-1 / 2-3 for the first pair and 4-5 / 6-7 for the second."""
+    ql = load(W, bo + 64 * h, 64)
+    qh = _twice(W, bo + 128 + 32 * h, 2)
+    w_a = (ql & uint8(15)) | ((qh << uint8(4)) & uint8(48))
+    w_b = (ql >> uint8(4)) | (qh & uint8(48))
+    return w_a, w_b
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _per16_lanes(l):
+    """Scales of the 16 sub-blocks of 16 weights as the dot lanes of the four chunk pairs."""
+    return repeat_slice(l, 0, 4, 4), repeat_slice(l, 4, 4, 4), repeat_slice(l, 8, 4, 4), repeat_slice(l, 12, 4, 4)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q6_k_superblock(W, bo, dx):
+    d = load_f16(W, bo + 208, 1)
+    sc = to_f32(to_i32(to_i8(load(W, bo + 192, 16)))) * d  # 16 signed 8-bit scales, one per 16 weights
+    l0, l1, l2, l3 = _per16_lanes(sc * dx)
+    w0, w1 = _q6_k_half(W, bo, 0)
+    w2, w3 = _q6_k_half(W, bo, 1)
+    return w0, w1, w2, w3, l0, l1, l2, l3, sc * float32(-32)  # q6 - 32
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _crumbs(W, o):
+    """Q2_K/Q3_K: the 2-bit fields of the 32 bytes at o as two chunk pairs: bits 0-1 then 2-3,
+    and bits 4-5 then 6-7 (64 uint8 each)."""
+    b = _twice(W, o, 2)
+    return b & uint8(3), (b >> uint8(4)) & uint8(3)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q2_k_superblock(W, bo, dx):
+    d = load_f16(W, bo + 80, 1)
+    dmin = load_f16(W, bo + 82, 1)
+    b = load(W, bo, 16)  # per 16 weights: the scale in the low nibble, the min in the high one
+    l0, l1, l2, l3 = _per16_lanes(to_f32(to_i32(b & uint8(15))) * (d * dx))
+    w0, w1 = _crumbs(W, bo + 16)
+    w2, w3 = _crumbs(W, bo + 48)
+    return w0, w1, w2, w3, l0, l1, l2, l3, to_f32(to_i32(b >> uint8(4))) * -dmin
+
+
+def _q3k_table(fn):
+    return np.array([fn(k) for k in range(16)], np.int32)
+
+
+# Q3_K packs sixteen signed 6-bit scales in 12 bytes: the low 4 bits of scale k in the low
+# (k < 8) or high nibble of byte k % 8, the top 2 bits in bits 2(k // 4) of byte 8 + k % 4.
+# The 16 bytes read end at the 12 bytes' end (offset -4: the block has only 2 bytes after them).
+Q3K_LOW_BYTE = _q3k_table(lambda k: 4 + k % 8).astype(np.uint8)
+Q3K_LOW_SHIFT = _q3k_table(lambda k: 0 if k < 8 else 4)
+Q3K_HIGH_BYTE = _q3k_table(lambda k: 4 + 8 + k % 4).astype(np.uint8)
+Q3K_HIGH_SHIFT = _q3k_table(lambda k: 2 * (k // 4))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _q3k_scales(W, o):
+    """Q3_K: the 16 scales packed in the 12 bytes at o, as int32 (-32..31)."""
+    b = load(W, o - 4, 16)
+    low = to_i32(lookup16(b, load(Q3K_LOW_BYTE, 0, 16)))
+    high = to_i32(lookup16(b, load(Q3K_HIGH_BYTE, 0, 16)))
+    low = (low >> load(Q3K_LOW_SHIFT, 0, 16)) & 15
+    return (low | (((high >> load(Q3K_HIGH_SHIFT, 0, 16)) & 3) << 4)) - 32
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q3_k_superblock(W, bo, dx):
+    d = load_f16(W, bo + 108, 1)
+    sc = to_f32(_q3k_scales(W, bo + 96)) * d
+    l0, l1, l2, l3 = _per16_lanes(sc * dx)
+    hm = _twice(W, bo, 1)  # chunk j's third bit is bit j of hmask: pair p's are bit 2p of these
+    w0, w1 = _crumbs(W, bo + 32)
+    w2, w3 = _crumbs(W, bo + 64)
+    w0 = w0 | ((hm << uint8(2)) & uint8(4))
+    w1 = w1 | (hm & uint8(4))
+    w2 = w2 | ((hm >> uint8(2)) & uint8(4))
+    w3 = w3 | ((hm >> uint8(4)) & uint8(4))
+    return w0, w1, w2, w3, l0, l1, l2, l3, sc * float32(-4)  # value = q - 4
+
+
 # --- choosing a decoder at compile time -----------------------------------------------------
 
 CHUNK_DECODERS = {
@@ -264,6 +440,9 @@ GROUP_BYTES = {
     Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
     Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136,
 }  # fmt: skip
+#: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
+SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
+                       Q6_K: q6_k_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K)
 
@@ -285,6 +464,17 @@ def decode_pair_in_group(qtype, W, bo, j):
     """Chunks j, j+1 of the group at bo: (w: 64 uint8, s0, s1 of chunk j, s0, s1 of chunk j+1,
     m0, m1 of chunk j, m0, m1 of chunk j+1); compiled code only."""
     raise NotImplementedError("decode_pair_in_group is only callable from compiled code")
+
+
+def decode_superblock(qtype, W, bo, dx):
+    """The super-block at bo with activation scale dx: (w0..w3, l0..l3, m), see
+    q6_k_superblock; types in SUPERBLOCK_DECODERS only, compiled code only."""
+    raise NotImplementedError("decode_superblock is only callable from compiled code")
+
+
+def has_superblock_decoder(qtype) -> bool:
+    """Whether a type id (a Numba integer literal, while typing) has a super-block decoder."""
+    return _literal_type_id(qtype) in SUPERBLOCK_DECODERS
 
 
 def group_bytes(qtype):
@@ -330,6 +520,12 @@ def _decode_pair_in_group(qtype, W, bo, j):
         return concat(wa, wb), sa0, sa1, sb0, sb1, ma0, ma1, mb0, mb1
 
     return two_chunks
+
+
+@overload(decode_superblock, jit_options={"_nrt": False, "forceinline": True})
+def _decode_superblock(qtype, W, bo, dx):
+    decoder = SUPERBLOCK_DECODERS[_literal_type_id(qtype)]
+    return lambda qtype, W, bo, dx: decoder(W, bo, dx)
 
 
 @overload(group_bytes, jit_options={"_nrt": False, "forceinline": True})
