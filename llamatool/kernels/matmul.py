@@ -8,8 +8,11 @@ BF16) meet the activation rounded to their type, 16 lanes at a time.
 
 Two loop shapes:
     one token      decode: a matrix-vector product, bound by reading the weights once
-    four tokens    prompt processing: each decoded weight chunk feeds four tokens, so the
+    four tokens    a few tokens: each decoded weight chunk feeds four tokens, so the
                    unpacking is paid once per four products (tile, not stream)
+    many tokens    prompt processing (gemm.py, from gemm.MIN_TOKENS tokens up): panels of
+                   16 rows decoded once per call into a transposed stack buffer, 16 rows x
+                   4 tokens per register tile
 
 Both walk a row in groups of 8 chunks with the group's four chunk pairs unrolled, so a
 decoder sees the chunk's place in its group as a constant (a K-quant's scale bytes and
@@ -54,6 +57,7 @@ from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, grou
 from .simd import (concat, dot4_u8i8, fma, get, hsum, load, load_bf16, load_f16, load_f32, low_half, high_half,
                    pack2, repeat_lanes, splat, splat4, store, to_f32)
 from .ccall import c_signature, call_c
+from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS, quant_gemm
 from .types import F16, F32, FLOAT_TYPES, SUPPORTED
 
 from numba import carray, cfunc, float32, int32, literally  # noqa: E402
@@ -225,6 +229,9 @@ def _dot4(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
 def quant_rows(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0):
     """rows() of a quantized type (see the module docstring); qtype: a constant type id."""
     literally(qtype)
+    if t1 - t0 >= GEMM_MIN_TOKENS:
+        quant_gemm(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0)
+        return
     n_chunks = K // 32
     t = t0
     while t + 4 <= t1:

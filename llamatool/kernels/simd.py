@@ -765,3 +765,71 @@ def zip16(typingctx, a, b):
         return builder.shuffle_vector(args[0], args[1], mask)
 
     return vt(a, b), codegen
+
+
+# --- register-tiled products: stack scratch, broadcasts, reinterpretation ---------------------
+
+
+def _number_class(t):
+    return t.instance_type if isinstance(t, types.NumberClass) else None
+
+
+@intrinsic
+def stack_array(typingctx, n, dtype):
+    """A 1-D array of n (a compile-time constant) elements of dtype (np.uint32, np.float32, ...)
+    on the calling function's stack, 64-byte aligned and uninitialized: scratch for a kernel
+    that must not allocate (forward-pass threads have the default 8 MiB stack)."""
+    size = _literal_int(n)
+    elem = _number_class(dtype)
+    if size is None or size <= 0 or elem is None:
+        return None
+    arrty = types.Array(elem, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        llty = context.get_data_type(elem)
+        with builder.goto_entry_block():  # once per call, not per loop iteration
+            space = builder.alloca(ir.ArrayType(llty, size))
+            space.align = 64
+        data = builder.bitcast(space, llty.as_pointer())
+        ary = context.make_array(arrty)(context, builder)
+        itemsize = context.get_abi_sizeof(llty)
+        intp = context.get_value_type(types.intp)
+        context.populate_array(ary, data=data, shape=[ir.Constant(intp, size)], strides=[ir.Constant(intp, itemsize)],
+                               itemsize=ir.Constant(intp, itemsize), meminfo=None)
+        return ary._getvalue()
+
+    return arrty(n, dtype), codegen
+
+
+@intrinsic
+def broadcast4(typingctx, arr, index, lanes):
+    """The 4 bytes of a 1-D int8/uint8 array at `index`, repeated to fill `lanes` bytes (one
+    vpbroadcastd, or a broadcast memory operand of the instruction that uses it)."""
+    n = _literal_int(lanes)
+    if not (isinstance(arr, types.Array) and arr.dtype in (types.int8, types.uint8) and isinstance(index, types.Integer)):
+        return None
+    if n is None or n % 4:
+        return None
+    vt = Vector(arr.dtype, n)
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], i32)
+        word = builder.load(ptr, align=1)
+        return builder.bitcast(_splat(builder, ir.VectorType(i32, n // 4), word), _vec_ir(context, vt))
+
+    return vt(arr, index, lanes), codegen
+
+
+@intrinsic
+def reinterpret(typingctx, v, dtype):
+    """The bits of vector v as lanes of dtype (as many as fit: 32 uint8 -> 8 uint32)."""
+    elem = _number_class(dtype)
+    if not isinstance(v, Vector) or elem is None or (v.dtype.bitwidth * v.lanes) % elem.bitwidth:
+        return None
+    vt = Vector(elem, v.dtype.bitwidth * v.lanes // elem.bitwidth)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _vec_ir(context, vt))
+
+    return vt(v, dtype), codegen
