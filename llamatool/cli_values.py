@@ -25,6 +25,8 @@ def _plain(annotation, value):
         return value if isinstance(value, str) else None
     if isinstance(value, annotation) and not (annotation is not bool and isinstance(value, bool)):
         return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # an int default of a float option
     if isinstance(value, str) and annotation in (int, float):
         text = value.strip()
         if (_INT if annotation is int else _FLOAT).fullmatch(text):

@@ -6,9 +6,11 @@ columns (LAYER_*), the namedtuples the pass takes (Net, Dims, Scratch, Activatio
 such as phases_per_call, and the Python driver `Forward`. `load("forward")` runs only those
 top-level statements of llamatool/kernels/forward.py:
 
-    kept    constants, namedtuples, functions and classes without decorators, and imports
-            from outside llamatool, Numba and llvmlite
-    left    compiled (decorated) functions, relative imports, and assignments that need them
+    kept    constants, namedtuples, functions and classes without decorators, imports
+            from outside llamatool, Numba and llvmlite, and the names the kept code uses
+            from sibling kernel modules (`from .attention import cache_positions`), taken
+            from those modules' plain parts in turn
+    left    compiled (decorated) functions, other imports, and assignments that need them
 
 So they come from the one source the kernels are compiled from: a field added to a
 namedtuple there is a field here. Names the kept code uses but that were left out (the
@@ -38,26 +40,54 @@ def _kept(node: ast.stmt) -> bool:
     return isinstance(node, (ast.Assign, ast.AnnAssign))
 
 
+def _sibling(node: ast.stmt) -> str | None:
+    """The kernel module a `from .x import ...` (or `from llamatool.kernels.x import ...`) reads."""
+    if isinstance(node, ast.ImportFrom) and node.module:
+        if node.level == 1 and "." not in node.module:
+            return node.module
+        if node.level == 0 and node.module.startswith("llamatool.kernels.") and node.module.count(".") == 2:
+            return node.module.rsplit(".", 1)[1]
+    return None
+
+
 @lru_cache(maxsize=None)
-def _statements(module: str) -> tuple:
-    """The kept statements of kernels/<module>.py, each compiled on its own."""
-    path = KERNELS / f"{module}.py"
+def _steps(folder: Path, module: str) -> tuple:
+    """What loading <folder>/<module>.py runs, in source order: ("run", code) for each kept
+    statement, compiled on its own, and ("take", sibling, name, as) for each name that kept
+    code uses from a sibling kernel module."""
+    path = folder / f"{module}.py"
     tree = ast.parse(path.read_bytes(), str(path))
-    return tuple(
-        compile(ast.Module([node], type_ignores=[]), str(path), "exec", flags=_ANNOTATIONS, dont_inherit=True)
-        for node in tree.body
-        if _kept(node)
-    )
+    kept = [node for node in tree.body if _kept(node)]
+    used = {n.id for node in kept for n in ast.walk(node) if isinstance(n, ast.Name)}
+    steps = []
+    for node in tree.body:
+        if node in kept:
+            code = compile(ast.Module([node], type_ignores=[]), str(path), "exec", flags=_ANNOTATIONS, dont_inherit=True)
+            steps.append(("run", code))
+        elif _sibling(node):
+            steps += [("take", _sibling(node), a.name, a.asname or a.name) for a in node.names if (a.asname or a.name) in used]
+    return tuple(steps)
 
 
-def load(module: str, **provide) -> types.ModuleType:
-    """A fresh module holding the plain-Python part of llamatool.kernels.<module>, with the
-    names in `provide` defined first."""
+@lru_cache(maxsize=None)
+def _plain(folder: Path, module: str) -> types.ModuleType:
+    return load(module, folder=folder)
+
+
+def load(module: str, folder: Path = KERNELS, **provide) -> types.ModuleType:
+    """A fresh module holding the plain-Python part of <folder>/<module>.py (by default
+    llamatool.kernels.<module>), with the names in `provide` defined first."""
     mod = types.ModuleType(f"llamatool.kernels.{module}")
     mod.__dict__.update(provide)
-    for code in _statements(module):
+    for step in _steps(Path(folder), module):
+        if step[0] == "take":
+            _, sibling, name, bound = step
+            value = getattr(_plain(Path(folder), sibling), name, None)
+            if value is not None:  # compiled there: left out here too
+                mod.__dict__[bound] = value
+            continue
         try:
-            exec(code, mod.__dict__)  # noqa: S102 - the package's own source
+            exec(step[1], mod.__dict__)  # noqa: S102 - the package's own source
         except NameError:
             pass  # it needs something compiled: left out, as the compiled functions are
     return mod

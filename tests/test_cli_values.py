@@ -32,6 +32,11 @@ def test_plain_values_are_what_typers_adapter_gives(annotation):
         theirs = adapter.validate_python(text)
         assert type(mine) is type(theirs) and (mine == theirs or (math.isnan(mine) and math.isnan(theirs))), text
     assert taken >= 10 if annotation is not str else taken == len(CORPUS)
+    for value in (0, 3, -2, 0.5, True):  # defaults arrive as values, not text
+        mine = cli_values._plain(annotation, value)
+        if mine is not None:
+            theirs = adapter.validate_python(value)
+            assert type(mine) is type(theirs) and mine == theirs, value
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -225,3 +225,39 @@ def test_native_worker_keeps_no_caller_arrays_alive(default_model, saved_forward
     del logits
     gc.collect()
     assert ref() is None  # perplexity's all-logits arrays must not outlive their call
+
+
+def test_kernel_api_takes_plain_names_from_sibling_modules(tmp_path):
+    """A plain helper of forward.py may call a plain helper of another kernel module (as
+    kv_cache_positions calls attention.cache_positions); compiled names stay out."""
+    (tmp_path / "a.py").write_text(textwrap.dedent(
+        """
+        from numba import njit
+        from .b import helper, compiled, STEP as B_STEP, unused
+        from llamatool.kernels.c import scale
+
+        DOUBLE = helper(2)
+
+        def positions(n):
+            return helper(n) + B_STEP * scale(1)
+
+        @njit
+        def kernel(x):
+            return compiled(x)
+        """))
+    (tmp_path / "b.py").write_text(textwrap.dedent(
+        """
+        from numba import njit
+        STEP = 32
+        def helper(n):
+            return -(-n // STEP) * STEP
+        def unused():
+            raise AssertionError
+        @njit
+        def compiled(x):
+            return x
+        """))
+    (tmp_path / "c.py").write_text("def scale(x):\n    return 10 * x\n")
+    a = kernel_api.load("a", folder=tmp_path)
+    assert a.DOUBLE == 32 and a.positions(33) == 64 + 320
+    assert not hasattr(a, "kernel") and not hasattr(a, "compiled") and not hasattr(a, "unused")
