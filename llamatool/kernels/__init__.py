@@ -7,6 +7,7 @@
                   K-quants as whole 256-weight super-blocks)
     actquant.py   8-bit activation quantization (ggml's Q8_0/Q8_1/Q8_K) and f16/bf16 rounding
     matmul.py     matrix-vector and matrix-matrix products straight from the mapped file
+    gemm.py       prompt processing: register-tiled panels of 16 rows x 4 tokens
     norm.py       RMSNorm;  rope.py  rotary embeddings;  attention.py  attention over the cache
     vmath.py      vectorized exp / SiLU / SwiGLU
     sync.py       chunk claiming and phase barriers between threads
@@ -57,4 +58,4 @@ def versioned_cache():
 
 
 with versioned_cache():
-    from . import actquant, attention, blocks, forward, matmul, norm, rope, simd, sync, types, vmath  # noqa: F401,E402
+    from . import actquant, attention, blocks, forward, gemm, matmul, norm, rope, simd, sync, types, vmath  # noqa: F401,E402
