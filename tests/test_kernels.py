@@ -292,7 +292,8 @@ def test_matmul_matches_ggml_vec_dot(name):
 
 
 #: byte ranges of the packed sub-block scales of the K-quants decoded by whole super-blocks
-SCALE_BYTES = {"Q2_K": (0, 16), "Q3_K": (96, 108), "Q4_K": (4, 16), "Q5_K": (4, 16), "Q6_K": (192, 208)}
+SCALE_BYTES = {"Q2_K": (0, 16), "Q3_K": (96, 108), "Q4_K": (4, 16), "Q5_K": (4, 16), "Q6_K": (192, 208),
+               "IQ4_XS": (2, 8)}
 
 
 @pytest.mark.parametrize("name", list(SCALE_BYTES))

@@ -426,6 +426,42 @@ def q3_k_superblock(W, bo, dx):
     return w0, w1, w2, w3, l0, l1, l2, l3, sc * float32(-4)  # value = q - 4
 
 
+def _xs_table(fn):
+    return np.array([fn(j % 8) for j in range(16)], np.int32)
+
+
+# IQ4_XS: the 6-bit scale of sub-block j has its low 4 bits in nibble j % 2 of byte 4 + j // 2
+# and its top 2 bits in bits 2j of the little-endian 16-bit word at byte 2 (lanes 8-15 repeat 0-7)
+XS_LOW_BYTE = _xs_table(lambda j: 4 + j // 2).astype(np.uint8)
+XS_LOW_SHIFT = _xs_table(lambda j: 4 * (j % 2))
+XS_HIGH_BYTE = _xs_table(lambda j: 2 + j // 4).astype(np.uint8)
+XS_HIGH_SHIFT = _xs_table(lambda j: 2 * (j % 4))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _xs_scales(W, bo):
+    """IQ4_XS: the 8 scales of the super-block at bo, as int32 (-32..31)."""
+    b = load(W, bo, 16)
+    low = to_i32(lookup16(b, load(XS_LOW_BYTE, 0, 16)))
+    high = to_i32(lookup16(b, load(XS_HIGH_BYTE, 0, 16)))
+    low = (low >> load(XS_LOW_SHIFT, 0, 16)) & 15
+    return low_half((low | (((high >> load(XS_HIGH_SHIFT, 0, 16)) & 3) << 4)) - 32)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq4_xs_superblock(W, bo, dx):
+    dl = to_f32(_xs_scales(W, bo)) * load_f16(W, bo, 1)
+    sc = dl * dx
+    table = load(IQ4_VALUES_U8, 0, 16)
+    o = bo + 8  # chunk j: the nibbles of the 16 bytes at 16j (low, then high)
+    w0 = lookup16(table, _nibble_pair(W, o, o + 16))
+    w1 = lookup16(table, _nibble_pair(W, o + 32, o + 48))
+    w2 = lookup16(table, _nibble_pair(W, o + 64, o + 80))
+    w3 = lookup16(table, _nibble_pair(W, o + 96, o + 112))
+    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
+            repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))  # codebook + 128
+
+
 # --- choosing a decoder at compile time -----------------------------------------------------
 
 CHUNK_DECODERS = {
@@ -442,7 +478,7 @@ GROUP_BYTES = {
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
 SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
-                       Q6_K: q6_k_superblock}
+                       Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K)
 

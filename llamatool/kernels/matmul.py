@@ -20,8 +20,8 @@ shifts are chosen at compile time). Checked with llvm-mca on the emitted assembl
 (Sapphire Rapids): Q4_1 decode ~6.4 cycles per 64 weights, prefill ~4.1 per 64
 weight-token products, ports 0/1/5 about evenly loaded.
 
-Decode of the K-quants with a super-block decoder (Q4_K, Q5_K, Q6_K; blocks.py) goes by
-whole super-blocks instead: the Q8_K activation has one scale per 256 values, so the
+Decode of the K-quants (Q2_K..Q6_K, IQ4_XS: the types with a super-block decoder in
+blocks.py) goes by whole super-blocks instead: the Q8_K activation has one scale per 256 values, so the
 sub-block scales are unpacked once per super-block as one vector and spread over each
 pair's dot lanes by one shuffle, and the offsets are one FMA against the activation's
 per-16 sums. llvm-mca: Q6_K ~17 cycles per 256 weights (was ~19 per 64), Q4_K ~19.5.
