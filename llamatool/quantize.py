@@ -489,9 +489,6 @@ def quantize_model(
         if not inp.exists():
             raise LlamatoolError(f"{inp}: no such file")
         check_output_path(out, force=force, inputs=[inp])
-        from .quants.native import start_loader
-
-        start_loader()  # meanwhile the header is read
     reader = GGUFReader(inp)
     try:
         jobs, plan = plan_jobs(reader, options)

@@ -38,6 +38,15 @@ def test_native_kernels_write_the_registry_bytes(t):
     assert np.array_equal(back.view(np.uint32), dequantize(t, expected).view(np.uint32))
 
 
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_every_kernel_is_saved_as_object_code(t):
+    """A kernel that calls a function the loader cannot link (such as the C helper behind
+    Numba's reshape) is not saved, and every `llamatool quantize` then imports Numba."""
+    for verb, (src, dst) in (("quantize", (np.float32, np.uint8)), ("dequantize", (np.uint8, np.float32))):
+        native.row_kernel(t, verb)  # builds the object code if it is not there yet
+        assert native._native_rows(f"{verb}_{t.name.lower()}", src, dst) is not None, verb
+
+
 def test_nonfinite_counter():
     count = native.nonfinite_counter()
     x = np.zeros((3, 64), np.float32)

@@ -25,6 +25,7 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
 
 from .cmath import fp16_bits_to_fp32, fp32_to_bf16_bits, fp32_to_fp16_bits
 from .rows import dequantizer, inline, kernel, quantizer
@@ -146,6 +147,25 @@ def _store_fence(typingctx):
     return types.void(), codegen
 
 
+@intrinsic
+def _flat(typingctx, a):
+    """The C-contiguous array a as 1-D, as a.reshape(-1) but without the C helper Numba's
+    reshape calls, which the object code native.py saves could not link."""
+    if not isinstance(a, types.Array) or a.layout != "C":
+        return None
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        flat = context.make_array(sig.return_type)(context, builder)
+        n = ir.Constant(ir.IntType(64), 1)
+        for extent in cgutils.unpack_tuple(builder, src.shape, sig.args[0].ndim):
+            n = builder.mul(n, extent)
+        context.populate_array(flat, data=src.data, shape=[n], strides=[src.itemsize], itemsize=src.itemsize, meminfo=src.meminfo, parent=src.parent)
+        return impl_ret_borrowed(context, builder, sig.return_type, flat._getvalue())
+
+    return a.copy(ndim=1, layout="C")(a), codegen
+
+
 @inline
 def _line_span(halves, enabled):
     """[start, stop): the part of the uint16 array `halves` stored as whole aligned lines."""
@@ -162,7 +182,7 @@ def _line_span(halves, enabled):
 
 @kernel
 def _quantize_f16(x, out):
-    src, dst = x.reshape(-1), out.view(np.uint16).reshape(-1)
+    src, dst = _flat(x), _flat(out.view(np.uint16))
     start, stop = _line_span(dst, _X86 and NATIVE_HALF)
     for j in range(start):
         dst[j] = _to_fp16(src[j])
@@ -183,7 +203,7 @@ def _dequantize_f16(raw, out):
 
 @kernel
 def _quantize_bf16(x, out):
-    src, dst = x.reshape(-1), out.view(np.uint16).reshape(-1)
+    src, dst = _flat(x), _flat(out.view(np.uint16))
     start, stop = _line_span(dst, _X86)
     for j in range(start):
         dst[j] = fp32_to_bf16_bits(src[j])
