@@ -193,12 +193,6 @@ def _engine() -> _Engine:
         return _engine_made[0]
 
 
-def start_loader() -> None:
-    """Set the loader up (llvmlite and its engine: tens of ms) on a thread of its own, for
-    a caller with other work to do first, such as reading its input's header."""
-    threading.Thread(target=_engine, name="llamatool-loader", daemon=True).start()
-
-
 # A saved object starts with the line "sha256:<hex digest of the object> <symbol>" (files
 # from before the digest: "<symbol>"): loading damaged machine code would crash the process.
 _DIGEST = b"sha256:"
