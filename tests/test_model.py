@@ -267,12 +267,49 @@ def test_default_model_agrees_with_llama_cpp(smollm, default_model):
     assert (ours.argmax(1) == ref_logits.argmax(1)).mean() >= 0.9
     top_ours = np.argsort(-ours[-1])[:5]
     assert top_ours[0] == ref_logits[-1].argmax()
-    # greedy continuations: llama.cpp's and ours, token for token
+    # Greedy continuation, teacher-forced: both models read llama.cpp's own greedy tokens, and
+    # wherever llama.cpp's choice is clear ours must be the same. A free-running comparison is
+    # not a fair test: after a near tie (this prompt's second step is decided by 0.02) two
+    # correct implementations part ways for good.
     ref.reset()
     ref_tokens = []
     for tok in ref.generate(ids, temp=0.0, top_k=1, reset=True):
         ref_tokens.append(tok)
         if len(ref_tokens) == 24:
             break
-    ours = smollm.generate(ids, max_tokens=24, temperature=0, stop_at_eog=False).tokens
-    assert ours[:16] == ref_tokens[:16]
+    ref.reset()
+    ref.eval(ids + ref_tokens[:-1])
+    ref_steps = np.array(ref.scores[len(ids) - 1 : len(ids) + 23], dtype=np.float32)
+    smollm.reset()
+    our_steps = smollm.eval(ids + ref_tokens[:-1], all_logits=True)[len(ids) - 1 :]
+    top2 = np.sort(ref_steps, 1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1.0  # logits differ by ~0.2 rms between implementations
+    same = our_steps.argmax(1) == ref_steps.argmax(1)
+    assert clear.sum() >= 12 and same[clear].all()
+    assert same.mean() >= 0.9
+
+
+def test_default_model_as_close_to_f32_as_llama_cpp(smollm, default_model, tmp_path):
+    """The 8-bit activations make any two implementations differ by a few tenths of a logit;
+    what matters is that ours is no further from the exact product than llama.cpp is. The
+    reference: the same weights dequantized to F32 (float activations throughout)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from llamatool.quant_rules import QuantizeOptions
+    from llamatool.quantize import quantize_model
+
+    f32_path = tmp_path / "f32.gguf"
+    quantize_model(default_model, f32_path, QuantizeOptions("F32", allow_requantize=True), progress=False)
+    exact = Model.load(f32_path, n_ctx=512)
+    ref = llama_cpp.Llama(model_path=str(default_model), n_ctx=512, logits_all=True, verbose=False)
+    ours_err, ref_err = [], []
+    for prompt in ("The three most important things to know about the ocean are that they are vast and deep.",
+                   "def fibonacci(n):\n    if n < 2:\n        return n\n    return"):
+        ids = smollm.tokenizer.encode(prompt)
+        smollm.reset()
+        exact.reset()
+        ref.reset()
+        ref.eval(ids)
+        target = exact.eval(ids, all_logits=True)
+        ours_err.append(np.sqrt(((smollm.eval(ids, all_logits=True) - target) ** 2).mean()))
+        ref_err.append(np.sqrt(((np.array(ref.scores[: len(ids)], np.float32) - target) ** 2).mean()))
+    assert 0 < np.mean(ours_err) < 1.15 * np.mean(ref_err)
