@@ -4,8 +4,9 @@ typer (0.2x) converts every option value through a pydantic TypeAdapter that it 
 first use: importing pydantic and building one adapter per option of the command (`run` has
 nineteen) costs about 0.2 s before the command starts, as long as reading the model. Here
 the common plain values are converted directly: a str, a decimal int or float, an option
-already holding its type, and paths (through typer's own path check). Anything else (a
-value these strict patterns do not take, a parser, min/max, choices, files, lists) goes
+already holding its type, a list of str (quantize's positional arguments) and paths
+(through typer's own path check). Anything else (a value these strict patterns do not
+take, a parser, min/max, choices, files, other lists) goes
 to typer's pydantic adapter as before, so every accepted value and every error message is
 typer's own. If typer's internals differ from what this expects, nothing is changed.
 """
@@ -13,14 +14,22 @@ typer's own. If typer's internals differ from what this expects, nothing is chan
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 _INT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
+def _is_str_list(annotation) -> bool:
+    return typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,)
+
+
 def _plain(annotation, value):
-    """value as annotation (str, int, float, bool), or None when typer must decide."""
+    """value as annotation (str, int, float, bool, a list of str), or None when typer must decide."""
+    if _is_str_list(annotation):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        return list(value) if ok else None
     if annotation is str:
         return value if isinstance(value, str) else None
     if isinstance(value, annotation) and not (annotation is not bool and isinstance(value, bool)):
@@ -70,7 +79,7 @@ def install() -> bool:
             and getattr(info, "min", None) is None
             and getattr(info, "max", None) is None
             and not getattr(info, "clamp", False)
-            and (descriptor.annotation in (str, int, float, bool) or descriptor.annotation is Path)
+            and (descriptor.annotation in (str, int, float, bool, Path) or _is_str_list(descriptor.annotation))
         )
         if not simple:
             return typer_build(descriptor)

@@ -60,6 +60,15 @@ def test_run_options_reach_the_command_without_pydantic(tmp_path):
     assert "pydantic imported: False" in out.stderr
 
 
+def test_quantize_positional_list_reaches_the_command_without_pydantic(tmp_path):
+    missing = tmp_path / "missing.gguf"
+    out = _cli("quantize", "--dry-run", str(missing), str(tmp_path / "out.gguf"), "Q4_0", "--nthreads", "2")
+    assert f"error: {missing}: no such file" in out.stderr
+    assert "pydantic imported: False" in out.stderr
+    assert cli_values._plain(list[str], ("a", "b")) == ["a", "b"]
+    assert cli_values._plain(list[str], ("a", 3)) is None  # not all text: typer decides
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("-n", "abc", "Invalid value for '-n' / '--n-predict'"),
     ("-n", "1.5", "Invalid value for '-n' / '--n-predict'"),
