@@ -193,33 +193,25 @@ def _engine() -> _Engine:
         return _engine_made[0]
 
 
-# A saved object starts with the line "sha256:<hex digest of the object> <symbol>" (files
-# from before the digest: "<symbol>"): loading damaged machine code would crash the process.
+# A saved object starts with the line "sha256:<hex digest of the object> <symbol>": loading
+# damaged machine code would crash the process.
 _DIGEST = b"sha256:"
 
 
 def _read(key: str, package: Path = _PACKAGE) -> tuple[str, bytes] | None:
+    """The saved symbol and object code under key, or None when missing or damaged (then
+    built again)."""
     try:
         blob = (_folder(package) / f"{key}.o").read_bytes()
     except OSError:
         return None
     head, _, obj = blob.partition(b"\n")
-    symbol = head
-    if head.startswith(_DIGEST):
-        digest, _, symbol = head[len(_DIGEST):].partition(b" ")
-        if hashlib.sha256(obj).hexdigest().encode() != digest:
-            return None  # damaged: built again, as if missing
-    elif not _whole_elf(obj):
+    if not head.startswith(_DIGEST):
+        return None
+    digest, _, symbol = head[len(_DIGEST):].partition(b" ")
+    if hashlib.sha256(obj).hexdigest().encode() != digest:
         return None
     return symbol.decode(errors="replace"), obj
-
-
-def _whole_elf(obj: bytes) -> bool:
-    """An ELF-64 object whose section table is inside it (all a file without a digest gets)."""
-    if len(obj) < 64 or obj[:5] != b"\x7fELF\x02":
-        return False
-    table = int.from_bytes(obj[40:48], "little") + int.from_bytes(obj[58:60], "little") * int.from_bytes(obj[60:62], "little")
-    return table <= len(obj)
 
 
 def _write(key: str, symbol: str, obj: bytes, package: Path = _PACKAGE) -> None:
