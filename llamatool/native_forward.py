@@ -4,9 +4,9 @@ Loading `forward_worker` (llamatool/kernels/forward.py) from Numba's cache needs
 importing it and loading the worker take about 0.6 s, more than half of a warm start. So,
 as quants/native.py does for the quantizers and the matmul entry points, the worker is
 kept a second way: the first run wraps it in a C function (a Numba cfunc) and saves that
-function's machine code in the cache folder; later runs load it with llvmlite alone and
-call it through ctypes, which releases the GIL, so the driver's threads still run the
-worker in parallel. The cfunc links the worker Numba compiled (its cached LLVM IR, same
+function's machine code in the cache folder; later runs load it with llamatool.elf_loader
+(neither Numba nor LLVM) and call it through ctypes, which releases the GIL, so the
+driver's threads still run the worker in parallel. The cfunc links the worker Numba compiled (its cached LLVM IR, same
 types, same options), and the tests check that both give the same logits bit for bit.
 
 The C function takes flat tables instead of the worker's arguments (namedtuples of

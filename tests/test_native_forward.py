@@ -84,6 +84,7 @@ _CHILD = textwrap.dedent(
         code = 0
     sys.stdout.flush()
     print("numba imported:", "numba" in sys.modules, file=sys.stderr)
+    print("llvmlite imported:", "llvmlite" in sys.modules, file=sys.stderr)
     sys.exit(code)
     """
 )
@@ -94,10 +95,11 @@ def _run_cli(model_path, *extra, env=None):
     return subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
-def test_warm_run_never_imports_numba(default_model, saved_forward):
+def test_warm_run_imports_neither_numba_nor_llvmlite(default_model, saved_forward):
     warm = _run_cli(default_model)
     assert warm.returncode == 0, warm.stderr
     assert "numba imported: False" in warm.stderr
+    assert "llvmlite imported: False" in warm.stderr  # saved machine code loads without LLVM too
     forced = _run_cli(default_model, env={native_forward.BACKEND_ENV: "numba"})
     assert "numba imported: True" in forced.stderr
     assert forced.stdout == warm.stdout and len(warm.stdout) > len("Hello")

@@ -6,7 +6,7 @@ half a second, as long as llama-quantize takes for the whole default model. So t
 kernels a quantize run needs are kept a second way too. The first run builds a C entry
 point for each (a Numba cfunc around the cached kernel, compiled under the same
 vectorizer options) and saves its object code in the cache folder; later runs load that
-object with llvmlite's MCJIT alone (a few tens of milliseconds, no Numba import) and call
+object with llamatool.elf_loader (a few milliseconds, neither Numba nor LLVM) and call
 it through ctypes, which releases the GIL. It is the same machine code Numba runs, so the
 bytes are the same; the cache is keyed on this package's sources, the Numba and llvmlite
 versions and the host CPU. Where any of that fails, the kernels run through Numba.
@@ -142,44 +142,84 @@ _PROTOTYPES = (  # [key == NONFINITE]: row kernels, the counter
 def _folder(package: Path = _PACKAGE) -> Path:
     """Named after everything the object code depends on: the sources of the package that
     defines the kernels, Numba, llvmlite and the host CPU."""
-    import importlib.util
-
-    import llvmlite
-    import llvmlite.binding as llvm
-
     h = hashlib.sha256()
     for path in sorted(package.glob("*.py")):
         h.update(path.name.encode() + path.read_bytes())
-    numba_init = Path(importlib.util.find_spec("numba").origin)  # its version, without importing it
-    h.update(numba_init.with_name("_version.py").read_bytes())
-    h.update(f"{llvmlite.__version__} {llvm.get_process_triple()} {llvm.get_host_cpu_name()}".encode())
-    h.update(llvm.get_host_cpu_features().flatten().encode())
+    h.update(_toolchain_and_host())
     return cache_dir() / "native" / f"{package.name}-{h.hexdigest()[:16]}"
+
+
+@lru_cache(maxsize=None)
+def _toolchain_and_host() -> bytes:
+    """The Numba and llvmlite versions and the host CPU, read without importing either
+    (importing llvmlite alone costs 25 ms of a warm start)."""
+    import importlib.util
+
+    parts = []
+    for name in ("numba", "llvmlite"):
+        spec = importlib.util.find_spec(name)
+        parts.append(Path(spec.origin).with_name("_version.py").read_bytes() if spec and spec.origin else b"-")
+    return b"\0".join(parts) + _host_cpu()
+
+
+def _host_cpu() -> bytes:
+    """What LLVM compiles for on this machine: the CPU's identity and feature flags (Linux's
+    /proc/cpuinfo, first processor), or LLVM's own answer where that file is missing."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            first = f.read(1 << 16).split(b"\n\n")[0]
+        fields = dict(line.split(b":", 1) for line in first.splitlines() if b":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        keys = (b"vendor_id", b"cpu family", b"model", b"stepping", b"flags")
+        if all(k in fields for k in keys):
+            return b"|".join(fields[k] for k in keys)
+    except OSError:
+        pass
+    import llvmlite.binding as llvm
+
+    return f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()}".encode()
 
 
 # --- loading (no numba) -------------------------------------------------------------------------
 
 
 class _Engine:
-    """One MCJIT engine holding the runtime shims and every object loaded so far."""
+    """The loader holding the runtime shims and every object loaded so far (no LLVM: see
+    llamatool.elf_loader)."""
 
     def __init__(self):
-        import llvmlite.binding as llvm
+        from ..elf_loader import Loader
 
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        self.llvm = llvm
-        tm = llvm.Target.from_default_triple().create_target_machine()
-        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(_RUNTIME_IR), tm)
-        self.engine.finalize_object()
-        self.failed = ctypes.c_int32.from_address(self.engine.get_global_value_address("llamatool_kernel_failed"))
-        self.lock = threading.Lock()
+        self.loader = Loader()
+        self.loader.load(_runtime_object())
+        self.failed = ctypes.c_int32.from_address(self.loader.symbol("llamatool_kernel_failed"))
 
     def load(self, symbol: str, obj: bytes) -> int:
-        with self.lock:
-            self.engine.add_object_file(self.llvm.ObjectFileRef.from_data(obj))
-            self.engine.finalize_object()
-            return self.engine.get_function_address(symbol)
+        from ..elf_loader import ObjectError
+
+        try:
+            return self.loader.load(obj).get(symbol, 0)
+        except ObjectError:
+            return 0  # the caller compiles it instead
+
+
+def _runtime_object() -> bytes:
+    """_RUNTIME_IR as machine code: saved beside the kernels' objects, made with llvmlite
+    the first time (for the large code model, as Numba's kernels are)."""
+    key = "runtime-" + hashlib.sha256(_RUNTIME_IR.encode()).hexdigest()[:16]
+    found = _read(key)
+    if found is not None:
+        return found[1]
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    tm = llvm.Target.from_default_triple().create_target_machine(codemodel="large")
+    module = llvm.parse_assembly(_RUNTIME_IR)
+    module.verify()
+    obj = tm.emit_object(module)
+    _write(key, "llamatool_kernel_failed", obj)
+    return obj
 
 
 _engine_lock = threading.Lock()
