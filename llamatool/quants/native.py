@@ -129,6 +129,7 @@ _RUNTIME_SYMBOLS = {
 }
 
 NONFINITE = "count_nonfinite"  # the key of floats._count_nonfinite
+_RUNTIME_KEY = "runtime"  # the key of _RUNTIME_IR's object code
 _PROTOTYPES = (  # [key == NONFINITE]: row kernels, the counter
     ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64),
     ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64),
@@ -170,7 +171,8 @@ class _Engine:
         llvm.initialize_native_asmprinter()
         self.llvm = llvm
         tm = llvm.Target.from_default_triple().create_target_machine()
-        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(_RUNTIME_IR), tm)
+        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        self.engine.add_object_file(llvm.ObjectFileRef.from_data(_runtime_object(llvm, tm)))
         self.engine.finalize_object()
         self.failed = ctypes.c_int32.from_address(self.engine.get_global_value_address("llamatool_kernel_failed"))
         self.lock = threading.Lock()
@@ -180,6 +182,17 @@ class _Engine:
             self.engine.add_object_file(self.llvm.ObjectFileRef.from_data(obj))
             self.engine.finalize_object()
             return self.engine.get_function_address(symbol)
+
+
+def _runtime_object(llvm, tm) -> bytes:
+    """_RUNTIME_IR's object code, saved with the kernels: compiling it takes LLVM 10-20 ms,
+    every run."""
+    saved = _read(_RUNTIME_KEY)
+    if saved is not None:
+        return saved[1]
+    obj = tm.emit_object(llvm.parse_assembly(_RUNTIME_IR))
+    _write(_RUNTIME_KEY, "llamatool_kernel_failed", obj)
+    return obj
 
 
 _engine_lock = threading.Lock()
