@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -76,17 +77,25 @@ def convert(
 # --- quantize (issue 3: llamatool/quantize.py) -----------------------------------------
 
 
-def _lean_process() -> None:
-    """Settings for a short command that uses neither BLAS nor cyclic garbage: numpy's
-    OpenBLAS otherwise starts a thread pool whose threads spin on a core for a while
-    (here, one of the two the kernels use), and the collector walks the ~100k objects
-    the imports make, some 15 ms, for nothing to free."""
+@contextmanager
+def _one_shot():
+    """For a short command that uses neither BLAS nor cyclic garbage: numpy's OpenBLAS
+    would start a thread pool whose threads spin on a core for a while (here, one of the
+    two the kernels use), and the collector would walk the ~100k objects the imports make,
+    some 15 ms, with nothing to free. The collector is back on afterwards (for callers of
+    main() in a longer-lived process)."""
     import gc
     import os
 
     if "numpy" not in sys.modules:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    collecting = gc.isenabled()
     gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 @app.command(no_args_is_help=True)
@@ -108,20 +117,20 @@ def quantize(
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT if it exists."),
 ) -> None:
     """Quantize a GGUF model to a smaller type (llama-quantize presets)."""
-    _lean_process()
-    from .quantize import run_quantize_command
+    with _one_shot():
+        from .quantize import run_quantize_command
 
-    run_quantize_command(
-        args,
-        nthreads=nthreads,
-        allow_requantize=allow_requantize,
-        leave_output_tensor=leave_output_tensor,
-        pure=pure,
-        output_tensor_type=output_tensor_type,
-        token_embedding_type=token_embedding_type,
-        dry_run=dry_run,
-        force=force,
-    )
+        run_quantize_command(
+            args,
+            nthreads=nthreads,
+            allow_requantize=allow_requantize,
+            leave_output_tensor=leave_output_tensor,
+            pure=pure,
+            output_tensor_type=output_tensor_type,
+            token_embedding_type=token_embedding_type,
+            dry_run=dry_run,
+            force=force,
+        )
 
 
 # --- run and warmup (issue 5: llamatool/run.py) ----------------------------------------

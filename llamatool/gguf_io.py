@@ -300,6 +300,9 @@ class _PlainValues(Mapping):
     def __getitem__(self, key: str) -> Any:
         return self._fields[key].plain()
 
+    def __contains__(self, key) -> bool:
+        return key in self._fields
+
     def __iter__(self):
         return iter(self._fields)
 
