@@ -59,12 +59,30 @@ def test_metadata_values_are_made_when_looked_up(default_model, monkeypatch):
 
 def test_the_command_leaves_the_collector_on(default_model, tmp_path):
     """It runs without the collector (nothing to collect in a one-shot command), then turns
-    it back on for whoever called main()."""
+    it back on, nothing frozen, for whoever called main() with arguments."""
     assert gc.isenabled()
+    frozen = gc.get_freeze_count()
     with pytest.raises(SystemExit) as done:
         main(["quantize", "--dry-run", str(default_model), "Q8_0"])
     assert done.value.code in (0, None)
-    assert gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+FREEZE_CHILD = """
+import atexit, gc
+from llamatool.cli import main
+atexit.register(lambda: print("frozen", gc.get_freeze_count()))
+main()
+"""
+
+
+def test_the_process_command_freezes_the_heap_before_exit(default_model):
+    """As the process's own command line (main() without argv), the objects left at the
+    end are frozen, so that the interpreter's final collections do not walk them."""
+    proc = subprocess.run([sys.executable, "-c", FREEZE_CHILD, "quantize", "--dry-run", str(default_model), "Q8_0"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split("frozen")[-1]) > 10_000
 
 
 THREADS_CHILD = """
