@@ -37,12 +37,16 @@ if echo | ${CC:-cc} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -E - >/dev/null 2>
     no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 fi
 
-cmake -S "$src" -B "$OUT" \
+logged() {  # run quietly into a log; on failure show its end
+    local log=$1; shift
+    "$@" >"$log" 2>&1 || { tail -n 25 "$log" >&2; echo "error: $1 failed (whole log: $log)" >&2; exit 1; }
+}
+logged "$OUT/cmake.log" cmake -S "$src" -B "$OUT" \
     -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
-    -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" >"$OUT/cmake.log"
-cmake --build "$OUT" --target llama-bench llama-quantize -j "$(nproc)" >"$OUT/build.log"
+    -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx"
+logged "$OUT/build.log" cmake --build "$OUT" --target llama-bench llama-quantize -j "$(nproc)"
 
 for tool in llama-bench llama-quantize; do
     [ -x "$OUT/bin/$tool" ] || { echo "error: the build made no $OUT/bin/$tool (see $OUT/build.log)" >&2; exit 1; }

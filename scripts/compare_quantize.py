@@ -188,6 +188,9 @@ def main(argv=None) -> int:
     if library:
         print("  lcp = llama-cpp-python: llama_model_quantize, the C call only (no start-up)")
     print("  ratios: llamatool (or baseline) / reference, the goal is <= 1.5; same: output bytes equal to llamatool's")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("  note: PYTHONDONTWRITEBYTECODE is set, so every llamatool run compiles the Python sources it imports "
+              "(~0.1 s); an installed llamatool has its bytecode")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="compare-quantize-") as tmp:
         for i, preset in enumerate(args.types):
             outs = {name: Path(tmp) / f"{name}-{preset}.gguf" for name in names}
