@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -76,6 +77,31 @@ def convert(
 # --- quantize (issue 3: llamatool/quantize.py) -----------------------------------------
 
 
+@contextmanager
+def _one_shot():
+    """For a short command that uses neither BLAS nor cyclic garbage: numpy's OpenBLAS
+    would start a thread pool whose threads spin on a core for a while (here, one of the
+    two the kernels use), and the collector would walk the ~100k objects the imports make,
+    some 15 ms, with nothing to free. When the command is the process's own (main()
+    without argv), the process ends next: the heap is frozen, so that the interpreter's
+    final collections skip those objects (its teardown otherwise takes 50-100 ms, several
+    times that on a busy machine). Otherwise the collector is back on afterwards."""
+    import gc
+    import os
+
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if _process_command:
+            gc.freeze()
+        if collecting:
+            gc.enable()
+
+
 @app.command(no_args_is_help=True)
 def quantize(
     args: List[str] = typer.Argument(
@@ -95,19 +121,20 @@ def quantize(
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT if it exists."),
 ) -> None:
     """Quantize a GGUF model to a smaller type (llama-quantize presets)."""
-    from .quantize import run_quantize_command
+    with _one_shot():
+        from .quantize import run_quantize_command
 
-    run_quantize_command(
-        args,
-        nthreads=nthreads,
-        allow_requantize=allow_requantize,
-        leave_output_tensor=leave_output_tensor,
-        pure=pure,
-        output_tensor_type=output_tensor_type,
-        token_embedding_type=token_embedding_type,
-        dry_run=dry_run,
-        force=force,
-    )
+        run_quantize_command(
+            args,
+            nthreads=nthreads,
+            allow_requantize=allow_requantize,
+            leave_output_tensor=leave_output_tensor,
+            pure=pure,
+            output_tensor_type=output_tensor_type,
+            token_embedding_type=token_embedding_type,
+            dry_run=dry_run,
+            force=force,
+        )
 
 
 # --- run and warmup (issue 5: llamatool/run.py) ----------------------------------------
@@ -229,6 +256,9 @@ def perplexity(
 # --- entry point -----------------------------------------------------------------------
 
 
+_process_command = False  # main() runs the process's own command line (see _one_shot)
+
+
 def _terminate(signum, frame):
     # Turn SIGTERM into an exception so atomic writers remove their temporary files.
     raise SystemExit(128 + signum)
@@ -241,6 +271,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     """
     from .errors import LlamatoolError
 
+    global _process_command
+    _process_command = argv is None  # this process's command line: it ends with the command
     signal.signal(signal.SIGTERM, _terminate)
     try:
         app(args=argv, prog_name="llamatool")

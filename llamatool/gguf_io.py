@@ -27,7 +27,8 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -136,6 +137,53 @@ class TensorInfo:
         return dequantize(self.type, self.data).reshape(self.shape)
 
 
+class StringArrayField(Field):
+    """A Field holding an array of strings as the file stores them (each a u64 length and
+    its bytes), decoded on first use of `.value`; `nbytes` is their stored size."""
+
+    def __init__(self, raw: bytes, heads: list[int]):
+        self.type, self.subtype = ValueType.ARRAY, ValueType.STRING
+        self.nbytes = len(raw)
+        self._raw, self._heads, self._decoded = raw, heads, None
+
+    @property
+    def value(self) -> list[str]:
+        if self._decoded is None:
+            self._decoded = _decode_strings(self._raw, self._heads)
+            self._raw = self._heads = None
+        return self._decoded
+
+    @value.setter
+    def value(self, strings: list[str]) -> None:
+        self._decoded, self._raw, self._heads = strings, None, None
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Field):
+            return NotImplemented
+        return (self.type, self.subtype, self.value) == (other.type, other.subtype, other.value)
+
+    __hash__ = None
+
+
+def _decode_strings(raw: bytes, heads: list[int]) -> list[str]:
+    """The strings whose length fields start at heads in raw. They are decoded in one call:
+    the length fields turned into NUL separators and the text split there. A NUL can never
+    be part of a multi-byte character, so each string decodes exactly as on its own
+    (surrogates for invalid bytes included)."""
+    if not heads:
+        return []
+    region = np.frombuffer(raw, np.uint8).copy()
+    at = np.array(heads, np.int64)
+    keep = np.ones(region.size, bool)
+    keep[(at[:, None] + np.arange(1, 8)).reshape(-1)] = False
+    region[at] = 0
+    joined = region[keep]
+    if np.count_nonzero(joined == 0) != len(heads):  # a string holds a NUL: decode one by one
+        ends = [*heads[1:], len(raw)]
+        return [raw[h + 8 : e].decode("utf-8", errors="surrogateescape") for h, e in zip(heads, ends)]
+    return joined.tobytes().decode("utf-8", errors="surrogateescape").split("\0")[1:]
+
+
 _U64 = struct.Struct("<Q")
 
 
@@ -176,27 +224,13 @@ class _Cursor:
         self.pos += n
         return raw.decode("utf-8", errors="surrogateescape")
 
-    def _strings(self, n: int, what: str) -> list[str]:
-        """n length-prefixed strings: the hot path of opening a model (vocab and merges are
-        ~100k strings). The lengths are walked and checked in a tight loop; the strings are
-        then decoded in one call, their length fields turned into NUL separators, and split.
-        A NUL can never be part of a multi-byte character, so each string decodes exactly as
-        on its own (surrogates for invalid bytes included)."""
-        buf, first, size = self.buf, self.pos, self.size
-        if n == 0:
-            return []
+    def _strings(self, n: int, what: str) -> "StringArrayField":
+        """An array of n length-prefixed strings, read now and decoded when first used: the
+        vocabulary and merges of a model are ~100k strings, and `quantize` or `info` need
+        only to know where they end. The lengths are walked and checked here."""
+        first = self.pos
         heads = self._string_heads(n, what)  # offset of each string's length field
-        pos = self.pos
-        region = np.frombuffer(buf, np.uint8, pos - first, first).copy()
-        heads = np.array(heads, np.int64) - first
-        keep = np.ones(region.size, bool)
-        keep[(heads[:, None] + np.arange(1, 8)).reshape(-1)] = False
-        region[heads] = 0
-        joined = region[keep]
-        if np.count_nonzero(joined == 0) != n:  # a string holds a NUL: decode one by one
-            return [bytes(buf[h + 8 + first : e]).decode("utf-8", errors="surrogateescape")
-                    for h, e in zip(heads.tolist(), [*(heads[1:] + first).tolist(), pos])]
-        return joined.tobytes().decode("utf-8", errors="surrogateescape").split("\0")[1:]
+        return StringArrayField(bytes(self.buf[first : self.pos]), [h - first for h in heads])
 
     def _string_heads(self, n: int, what: str) -> list[int]:
         """Offsets of n consecutive strings; the cursor moves past them. Unchecked first (a
@@ -251,10 +285,29 @@ class _Cursor:
             self.pos += n * dt.itemsize
             return Field(vtype, arr.astype(bool) if sub == ValueType.BOOL else arr, sub)
         if sub == ValueType.STRING:
-            return Field(vtype, self._strings(n, what), sub)
+            return self._strings(n, what)
         # Elements of an array of arrays are arrays without a type tag of their own.
         items = [self.value(ValueType.ARRAY, f"{what}[{i}]", depth + 1) for i in range(n)]
         return Field(vtype, items, sub)
+
+
+class _PlainValues(Mapping):
+    """A read-only {key: plain value} view of {key: Field}."""
+
+    def __init__(self, fields: dict[str, Field]):
+        self._fields = fields
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields[key].plain()
+
+    def __contains__(self, key) -> bool:
+        return key in self._fields
+
+    def __iter__(self):
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
 
 
 class GGUFReader:
@@ -362,8 +415,9 @@ class GGUFReader:
 
     # -- convenient access -------------------------------------------------------
     @property
-    def metadata(self) -> dict[str, Any]:
-        return {k: f.plain() for k, f in self.fields.items()}
+    def metadata(self) -> Mapping[str, Any]:
+        """{key: plain value}, each value made when it is looked up."""
+        return _PlainValues(self.fields)
 
     def get(self, key: str, default: Any = None) -> Any:
         f = self.fields.get(key)
@@ -505,6 +559,7 @@ class GGUFWriter:
         self.version = version
         self._fields: dict[str, tuple[ValueType, Any, ValueType | None]] = {}
         self._tensors: list[_PlannedTensor] = []
+        self._names: set[str] = set()
         self._next = 0
         self._file = None
         self._ctx = None
@@ -541,7 +596,7 @@ class GGUFWriter:
         ne = tuple(int(d) for d in ne)
         if len(name.encode()) > MAX_NAME_BYTES:
             raise LlamatoolError(f"tensor name {name!r} is longer than {MAX_NAME_BYTES} bytes")
-        if any(p.name == name for p in self._tensors):
+        if name in self._names:
             raise LlamatoolError(f"duplicate tensor name {name!r}")
         if not 1 <= len(ne) <= MAX_DIMS:
             raise LlamatoolError(f"tensor {name!r} has {len(ne)} dimensions")
@@ -552,6 +607,7 @@ class GGUFWriter:
             last = self._tensors[-1]
             offset = _align(last.offset + last.nbytes, self.alignment)
         self._tensors.append(_PlannedTensor(name, t, ne, offset, t.nbytes(n)))
+        self._names.add(name)
 
     @property
     def planned_size(self) -> int:

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import LlamatoolError
 from .fileio import check_output_path
-from .gguf_io import Field, GGUFReader, GGUFWriter, TensorInfo, ValueType, copy_fields
+from .gguf_io import Field, GGUFReader, GGUFWriter, StringArrayField, TensorInfo, ValueType, copy_fields
 from .quant_rules import (
     QuantizeOptions,
     TypePlan,
@@ -249,10 +249,11 @@ def _convert_rows(job: TensorJob, kernels: Kernels, out: np.ndarray, r0: int, r1
 class _Tensor:
     """A tensor being converted: its output and the chunks of rows still to do."""
 
-    def __init__(self, job: TensorJob):
+    def __init__(self, job: TensorJob, buffer: np.ndarray):
         n_rows, n_per_row = job.src.n_rows, job.src.ne[0]
         self.job = job
-        self.out = np.empty((n_rows, job.dst.row_bytes(n_per_row)), np.uint8)
+        self.buffer = buffer  # at least job.dst_bytes, flat
+        self.out = buffer[: job.dst_bytes].reshape(n_rows, job.dst.row_bytes(n_per_row))
         rows = max(1, CHUNK_VALUES // max(1, n_per_row))
         self.chunks = [(r0, min(n_rows, r0 + rows)) for r0 in range(0, n_rows, rows)]
         self.left = len(self.chunks)
@@ -282,6 +283,7 @@ class _Converter:
         self.pending: deque[_Tensor] = deque()
         self.upcoming = iter([j for j in jobs if j.converts])
         self.ahead = 0  # output bytes submitted and not yet handed to the writer
+        self.spare: list[np.ndarray] = []  # buffers of tensors written, for the next ones
 
     def __enter__(self) -> "_Converter":
         if self.n_workers:
@@ -311,17 +313,33 @@ class _Converter:
                 raise tensor.error
             yield job, tensor.out
             self.ahead -= job.dst_bytes
+            self._give_back(tensor.buffer)
+            tensor.buffer = tensor.out = None
 
     def _submit_ahead(self) -> None:
         while not self.pending or self.ahead < AHEAD_BYTES:
             job = next(self.upcoming, None)
             if job is None:
                 return
-            tensor = _Tensor(job)
+            tensor = _Tensor(job, self._buffer(job.dst_bytes))
             for r0, r1 in tensor.chunks:
                 self.queue.put((tensor, r0, r1))
             self.pending.append(tensor)
             self.ahead += job.dst_bytes
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        """The smallest spare buffer that holds nbytes, else a new one. Reusing them saves
+        the page faults (and the zeroing) of fresh memory: the layers' tensors come in a
+        few sizes again and again."""
+        fits = [i for i, b in enumerate(self.spare) if b.size >= nbytes]
+        if not fits:
+            return np.empty(nbytes, np.uint8)
+        return self.spare.pop(min(fits, key=lambda i: self.spare[i].size))
+
+    def _give_back(self, buffer: np.ndarray) -> None:
+        self.spare.append(buffer)
+        while sum(b.size for b in self.spare) > AHEAD_BYTES:  # memory stays the tensors in flight
+            self.spare.pop(min(range(len(self.spare)), key=lambda i: self.spare[i].size))
 
     def _work(self) -> None:
         local = threading.local()
@@ -357,6 +375,8 @@ def _encoded_size(f: Field) -> int:
         return 8 + len(f.value.encode("utf-8", "surrogateescape"))
     if f.type != ValueType.ARRAY:
         return _VALUE_BYTES[f.type]
+    if isinstance(f, StringArrayField):
+        return 12 + f.nbytes  # as the input stores them, never decoded
     if f.subtype == ValueType.STRING:  # one encode of the joined strings: their lengths add up
         return 12 + 8 * len(f.value) + len("".join(f.value).encode("utf-8", "surrogateescape"))
     return 12 + len(f.value) * _VALUE_BYTES[f.subtype]

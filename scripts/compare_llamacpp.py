@@ -4,21 +4,26 @@
     .venv/bin/python scripts/compare_llamacpp.py                       # default model, pp512 + tg128
     .venv/bin/python scripts/compare_llamacpp.py -m x.gguf -p 512 -n 128 -t 2 -r 5 --json
 
-llama.cpp runs in this process through llama-cpp-python (the optional extra
-`pip install -e '.[compare]'`, or `pip install llama-cpp-python`, which builds llama.cpp
-from source). Both engines get the same file, threads, batch size (512) and the same
-synthetic tokens (llamatool's bench: random ids, BOS first when the model adds one).
-Repetitions alternate between the engines, so a busy machine slows both alike; the figures
-are medians and the ratio is llamatool t/s / llama.cpp t/s. Tokens per CPU-second of the
+Speed: llamatool against llama.cpp's own llama-bench binary when there is one
+(--llama-bench PATH, else $LLAMA_CPP_BIN/llama-bench, else llama-bench on PATH;
+scripts/build_llamacpp.sh builds it): one llama-bench process per repetition (`-r 1`,
+after its own warm-up run, `-o json`), same file, -p/-n, threads and batch size.
+Without it (or with --llama-bench none), llama.cpp runs in this process through
+llama-cpp-python (the optional extra `pip install -e '.[compare]'`, or `pip install
+llama-cpp-python`, which builds llama.cpp from source), which is slower than llama-bench
+(its Python eval loop): both engines then get the same synthetic tokens (llamatool's
+bench: random ids, BOS first when the model adds one), and tokens per CPU-second of the
 process are reported too: with one thread they compare the engines' work even when other
 processes hold the cores (an oversubscribed machine costs llama.cpp's spinning thread pool
-far more wall time than it costs the work itself).
+far more wall time than it costs the work itself). Repetitions alternate between the
+engines, so a busy machine slows both alike; the figures are medians and the ratio is
+llamatool t/s / llama.cpp t/s.
 
-Then the agreement check: for a few prompts, greedy continuations of both engines (same
-prompt ids) and the top-k logits at the last prompt position. Logits differ a little by
-construction (different summation orders in the same integer-dot arithmetic), so the report
-is how many greedy tokens agree before the first divergence and the largest logit
-difference among llama.cpp's top k.
+Then the agreement check, through llama-cpp-python: for a few prompts, greedy
+continuations of both engines (same prompt ids) and the top-k logits at the last prompt
+position. Logits differ a little by construction (different summation orders in the same
+integer-dot arithmetic), so the report is how many greedy tokens agree before the first
+divergence and the largest logit difference among llama.cpp's top k.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +42,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from llamacpp_bin import BUILD_HINT, find_binary  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 N_BATCH = 512
@@ -101,6 +110,38 @@ class LlamaCpp:
         self.llm.close()
 
 
+class LlamaBench:
+    """llama.cpp's llama-bench binary, one process per repetition: a test's t/s as it reports it."""
+
+    def __init__(self, binary: Path, path: Path, n_threads: int):
+        self.binary, self.path, self.n_threads = binary, path, n_threads
+
+    def command(self, test: Test) -> list[str]:
+        return [str(self.binary), "-m", str(self.path), "-p", str(test.n_prompt), "-n", str(test.n_gen),
+                "-t", str(self.n_threads), "-b", str(N_BATCH), "-ub", str(N_BATCH), "-r", "1", "-o", "json"]  # fmt: skip
+
+    def rate(self, test: Test) -> float:
+        proc = subprocess.run(self.command(test), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{self.binary} failed (exit {proc.returncode}) on {test.name}: {proc.stderr[-1500:]}")
+        return llama_bench_rate(proc.stdout, test)
+
+    def close(self) -> None:
+        pass
+
+
+def llama_bench_rate(output: str, test: Test) -> float:
+    """The t/s of `test` in llama-bench's `-o json` output (a list of test results)."""
+    try:
+        results = json.loads(output)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"llama-bench printed no JSON ({e}): {output[:200]!r}") from None
+    for r in results if isinstance(results, list) else []:
+        if r.get("n_prompt") == test.n_prompt and r.get("n_gen") == test.n_gen and "avg_ts" in r:
+            return float(r["avg_ts"])
+    raise SystemExit(f"llama-bench's output has no {test.name} result")
+
+
 class Llamatool:
     def __init__(self, path: Path, n_threads: int, n_ctx: int):
         from llamatool.model import Model
@@ -144,6 +185,15 @@ def time_once(engine, test: Test, tokens: list[int]) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+def measure(engine, test: Test, tokens: list[int]) -> tuple[float, float | None]:
+    """One repetition: t/s, and t/s per CPU-second of this process (None for llama-bench,
+    which runs in its own)."""
+    if isinstance(engine, LlamaBench):
+        return engine.rate(test), None
+    wall, cpu = time_once(engine, test, tokens)
+    return test.n_tokens / wall, test.n_tokens / cpu
+
+
 def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, n_vocab: int, log=print) -> list[dict]:
     """Median t/s of each engine per test, alternating engines every repetition."""
     rows = []
@@ -152,24 +202,26 @@ def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, 
         token_sets = [synthetic_tokens(rng, test.n_tokens, n_vocab, bos) for _ in range(reps + 1)]
         rates = {name: [] for name in engines}
         cpu_rates = {name: [] for name in engines}
-        for name, engine in engines.items():  # warm-up, not counted
-            time_once(engine, test, token_sets[0])
+        for name, engine in engines.items():  # warm-up, not counted (llama-bench warms up itself)
+            if not isinstance(engine, LlamaBench):
+                time_once(engine, test, token_sets[0])
         for r in range(reps):
             order = list(engines.items()) if r % 2 == 0 else list(engines.items())[::-1]
             for name, engine in order:
-                wall, cpu = time_once(engine, test, token_sets[r + 1])
-                rates[name].append(test.n_tokens / wall)
-                cpu_rates[name].append(test.n_tokens / cpu)
+                rate, cpu_rate = measure(engine, test, token_sets[r + 1])
+                rates[name].append(rate)
+                cpu_rates[name].append(cpu_rate)
         row = {"test": test.name, **{f"{n}_ts": statistics.median(v) for n, v in rates.items()},
                **{f"{n}_samples": v for n, v in rates.items()},
                # tokens per CPU-second of the process: on a busy machine, with one thread, the
                # figure a descheduled engine does not lose
-               **{f"{n}_cpu_ts": statistics.median(v) for n, v in cpu_rates.items()}}  # fmt: skip
+               **{f"{n}_cpu_ts": None if None in v else statistics.median(v) for n, v in cpu_rates.items()}}  # fmt: skip
         row["ratio"] = row["llamatool_ts"] / row["llama.cpp_ts"]
-        row["cpu_ratio"] = row["llamatool_cpu_ts"] / row["llama.cpp_cpu_ts"]
+        row["cpu_ratio"] = None if row["llama.cpp_cpu_ts"] is None else row["llamatool_cpu_ts"] / row["llama.cpp_cpu_ts"]
+        per_cpu = "" if row["cpu_ratio"] is None else (
+            f" (per CPU-second: {row['llamatool_cpu_ts']:.1f} / {row['llama.cpp_cpu_ts']:.1f}, {row['cpu_ratio']:.2f})")
         log(f"  {test.name}: llamatool {row['llamatool_ts']:.1f} t/s, llama.cpp {row['llama.cpp_ts']:.1f} t/s, "
-            f"ratio {row['ratio']:.2f} (per CPU-second: {row['llamatool_cpu_ts']:.1f} / {row['llama.cpp_cpu_ts']:.1f}, "
-            f"{row['cpu_ratio']:.2f})")  # fmt: skip
+            f"ratio {row['ratio']:.2f}{per_cpu}")  # fmt: skip
         rows.append(row)
     return rows
 
@@ -237,33 +289,44 @@ def main(argv=None) -> int:
     ap.add_argument("-n", "--n-gen", default="128", help="generation lengths, comma-separated (0 = none)")
     ap.add_argument("-t", "--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("-r", "--repetitions", type=int, default=5)
+    ap.add_argument("--llama-bench", default=None, metavar="PATH",
+                    help="llama-bench binary or its folder for the speed figures ('none': llama-cpp-python "
+                         "in this process); default: $LLAMA_CPP_BIN, then PATH, else llama-cpp-python")  # fmt: skip
     ap.add_argument("--check-prompts", type=int, default=len(PROMPTS), help="prompts for the agreement check (0 = skip)")
     ap.add_argument("--check-tokens", type=int, default=16, help="greedy tokens per prompt")
     ap.add_argument("--no-speed", action="store_true", help="only the agreement check")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
 
-    if import_llama_cpp() is None:
-        print(f"error: {INSTALL_HINT}", file=sys.stderr)
+    tests = [] if args.no_speed else parse_tests(args.n_prompt, args.n_gen)
+    bench = find_binary("llama-bench", args.llama_bench) if tests else None
+    have_python = import_llama_cpp() is not None
+    if not have_python and (bench is None or args.no_speed):
+        hint = f"; or for the speed figures alone, {BUILD_HINT}" if not args.no_speed else ""
+        print(f"error: {INSTALL_HINT}{hint}", file=sys.stderr)
         return 2
     if not args.model.is_file():
         print(f"error: {args.model}: no such model file", file=sys.stderr)
         return 1
-    tests = [] if args.no_speed else parse_tests(args.n_prompt, args.n_gen)
     n_ctx = max([t.n_tokens for t in tests] + [256]) + 1
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    log(f"{args.model.name}: {args.threads} threads, {args.repetitions} alternating repetitions")
+    reference = f"llama-bench ({bench})" if bench else "llama-cpp-python (in this process)"
+    log(f"{args.model.name}: {args.threads} threads, {args.repetitions} alternating repetitions; llama.cpp is {reference}")
     ours = Llamatool(args.model, args.threads, n_ctx)
-    theirs = LlamaCpp(args.model, args.threads, n_ctx)
+    theirs = LlamaCpp(args.model, args.threads, n_ctx) if have_python else None
     tok = ours.model.tokenizer
     bos = tok.bos_id if tok.add_bos else None
-    report = {"model": str(args.model), "threads": args.threads, "repetitions": args.repetitions}
-    report["speed"] = compare_speed({"llamatool": ours, "llama.cpp": theirs}, tests, args.repetitions, bos, ours.n_vocab,
+    report = {"model": str(args.model), "threads": args.threads, "repetitions": args.repetitions, "llama.cpp": reference}
+    speed_ref = LlamaBench(bench, args.model, args.threads) if bench else theirs
+    report["speed"] = compare_speed({"llamatool": ours, "llama.cpp": speed_ref}, tests, args.repetitions, bos, ours.n_vocab,
                                     log)
-    if args.check_prompts:
+    if args.check_prompts and theirs is None:
+        log(f"no agreement check: it runs llama.cpp through llama-cpp-python ({INSTALL_HINT})")
+    elif args.check_prompts:
         report["agreement"] = check_agreement(ours, theirs, PROMPTS[: args.check_prompts], args.check_tokens)
     ours.close()
-    theirs.close()
+    if theirs is not None:
+        theirs.close()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -273,11 +336,13 @@ def main(argv=None) -> int:
 
 def print_report(report: dict) -> None:
     if report["speed"]:
-        print("\n| test | llamatool t/s | llama.cpp t/s | ratio | per CPU-s: llamatool | llama.cpp | ratio |")
+        print(f"\nllama.cpp: {report['llama.cpp']}")
+        print("| test | llamatool t/s | llama.cpp t/s | ratio | per CPU-s: llamatool | llama.cpp | ratio |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in report["speed"]:
-            print(f"| {r['test']} | {r['llamatool_ts']:.1f} | {r['llama.cpp_ts']:.1f} | {r['ratio']:.2f} "
-                  f"| {r['llamatool_cpu_ts']:.1f} | {r['llama.cpp_cpu_ts']:.1f} | {r['cpu_ratio']:.2f} |")
+            cpu = "| - | - | - |" if r["cpu_ratio"] is None else (
+                f"| {r['llamatool_cpu_ts']:.1f} | {r['llama.cpp_cpu_ts']:.1f} | {r['cpu_ratio']:.2f} |")
+            print(f"| {r['test']} | {r['llamatool_ts']:.1f} | {r['llama.cpp_ts']:.1f} | {r['ratio']:.2f} {cpu}")
     agree = report.get("agreement")
     if agree:
         print(f"\ngreedy tokens agreeing before the first divergence: {agree['greedy_agree']}/{agree['greedy_total']}; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,106 @@ def test_without_llama_cpp_says_how_to_get_it(monkeypatch, capsys):
     assert compare.main(["--no-speed"]) != 0
     err = capsys.readouterr().err
     assert "pip install" in err and "[compare]" in err
+
+
+# --- llama-bench: the binary, found and parsed (these run without it) -------------------------
+
+
+def _fake_binary(folder: Path, name: str, body: str) -> Path:
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+LLAMA_BENCH_JSON = """[
+  {"build_commit": "x", "n_prompt": 8, "n_gen": 0, "n_threads": 2, "avg_ts": 1234.5, "stddev_ts": 0.0},
+  {"build_commit": "x", "n_prompt": 0, "n_gen": 4, "n_threads": 2, "avg_ts": 150.25, "stddev_ts": 0.0}
+]"""
+
+
+def test_llama_bench_rate_is_read_from_its_json():
+    assert compare.llama_bench_rate(LLAMA_BENCH_JSON, compare.Test(n_prompt=8)) == 1234.5
+    assert compare.llama_bench_rate(LLAMA_BENCH_JSON, compare.Test(n_gen=4)) == 150.25
+    with pytest.raises(SystemExit, match="no tg128 result"):
+        compare.llama_bench_rate(LLAMA_BENCH_JSON, compare.Test(n_gen=128))
+    with pytest.raises(SystemExit, match="no JSON"):
+        compare.llama_bench_rate("| model | size |", compare.Test(n_prompt=8))
+
+
+def test_llama_bench_gets_the_same_file_counts_and_threads(tmp_path):
+    bench = compare.LlamaBench(Path("/opt/llama-bench"), tmp_path / "m.gguf", 3)
+    cmd = bench.command(compare.Test(n_prompt=512))
+    assert cmd[0] == "/opt/llama-bench"
+    flags = dict(zip(cmd[1::2], cmd[2::2]))
+    assert flags == {"-m": str(tmp_path / "m.gguf"), "-p": "512", "-n": "0", "-t": "3", "-b": "512", "-ub": "512",
+                     "-r": "1", "-o": "json"}  # fmt: skip
+    assert dict(zip(*[iter(bench.command(compare.Test(n_gen=128))[1:])] * 2))["-n"] == "128"
+
+
+def test_llama_bench_runs_as_a_process(tmp_path):
+    ok = _fake_binary(tmp_path, "llama-bench", f"cat <<'END'\n{LLAMA_BENCH_JSON}\nEND")
+    assert compare.LlamaBench(ok, tmp_path / "m.gguf", 2).rate(compare.Test(n_gen=4)) == 150.25
+    (tmp_path / "bad").mkdir()
+    bad = _fake_binary(tmp_path / "bad", "llama-bench", "echo 'illegal instruction' >&2; exit 132")
+    with pytest.raises(SystemExit, match="exit 132.*illegal instruction"):
+        compare.LlamaBench(bad, tmp_path / "m.gguf", 2).rate(compare.Test(n_gen=4))
+
+
+def test_binary_discovery(tmp_path, monkeypatch):
+    find = compare.find_binary
+    for folder in ("env", "path", "empty"):
+        (tmp_path / folder).mkdir()
+    in_env = _fake_binary(tmp_path / "env", "llama-bench", "exit 0")
+    on_path = _fake_binary(tmp_path / "path", "llama-bench", "exit 0")
+    environ = {"LLAMA_CPP_BIN": str(tmp_path / "env"), "PATH": str(tmp_path / "path")}
+    # a path given wins: the binary itself or its folder; "none" turns it off
+    assert find("llama-bench", str(on_path), environ) == on_path
+    assert find("llama-bench", str(tmp_path / "path"), environ) == on_path
+    assert find("llama-bench", "none", environ) is None
+    # then LLAMA_CPP_BIN, then PATH, else none
+    assert find("llama-bench", None, environ) == in_env
+    assert find("llama-bench", None, {"PATH": str(tmp_path / "path")}) == on_path
+    assert find("llama-bench", None, {"PATH": str(tmp_path / "empty")}) is None
+    # a place named that holds no such executable is an error, not a quiet fall-back
+    (tmp_path / "empty" / "llama-bench").write_text("not executable")
+    for given, env in ((str(tmp_path / "empty"), environ), (None, {**environ, "LLAMA_CPP_BIN": str(tmp_path / "empty")})):
+        with pytest.raises(SystemExit, match="no executable llama-bench there.*build_llamacpp.sh"):
+            find("llama-bench", given, env)
+
+
+def test_without_llama_cpp_or_llama_bench_says_how_to_get_either(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    monkeypatch.delenv("LLAMA_CPP_BIN", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert compare.main([]) == 2
+    err = capsys.readouterr().err
+    assert "pip install" in err and "build_llamacpp.sh" in err
+
+
+def _llama_bench():
+    try:
+        binary = compare.find_binary("llama-bench")
+    except SystemExit as e:
+        pytest.skip(f"llama-bench: {e}")
+    if binary is None:
+        pytest.skip("no llama-bench binary (scripts/build_llamacpp.sh builds one; set LLAMA_CPP_BIN or put it on PATH)")
+    return binary
+
+
+def test_speed_table_against_llama_bench(default_model):
+    """The real binary, when there is one: both engines measured alternately, llama-bench's
+    own figure read from its JSON."""
+    binary = _llama_bench()
+    ours = compare.Llamatool(default_model, 2, 128)
+    try:
+        bench = compare.LlamaBench(binary, default_model, 2)
+        rows = compare.compare_speed({"llamatool": ours, "llama.cpp": bench}, compare.parse_tests("8", "2"), 1,
+                                     ours.model.tokenizer.bos_id, ours.n_vocab, log=lambda msg: None)  # fmt: skip
+    finally:
+        ours.close()
+    assert [r["test"] for r in rows] == ["pp8", "tg2"]
+    for r in rows:
+        assert r["llamatool_ts"] > 0 and r["llama.cpp_ts"] > 0
+        assert r["ratio"] == pytest.approx(r["llamatool_ts"] / r["llama.cpp_ts"])
+        assert r["llama.cpp_cpu_ts"] is None and r["cpu_ratio"] is None  # its own process: no CPU figure

@@ -129,6 +129,7 @@ _RUNTIME_SYMBOLS = {
 }
 
 NONFINITE = "count_nonfinite"  # the key of floats._count_nonfinite
+_RUNTIME_KEY = "runtime-" + hashlib.sha256(_RUNTIME_IR.encode()).hexdigest()[:16]  # _RUNTIME_IR's object code
 _PROTOTYPES = (  # [key == NONFINITE]: row kernels, the counter
     ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64),
     ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64),
@@ -206,8 +207,7 @@ class _Engine:
 def _runtime_object() -> bytes:
     """_RUNTIME_IR as machine code: saved beside the kernels' objects, made with llvmlite
     the first time (for the large code model, as Numba's kernels are)."""
-    key = "runtime-" + hashlib.sha256(_RUNTIME_IR.encode()).hexdigest()[:16]
-    found = _read(key)
+    found = _read(_RUNTIME_KEY)
     if found is not None:
         return found[1]
     import llvmlite.binding as llvm
@@ -218,7 +218,7 @@ def _runtime_object() -> bytes:
     module = llvm.parse_assembly(_RUNTIME_IR)
     module.verify()
     obj = tm.emit_object(module)
-    _write(key, "llamatool_kernel_failed", obj)
+    _write(_RUNTIME_KEY, "llamatool_kernel_failed", obj)
     return obj
 
 
