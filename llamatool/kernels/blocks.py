@@ -36,8 +36,8 @@ import numpy as np
 from llamatool.jit import njit
 
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
-from .simd import (bit_mask, concat, f16_lanes, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
-                   load_u16, load_u32, lookup16, pick_pair, reinterpret, splat, to_f32, to_i8, to_i32)
+from .simd import (bit_mask, concat, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
+                   interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
 from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 
 from numba import float32, int32, int64, uint8, uint16, uint64  # noqa: E402  (numba is already imported by .simd)
@@ -518,9 +518,10 @@ def pair_scales(qtype, W, bo, j):
 
 
 def decode_group(qtype, W, bo):
-    """The group of 8 blocks at bo, 32-weight types: (w0, w1, w2, w3, d, m) with w_p the 64
-    weight bytes of chunk pair p (as decode_pair_in_group) and d, m float32 x 8 the blocks'
-    scales and mins (m: Q4_1/Q5_1 only, anything for the others); compiled code only."""
+    """The group of 8 blocks at bo, 32-weight types: (w0, w1, w2, w3, d) with w_p the 64
+    weight bytes of chunk pair p (as decode_pair_in_group) and d the blocks' scales:
+    float32 x 8, or for Q4_1/Q5_1 float32 x 16 [d0, m0, d1, m1, ...] with their mins;
+    compiled code only."""
     raise NotImplementedError("decode_group is only callable from compiled code")
 
 
@@ -546,18 +547,41 @@ def _group18(W, bo):
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def q4_0_group(W, bo):
-    w0, w1, w2, w3, d = _group18(W, bo)
-    return w0, w1, w2, w3, d, d
+    return _group18(W, bo)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq4_nl_group(W, bo):
     w0, w1, w2, w3, d = _group18(W, bo)
     t = load(IQ4_VALUES_U8, 0, 16)
-    return lookup16(t, w0), lookup16(t, w1), lookup16(t, w2), lookup16(t, w3), d, d
+    return lookup16(t, w0), lookup16(t, w1), lookup16(t, w2), lookup16(t, w3), d
 
 
-GROUP_DECODERS = {Q4_0: q4_0_group, IQ4_NL: iq4_nl_group}
+@njit(cache=True, _nrt=False, forceinline=True)
+def q4_1_group(W, bo):
+    """Eight 20-byte Q4_1 blocks (f16 d, f16 m, 16 bytes of nibbles) at bo, from the first
+    128 bytes and the last 64 (see _group18); d and m come as one vector, [d0, m0, d1, ...]."""
+    z = load(W, bo, 128)
+    tail = load(W, bo + 96, 64)
+    return (_split_nibbles(pick_pair2(z, tail, 96, 4, 24)), _split_nibbles(pick_pair2(z, tail, 96, 44, 64)),
+            _split_nibbles(pick_pair2(z, tail, 96, 84, 104)), _split_nibbles(pick_pair2(z, tail, 96, 124, 144)),
+            f16_pairs2(z, tail, 96, 0, 20, 8))
+
+
+GROUP_DECODERS = {Q4_0: q4_0_group, Q4_1: q4_1_group, IQ4_NL: iq4_nl_group}
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _group_halves(W, o, size):
+    """float32 x 8: the halves at o, o + size, ..., o + 7 size (a field of 8 blocks)."""
+    return concat(concat(load_f16_pair(W, o, o + size), load_f16_pair(W, o + 2 * size, o + 3 * size)),
+                  concat(load_f16_pair(W, o + 4 * size, o + 5 * size), load_f16_pair(W, o + 6 * size, o + 7 * size)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _pairs_of_group(qtype, W, bo):
+    return (decode_pair_in_group(qtype, W, bo, 0)[0], decode_pair_in_group(qtype, W, bo, 2)[0],
+            decode_pair_in_group(qtype, W, bo, 4)[0], decode_pair_in_group(qtype, W, bo, 6)[0])
 
 
 @overload(decode_group, jit_options={"_nrt": False, "forceinline": True})
@@ -567,17 +591,10 @@ def _decode_group(qtype, W, bo):
         decoder = GROUP_DECODERS[qt]
         return lambda qtype, W, bo: decoder(W, bo)
     size = BLOCK32_BYTES[qt]
-
-    def by_pairs(qtype, W, bo):
-        d = concat(concat(load_f16_pair(W, bo, bo + size), load_f16_pair(W, bo + 2 * size, bo + 3 * size)),
-                   concat(load_f16_pair(W, bo + 4 * size, bo + 5 * size), load_f16_pair(W, bo + 6 * size, bo + 7 * size)))
-        m = concat(concat(load_f16_pair(W, bo + 2, bo + size + 2), load_f16_pair(W, bo + 2 * size + 2, bo + 3 * size + 2)),
-                   concat(load_f16_pair(W, bo + 4 * size + 2, bo + 5 * size + 2),
-                          load_f16_pair(W, bo + 6 * size + 2, bo + 7 * size + 2)))
-        return (decode_pair_in_group(qtype, W, bo, 0)[0], decode_pair_in_group(qtype, W, bo, 2)[0],
-                decode_pair_in_group(qtype, W, bo, 4)[0], decode_pair_in_group(qtype, W, bo, 6)[0], d, m)
-
-    return by_pairs
+    if qt in WEIGHT_SHIFT:
+        return lambda qtype, W, bo: (*_pairs_of_group(qtype, W, bo), _group_halves(W, bo, size))
+    return lambda qtype, W, bo: (*_pairs_of_group(qtype, W, bo),
+                                 interleave(_group_halves(W, bo, size), _group_halves(W, bo + 2, size)))
 
 
 @overload(weight_shift, jit_options={"_nrt": False, "forceinline": True})

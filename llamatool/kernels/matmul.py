@@ -59,7 +59,7 @@ from llamatool.jit import njit
 from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, group_bytes, half_offsets,
                      decode_group, has_superblock_decoder, is_block32, pair_scales, weight_shift,
                      weight_shift_of)
-from .simd import (concat, dot4_u8i8, even_lanes, extract, fma, get, hsum, interleave, load, load_bf16, load_f16,
+from .simd import (concat, dot4_u8i8, even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
                    load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, store, to_f32)
 from .ccall import c_signature, call_c
 from .lanes import repeat_slice
@@ -116,15 +116,15 @@ def _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x):
 #     product: vpdpbusd starts from -k times the activation's sums of four (made once per
 #     pair, for every row), so each lane holds the exact sum of (q - k) * qx, as ggml's own
 #     vec_dot computes it, and a row pays no offset at all.
-#   - A whole group of 8 blocks reads its 8 scales d (and Q4_1/Q5_1 their 8 mins m) as one
-#     vector (one load of their span and one word shuffle, `load_f16_strided`), multiplies
-#     them by the 8 activation scales at once, and spreads each pair's two over the dot's
-#     lanes with one permute; the mins meet the activation's block sums in one FMA per group.
+#   - A whole group of 8 blocks comes out of blocks.decode_group with its 8 scales d (and
+#     Q4_1/Q5_1 their mins m, as [d0, m0, d1, ...]) as one vector: one product with the
+#     activation's scales (and block sums) makes every lane scale and offset of the group,
+#     and one permute per chunk pair spreads its two scales over the dot's lanes.
 #   - Pairs after the last whole group (rows of 64 weights that are not a multiple of 256)
 #     read their two scales as one small vector (`pair_scales`).
 # Every path does one row and one token by the same steps in the same order, so one token
-# gives the same numbers whatever the tiling. A row's state is (acc: 16 dot lanes, offs8:
-# the group offsets, offs4: the pair offsets in lanes 1 and 3).
+# gives the same numbers whatever the tiling. A row's state is (acc: 16 dot lanes, offs16:
+# the group offsets in its odd lanes, offs4: the pair offsets in lanes 1 and 3).
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -156,33 +156,54 @@ def _lanes_dot(qtype, W, bo, j, xp):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _group_step(qtype, W, bo, xg, st):
-    """The group of 8 blocks at bo . an activation group (_x_group), into a row's state st."""
-    acc, offs8, offs4 = st
-    dx, sums, x0, x1, x2, x3 = xg
-    w0, w1, w2, w3, dw, mw = decode_group(qtype, W, bo)
-    sc = dw * dx
+def _group_dots(w0, w1, w2, w3, sc, xg, acc):
+    """The four chunk pairs of a group . an activation group, sc: the 8 blocks' scales."""
+    x0, x1, x2, x3 = xg[2], xg[3], xg[4], xg[5]
     acc = fma(to_f32(dot4_u8i8(x0[1], w0, x0[0])), repeat_slice(sc, 0, 2, 8), acc)
     acc = fma(to_f32(dot4_u8i8(x1[1], w1, x1[0])), repeat_slice(sc, 2, 2, 8), acc)
     acc = fma(to_f32(dot4_u8i8(x2[1], w2, x2[0])), repeat_slice(sc, 4, 2, 8), acc)
-    acc = fma(to_f32(dot4_u8i8(x3[1], w3, x3[0])), repeat_slice(sc, 6, 2, 8), acc)
-    if weight_shift(qtype) == 0:
-        offs8 = fma(mw, sums, offs8)
-    return acc, offs8, offs4
+    return fma(to_f32(dot4_u8i8(x3[1], w3, x3[0])), repeat_slice(sc, 6, 2, 8), acc)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _group_step_shifted(qtype, W, bo, xg, st):
+    acc, offs16, offs4 = st
+    w0, w1, w2, w3, dw = decode_group(qtype, W, bo)
+    return _group_dots(w0, w1, w2, w3, dw * xg[0], xg, acc), offs16, offs4
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _group_step_with_mins(qtype, W, bo, xg, st):
+    acc, offs16, offs4 = st
+    w0, w1, w2, w3, dm = decode_group(qtype, W, bo)
+    p = dm * interleave(xg[0], xg[1])  # [d dx, m s] of the 8 blocks
+    return _group_dots(w0, w1, w2, w3, even_lanes(p), xg, acc), offs16 + p, offs4
+
+
+def _group_step(qtype, W, bo, xg, st):
+    """The group of 8 blocks at bo . an activation group (_x_group), into a row's state st
+    (the offsets of a group: lanes 1, 3, .. of offs16); compiled code only."""
+    raise NotImplementedError("_group_step is only callable from compiled code")
+
+
+@overload(_group_step, jit_options={"_nrt": False, "forceinline": True})
+def _group_step_for_type(qtype, W, bo, xg, st):
+    step = _group_step_shifted if weight_shift_of(qtype) else _group_step_with_mins
+    return lambda qtype, W, bo, xg, st: step(qtype, W, bo, xg, st)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _pair_step_shifted(qtype, W, bo, j, xp, st):
-    acc, offs8, offs4 = st
+    acc, offs16, offs4 = st
     sc = pair_scales(qtype, W, bo, j) * xp[2]
-    return fma(_lanes_dot(qtype, W, bo, j, xp), repeat_lanes(sc, 8), acc), offs8, offs4
+    return fma(_lanes_dot(qtype, W, bo, j, xp), repeat_lanes(sc, 8), acc), offs16, offs4
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _pair_step_with_mins(qtype, W, bo, j, xp, st):
-    acc, offs8, offs4 = st
+    acc, offs16, offs4 = st
     dm = pair_scales(qtype, W, bo, j) * xp[3]  # [d dx, m s] of both chunks
-    return fma(_lanes_dot(qtype, W, bo, j, xp), repeat_lanes(even_lanes(dm), 8), acc), offs8, offs4 + dm
+    return fma(_lanes_dot(qtype, W, bo, j, xp), repeat_lanes(even_lanes(dm), 8), acc), offs16, offs4 + dm
 
 
 def _pair_step(qtype, W, bo, j, xp, st):
@@ -199,16 +220,16 @@ def _pair_step_for_type(qtype, W, bo, j, xp, st):
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _start():
-    return splat(float32(0), 16), splat(float32(0), 8), splat(float32(0), 4)
+    return splat(float32(0), 16), splat(float32(0), 16), splat(float32(0), 4)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, st):
     """A row's dot product from its state, plus its odd last chunk c if it has one."""
-    acc, offs8, offs4 = st
+    acc, offs16, offs4 = st
     total = hsum(acc)
     if weight_shift(qtype) == 0:
-        total += hsum(offs8) + (extract(offs4, 1) + extract(offs4, 3))
+        total += hsum(odd_lanes(offs16)) + (extract(offs4, 1) + extract(offs4, 3))
     if c < n_chunks:
         total += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K)
     return total
