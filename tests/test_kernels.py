@@ -348,6 +348,28 @@ def test_matmul_row_and_token_ranges(name):
         check_same(run_matmul(name, raw, k, x, t0=t, t1=t + 1)[t], full[t])
 
 
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"])
+def test_decode_by_four_rows_gives_the_numbers_of_one_row(name):
+    """One token of a 32-weight type is read four rows per pass (matmul._rows4_block32): a
+    row gives the same bits whether it is in a pass of four, among the rows left over, or
+    alone, for rows of whole groups of 8 blocks, with a partial group, and with an odd last
+    block; and the products are those of both quantized operands."""
+    rng = np.random.default_rng(31)
+    for k in (512, 576, 544, 96, 32):
+        rows = 11
+        raw = random_blocks(name, rows, k, rng)
+        w = gguf_dequantize(raw, GQ[name]).astype(np.float64)
+        x = rng.standard_normal((1, k)).astype(np.float32)
+        a, xq = activation("Q8_0", x)
+        full = run_matmul(name, raw, k, x, act=a)[0]
+        assert np.all(np.abs(full - xq[0] @ w.T) <= 1e-5 * (np.abs(xq[0]) @ np.abs(w).T) + 1e-7), k
+        for r in range(rows):
+            assert run_matmul(name, raw, k, x, act=a, r0=r, r1=r + 1)[0, r] == full[r], (k, r)
+        part = run_matmul(name, raw, k, x, act=a, r0=3, r1=10)[0]
+        np.testing.assert_array_equal(part[3:10], full[3:10])
+        assert np.isnan(part[:3]).all() and np.isnan(part[10:]).all()
+
 def test_kernel_tables_hold_entry_points_of_the_requested_types_only():
     rows, dequant = kernel_tables([GQ.Q4_1, GQ.Q8_0])
     assert rows[GQ.Q4_1] and rows[GQ.Q8_0] and dequant[GQ.Q4_1] and dequant[GQ.Q8_0]

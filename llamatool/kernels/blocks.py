@@ -36,11 +36,11 @@ import numpy as np
 from llamatool.jit import njit
 
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
-from .simd import (bit_mask, concat, get, high_half, load, low_half, zip16, load_f16, load_u16, load_u32, lookup16,
-                   splat, to_f32, to_i8, to_i32)
+from .simd import (bit_mask, concat, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
+                   interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
 from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 
-from numba import float32, int32, int64, uint8, uint64  # noqa: E402  (numba is already imported by .simd)
+from numba import float32, int32, int64, uint8, uint16, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
@@ -481,6 +481,135 @@ SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_
                        Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K)
+
+
+# --- the 32-weight types by chunk pairs, for the decode loops (matmul.py) ------------------------
+# Their weights are either d * (q - k) for a constant k (Q4_0 8, Q5_0 16, Q8_0 and IQ4_NL 128:
+# q as decoded above is the stored value plus 128) or d * q + m with a stored min m (Q4_1,
+# Q5_1). A chunk pair's two scales (and mins) come out as one small vector: two 16-bit
+# loads and one conversion instead of a conversion and an insert per scalar.
+
+#: bytes of one block of a 32-weight type
+BLOCK32_BYTES = {Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, Q8_0: 34, IQ4_NL: 18}
+#: k of the types whose weights are d * (q - k); the others store a min
+WEIGHT_SHIFT = {Q4_0: 8, Q5_0: 16, Q8_0: 128, IQ4_NL: 128}
+
+
+def is_block32(qtype) -> bool:
+    """Whether a type id (a Numba integer literal, while typing) is a 32-weight type."""
+    return _literal_type_id(qtype) in BLOCK32_BYTES
+
+
+def weight_shift_of(qtype) -> int:
+    """WEIGHT_SHIFT of a type id (a Numba integer literal, while typing), 0 for the others."""
+    return WEIGHT_SHIFT.get(_literal_type_id(qtype), 0)
+
+
+def weight_shift(qtype):
+    """k of a type whose weights are d * (q - k), 0 for a type with mins (compile-time constant)."""
+    raise NotImplementedError("weight_shift is only callable from compiled code")
+
+
+def pair_scales(qtype, W, bo, j):
+    """Chunks j, j+1 of the group at bo, 32-weight types: float32 x 2 [d_j, d_j+1] for the
+    types without mins, float32 x 4 [d_j, m_j, d_j+1, m_j+1] for Q4_1/Q5_1 (their d and m
+    are adjacent: two 32-bit loads); compiled code only."""
+    raise NotImplementedError("pair_scales is only callable from compiled code")
+
+
+def decode_group(qtype, W, bo):
+    """The group of 8 blocks at bo, 32-weight types: (w0, w1, w2, w3, d) with w_p the 64
+    weight bytes of chunk pair p (as decode_pair_in_group) and d the blocks' scales:
+    float32 x 8, or for Q4_1/Q5_1 float32 x 16 [d0, m0, d1, m1, ...] with their mins;
+    compiled code only."""
+    raise NotImplementedError("decode_group is only callable from compiled code")
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _split_nibbles(b):
+    """pick_pair's 64 bytes [x, x, y, y] -> [low nibbles of x, high of x, low of y, high of y]
+    (one variable word shift and a mask: a chunk pair's weights in chunk order)."""
+    half = concat(splat(uint16(0), 8), splat(uint16(4), 8))
+    shifts = concat(half, half)
+    return reinterpret(reinterpret(b, np.uint16) >> shifts, np.uint8) & uint8(15)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _group18(W, bo):
+    """Eight 18-byte blocks (Q4_0, IQ4_NL: an f16 d, then 16 bytes of nibbles) at bo, read as
+    two registers of the first 128 bytes and one of the last 64: the four pairs' nibbles
+    and the eight scales come out of them by permutes, not by a load and an insert each."""
+    z = load(W, bo, 128)
+    tail = load(W, bo + 80, 64)
+    return (_split_nibbles(pick_pair(z, 2, 20)), _split_nibbles(pick_pair(z, 38, 56)),
+            _split_nibbles(pick_pair(z, 74, 92)), _split_nibbles(pick_pair(tail, 30, 48)), f16_lanes(z, 0, 18, 8))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q4_0_group(W, bo):
+    return _group18(W, bo)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq4_nl_group(W, bo):
+    w0, w1, w2, w3, d = _group18(W, bo)
+    t = load(IQ4_VALUES_U8, 0, 16)
+    return lookup16(t, w0), lookup16(t, w1), lookup16(t, w2), lookup16(t, w3), d
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q4_1_group(W, bo):
+    """Eight 20-byte Q4_1 blocks (f16 d, f16 m, 16 bytes of nibbles) at bo, from the first
+    128 bytes and the last 64 (see _group18); d and m come as one vector, [d0, m0, d1, ...]."""
+    z = load(W, bo, 128)
+    tail = load(W, bo + 96, 64)
+    return (_split_nibbles(pick_pair2(z, tail, 96, 4, 24)), _split_nibbles(pick_pair2(z, tail, 96, 44, 64)),
+            _split_nibbles(pick_pair2(z, tail, 96, 84, 104)), _split_nibbles(pick_pair2(z, tail, 96, 124, 144)),
+            f16_pairs2(z, tail, 96, 0, 20, 8))
+
+
+GROUP_DECODERS = {Q4_0: q4_0_group, Q4_1: q4_1_group, IQ4_NL: iq4_nl_group}
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _group_halves(W, o, size):
+    """float32 x 8: the halves at o, o + size, ..., o + 7 size (a field of 8 blocks)."""
+    return concat(concat(load_f16_pair(W, o, o + size), load_f16_pair(W, o + 2 * size, o + 3 * size)),
+                  concat(load_f16_pair(W, o + 4 * size, o + 5 * size), load_f16_pair(W, o + 6 * size, o + 7 * size)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _pairs_of_group(qtype, W, bo):
+    return (decode_pair_in_group(qtype, W, bo, 0)[0], decode_pair_in_group(qtype, W, bo, 2)[0],
+            decode_pair_in_group(qtype, W, bo, 4)[0], decode_pair_in_group(qtype, W, bo, 6)[0])
+
+
+@overload(decode_group, jit_options={"_nrt": False, "forceinline": True})
+def _decode_group(qtype, W, bo):
+    qt = _literal_type_id(qtype)
+    if qt in GROUP_DECODERS:
+        decoder = GROUP_DECODERS[qt]
+        return lambda qtype, W, bo: decoder(W, bo)
+    size = BLOCK32_BYTES[qt]
+    if qt in WEIGHT_SHIFT:
+        return lambda qtype, W, bo: (*_pairs_of_group(qtype, W, bo), _group_halves(W, bo, size))
+    return lambda qtype, W, bo: (*_pairs_of_group(qtype, W, bo),
+                                 interleave(_group_halves(W, bo, size), _group_halves(W, bo + 2, size)))
+
+
+@overload(weight_shift, jit_options={"_nrt": False, "forceinline": True})
+def _weight_shift(qtype):
+    value = WEIGHT_SHIFT.get(_literal_type_id(qtype), 0)
+    return lambda qtype: value
+
+
+@overload(pair_scales, jit_options={"_nrt": False, "forceinline": True})
+def _pair_scales(qtype, W, bo, j):
+    qt = _literal_type_id(qtype)
+    size = BLOCK32_BYTES[qt]
+    if qt in WEIGHT_SHIFT:
+        return lambda qtype, W, bo, j: load_f16_pair(W, bo + j * size, bo + (j + 1) * size)
+    return lambda qtype, W, bo, j: concat(load_f16(W, bo + j * size, 2), load_f16(W, bo + (j + 1) * size, 2))
 
 
 def decode_chunk(qtype, W, row, c):

@@ -6,19 +6,23 @@ per 64 weights one byte dot product (vpdpbusd), one int->float conversion and on
 into a 16-lane accumulator; per-row sums happen once at the end. Float rows (F32, F16,
 BF16) meet the activation rounded to their type, 16 lanes at a time.
 
-Two loop shapes:
-    one token      decode: a matrix-vector product, bound by reading the weights once
+Loop shapes:
+    one token      decode: a matrix-vector product, bound by reading the weights once;
+                   the 32-weight types go four rows per pass (each activation pair is read
+                   and prepared once for four rows; four independent FMA chains) and ask
+                   for the rows of a later pass meanwhile (software prefetch)
     four tokens    a few tokens: each decoded weight chunk feeds four tokens, so the
                    unpacking is paid once per four products (tile, not stream)
     many tokens    prompt processing (gemm.py, from gemm.MIN_TOKENS tokens up): panels of
                    16 rows decoded once per call into a transposed stack buffer, 16 rows x
                    4 tokens per register tile
 
-Both walk a row in groups of 8 chunks with the group's four chunk pairs unrolled, so a
+All walk a row in groups of 8 chunks with the group's four chunk pairs unrolled, so a
 decoder sees the chunk's place in its group as a constant (a K-quant's scale bytes and
-shifts are chosen at compile time). Checked with llvm-mca on the emitted assembly
-(Sapphire Rapids): Q4_1 decode ~6.4 cycles per 64 weights, prefill ~4.1 per 64
-weight-token products, ports 0/1/5 about evenly loaded.
+shifts are chosen at compile time). The 32-weight types decode a whole group at once
+(blocks.decode_group: Q4_0's 144 bytes as three registers, its nibbles and its 8 scales
+picked out by permutes). Measured on one matrix in L2 (Sapphire Rapids, one thread):
+Q4_0 576-wide rows ~24 ns per row, was ~35 by one row per pass with per-pair scales.
 
 Decode of the K-quants (Q2_K..Q6_K, IQ4_XS: the types with a super-block decoder in
 blocks.py) goes by whole super-blocks instead: the Q8_K activation has one scale per 256 values, so the
@@ -53,14 +57,16 @@ import numpy as np
 from llamatool.jit import njit
 
 from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, group_bytes, half_offsets,
-                     has_superblock_decoder)
-from .simd import (concat, dot4_u8i8, fma, get, hsum, load, load_bf16, load_f16, load_f32, low_half, high_half,
-                   pack2, repeat_lanes, splat, splat4, store, to_f32)
+                     decode_group, has_superblock_decoder, is_block32, pair_scales, weight_shift,
+                     weight_shift_of)
+from .simd import (concat, dot4_u8i8, even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
+                   load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, store, to_f32)
 from .ccall import c_signature, call_c
+from .lanes import repeat_slice
 from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS, quant_gemm
 from .types import F16, F32, FLOAT_TYPES, SUPPORTED
 
-from numba import carray, cfunc, float32, int32, literally  # noqa: E402
+from numba import carray, cfunc, float32, int32, literally, uint8  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
 
@@ -103,39 +109,219 @@ def _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x):
     return repeat_lanes(load(d, x, 2) * pack2(sa0, sb0), 8)
 
 
-@njit(cache=True, _nrt=False, forceinline=True)
-def _pair1(qtype, W, bo, j, c, q, d, s16, s32, t, K, acc, offs):
-    """Chunks c, c+1 (chunks j, j+1 of the group at bo) . activation row t, into acc/offs."""
-    w, a0, b0, a1, b1, m0, n0, m1, n1 = decode_pair_in_group(qtype, W, bo, j)
-    p = dot4_u8i8(splat(int32(0), 16), w, load(q, t * K + 32 * c, 64))
-    acc = fma(to_f32(p), _lane_scales(qtype, a0, b0, a1, b1, d, t * (K // 32) + c), acc)
-    offs += _offset(qtype, m0, n0, s16, s32, t, K, c) + _offset(qtype, m1, n1, s16, s32, t, K, c + 1)
-    return acc, offs
+# --- the 32-weight types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) ----------------------------------
+# A chunk pair of activation row t is read once (`_x_pair`) and meets several weight rows (decode:
+# four rows per pass) or a decoded weight pair meets several tokens (the tile of four).
+#   - For the types whose weights are d * (q - k), the shift goes into the integer dot
+#     product: vpdpbusd starts from -k times the activation's sums of four (made once per
+#     pair, for every row), so each lane holds the exact sum of (q - k) * qx, as ggml's own
+#     vec_dot computes it, and a row pays no offset at all.
+#   - A whole group of 8 blocks comes out of blocks.decode_group with its 8 scales d (and
+#     Q4_1/Q5_1 their mins m, as [d0, m0, d1, ...]) as one vector: one product with the
+#     activation's scales (and block sums) makes every lane scale and offset of the group,
+#     and one permute per chunk pair spreads its two scales over the dot's lanes.
+#   - Pairs after the last whole group (rows of 64 weights that are not a multiple of 256)
+#     read their two scales as one small vector (`pair_scales`).
+# Every path does one row and one token by the same steps in the same order, so one token
+# gives the same numbers whatever the tiling. A row's state is (acc: 16 dot lanes, offs16:
+# the group offsets in its odd lanes, offs4: the pair offsets in lanes 1 and 3).
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _dot1_chunks(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    """One row . activation row t, by chunk pairs."""
-    acc = splat(float32(0), 16)
-    offs = float32(0)
+def _x_pair(qtype, q, d, s32, t, K, c):
+    """Chunks c, c+1 of activation row t: (64 bytes qx, the dot's starting lanes, [dx_c, dx_c+1],
+    [dx_c, s_c, dx_c+1, s_c+1])."""
+    x = t * (K // 32) + c
+    xq = load(q, t * K + 32 * c, 64)
+    zi = splat(int32(0), 16)
+    k = weight_shift(qtype)
+    start = zi - dot4_u8i8(zi, splat(uint8(k), 64), xq) if k > 0 else zi
+    dx = load(d, x, 2)
+    return xq, start, dx, interleave(dx, load(s32, x, 2))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _x_group(qtype, q, d, s32, t, K, c):
+    """Chunks c..c+7 of activation row t: their 8 scales, 8 block sums and four chunk pairs."""
+    x = t * (K // 32) + c
+    return (load(d, x, 8), load(s32, x, 8), _x_pair(qtype, q, d, s32, t, K, c), _x_pair(qtype, q, d, s32, t, K, c + 2),
+            _x_pair(qtype, q, d, s32, t, K, c + 4), _x_pair(qtype, q, d, s32, t, K, c + 6))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _lanes_dot(qtype, W, bo, j, xp):
+    """Chunks j, j+1 of the group at bo . an activation pair: 16 exact integer sums, as float32."""
+    xq, start = xp[0], xp[1]
+    return to_f32(dot4_u8i8(start, decode_pair_in_group(qtype, W, bo, j)[0], xq))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _group_dots(w0, w1, w2, w3, sc, xg, acc):
+    """The four chunk pairs of a group . an activation group, sc: the 8 blocks' scales."""
+    x0, x1, x2, x3 = xg[2], xg[3], xg[4], xg[5]
+    acc = fma(to_f32(dot4_u8i8(x0[1], w0, x0[0])), repeat_slice(sc, 0, 2, 8), acc)
+    acc = fma(to_f32(dot4_u8i8(x1[1], w1, x1[0])), repeat_slice(sc, 2, 2, 8), acc)
+    acc = fma(to_f32(dot4_u8i8(x2[1], w2, x2[0])), repeat_slice(sc, 4, 2, 8), acc)
+    return fma(to_f32(dot4_u8i8(x3[1], w3, x3[0])), repeat_slice(sc, 6, 2, 8), acc)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _group_step_shifted(qtype, W, bo, xg, st):
+    acc, offs16, offs4 = st
+    w0, w1, w2, w3, dw = decode_group(qtype, W, bo)
+    return _group_dots(w0, w1, w2, w3, dw * xg[0], xg, acc), offs16, offs4
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _group_step_with_mins(qtype, W, bo, xg, st):
+    acc, offs16, offs4 = st
+    w0, w1, w2, w3, dm = decode_group(qtype, W, bo)
+    p = dm * interleave(xg[0], xg[1])  # [d dx, m s] of the 8 blocks
+    return _group_dots(w0, w1, w2, w3, even_lanes(p), xg, acc), offs16 + p, offs4
+
+
+def _group_step(qtype, W, bo, xg, st):
+    """The group of 8 blocks at bo . an activation group (_x_group), into a row's state st
+    (the offsets of a group: lanes 1, 3, .. of offs16); compiled code only."""
+    raise NotImplementedError("_group_step is only callable from compiled code")
+
+
+@overload(_group_step, jit_options={"_nrt": False, "forceinline": True})
+def _group_step_for_type(qtype, W, bo, xg, st):
+    step = _group_step_shifted if weight_shift_of(qtype) else _group_step_with_mins
+    return lambda qtype, W, bo, xg, st: step(qtype, W, bo, xg, st)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _pair_step_shifted(qtype, W, bo, j, xp, st):
+    acc, offs16, offs4 = st
+    sc = pair_scales(qtype, W, bo, j) * xp[2]
+    return fma(_lanes_dot(qtype, W, bo, j, xp), repeat_lanes(sc, 8), acc), offs16, offs4
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _pair_step_with_mins(qtype, W, bo, j, xp, st):
+    acc, offs16, offs4 = st
+    dm = pair_scales(qtype, W, bo, j) * xp[3]  # [d dx, m s] of both chunks
+    return fma(_lanes_dot(qtype, W, bo, j, xp), repeat_lanes(even_lanes(dm), 8), acc), offs16, offs4 + dm
+
+
+def _pair_step(qtype, W, bo, j, xp, st):
+    """Chunks j, j+1 of the group at bo . an activation pair (_x_pair), into a row's state st;
+    compiled code only."""
+    raise NotImplementedError("_pair_step is only callable from compiled code")
+
+
+@overload(_pair_step, jit_options={"_nrt": False, "forceinline": True})
+def _pair_step_for_type(qtype, W, bo, j, xp, st):
+    step = _pair_step_shifted if weight_shift_of(qtype) else _pair_step_with_mins
+    return lambda qtype, W, bo, j, xp, st: step(qtype, W, bo, j, xp, st)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _start():
+    return splat(float32(0), 16), splat(float32(0), 16), splat(float32(0), 4)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, st):
+    """A row's dot product from its state, plus its odd last chunk c if it has one."""
+    acc, offs16, offs4 = st
+    total = hsum(acc)
+    if weight_shift(qtype) == 0:
+        total += hsum(odd_lanes(offs16)) + (extract(offs4, 1) + extract(offs4, 3))
+    if c < n_chunks:
+        total += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K)
+    return total
+
+
+#: Decode reads four rows per pass and meanwhile asks for the rows PREFETCH_ROWS rows further
+#: on, at the same place in the row.
+PREFETCH_ROWS = 8
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _prefetch_rows4(qtype, W, bo, rb):
+    ahead = bo + PREFETCH_ROWS * rb
+    for i in range(0, group_bytes(qtype) + 63, 64):
+        prefetch(W, ahead + i)
+        prefetch(W, ahead + rb + i)
+        prefetch(W, ahead + 2 * rb + i)
+        prefetch(W, ahead + 3 * rb + i)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _rows4_block32(qtype, W, row, rb, n_chunks, q, d, s16, s32, t, K):
+    """Rows at row, row + rb, row + 2 rb, row + 3 rb . activation row t (32-weight types)."""
+    s0 = s1 = s2 = s3 = _start()
+    n_groups = n_chunks // 8
+    for g in range(n_groups):
+        bo = row + g * group_bytes(qtype)
+        _prefetch_rows4(qtype, W, bo, rb)
+        xg = _x_group(qtype, q, d, s32, t, K, 8 * g)
+        s0 = _group_step(qtype, W, bo, xg, s0)
+        s1 = _group_step(qtype, W, bo + rb, xg, s1)
+        s2 = _group_step(qtype, W, bo + 2 * rb, xg, s2)
+        s3 = _group_step(qtype, W, bo + 3 * rb, xg, s3)
+    bo = row + n_groups * group_bytes(qtype)
+    c = 8 * n_groups
+    if c + 2 <= n_chunks:
+        _prefetch_rows4(qtype, W, bo, rb)
+    while c + 2 <= n_chunks:
+        xp = _x_pair(qtype, q, d, s32, t, K, c)
+        j = c - 8 * n_groups
+        s0 = _pair_step(qtype, W, bo, j, xp, s0)
+        s1 = _pair_step(qtype, W, bo + rb, j, xp, s1)
+        s2 = _pair_step(qtype, W, bo + 2 * rb, j, xp, s2)
+        s3 = _pair_step(qtype, W, bo + 3 * rb, j, xp, s3)
+        c += 2
+    return (_total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, s0),
+            _total(qtype, W, row + rb, n_chunks, c, q, d, s16, s32, t, K, s1),
+            _total(qtype, W, row + 2 * rb, n_chunks, c, q, d, s16, s32, t, K, s2),
+            _total(qtype, W, row + 3 * rb, n_chunks, c, q, d, s16, s32, t, K, s3))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _dot1_block32(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
+    """One row . activation row t (32-weight types), by the steps of _rows4_block32."""
+    st = _start()
+    n_groups = n_chunks // 8
+    for g in range(n_groups):
+        st = _group_step(qtype, W, row + g * group_bytes(qtype), _x_group(qtype, q, d, s32, t, K, 8 * g), st)
+    bo = row + n_groups * group_bytes(qtype)
+    c = 8 * n_groups
+    while c + 2 <= n_chunks:
+        st = _pair_step(qtype, W, bo, c - 8 * n_groups, _x_pair(qtype, q, d, s32, t, K, c), st)
+        c += 2
+    return _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, st)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _dot4_block32(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
+    """One row . activation rows t..t+3 (32-weight types), by the steps of _dot1_block32 (the
+    weights of a group are read once: the four steps share them)."""
+    s0 = s1 = s2 = s3 = _start()
     n_groups = n_chunks // 8
     for g in range(n_groups):
         bo = row + g * group_bytes(qtype)
         c = 8 * g
-        acc, offs = _pair1(qtype, W, bo, 0, c, q, d, s16, s32, t, K, acc, offs)
-        acc, offs = _pair1(qtype, W, bo, 2, c + 2, q, d, s16, s32, t, K, acc, offs)
-        acc, offs = _pair1(qtype, W, bo, 4, c + 4, q, d, s16, s32, t, K, acc, offs)
-        acc, offs = _pair1(qtype, W, bo, 6, c + 6, q, d, s16, s32, t, K, acc, offs)
-    # rows that end inside a group (32-weight types only)
+        s0 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t, K, c), s0)
+        s1 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t + 1, K, c), s1)
+        s2 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t + 2, K, c), s2)
+        s3 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t + 3, K, c), s3)
     bo = row + n_groups * group_bytes(qtype)
     c = 8 * n_groups
     while c + 2 <= n_chunks:
-        acc, offs = _pair1(qtype, W, bo, c - 8 * n_groups, c, q, d, s16, s32, t, K, acc, offs)
+        j = c - 8 * n_groups
+        s0 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t, K, c), s0)
+        s1 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t + 1, K, c), s1)
+        s2 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t + 2, K, c), s2)
+        s3 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t + 3, K, c), s3)
         c += 2
-    total = hsum(acc) + offs
-    if c < n_chunks:
-        total += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K)
-    return total
+    return (_total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, s0),
+            _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t + 1, K, s1),
+            _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t + 2, K, s2),
+            _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t + 3, K, s3))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -165,15 +351,55 @@ def _dot1_superblocks(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
 
 
 def _dot1(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    """One row . activation row t: by super-blocks for the K-quants that have a decoder for
-    them (blocks.SUPERBLOCK_DECODERS), by chunk pairs otherwise; compiled code only."""
+    """One row . activation row t: by groups of 8 blocks for the 32-weight types, by
+    super-blocks for the K-quants (blocks.SUPERBLOCK_DECODERS); compiled code only."""
     raise NotImplementedError("_dot1 is only callable from compiled code")
 
 
 @overload(_dot1, jit_options={"_nrt": False, "forceinline": True})
 def _dot1_for_type(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    dot = _dot1_superblocks if has_superblock_decoder(qtype) else _dot1_chunks
+    dot = _dot1_block32 if is_block32(qtype) else _dot1_superblocks
     return lambda qtype, W, row, n_chunks, q, d, s16, s32, t, K: dot(qtype, W, row, n_chunks, q, d, s16, s32, t, K)
+
+
+def _dot4(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
+    """One row . activation rows t..t+3; compiled code only."""
+    raise NotImplementedError("_dot4 is only callable from compiled code")
+
+
+@overload(_dot4, jit_options={"_nrt": False, "forceinline": True})
+def _dot4_for_type(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
+    dot = _dot4_block32 if is_block32(qtype) else _dot4_chunks
+    return lambda qtype, W, row, n_chunks, q, d, s16, s32, t, K: dot(qtype, W, row, n_chunks, q, d, s16, s32, t, K)
+
+
+def _decode_rows(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
+    """out[o + r] = row r . activation row t for r0 <= r < r1; compiled code only."""
+    raise NotImplementedError("_decode_rows is only callable from compiled code")
+
+
+@overload(_decode_rows, jit_options={"_nrt": False, "forceinline": True})
+def _decode_rows_for_type(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
+    if not is_block32(qtype):
+        def one_by_one(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
+            for r in range(r0, r1):
+                out[o + r] = _dot1(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K)
+
+        return one_by_one
+
+    def four_by_four(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
+        r = r0
+        while r + 4 <= r1:
+            y0, y1, y2, y3 = _rows4_block32(qtype, W, w_off + r * row_bytes, row_bytes, n_chunks, q, d, s16, s32, t, K)
+            out[o + r] = y0
+            out[o + r + 1] = y1
+            out[o + r + 2] = y2
+            out[o + r + 3] = y3
+            r += 4
+        for rr in range(r, r1):
+            out[o + rr] = _dot1_block32(qtype, W, w_off + rr * row_bytes, n_chunks, q, d, s16, s32, t, K)
+
+    return four_by_four
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -196,8 +422,8 @@ def _pair4(qtype, W, bo, j, c, q, d, s16, s32, t, K, acc):
     return a0, a1, a2, a3, o0, o1, o2, o3
 
 
-@njit(cache=True, _nrt=False, inline="always")
-def _dot4(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
+@njit(cache=True, _nrt=False, forceinline=True)
+def _dot4_chunks(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
     """One row . activation rows t..t+3: each chunk is decoded once for four tokens."""
     z = splat(float32(0), 16)
     zf = float32(0)
@@ -244,8 +470,7 @@ def quant_rows(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32,
             out[o + 3 * ldo] = y3
         t += 4
     for tt in range(t, t1):
-        for r in range(r0, r1):
-            out[(tt - out_t0) * ldo + col0 + r] = _dot1(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, tt, K)
+        _decode_rows(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, tt, K, out, (tt - out_t0) * ldo + col0)
 
 
 @njit(cache=True, _nrt=False)

@@ -272,7 +272,8 @@ def concat(typingctx, a, b):
     return vt(a, b), codegen
 
 
-def _slice_intrinsic(start_of):
+def _slice_intrinsic(lanes_of):
+    """An intrinsic picking half of a vector's lanes: lanes_of(n) lists them."""
     @intrinsic
     def _half(typingctx, v):
         if not isinstance(v, Vector) or v.lanes % 2:
@@ -280,8 +281,7 @@ def _slice_intrinsic(start_of):
         vt = Vector(v.dtype, v.lanes // 2)
 
         def codegen(context, builder, sig, args):
-            s = start_of(v.lanes)
-            mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), list(range(s, s + vt.lanes)))
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), list(lanes_of(v.lanes)))
             return builder.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), mask)
 
         return vt(v), codegen
@@ -290,8 +290,11 @@ def _slice_intrinsic(start_of):
 
 
 #: first and second half of a vector
-low_half = _slice_intrinsic(lambda n: 0)
-high_half = _slice_intrinsic(lambda n: n // 2)
+low_half = _slice_intrinsic(lambda n: range(n // 2))
+high_half = _slice_intrinsic(lambda n: range(n // 2, n))
+#: [v0, v2, v4, ...] and [v1, v3, v5, ...]: the lanes of v at even and at odd positions
+even_lanes = _slice_intrinsic(lambda n: range(0, n, 2))
+odd_lanes = _slice_intrinsic(lambda n: range(1, n, 2))
 
 
 @intrinsic
@@ -833,3 +836,177 @@ def reinterpret(typingctx, v, dtype):
         return builder.bitcast(args[0], _vec_ir(context, vt))
 
     return vt(v, dtype), codegen
+
+
+# --- decode helpers: two scattered halves, lane interleaving, prefetch --------------------------
+
+
+@intrinsic
+def load_f16_pair(typingctx, buf, o0, o1):
+    """float32 x 2: the IEEE halves at byte offsets o0 and o1 of a uint8 array (two 16-bit
+    loads into one register and one vcvtph2ps, where two scalar conversions and an insert
+    would be three instructions)."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.uint8):
+        return None
+    if not (isinstance(o0, types.Integer) and isinstance(o1, types.Integer)):
+        return None
+    vt = Vector(types.float32, 2)
+
+    def codegen(context, builder, sig, args):
+        i16 = ir.IntType(16)
+        raw = ir.Constant(ir.VectorType(i16, 2), ir.Undefined)
+        for k, (ty, off) in enumerate(zip(sig.args[1:], args[1:])):
+            ptr = _element_ptr(context, builder, sig.args[0], args[0], off, i16)
+            raw = builder.insert_element(raw, builder.load(ptr, align=1), ir.Constant(ir.IntType(32), k))
+        return _f32_of_f16_bits(builder, raw, 2)
+
+    return vt(buf, o0, o1), codegen
+
+
+@intrinsic
+def interleave(typingctx, a, b):
+    """[a0, b0, a1, b1, ...] of two vectors of one type (one unpack)."""
+    if not isinstance(a, Vector) or a != b:
+        return None
+    vt = Vector(a.dtype, 2 * a.lanes)
+
+    def codegen(context, builder, sig, args):
+        order = [src * a.lanes + i for i in range(a.lanes) for src in (0, 1)]
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), order)
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return vt(a, b), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Ask the cache for the line holding element `index` of a 1-D array (a hint: never
+    faults, no result). For a weight stream whose next bytes the hardware prefetcher would
+    fetch too late (it stops at every 4 KiB page)."""
+    if not isinstance(arr, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
+        fn = _intrinsic_fn(builder, "llvm.prefetch.p0i8", ir.VoidType(), [i8p, i32, i32, i32])
+        # read, keep in all cache levels, data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, index), codegen
+
+
+@intrinsic
+def pick_pair(typingctx, v, s0, s1):
+    """uint8 x 64 [v[s0:s0+16], v[s0:s0+16], v[s1:s1+16], v[s1:s1+16]] of a uint8 vector v
+    (s0, s1 compile-time constants): the packed bytes of two 4-bit blocks, twice, from
+    registers that hold a whole group of blocks (one vpermb / vpermt2b)."""
+    a, b = _literal_int(s0), _literal_int(s1)
+    if not (isinstance(v, Vector) and v.dtype == types.uint8) or a is None or b is None:
+        return None
+    if not (0 <= a <= v.lanes - 16 and 0 <= b <= v.lanes - 16):
+        return None
+    vt = Vector(types.uint8, 64)
+
+    def codegen(context, builder, sig, args):
+        order = [*range(a, a + 16), *range(a, a + 16), *range(b, b + 16), *range(b, b + 16)]
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 64), order)
+        return builder.shuffle_vector(args[0], ir.Constant(args[0].type, ir.Undefined), mask)
+
+    return vt(v, s0, s1), codegen
+
+
+@intrinsic
+def f16_lanes(typingctx, v, first, stride, lanes):
+    """float32 x lanes: the IEEE halves at byte offsets first, first + stride, ... of a uint8
+    vector v (all compile-time constants, offsets even): the scales of consecutive blocks
+    picked from registers that hold a whole group (one word permute and one conversion)."""
+    f, s, n = _literal_int(first), _literal_int(stride), _literal_int(lanes)
+    if not (isinstance(v, Vector) and v.dtype == types.uint8 and v.lanes % 2 == 0) or None in (f, s, n):
+        return None
+    if f % 2 or s % 2 or n <= 0 or f + s * (n - 1) + 2 > v.lanes:
+        return None
+    vt = Vector(types.float32, n)
+
+    def codegen(context, builder, sig, args):
+        words = builder.bitcast(args[0], ir.VectorType(ir.IntType(16), v.lanes // 2))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), n), [(f + s * i) // 2 for i in range(n)])
+        raw = builder.shuffle_vector(words, ir.Constant(words.type, ir.Undefined), mask)
+        return _f32_of_f16_bits(builder, raw, n)
+
+    return vt(v, first, stride, lanes), codegen
+
+
+def _window_index(a_lanes: int, b_at: int, offset: int, width: int):
+    """Where `width` lanes from byte `offset` of a group lie, given a window a at byte 0 and
+    a window b at byte b_at: (0, offset) in a, else (1, offset - b_at) in b."""
+    if offset + width <= a_lanes:
+        return 0, offset
+    return 1, offset - b_at
+
+
+def _two_windows(builder, a, b):
+    """b repeated to a's length (shufflevector wants one type; the copies are never picked)."""
+    n, m = a.type.count, b.type.count
+    if m == n:
+        return b
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), n), [i % m for i in range(n)])
+    return builder.shuffle_vector(b, ir.Constant(b.type, ir.Undefined), mask)
+
+
+@intrinsic
+def pick_pair2(typingctx, a, b, b_at, s0, s1):
+    """pick_pair over two windows of a group: a (bytes 0..) and b (bytes b_at..), a run of
+    16 bytes taken from a where it fits in a, else from b (all compile-time constants)."""
+    at, x, y = _literal_int(b_at), _literal_int(s0), _literal_int(s1)
+    if not (isinstance(a, Vector) and a.dtype == types.uint8 and isinstance(b, Vector) and b.dtype == types.uint8):
+        return None
+    if None in (at, x, y) or b.lanes > a.lanes:
+        return None
+    runs = [_window_index(a.lanes, at, s, 16) for s in (x, y)]
+    if any(not (0 <= o and o + 16 <= (a.lanes if w == 0 else b.lanes)) for w, o in runs):
+        return None
+    vt = Vector(types.uint8, 64)
+
+    def codegen(context, builder, sig, args):
+        n = a.lanes
+        order = []
+        for w, o in (runs[0], runs[0], runs[1], runs[1]):
+            order += [w * n + o + i for i in range(16)]
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 64), order)
+        return builder.shuffle_vector(args[0], _two_windows(builder, args[0], args[1]), mask)
+
+    return vt(a, b, b_at, s0, s1), codegen
+
+
+@intrinsic
+def f16_pairs2(typingctx, a, b, b_at, first, stride, n):
+    """float32 x 2n [h(first), h(first + 2), h(first + stride), h(first + stride + 2), ...]:
+    the two adjacent halves at first + stride * i (i < n; a block's d and m, block after
+    block) picked from two windows of a group, a (bytes 0..) and b (bytes b_at..), each
+    half from a where it fits in a, else from b (all compile-time constants, offsets even)."""
+    return _f16_picks(a, b, b_at, first, stride, n, 2)
+
+
+def _f16_picks(a, b, b_at, first, stride, n_blocks, width):
+    at, f, s, n = _literal_int(b_at), _literal_int(first), _literal_int(stride), _literal_int(n_blocks)
+    if not (isinstance(a, Vector) and a.dtype == types.uint8 and isinstance(b, Vector) and b.dtype == types.uint8):
+        return None
+    if None in (at, f, s, n) or b.lanes > a.lanes or at % 2 or f % 2 or s % 2 or n <= 0:
+        return None
+    picks = [_window_index(a.lanes, at, f + s * i + 2 * h, 2) for i in range(n) for h in range(width)]
+    if any(not (0 <= o and o + 2 <= (a.lanes if w == 0 else b.lanes)) for w, o in picks):
+        return None
+    vt = Vector(types.float32, n * width)
+
+    def codegen(context, builder, sig, args):
+        i16 = ir.IntType(16)
+        # words first, then widened: a byte shuffle here becomes byte inserts
+        wa = builder.bitcast(args[0], ir.VectorType(i16, a.lanes // 2))
+        wb = _two_windows(builder, wa, builder.bitcast(args[1], ir.VectorType(i16, b.lanes // 2)))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), len(picks)), [w * (a.lanes // 2) + o // 2 for w, o in picks])
+        return _f32_of_f16_bits(builder, builder.shuffle_vector(wa, wb, mask), len(picks))
+
+    return vt(a, b, b_at, first, stride, n_blocks), codegen
