@@ -601,8 +601,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 def _c_kernels(qtype: int) -> tuple[int, int]:
     """Addresses of a type's rows and dequant entry points. Loading them through Numba's
     cache costs a quarter of a second per type, most of a warm start, so their machine code
-    is also saved the first time they compile and later loads with llvmlite alone (tens of
-    milliseconds; see quants.native). Numba's cache serves where that cannot be done."""
+    is also saved the first time they compile and later loads without Numba or LLVM (a few
+    milliseconds; see quants.native and elf_loader). Numba's cache serves where that cannot be done."""
     from ..quants import native
 
     keys = (f"rows_{qtype}", f"dequant_{qtype}")
