@@ -28,3 +28,15 @@ def tokenizer_vectors() -> Path:
     if not TOKENIZER_VECTORS.is_dir():
         pytest.skip(f"llama.cpp tokenizer vectors not found at {TOKENIZER_VECTORS}")
     return TOKENIZER_VECTORS
+
+
+def llama_cpp_binary(find_binary, name: str) -> Path:
+    """llama.cpp's binary `name` as the comparison scripts find it (their find_binary), or a
+    skip that says how to get one."""
+    try:
+        binary = find_binary(name)
+    except SystemExit as e:
+        pytest.skip(f"{name}: {e}")
+    if binary is None:
+        pytest.skip(f"no {name} binary (scripts/build_llamacpp.sh builds one; set LLAMA_CPP_BIN or put it on PATH)")
+    return binary

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, llama_cpp_binary
 
 
 def _load_script():
@@ -142,20 +142,10 @@ def test_without_llama_cpp_or_llama_bench_says_how_to_get_either(monkeypatch, ca
     assert "pip install" in err and "build_llamacpp.sh" in err
 
 
-def _llama_bench():
-    try:
-        binary = compare.find_binary("llama-bench")
-    except SystemExit as e:
-        pytest.skip(f"llama-bench: {e}")
-    if binary is None:
-        pytest.skip("no llama-bench binary (scripts/build_llamacpp.sh builds one; set LLAMA_CPP_BIN or put it on PATH)")
-    return binary
-
-
 def test_speed_table_against_llama_bench(default_model):
     """The real binary, when there is one: both engines measured alternately, llama-bench's
     own figure read from its JSON."""
-    binary = _llama_bench()
+    binary = llama_cpp_binary(compare.find_binary, "llama-bench")
     ours = compare.Llamatool(default_model, 2, 128)
     try:
         bench = compare.LlamaBench(binary, default_model, 2)

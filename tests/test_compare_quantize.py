@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, llama_cpp_binary
 
 
 def _load_script():
@@ -82,12 +82,7 @@ def test_without_any_llama_cpp_says_how_to_get_one(tmp_path, monkeypatch, capsys
 def test_same_bytes_as_the_llama_quantize_binary(default_model, capsys):
     """The real binary, when there is one: one round of Q8_0, timed, with llamatool's output
     byte for byte the binary's."""
-    try:
-        binary = compare.find_binary("llama-quantize")
-    except SystemExit as e:
-        pytest.skip(f"llama-quantize: {e}")
-    if binary is None:
-        pytest.skip("no llama-quantize binary (scripts/build_llamacpp.sh builds one; set LLAMA_CPP_BIN or put it on PATH)")
+    binary = llama_cpp_binary(compare.find_binary, "llama-quantize")
     rc = compare.main(["--model", str(default_model), "--types", "Q8_0", "--repeats", "1", "--no-llama-cpp-python",
                        "--llama-quantize", str(binary)])  # fmt: skip
     out = capsys.readouterr().out
