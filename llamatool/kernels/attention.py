@@ -173,19 +173,18 @@ def _scores(q, qa, qb, qc, qd, k_cache, kb, head_dim):
     for d in range(head_dim):
         k0 = load16(k_cache, kb + d * KEY_BLOCK)
         k1 = load16(k_cache, kb2 + d * KEY_BLOCK)
-        x = splat(get(q, qa + d), 16)
-        a0 = fma(x, k0, a0)
-        a1 = fma(x, k1, a1)
-        x = splat(get(q, qb + d), 16)
-        b0 = fma(x, k0, b0)
-        b1 = fma(x, k1, b1)
-        x = splat(get(q, qc + d), 16)
-        c0 = fma(x, k0, c0)
-        c1 = fma(x, k1, c1)
-        x = splat(get(q, qd + d), 16)
-        d0 = fma(x, k0, d0)
-        d1 = fma(x, k1, d1)
+        a0, a1 = _fma_both(get(q, qa + d), k0, k1, a0, a1)
+        b0, b1 = _fma_both(get(q, qb + d), k0, k1, b0, b1)
+        c0, c1 = _fma_both(get(q, qc + d), k0, k1, c0, c1)
+        d0, d1 = _fma_both(get(q, qd + d), k0, k1, d0, d1)
     return a0, a1, b0, b1, c0, c1, d0, d1
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _fma_both(x, k0, k1, acc0, acc1):
+    """One query element times both key blocks' lanes, into that query's two accumulators."""
+    xs = splat(x, 16)
+    return fma(xs, k0, acc0), fma(xs, k1, acc1)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)

@@ -57,9 +57,9 @@ import numpy as np
 from llamatool.jit import njit
 
 from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, group_bytes, half_offsets,
-                     decode_group, has_superblock_decoder, is_block32, pair_scales, weight_shift,
+                     decode_group, is_block32, pair_scales, weight_shift,
                      weight_shift_of)
-from .simd import (concat, dot4_u8i8, even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
+from .simd import (dot4_u8i8, even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
                    load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, store, to_f32)
 from .ccall import c_signature, call_c
 from .lanes import repeat_slice

@@ -258,18 +258,32 @@ def splat(typingctx, x, lanes):
     return vt(x, lanes), codegen
 
 
-@intrinsic
-def concat(typingctx, a, b):
-    """[a..., b...] (same vector type)."""
-    if not isinstance(a, Vector) or a != b:
-        return None
-    vt = Vector(a.dtype, 2 * a.lanes)
+def _join_intrinsic(order_of, lanes_multiple=1):
+    """An intrinsic joining two vectors of one type (n lanes each, n a multiple of
+    lanes_multiple) into one of 2n lanes: order_of(n) lists the lanes of [a..., b...] it takes."""
+    @intrinsic
+    def _join(typingctx, a, b):
+        if not isinstance(a, Vector) or a != b or a.lanes % lanes_multiple:
+            return None
+        vt = Vector(a.dtype, 2 * a.lanes)
 
-    def codegen(context, builder, sig, args):
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), list(range(vt.lanes)))
-        return builder.shuffle_vector(args[0], args[1], mask)
+        def codegen(context, builder, sig, args):
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), list(order_of(a.lanes)))
+            return builder.shuffle_vector(args[0], args[1], mask)
 
-    return vt(a, b), codegen
+        return vt(a, b), codegen
+
+    return _join
+
+
+#: [a..., b...]
+concat = _join_intrinsic(lambda n: range(2 * n))
+#: [a0, b0, a1, b1, ...] (one unpack)
+interleave = _join_intrinsic(lambda n: [src * n + i for i in range(n) for src in (0, 1)])
+#: blocks of 16 lanes of a and b alternately: [a0..15, b0..15, a16..31, b16..31, ...] (one
+#: lane-granular permute of two registers)
+zip16 = _join_intrinsic(lambda n: [src * n + blk * 16 + i for blk in range(n // 16) for src in (0, 1) for i in range(16)],
+                        lanes_multiple=16)
 
 
 def _slice_intrinsic(lanes_of):
@@ -753,23 +767,6 @@ def pack2(typingctx, a, b):
     return vt(a, b), codegen
 
 
-@intrinsic
-def zip16(typingctx, a, b):
-    """Blocks of 16 lanes of a and b alternately: [a0..15, b0..15, a16..31, b16..31, ...]
-    (one lane-granular permute of two registers)."""
-    if not isinstance(a, Vector) or a != b or a.lanes % 16:
-        return None
-    vt = Vector(a.dtype, 2 * a.lanes)
-
-    def codegen(context, builder, sig, args):
-        n = a.lanes
-        order = [src * n + blk * 16 + i for blk in range(n // 16) for src in (0, 1) for i in range(16)]
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * n), order)
-        return builder.shuffle_vector(args[0], args[1], mask)
-
-    return vt(a, b), codegen
-
-
 # --- register-tiled products: stack scratch, broadcasts, reinterpretation ---------------------
 
 
@@ -838,7 +835,7 @@ def reinterpret(typingctx, v, dtype):
     return vt(v, dtype), codegen
 
 
-# --- decode helpers: two scattered halves, lane interleaving, prefetch --------------------------
+# --- decode helpers: two scattered halves, prefetch, lane picks ---------------------------------
 
 
 @intrinsic
@@ -861,21 +858,6 @@ def load_f16_pair(typingctx, buf, o0, o1):
         return _f32_of_f16_bits(builder, raw, 2)
 
     return vt(buf, o0, o1), codegen
-
-
-@intrinsic
-def interleave(typingctx, a, b):
-    """[a0, b0, a1, b1, ...] of two vectors of one type (one unpack)."""
-    if not isinstance(a, Vector) or a != b:
-        return None
-    vt = Vector(a.dtype, 2 * a.lanes)
-
-    def codegen(context, builder, sig, args):
-        order = [src * a.lanes + i for i in range(a.lanes) for src in (0, 1)]
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), order)
-        return builder.shuffle_vector(args[0], args[1], mask)
-
-    return vt(a, b), codegen
 
 
 @intrinsic
