@@ -9,7 +9,7 @@ MODEL  := models/SmolLM2-135M-Instruct.Q4_1.gguf
 PROMPT ?= The three most important things to know about the ocean are
 N      ?= 64
 
-.PHONY: install model warmup demo test test-reference test-all bench clean
+.PHONY: install model warmup demo test test-reference test-install test-all bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,10 @@ demo: install model warmup
 	$(LLAMATOOL) info $(MODEL)
 	$(LLAMATOOL) run -m $(MODEL) -p "$(PROMPT)" -n $(N) --temp 0
 
+# The parity tests against llama.cpp run when llama-cpp-python (the `compare` extra) and
+# LLAMA_CPP_BIN (scripts/build_llamacpp.sh) are there, and skip otherwise; .ci/run has both.
 test: install model
-	$(PY) -m pytest -m "not reference" -q
+	$(PY) -m pytest -m "not reference and not install" -q
 
 # Optional tier: compare with Hugging Face transformers (torch pinned: 2.13.0 is a CPU build here).
 $(VENV)/.reference: $(VENV)/.installed
@@ -43,7 +45,11 @@ $(VENV)/.reference: $(VENV)/.installed
 test-reference: install model $(VENV)/.reference
 	$(PY) -m pytest -m reference -q
 
-test-all: test test-reference
+# `pip install .` into a fresh venv, then `llamatool run`: the declared dependencies suffice.
+test-install: install model
+	$(PY) -m pytest -m install -q
+
+test-all: test test-reference test-install
 
 bench: install model
 	$(LLAMATOOL) bench -m $(MODEL)

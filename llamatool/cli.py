@@ -29,12 +29,6 @@ app = typer.Typer(
 )
 
 
-def _not_built(command: str, issue: int) -> None:
-    from .errors import LlamatoolError
-
-    raise LlamatoolError(f"`llamatool {command}` is not built yet (issue #{issue})")
-
-
 # --- info ------------------------------------------------------------------------------
 
 
@@ -50,7 +44,7 @@ def info(
     show_info(model, tensors=tensors, as_json=as_json)
 
 
-# --- convert (issue 6: llamatool/convert.py) -------------------------------------------
+# --- convert (llamatool/convert/) ------------------------------------------------------
 
 
 @app.command()
@@ -74,7 +68,7 @@ def convert(
     run_convert_command(model_dir, options)
 
 
-# --- quantize (issue 3: llamatool/quantize.py) -----------------------------------------
+# --- quantize (llamatool/quantize.py) --------------------------------------------------
 
 
 @contextmanager
@@ -137,7 +131,7 @@ def quantize(
         )
 
 
-# --- run and warmup (issue 5: llamatool/run.py) ----------------------------------------
+# --- run and warmup (llamatool/run.py) -------------------------------------------------
 
 
 @app.command()
@@ -189,7 +183,7 @@ def warmup(
     warmup_command(threads)
 
 
-# --- tokenize (issue 4: llamatool/tokenize_cmd.py) -------------------------------------
+# --- tokenize (llamatool/tokenize_cmd.py) ----------------------------------------------
 
 
 @app.command()
@@ -210,7 +204,7 @@ def tokenize(
     tokenize_command(model, prompt, file, stdin, ids, no_bos, special, show_count, escape=not no_escape)
 
 
-# --- bench and perplexity (issue 7: llamatool/bench.py, llamatool/perplexity.py) -------
+# --- bench and perplexity (llamatool/bench.py, llamatool/perplexity.py) ----------------
 
 
 @app.command()

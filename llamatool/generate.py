@@ -33,14 +33,6 @@ class Timings:
     sample_s: float = 0.0
     first_token_s: float = 0.0  # from the start of generate() to the first sampled token
 
-    @property
-    def prompt_tps(self) -> float:
-        return self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
-
-    @property
-    def eval_tps(self) -> float:
-        return self.eval_tokens / self.eval_s if self.eval_s > 0 else 0.0
-
 
 @dataclass
 class GenerationResult:

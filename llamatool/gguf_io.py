@@ -423,11 +423,6 @@ class GGUFReader:
         f = self.fields.get(key)
         return default if f is None else f.plain()
 
-    def require(self, key: str) -> Any:
-        if key not in self.fields:
-            raise GGUFError(f"{self.path}: missing metadata key {key!r}")
-        return self.fields[key].plain()
-
     @property
     def architecture(self) -> str | None:
         return self.get("general.architecture")
@@ -579,9 +574,6 @@ class GGUFWriter:
         if key == "general.alignment" and (vtype != ValueType.UINT32 or value <= 0 or int(value) & (int(value) - 1)):
             raise LlamatoolError(f"general.alignment must be a power of two as uint32, got {value!r}")
         self._fields[key] = (ValueType(vtype), value, subtype)
-
-    def remove_field(self, key: str) -> None:
-        self._fields.pop(key, None)
 
     @property
     def alignment(self) -> int:

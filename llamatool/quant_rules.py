@@ -115,10 +115,6 @@ def preset_file_type(preset: str | int) -> int:
     return int(PRESETS[canonical_preset(preset)][0])
 
 
-def preset_default_type(preset: str | int) -> GGMLType:
-    return ggml_type(PRESETS[canonical_preset(preset)][1])
-
-
 @dataclass
 class QuantizeOptions:
     """llama-quantize's options that change which type a tensor gets."""

@@ -1,8 +1,11 @@
-"""Shared fixtures: the default model, the tokenizer vectors, temporary GGUF files."""
+"""Shared fixtures and helpers: the default model, the tokenizer vectors, llama.cpp as the
+reference (llama-cpp-python and its binaries), and running `llamatool` in a child process."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,44 @@ TOKENIZER_VECTORS = ROOT.parent / "shared" / "tokenizer-vectors"
 os.environ.setdefault("LLAMATOOL_CACHE_DIR", str(ROOT / ".pytest_cache" / "llamatool"))
 
 
+# In CI (CI=true, as .ci/run runs) the references are installed on purpose: one that is missing
+# is a broken setup, so the tests that need it fail instead of skipping.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def missing_reference(reason: str):
+    """Skip a test whose reference is not on this machine, or fail it in CI."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: .ci/run provides it, so its absence is a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+def llama_cpp_module():
+    """llama-cpp-python (the `compare` extra), or missing_reference."""
+    try:
+        import llama_cpp
+    except ImportError:
+        missing_reference("llama-cpp-python is not installed (pip install -e '.[compare]')")
+    return llama_cpp
+
+
+def llama_cpp_lib(pattern: str) -> Path:
+    """The first shared library of llama-cpp-python matching pattern (e.g. 'libggml-cpu*')."""
+    lib_dir = Path(llama_cpp_module().__file__).parent / "lib"
+    found = sorted(lib_dir.glob(f"{pattern}.so*")) + sorted(lib_dir.glob(f"{pattern}.dylib"))
+    if not found:
+        missing_reference(f"no {pattern} library in {lib_dir}")
+    return found[0]
+
+
+def llamatool(*args, input: str | None = None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """`python -m llamatool ARGS` in a child process: text output captured, stdin `input` (or
+    none at all, as in CI)."""
+    stdin = None if input is not None else subprocess.DEVNULL
+    return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True,
+                          input=input, stdin=stdin, timeout=timeout, **kw)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def default_model() -> Path:
     if not DEFAULT_MODEL.exists():
@@ -26,7 +67,7 @@ def default_model() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer_vectors() -> Path:
     if not TOKENIZER_VECTORS.is_dir():
-        pytest.skip(f"llama.cpp tokenizer vectors not found at {TOKENIZER_VECTORS}")
+        missing_reference(f"llama.cpp tokenizer vectors not found at {TOKENIZER_VECTORS}")
     return TOKENIZER_VECTORS
 
 
@@ -36,7 +77,7 @@ def llama_cpp_binary(find_binary, name: str) -> Path:
     try:
         binary = find_binary(name)
     except SystemExit as e:
-        pytest.skip(f"{name}: {e}")
+        missing_reference(f"{name}: {e}")
     if binary is None:
-        pytest.skip(f"no {name} binary (scripts/build_llamacpp.sh builds one; set LLAMA_CPP_BIN or put it on PATH)")
+        missing_reference(f"no {name} binary (scripts/build_llamacpp.sh builds one; set LLAMA_CPP_BIN or put it on PATH)")
     return binary

@@ -10,7 +10,7 @@
   test their scalar helpers.
 - `first_difference()`, `assert_same_bits()`: comparisons with readable failures.
 - `VECTORS_*`, `load_vectors()`: the committed expected bytes made by
-  scripts/gen_quant_vectors.py from the C library, so CI checks byte-exactness
+  scripts/gen_quant_vectors_legacy_iq.py from the C library, so CI checks byte-exactness
   without llama-cpp-python.
 """
 
@@ -26,6 +26,7 @@ import pytest
 from gguf.constants import GGMLQuantizationType
 
 from llamatool.quants import registry
+from tests.conftest import missing_reference
 
 SKIP_REASON = "llama-cpp-python is not installed (its libggml-base is the C reference)"
 DATA = Path(__file__).resolve().parent / "data"
@@ -110,10 +111,10 @@ def load() -> GGMLReference | None:
 
 @pytest.fixture(scope="module")
 def ggml() -> GGMLReference:
-    """The C reference; skips the test when llama-cpp-python is not installed."""
+    """The C reference; skips the test when llama-cpp-python is not installed (fails in CI)."""
     ref = load()
     if ref is None:
-        pytest.skip(SKIP_REASON)
+        missing_reference(SKIP_REASON)
     return ref
 
 

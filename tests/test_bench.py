@@ -7,8 +7,6 @@ import io
 import json
 import re
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,8 @@ from llamatool.bench import (
     stdev,
 )
 from llamatool.errors import LlamatoolError
+
+from .conftest import llamatool
 
 
 def test_int_lists_and_ranges_like_llama_bench():
@@ -98,10 +98,6 @@ def test_json_and_csv_carry_llama_bench_fields():
     rows = list(csv.reader(io.StringIO(format_csv(results))))
     assert rows[0] == FIELDS and len(rows) == 2
     assert float(rows[1][FIELDS.index("avg_ts")]) == pytest.approx(rec["avg_ts"])
-
-
-def llamatool(*args):
-    return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True)
 
 
 def test_bad_options_are_one_line_errors(tmp_path):

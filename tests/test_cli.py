@@ -8,9 +8,7 @@ import sys
 
 import pytest
 
-
-def llamatool(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True, **kw)
+from .conftest import llamatool
 
 
 def imported_modules(*args) -> str:

@@ -39,6 +39,15 @@ def test_plain_values_are_what_typers_adapter_gives(annotation):
             assert type(mine) is type(theirs) and mine == theirs, value
 
 
+def test_the_patch_applies_to_the_typer_pyproject_pins():
+    """On the typer range pyproject allows, typer's internals are the expected ones: the plain
+    path is installed (a typer outside it would leave typer alone, slower but correct)."""
+    from typer import core
+
+    assert cli_values.install()
+    assert getattr(core.build_runtime_param, "llamatool", False)
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     code = textwrap.dedent(
         """

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, llama_cpp_binary
+from .conftest import ROOT, llama_cpp_binary, llama_cpp_module
 
 
 def _load_script():
@@ -26,8 +26,7 @@ compare = _load_script()
 
 @pytest.fixture(scope="module")
 def engines(default_model):
-    if compare.import_llama_cpp() is None:
-        pytest.skip("llama-cpp-python is not installed (optional extra: pip install -e '.[compare]')")
+    llama_cpp_module()
     ours = compare.Llamatool(default_model, 2, 128)
     theirs = compare.LlamaCpp(default_model, 2, 128)
     yield ours, theirs

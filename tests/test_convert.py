@@ -32,11 +32,16 @@ from llamatool.convert.pretokenizer import GPT2, LLAMA3, QWEN2, describe, recogn
 from llamatool.convert.sentencepiece_model import read_pieces
 from llamatool.errors import LlamatoolError
 from llamatool.gguf_io import GGUFReader
+from llamatool.model import Model
+from llamatool.quantize import QuantizeOptions, preset_file_type, quantize_model
+from tests.conftest import missing_reference
 from tests.hf_factory import FIXTURES, CheckpointSpec, write_checkpoint, write_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "convert_reference.json"
-VENDOR = ROOT.parent / "ref" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
+# llama.cpp's source as llama-cpp-python 0.3.36 vendors it: $LLAMA_CPP_SRC (.ci/run sets it to
+# the tree scripts/build_llamacpp.sh built), else the shared reference checkout beside this one.
+VENDOR = Path(os.environ.get("LLAMA_CPP_SRC") or ROOT.parent / "ref" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp")
 
 # The tokenizer.ggml.pre convert_hf_to_gguf.py gives the real tokenizers these fixtures
 # imitate (Llama 3, SmolLM). Its hash lookup cannot know a tiny generated vocab, so the
@@ -295,11 +300,6 @@ def test_pretokenizer_unknown_or_not_byte_level_is_refused():
 # --- options ---------------------------------------------------------------------------------
 
 
-def _types(path: Path) -> dict[str, str]:
-    with GGUFReader(path) as r:
-        return {t.name: t.type.name for t in r.tensors}
-
-
 @pytest.mark.parametrize("key,expected", [("llama2-spm", "F16"), ("llama3-bpe", "BF16"), ("smollm-bpe", "F16")])
 def test_auto_follows_checkpoint_dtype(key, expected, checkpoints):
     plan = plan_conversion(checkpoints[key], ConvertOptions(outtype="auto"))
@@ -358,18 +358,13 @@ def test_interrupted_write_leaves_nothing(checkpoints, tmp_path, monkeypatch):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-@pytest.fixture
-def quantize_module():
-    return pytest.importorskip("llamatool.quantize", reason="llamatool.quantize (issue 3) is not available")
-
-
-def test_q8_0_equals_quantize_of_f16_output(checkpoints, tmp_path, quantize_module):
+def test_q8_0_equals_quantize_of_f16_output(checkpoints, tmp_path):
     """--outtype q8_0 of an f16 checkpoint == `llamatool quantize <f16 conversion> Q8_0`."""
     folder = checkpoints["smollm-bpe"]  # f16 weights, rows of 48 (F16 fallback) and 96
     direct = _convert(folder, tmp_path / "direct", outtype="q8_0")
     f16 = _convert(folder, tmp_path / "f16", outtype="f16")
     requant = tmp_path / "requant.gguf"
-    quantize_module.quantize_model(f16, requant, quantize_module.QuantizeOptions(preset="Q8_0"), progress=False)
+    quantize_model(f16, requant, QuantizeOptions(preset="Q8_0"), progress=False)
     with GGUFReader(direct) as a, GGUFReader(requant) as b:
         for t in a.tensors:
             u = b.tensor(t.name)
@@ -378,16 +373,16 @@ def test_q8_0_equals_quantize_of_f16_output(checkpoints, tmp_path, quantize_modu
 
 
 @pytest.mark.parametrize("key,preset", [("llama2-spm", "q4_k_m"), ("llama3-bpe", "q4_k_m"), ("mistral-spm", "q6_k")])
-def test_preset_equals_convert_then_quantize(key, preset, checkpoints, tmp_path, quantize_module):
+def test_preset_equals_convert_then_quantize(key, preset, checkpoints, tmp_path):
     """--outtype <preset> in one pass == converting losslessly, then `llamatool quantize`."""
     folder = checkpoints[key]
     lossless = "bf16" if FIXTURES[key].dtype == "bfloat16" else "f32"
     one_pass = _convert(folder, tmp_path / "one", outtype=preset)
     base = _convert(folder, tmp_path / "base", outtype=lossless)
     two_pass = tmp_path / "two.gguf"
-    quantize_module.quantize_model(base, two_pass, quantize_module.QuantizeOptions(preset=preset), progress=False)
+    quantize_model(base, two_pass, QuantizeOptions(preset=preset), progress=False)
     with GGUFReader(one_pass) as a, GGUFReader(two_pass) as b:
-        assert a.get("general.file_type") == b.get("general.file_type") == quantize_module.preset_file_type(preset)
+        assert a.get("general.file_type") == b.get("general.file_type") == preset_file_type(preset)
         assert sorted(t.name for t in a.tensors) == sorted(t.name for t in b.tensors)
         for t in a.tensors:
             u = b.tensor(t.name)
@@ -628,7 +623,7 @@ def _need_reference_converter():
     pytest.importorskip("torch", reason="the reference converter needs torch")
     pytest.importorskip("transformers", reason="the reference converter needs transformers")
     if not (VENDOR / "convert_hf_to_gguf.py").is_file():
-        pytest.skip(f"vendored llama.cpp converter not found at {VENDOR}")
+        missing_reference(f"vendored llama.cpp converter not found at {VENDOR} (set LLAMA_CPP_SRC)")
 
 
 def derive_reference(root: Path) -> dict:
@@ -756,16 +751,6 @@ def test_config_defaults_match_autoconfig(raw, tmp_path):
     assert {k: ours.get(k) for k in keys} == {k: auto.get(k) for k in keys}
 
 
-def _model_or_skip():
-    try:
-        from llamatool import Model  # noqa: F401
-    except ImportError:
-        pytest.skip("llamatool.Model (issue 5, the forward pass) is not available yet")
-    from llamatool import Model
-
-    return Model
-
-
 def _transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -778,7 +763,6 @@ def _transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
 @pytest.mark.parametrize("key", list(FIXTURES))
 def test_round_trip_logits_tiny(key, checkpoints, tmp_path):
     """HF -> convert (f32) -> llamatool's forward pass gives transformers' logits."""
-    Model = _model_or_skip()
     folder = checkpoints[key]
     ids = [1, 5, 77, 123, 9, 42, 300, 17]
     expected = _transformers_logits(folder, ids)
@@ -789,7 +773,6 @@ def test_round_trip_logits_tiny(key, checkpoints, tmp_path):
 
 @pytest.mark.reference
 def test_round_trip_logits_smollm2(smollm2_hf, smollm2_f32):
-    Model = _model_or_skip()
     ids = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 2]
     expected = _transformers_logits(smollm2_hf, ids)
     got = np.asarray(Model.load(smollm2_f32).eval(ids, all_logits=True))

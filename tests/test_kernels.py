@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import ctypes
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ from llamatool.kernels.norm import rmsnorm
 from llamatool.kernels.rope import rope_angles, rope_rotate
 from llamatool.kernels.sync import claim, counters_size, finish, wait
 from llamatool.kernels.vmath import swiglu, vexp
+from tests.conftest import llama_cpp_lib
 
 # byte offsets of the f16 scale fields of each block type (ggml-common.h)
 F16_FIELDS = {
@@ -71,16 +70,8 @@ def activation(kind: str, x: np.ndarray):
 
 
 def ggml_cpu():
-    try:
-        import llama_cpp
-    except ImportError:
-        pytest.skip("llama-cpp-python is not installed (pip install llama-cpp-python)")
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    candidates = sorted(lib_dir.glob("libggml-cpu*.so*")) + sorted(lib_dir.glob("libggml-cpu*.dylib"))
-    if not candidates:
-        pytest.skip(f"libggml-cpu not found in {lib_dir}")
-    ctypes.CDLL(str(sorted(lib_dir.glob("libggml-base*"))[0]), mode=ctypes.RTLD_GLOBAL)
-    lib = ctypes.CDLL(str(candidates[0]))
+    ctypes.CDLL(str(llama_cpp_lib("libggml-base")), mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(str(llama_cpp_lib("libggml-cpu")))
     lib.ggml_cpu_init()  # fills the f16 -> f32 table the dot products read scales through
     return lib
 

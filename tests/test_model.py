@@ -10,6 +10,7 @@ import pytest
 from llamatool.errors import LlamatoolError
 from llamatool.model import Model
 
+from .conftest import llama_cpp_module
 from .tiny_llama import TinyLlama, numpy_forward, random_weights, write_gguf
 
 TOKENS = [256, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101, 32, 115, 107, 121]
@@ -250,7 +251,7 @@ def test_default_model_writes_coherent_english(smollm):
 
 
 def test_default_model_agrees_with_llama_cpp(smollm, default_model):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    llama_cpp = llama_cpp_module()
     prompt = "The three most important things to know about the ocean are"
     ids = smollm.tokenizer.encode(prompt)
     ref = llama_cpp.Llama(model_path=str(default_model), n_ctx=512, logits_all=True, verbose=False)
@@ -293,7 +294,7 @@ def test_default_model_as_close_to_f32_as_llama_cpp(smollm, default_model, tmp_p
     """The 8-bit activations make any two implementations differ by a few tenths of a logit;
     what matters is that ours is no further from the exact product than llama.cpp is. The
     reference: the same weights dequantized to F32 (float activations throughout)."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    llama_cpp = llama_cpp_module()
     from llamatool.quant_rules import QuantizeOptions
     from llamatool.quantize import quantize_model
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .conftest import llama_cpp_module, llamatool
 
 DATA = Path(__file__).parent / "data"
 SONNETS = DATA / "shakespeare-sonnets.txt"
@@ -22,10 +22,6 @@ N_CTX = 128
 N_CHUNKS = 3
 
 FINAL_LINE = re.compile(r"^Final estimate: PPL = (\d+\.\d{4}) \+/- (\d+\.\d{5})$", re.M)
-
-
-def llamatool(*args):
-    return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
 def kld_report_value(stdout: str, label: str) -> float:
@@ -118,7 +114,7 @@ def test_kld_grows_as_bits_are_lost(ppl_runs, default_model, requantized):
 
 def test_perplexity_matches_llama_cpp_on_the_same_chunks(default_model):
     """Our PPL against one computed from llama.cpp's own logits for the same chunks."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: pip install llamatool[compare])")
+    llama_cpp = llama_cpp_module()
     from llamatool.model import Model
     from llamatool.perplexity import perplexity, tokenize_text
 
@@ -165,7 +161,7 @@ def _llama_cpp_log_probs(llama_cpp, path: Path, chunks: list[list[int]]) -> np.n
 
 def test_kld_matches_llama_cpp_on_the_same_files(ppl_runs, default_model, requantized):
     """The KLD we report for a requantized file against the one llama.cpp's logits give."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional: pip install llamatool[compare])")
+    llama_cpp = llama_cpp_module()
     from llamatool.model import Model
     from llamatool.perplexity import LogitsFile, kl_divergence
 

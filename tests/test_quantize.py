@@ -34,13 +34,13 @@ from llamatool.quant_rules import (
     tensor_types,
 )
 from llamatool.quantize import parse_positional, quantize_model
-from llamatool.quants.registry import dequantize, ggml_type
+from llamatool.quants.registry import ggml_type
+from tests.conftest import llama_cpp_module, llamatool
 from tests.gguf_factory import write_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS_JSON = Path(__file__).parent / "data" / "quantize_plans.json"
 ALL_PRESETS = list(PRESETS)
-K_PRESETS = [p for p in ALL_PRESETS if "K" in p]
 V = ValueType
 
 
@@ -171,17 +171,9 @@ def options_id(preset: str, opts: dict) -> str:
 # --- llama.cpp's quantizer (optional) --------------------------------------------------------------
 
 
-def _llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError:  # pragma: no cover - depends on the machine
-        pytest.skip("llama-cpp-python is not installed: no llama-quantize to compare with")
-    return llama_cpp
-
-
 def llama_quantize(inp: Path, out: Path, preset: str, **opts) -> dict:
     """Run llama.cpp's llama_model_quantize; returns {'rc', 'log', 'fallbacks'}."""
-    llama_cpp = _llama_cpp()
+    llama_cpp = llama_cpp_module()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = preset_file_type(preset)
     params.nthread = 2
@@ -323,7 +315,7 @@ def test_recorded_plans_cover_every_preset_and_model():
 @pytest.mark.parametrize("model", list(MODELS))
 def test_plans_match_llama_quantize_live(model, tmp_path):
     """The same comparison as the recorded plans, computed now with llama.cpp (if installed)."""
-    _llama_cpp()
+    llama_cpp_module()
     path = MODELS[model].write(tmp_path / f"{model}.gguf")
     desc = model_description(path)
     for preset, opts in option_sets(model):
@@ -391,16 +383,6 @@ MAX_REL_ERROR = {"F32": 0.0, "F16": 1e-3, "BF16": 5e-3, "Q8_0": 0.01, "Q6_K": 0.
                  "Q3_K": 0.25, "Q2_K": 0.45}  # fmt: skip
 
 
-def missing_kernels(plan_types_: dict, sources: dict) -> list[str]:
-    missing = set()
-    for name, t in plan_types_.items():
-        src = ggml_type(sources[name])
-        if t.id != src.id:
-            missing |= {t.name} if not t.can_quantize else set()
-            missing |= {src.name} if not src.can_dequantize else set()
-    return sorted(missing)
-
-
 class Quantized:
     """Quantize each (model, preset) once per session with llamatool, and with llama.cpp on demand."""
 
@@ -421,12 +403,6 @@ class Quantized:
         key = (model, preset)
         if key not in self.ours:
             inp = self.input(model)
-            with GGUFReader(inp) as r:
-                sources = {t.name: t.type.name for t in r.tensors}
-                plan = plan_types([(t.name, t.ne) for t in r.tensors], r.metadata, QuantizeOptions(preset), current_types=sources)
-            missing = missing_kernels(plan.types, sources)
-            if missing:
-                pytest.skip(f"kernels not available yet for {', '.join(missing)}")
             out = self.root / f"{model}-{preset}.gguf"
             quantize_model(inp, out, QuantizeOptions(preset, allow_requantize=True), progress=False)
             self.ours[key] = out
@@ -502,14 +478,14 @@ def assert_same_file_as_llama_quantize(quantized, model: str, preset: str, tmp_p
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 @pytest.mark.parametrize("model", E2E_MODELS)
 def test_generated_model_byte_identical_with_llama_quantize(quantized, model, preset, tmp_path):
-    _llama_cpp()
+    llama_cpp_module()
     assert_same_file_as_llama_quantize(quantized, model, preset, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_default_model_byte_identical_with_llama_quantize(quantized, default_model, preset, tmp_path):
-    _llama_cpp()
+    llama_cpp_module()
     assert_same_file_as_llama_quantize(quantized, "smollm2", preset, tmp_path)
 
 
@@ -524,7 +500,7 @@ OPTION_CASES = [
 @pytest.mark.slow
 @pytest.mark.parametrize("preset,opts", OPTION_CASES, ids=[options_id(p, o) for p, o in OPTION_CASES])
 def test_options_byte_identical_with_llama_quantize(quantized, preset, opts, tmp_path):
-    _llama_cpp()
+    llama_cpp_module()
     inp = quantized.input("gqa4")
     ours, ref = tmp_path / "ours.gguf", tmp_path / "llama.gguf"
     quantize_model(inp, ours, QuantizeOptions(preset, **opts), progress=False)
@@ -620,10 +596,6 @@ def test_quantized_file_is_the_same_with_metadata_copied_or_encoded(tmp_path, mo
 # --- the command line ------------------------------------------------------------------------------
 
 
-def llamatool(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True, **kw)
-
-
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory) -> Path:
     return MODELS["gqa4"].write(tmp_path_factory.mktemp("small") / "small.gguf")
@@ -717,8 +689,6 @@ def test_requantizing_to_the_same_types_needs_no_permission(default_model, tmp_p
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_quantize_leaves_nothing(default_model, tmp_path, sig):
     """Ctrl-C (or a kill) mid-write removes the temporary file; no partial output appears."""
-    if missing_kernels({"x": ggml_type("F32")}, {"x": "Q4_1"}):
-        pytest.skip("the Q4_1 dequantizer is not available yet")
     # Build the kernels first: a cold cache would have the child compiling when the signal
     # comes, and an interrupt landing in a finalizer there is swallowed (not what we test).
     from llamatool.quants.native import nonfinite_counter, row_kernel
@@ -764,8 +734,6 @@ finally:
 @pytest.mark.slow
 def test_memory_stays_near_one_tensor_not_the_model(default_model, tmp_path):
     """SmolLM2 to F32 writes 540 MB; the process should grow by about its largest tensor (113 MB)."""
-    if missing_kernels({"x": ggml_type("F32")}, {"x": "Q4_1"}):
-        pytest.skip("the Q4_1 dequantizer is not available yet")
     out = tmp_path / "f32.gguf"
     args = ["quantize", "--allow-requantize", str(default_model), str(out), "F32"]
     proc = subprocess.run([sys.executable, "-c", PEAK_RSS_CHILD, *args], capture_output=True, text=True)

@@ -4,19 +4,12 @@ the KV cache."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from llamatool.model import Model
 
+from .conftest import llamatool
 from .tiny_llama import TinyLlama, random_weights, write_gguf
-
-
-def llamatool(*args, input=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True,
-                          input=input, timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")

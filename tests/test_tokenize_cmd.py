@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from llamatool.tokenize_cmd import format_piece, process_escapes
 
-
-def llamatool(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True, **kw)
+from .conftest import llamatool
 
 
 def test_pieces_like_llama_tokenize(default_model):

@@ -20,6 +20,7 @@ from llamatool.errors import LlamatoolError
 from llamatool.gguf_io import GGUFReader
 from llamatool.tokenizer import Tokenizer
 from llamatool.tokenizer.unicode import WHITESPACE, class_table
+from tests.conftest import llama_cpp_lib, llama_cpp_module
 from tests.gguf_factory import write_gguf
 from tests.tokenizer_cases import PRE_TOKENIZER_NAMES, SMOLLM2_TEXTS, VECTORS, fuzz_texts, read_vector_cases, relabel_vocab
 
@@ -238,13 +239,8 @@ def test_merge_only_when_ranked(tmp_path):
 # --- unicode classes against llama.cpp's own table -------------------------------------
 
 
-def llama_cpp_lib():
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (live comparison)")
-    return ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libllama.so"))
-
-
 def test_unicode_classes_match_llama_cpp():
-    lib = llama_cpp_lib()
+    lib = ctypes.CDLL(str(llama_cpp_lib("libllama")))
     flags_of = lib._Z26unicode_cpt_flags_from_cptj  # unicode_cpt_flags unicode_cpt_flags_from_cpt(uint32_t)
     flags_of.restype, flags_of.argtypes = ctypes.c_uint16, [ctypes.c_uint32]
     bits = {"U": 0x1, "N": 0x2, "L": 0x4, "Z": 0x8, "M": 0x10, "P": 0x20, "S": 0x40, "C": 0x80}
@@ -263,7 +259,7 @@ def test_unicode_classes_match_llama_cpp():
 
 class LiveVocab:
     def __init__(self, path):
-        llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (live comparison)")
+        llama_cpp = llama_cpp_module()
         self.api = llama_cpp
         self.llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llama._model.model)

@@ -159,25 +159,11 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def quantize_rows(qtype: str, x: np.ndarray) -> np.ndarray:
-    """Raw blocks of x (float32 rows) in qtype: llamatool's quantizers when present, else
-    gguf-py's reference ones; pytest.skip when neither has the type."""
+    """Raw blocks of x (float32 rows) in qtype, by llamatool's quantizers (byte-exact with
+    ggml's: the quants tests check them)."""
     from llamatool.quants import registry
 
-    t = registry.ggml_type(qtype)
-    try:
-        if t.can_quantize:
-            return registry.quantize(t, x)
-    except ImportError:
-        pass
-    import gguf.quants
-    from gguf.constants import GGMLQuantizationType
-
-    try:
-        return gguf.quants.quantize(x, GGMLQuantizationType[t.name]).view(np.uint8).reshape(x.shape[0], -1)
-    except NotImplementedError:
-        import pytest
-
-        pytest.skip(f"no quantizer for {t.name} yet (llamatool.quants or gguf-py)")
+    return registry.quantize(registry.ggml_type(qtype), x)
 
 
 def dequantize_rows(qtype: str, raw: np.ndarray) -> np.ndarray:

@@ -637,11 +637,6 @@ def decode_superblock(qtype, W, bo, dx):
     raise NotImplementedError("decode_superblock is only callable from compiled code")
 
 
-def has_superblock_decoder(qtype) -> bool:
-    """Whether a type id (a Numba integer literal, while typing) has a super-block decoder."""
-    return _literal_type_id(qtype) in SUPERBLOCK_DECODERS
-
-
 def group_bytes(qtype):
     """GROUP_BYTES of the type (compile-time constant)."""
     raise NotImplementedError("group_bytes is only callable from compiled code")

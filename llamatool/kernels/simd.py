@@ -61,13 +61,6 @@ def _literal_int(t) -> int | None:
     return None
 
 
-def _lanes_of(t):
-    n = _literal_int(t)
-    if n is None or n <= 0:
-        raise TypeError("simd: the lane count must be a positive compile-time constant")
-    return n
-
-
 def _vec_ir(context, vt) -> ir.VectorType:
     return context.get_value_type(vt)
 
@@ -106,10 +99,6 @@ def _llvm_suffix(t: ir.Type) -> str:
     if isinstance(t, ir.DoubleType):
         return "f64"
     raise TypeError(t)
-
-
-def _cast_scalar(context, builder, value, fromty, toty):
-    return context.cast(builder, value, fromty, toty)
 
 
 # --- loads and stores -----------------------------------------------------------------------
@@ -625,30 +614,6 @@ def round_f16(typingctx, x):
 
 
 @intrinsic
-def store_f16(typingctx, arr, index, v):
-    """Store float32 lanes as IEEE halves (round to nearest even) into a uint16 array."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.uint16 and isinstance(v, Vector) and v.dtype == types.float32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        n = v.lanes
-        i16v = ir.VectorType(ir.IntType(16), n)
-        if _NATIVE_HALF:
-            bits = builder.bitcast(builder.fptrunc(args[2], ir.VectorType(ir.HalfType(), n)), i16v)
-        else:
-            bits = ir.Constant(i16v, ir.Undefined)
-            for i in range(n):
-                k = ir.Constant(ir.IntType(32), i)
-                lane = _f16_bits_portable(builder, builder.extract_element(args[2], k))
-                bits = builder.insert_element(bits, lane, k)
-        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], i16v)
-        builder.store(bits, ptr, align=1)
-        return context.get_dummy_value()
-
-    return types.none(arr, index, v), codegen
-
-
-@intrinsic
 def _negate(typingctx, v):
     if not isinstance(v, Vector):
         return None
@@ -734,7 +699,6 @@ def splat4(typingctx, a, b, c, d):
         return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), mask)
 
     return vt(a, b, c, d), codegen
-
 
 
 @intrinsic

@@ -28,6 +28,3 @@ Q8_K_ACTIVATION = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS)
 FLOAT_TYPES = (F32, F16, BF16)
 #: every type the forward pass can multiply by
 SUPPORTED = FLOAT_TYPES + Q8_0_ACTIVATION + Q8_K_ACTIVATION
-
-#: weights per block (quantized types run in 32-weight chunks; K-quants in 256-weight super-blocks)
-BLOCK_SIZE = {F32: 1, F16: 1, BF16: 1, **{t: 32 for t in Q8_0_ACTIVATION}, **{t: 256 for t in Q8_K_ACTIVATION}}

@@ -101,9 +101,6 @@ class Tokenizer:
     def is_control(self, token: int) -> bool:
         return bool(self.vocab.attrs[token] & CONTROL)
 
-    def is_eog(self, token: int) -> bool:
-        return token in self.vocab.eog_ids
-
     def token_id(self, text: str) -> int | None:
         """The id of the token whose text is exactly text, if any."""
         return self.vocab.token_to_id.get(text)

@@ -54,11 +54,6 @@ def class_table() -> np.ndarray:
     return np.repeat(classes, lengths)
 
 
-def code_point_class(cp: int) -> str:
-    """'L', 'N', 'P', 'S', 'M', 'Z', 'C' or 'U' (unassigned)."""
-    return chr(class_table()[cp])
-
-
 @lru_cache(maxsize=1)
 def _collapse_table() -> np.ndarray:
     """uint8[0x110000]: each code point's byte in collapsed text."""
