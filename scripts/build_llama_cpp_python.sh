@@ -9,7 +9,7 @@
 # The wheel is kept under CACHE_DIR/llama-cpp-python-VERSION-KEY (key: version, CMAKE_ARGS,
 # compilers, CPU; scripts/llamacpp_common.sh) beside its sha256, and reused while both match;
 # otherwise pip builds it (about 10 minutes on 2 cores). The build leaves out the multimodal
-# library (mtmd, not used here) and, like scripts/build_llamacpp.sh, AMX code.
+# library (mtmd), which nothing here uses.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,9 +19,8 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 cache=${1:?usage: build_llama_cpp_python.sh CACHE_DIR}
 
-no_amx=$(llamacpp_no_amx_flags)
-CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-CMAKE_ARGS+=" -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"
+# llama-cpp-python's own build otherwise (ggml for this CPU), as `pip install` would make it
+CMAKE_ARGS="-DLLAVA_BUILD=OFF"
 key=$(llamacpp_build_key "$CMAKE_ARGS")
 out="$cache/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-$key"
 

@@ -46,13 +46,3 @@ llamacpp_build_key() {
         grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null || true
     } | sha256sum | cut -c 1-16
 }
-
-# The -mno-amx-* flags when the compiler takes them, else nothing. GGML_NATIVE compiles for
-# this CPU with -march=native, which on a CPU with AMX also compiles ggml's AMX kernels; where
-# the hypervisor does not enable AMX state (as on this project's VMs) the first `tileloadd`
-# kills the process with SIGILL. Explicit -mno-amx-* win over -march=native in GCC and Clang.
-llamacpp_no_amx_flags() {
-    if echo | ${CC:-cc} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -E - >/dev/null 2>&1; then
-        echo "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-    fi
-}

@@ -49,9 +49,10 @@ def llama_cpp_lib(pattern: str) -> Path:
     return found[0]
 
 
-def llamatool(*args, input: str | None = None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+def llamatool(*args, input: str | None = None, timeout: float = 1800, **kw) -> subprocess.CompletedProcess:
     """`python -m llamatool ARGS` in a child process: text output captured, stdin `input` (or
-    none at all, as in CI)."""
+    none at all, as in CI). The timeout only stops a hang: a first run compiles the kernels,
+    minutes on a busy machine."""
     stdin = None if input is not None else subprocess.DEVNULL
     return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True,
                           input=input, stdin=stdin, timeout=timeout, **kw)  # fmt: skip

@@ -249,6 +249,7 @@ def test_qk_permutation_turns_hf_rope_into_ggml_rope(n_heads, head_dim):
         np.testing.assert_allclose((q_hf * k_hf).sum(-1), (q_gg * k_gg).sum(-1), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.reference  # sentencepiece comes with the reference tier's extra
 def test_sentencepiece_reader_matches_sentencepiece(checkpoints):
     spm = pytest.importorskip("sentencepiece", reason="the sentencepiece package is the reference for tokenizer.model")
     path = checkpoints["llama2-spm"] / "tokenizer.model"

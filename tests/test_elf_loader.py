@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import ctypes
 
+import llvmlite.binding as llvm
 import pytest
 
 from llamatool.elf_loader import Loader, ObjectError
-
-llvm = pytest.importorskip("llvmlite.binding")
 
 PICK_IR = r"""
 @counter = global i64 0
