@@ -19,8 +19,8 @@ TOKENIZER_VECTORS = ROOT.parent / "shared" / "tokenizer-vectors"
 os.environ.setdefault("LLAMATOOL_CACHE_DIR", str(ROOT / ".pytest_cache" / "llamatool"))
 
 
-# In CI (CI=true, as .ci/run runs) the references are installed on purpose: one that is missing
-# is a broken setup, so the tests that need it fail instead of skipping.
+# In CI (CI=true, as .ci/run runs) the default model and the references are there on purpose:
+# one that is missing is a broken setup, so the tests that need it fail instead of skipping.
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -61,7 +61,7 @@ def llamatool(*args, input: str | None = None, timeout: float = 1800, **kw) -> s
 @pytest.fixture(scope="session")
 def default_model() -> Path:
     if not DEFAULT_MODEL.exists():
-        pytest.skip(f"default model not fetched ({DEFAULT_MODEL}); run `make model`")
+        missing_reference(f"default model not fetched ({DEFAULT_MODEL}); run `make model`")
     return DEFAULT_MODEL
 
 
