@@ -21,6 +21,7 @@ so a warm start does not import Numba.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,23 @@ from .errors import LlamatoolError
 SUPPORTED_ARCHITECTURES = ("llama",)
 DEFAULT_N_CTX = 4096  # llama-cli's default context size
 DEFAULT_N_BATCH = 512  # tokens per forward call while reading a prompt (llama.cpp's n_ubatch)
+
+
+def map_weights(path) -> np.ndarray:
+    """The whole file as a read-only uint8 array, its mapping advised to use huge pages.
+
+    Decode reads every weight once per token: with 4 KiB pages a 1 GB model costs a TLB
+    miss (a page walk) every 4 KiB, 250k per token. A file read in through a MADV_HUGEPAGE
+    mapping lands in 2 MiB page-cache folios that are mapped whole (Linux with read-only
+    file THP, >= 5.18); elsewhere the advice is ignored."""
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            mapped.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages
+            pass
+    return np.frombuffer(mapped, np.uint8)
 
 
 @dataclass(frozen=True)
@@ -152,7 +170,7 @@ class Weights:
 
         fw = kernel_api.load("forward")
         SUPPORTED = kernel_api.load("types").SUPPORTED
-        data = np.memmap(reader.path, dtype=np.uint8, mode="r")
+        data = map_weights(reader.path)
         rows, names, index = [], [], {}
 
         def add(name: str, shape: tuple, required: bool = True, float32_only: bool = False) -> int:
