@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,15 @@ TOKENIZER_VECTORS = ROOT.parent / "shared" / "tokenizer-vectors"
 # Compiled kernels go to a cache shared by all test runs of this checkout (not ~/.cache),
 # unless the caller chose one.
 os.environ.setdefault("LLAMATOOL_CACHE_DIR", str(ROOT / ".pytest_cache" / "llamatool"))
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (registered in sys.modules: its dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

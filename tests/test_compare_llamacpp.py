@@ -4,24 +4,15 @@ runs, not speed (speed is measured by running the script)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, llama_cpp_binary
+from .conftest import llama_cpp_binary, load_script
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("compare_llamacpp", ROOT / "scripts" / "compare_llamacpp.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = _load_script()
+compare = load_script("compare_llamacpp")
 
 
 @pytest.fixture(scope="module")

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 
 from llamatool.gguf_io import GGUFReader
 
-from .conftest import ROOT
+from .conftest import load_script
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("make_random_model", ROOT / "scripts" / "make_random_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-make_random_model = _script()
+make_random_model = load_script("make_random_model")
 
 
 @pytest.mark.parametrize("name, n_params", [
