@@ -330,9 +330,9 @@ class Model:
         )
         cache_positions = fw.kv_cache_positions(self.n_ctx)
         cache_len = a.n_layer * a.n_head_kv * cache_positions * a.head_dim
-        # np.zeros maps fresh zero pages: memory is committed only as the context fills
-        self.k_cache = np.zeros(cache_len, np.uint16)
-        self.v_cache = np.zeros(cache_len, np.uint16)
+        # memory is committed only as the context fills
+        self.k_cache = _fresh_zeros(cache_len, np.uint16)
+        self.v_cache = _fresh_zeros(cache_len, np.uint16)
         self._counters = np.zeros(kernel_api.load("sync").counters_size(fw.phases_per_call(a.n_layer)), np.int64)
         self._dims = fw.Dims(a.n_embd, a.n_layer, a.n_head, a.n_head_kv, a.head_dim, a.n_ff, a.n_vocab, cache_positions, a.n_rot,
                              self.n_threads)
@@ -423,6 +423,15 @@ class Model:
     def __repr__(self) -> str:
         a = self.args
         return f"Model({self.path.name!r}, {a.n_layer} layers, n_embd={a.n_embd}, n_ctx={self.n_ctx}, threads={self.n_threads})"
+
+
+def _fresh_zeros(n: int, dtype) -> np.ndarray:
+    """n zeros in private anonymous pages, committed 4 KiB at a time as they are first written.
+    (np.zeros advises large arrays to use huge pages: the first write anywhere in 2 MiB commits
+    all of it, and the KV cache, written one position per head region, was resident whole
+    after the first token.)"""
+    mapped = mmap.mmap(-1, max(1, n * np.dtype(dtype).itemsize), flags=mmap.MAP_PRIVATE)
+    return np.frombuffer(mapped, dtype, n)
 
 
 def _activation_slot(Activation, n: int):

@@ -341,3 +341,25 @@ def test_weights_mapping_asks_for_huge_pages(default_model):
                 break
     assert flags is not None, "the mapping is not in /proc/self/smaps"
     assert "hg" in flags, flags
+
+
+def test_kv_cache_is_committed_as_the_context_fills(default_model):
+    """A 4096-position cache holds ~94 MB; one token writes one position per head region, so
+    the memory actually used must stay a small part of it (peak RSS of `run` follows the
+    context, not the context size)."""
+    import os
+    import re
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("no /proc/self/status on this system")
+
+    def anon_bytes() -> int:
+        with open("/proc/self/status") as status:
+            return int(re.search(r"RssAnon:\s+(\d+) kB", status.read()).group(1)) * 1024
+
+    model = Model.load(default_model, n_ctx=4096, n_threads=1)
+    before = anon_bytes()
+    model.eval([1, 2])
+    grown = anon_bytes() - before
+    assert model.kv_cache_bytes > 80e6
+    assert grown < model.kv_cache_bytes / 8, (grown, model.kv_cache_bytes)
