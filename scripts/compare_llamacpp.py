@@ -3,6 +3,15 @@
 
     .venv/bin/python scripts/compare_llamacpp.py                       # default model, pp512 + tg128
     .venv/bin/python scripts/compare_llamacpp.py -m x.gguf -p 512 -n 128 -t 2 -r 5 --json
+    .venv/bin/python scripts/compare_llamacpp.py --fixture llama-3.2-1b-Q4_0 -p 0 -n 64 -t 1 -r 3
+    .venv/bin/python scripts/compare_llamacpp.py --fixture llama-3.2-1b-Q4_0 -p 0 -n 64 -d 4096
+
+--fixture SHAPE-PRESET takes a random-weight model of a real shape (scripts/make_random_model.py,
+made on first use): weights that do not fit in the caches, where decode is bound by memory.
+-d fills the context with that many tokens before each test (not timed), as llama-bench -d.
+For generation the report adds the bandwidth each engine reached (bytes one token reads: every
+weight once plus the KV cache up to its position, times t/s) next to the machine's read
+bandwidth, measured here after the speed tests (numpy sums over 1 GiB on -t threads, best of 5).
 
 Speed: llamatool against llama.cpp's own llama-bench binary when there is one
 (--llama-bench PATH, else $LLAMA_CPP_BIN/llama-bench, else llama-bench on PATH;
@@ -35,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +83,12 @@ def import_llama_cpp():
 class Test:
     n_prompt: int = 0
     n_gen: int = 0
+    depth: int = 0  # tokens already in the context (evaluated first, not timed): llama-bench's -d
 
     @property
     def name(self) -> str:
-        return f"pp{self.n_prompt}" if self.n_prompt else f"tg{self.n_gen}"
+        name = f"pp{self.n_prompt}" if self.n_prompt else f"tg{self.n_gen}"
+        return f"{name} @ d{self.depth}" if self.depth else name
 
     @property
     def n_tokens(self) -> int:
@@ -117,8 +129,9 @@ class LlamaBench:
         self.binary, self.path, self.n_threads = binary, path, n_threads
 
     def command(self, test: Test) -> list[str]:
-        return [str(self.binary), "-m", str(self.path), "-p", str(test.n_prompt), "-n", str(test.n_gen),
+        cmd = [str(self.binary), "-m", str(self.path), "-p", str(test.n_prompt), "-n", str(test.n_gen),
                 "-t", str(self.n_threads), "-b", str(N_BATCH), "-ub", str(N_BATCH), "-r", "1", "-o", "json"]  # fmt: skip
+        return cmd + ["-d", str(test.depth)] if test.depth else cmd
 
     def rate(self, test: Test) -> float:
         proc = subprocess.run(self.command(test), capture_output=True, text=True)
@@ -137,7 +150,8 @@ def llama_bench_rate(output: str, test: Test) -> float:
     except json.JSONDecodeError as e:
         raise SystemExit(f"llama-bench printed no JSON ({e}): {output[:200]!r}") from None
     for r in results if isinstance(results, list) else []:
-        if r.get("n_prompt") == test.n_prompt and r.get("n_gen") == test.n_gen and "avg_ts" in r:
+        if (r.get("n_prompt") == test.n_prompt and r.get("n_gen") == test.n_gen and r.get("n_depth", 0) == test.depth
+                and "avg_ts" in r):
             return float(r["avg_ts"])
     raise SystemExit(f"llama-bench's output has no {test.name} result")
 
@@ -174,8 +188,12 @@ def synthetic_tokens(rng, n: int, n_vocab: int, bos: int | None) -> list[int]:
 
 
 def time_once(engine, test: Test, tokens: list[int]) -> tuple[float, float]:
-    """Wall and process CPU seconds for one repetition of the test on a fresh context."""
+    """Wall and process CPU seconds for one repetition of the test on a fresh context (its
+    first test.depth tokens evaluated before the clock starts)."""
     engine.reset()
+    if test.depth:
+        engine.eval(tokens[: test.depth])
+        tokens = tokens[test.depth:]
     start, cpu = time.perf_counter(), time.process_time()
     if test.n_prompt:
         engine.eval(tokens)  # batches of N_BATCH inside both engines
@@ -199,7 +217,7 @@ def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, 
     rows = []
     for test in tests:
         rng = np.random.default_rng(0)
-        token_sets = [synthetic_tokens(rng, test.n_tokens, n_vocab, bos) for _ in range(reps + 1)]
+        token_sets = [synthetic_tokens(rng, test.depth + test.n_tokens, n_vocab, bos) for _ in range(reps + 1)]
         rates = {name: [] for name in engines}
         cpu_rates = {name: [] for name in engines}
         for name, engine in engines.items():  # warm-up, not counted (llama-bench warms up itself)
@@ -224,6 +242,58 @@ def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, 
             f"ratio {row['ratio']:.2f}{per_cpu}")  # fmt: skip
         rows.append(row)
     return rows
+
+
+# --- memory bandwidth -------------------------------------------------------------------------
+
+
+def read_bandwidth(n_threads: int, nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """The machine's read bandwidth in GB/s: numpy sums over nbytes of float32 (far larger than
+    the caches), split between n_threads threads (numpy's reductions release the GIL), best of
+    repeats: the rate decode would reach if it only streamed its weights."""
+    data = np.ones(nbytes // 4, np.float32)
+    parts = np.array_split(data, n_threads)
+    best = float("inf")
+    with ThreadPoolExecutor(n_threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = min(best, time.perf_counter() - start)
+    return data.nbytes / best / 1e9
+
+
+def bytes_per_token(path: Path, test: Test) -> dict:
+    """Bytes one generated token reads, averaged over the test: every weight once (of the token
+    embedding only its row, unless it is also the output matrix), and the f16 KV cache of every
+    position before it."""
+    from llamatool.gguf_io import GGUFReader
+
+    reader = GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    weights = sum(t.nbytes for t in tensors.values())
+    embd = tensors.get("token_embd.weight")
+    if embd is not None and "output.weight" in tensors:
+        weights -= embd.nbytes - embd.nbytes // embd.n_rows
+    meta = reader.metadata
+    arch = meta["general.architecture"]
+    n_embd, n_head = meta[f"{arch}.embedding_length"], meta[f"{arch}.attention.head_count"]
+    head_dim = meta.get(f"{arch}.attention.key_length", n_embd // n_head)
+    n_kv = meta.get(f"{arch}.attention.head_count_kv", n_head)
+    per_position = 2 * 2 * meta[f"{arch}.block_count"] * n_kv * head_dim  # K and V, f16
+    mean_position = test.depth + test.n_prompt + (test.n_gen - 1) / 2
+    return {"weights": weights, "kv": int(per_position * mean_position)}
+
+
+def add_bandwidth(rows: list[dict], path: Path, tests: list[Test], read_gbps: float) -> None:
+    """Each generation row gains the GB/s each engine moved and its share of the read bandwidth."""
+    for row, test in zip(rows, tests):
+        if test.n_prompt:
+            continue
+        per_token = bytes_per_token(path, test)
+        row["bytes_per_token"] = per_token["weights"] + per_token["kv"]
+        for name in ("llamatool", "llama.cpp"):
+            row[f"{name}_gbps"] = row["bytes_per_token"] * row[f"{name}_ts"] / 1e9
+            row[f"{name}_of_read"] = row[f"{name}_gbps"] / read_gbps
 
 
 # --- agreement ----------------------------------------------------------------------------------
@@ -276,15 +346,33 @@ def check_agreement(ours: Llamatool, theirs: LlamaCpp, prompts=PROMPTS, n_gen: i
 # --- command line -------------------------------------------------------------------------------
 
 
-def parse_tests(prompts: str, gens: str) -> list[Test]:
-    tests = [Test(n_prompt=int(p)) for p in prompts.split(",") if p.strip() and int(p)]
-    tests += [Test(n_gen=int(g)) for g in gens.split(",") if g.strip() and int(g)]
+def parse_tests(prompts: str, gens: str, depth: int = 0) -> list[Test]:
+    tests = [Test(n_prompt=int(p), depth=depth) for p in prompts.split(",") if p.strip() and int(p)]
+    tests += [Test(n_gen=int(g), depth=depth) for g in gens.split(",") if g.strip() and int(g)]
     return tests
+
+
+def resolve_model(model: Path | None, fixture: str | None, log=print) -> Path:
+    """-m's file, or a scale fixture SHAPE-PRESET (e.g. llama-3.2-1b-Q4_0) from
+    scripts/make_random_model.py's folder, made first if it is missing."""
+    if fixture is None:
+        return model or DEFAULT_MODEL
+    import make_random_model as fixtures
+
+    shape, _, preset = fixture.rpartition("-")
+    if shape not in fixtures.SHAPES or not preset:
+        raise SystemExit(f"--fixture {fixture!r}: expected SHAPE-PRESET, SHAPE one of {', '.join(fixtures.SHAPES)}")
+    made = fixtures.make(shape, fixtures.DEFAULT_OUT, [preset.upper()], fixtures.DEFAULT_VOCAB, seed=0, force=False, log=log)
+    return made[preset.upper()]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("-m", "--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("-m", "--model", type=Path, default=None, help=f"GGUF file (default {DEFAULT_MODEL.name})")
+    ap.add_argument("--fixture", default=None, metavar="SHAPE-PRESET",
+                    help="a random-weight model of a real shape instead of -m, e.g. llama-3.2-1b-Q4_0 "
+                         "(scripts/make_random_model.py; made if missing)")
+    ap.add_argument("-d", "--depth", type=int, default=0, help="tokens in the context before each test (llama-bench -d)")
     ap.add_argument("-p", "--n-prompt", default="512", help="prompt lengths, comma-separated (0 = none)")
     ap.add_argument("-n", "--n-gen", default="128", help="generation lengths, comma-separated (0 = none)")
     ap.add_argument("-t", "--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -296,19 +384,21 @@ def main(argv=None) -> int:
     ap.add_argument("--check-tokens", type=int, default=16, help="greedy tokens per prompt")
     ap.add_argument("--no-speed", action="store_true", help="only the agreement check")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--no-bandwidth", action="store_true", help="skip measuring the machine's read bandwidth")
     args = ap.parse_args(argv)
 
-    tests = [] if args.no_speed else parse_tests(args.n_prompt, args.n_gen)
+    tests = [] if args.no_speed else parse_tests(args.n_prompt, args.n_gen, args.depth)
     bench = find_binary("llama-bench", args.llama_bench) if tests else None
     have_python = import_llama_cpp() is not None
     if not have_python and (bench is None or args.no_speed):
         hint = f"; or for the speed figures alone, {BUILD_HINT}" if not args.no_speed else ""
         print(f"error: {INSTALL_HINT}{hint}", file=sys.stderr)
         return 2
+    args.model = resolve_model(args.model, args.fixture)
     if not args.model.is_file():
         print(f"error: {args.model}: no such model file", file=sys.stderr)
         return 1
-    n_ctx = max([t.n_tokens for t in tests] + [256]) + 1
+    n_ctx = max([t.depth + t.n_tokens for t in tests] + [256]) + 1
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     reference = f"llama-bench ({bench})" if bench else "llama-cpp-python (in this process)"
     log(f"{args.model.name}: {args.threads} threads, {args.repetitions} alternating repetitions; llama.cpp is {reference}")
@@ -320,6 +410,9 @@ def main(argv=None) -> int:
     speed_ref = LlamaBench(bench, args.model, args.threads) if bench else theirs
     report["speed"] = compare_speed({"llamatool": ours, "llama.cpp": speed_ref}, tests, args.repetitions, bos, ours.n_vocab,
                                     log)
+    if tests and not args.no_bandwidth:
+        report["read_gbps"] = read_bandwidth(args.threads)
+        add_bandwidth(report["speed"], args.model, tests, report["read_gbps"])
     if args.check_prompts and theirs is None:
         log(f"no agreement check: it runs llama.cpp through llama-cpp-python ({INSTALL_HINT})")
     elif args.check_prompts:
@@ -337,12 +430,19 @@ def main(argv=None) -> int:
 def print_report(report: dict) -> None:
     if report["speed"]:
         print(f"\nllama.cpp: {report['llama.cpp']}")
-        print("| test | llamatool t/s | llama.cpp t/s | ratio | per CPU-s: llamatool | llama.cpp | ratio |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        read = report.get("read_gbps")
+        if read:
+            print(f"read bandwidth ({report['threads']} threads, numpy sum over 1 GiB, best of 5): {read:.1f} GB/s")
+        print("| test | llamatool t/s | llama.cpp t/s | ratio | per CPU-s: llamatool | llama.cpp | ratio "
+              "| GB/s: llamatool | llama.cpp | % of read: llamatool | llama.cpp |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in report["speed"]:
             cpu = "| - | - | - |" if r["cpu_ratio"] is None else (
                 f"| {r['llamatool_cpu_ts']:.1f} | {r['llama.cpp_cpu_ts']:.1f} | {r['cpu_ratio']:.2f} |")
-            print(f"| {r['test']} | {r['llamatool_ts']:.1f} | {r['llama.cpp_ts']:.1f} | {r['ratio']:.2f} {cpu}")
+            bw = "| - | - | - | - |" if "llamatool_gbps" not in r else (
+                f"| {r['llamatool_gbps']:.1f} | {r['llama.cpp_gbps']:.1f} | {100 * r['llamatool_of_read']:.0f}% "
+                f"| {100 * r['llama.cpp_of_read']:.0f}% |")
+            print(f"| {r['test']} | {r['llamatool_ts']:.1f} | {r['llama.cpp_ts']:.1f} | {r['ratio']:.2f} {cpu} {bw[2:]}")
     agree = report.get("agreement")
     if agree:
         print(f"\ngreedy tokens agreeing before the first divergence: {agree['greedy_agree']}/{agree['greedy_total']}; "

@@ -3,6 +3,7 @@ reference (llama-cpp-python and its binaries), and running `llamatool` in a chil
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -58,6 +59,15 @@ def llamatool(*args, input: str | None = None, timeout: float = 1800, **kw) -> s
                           input=input, stdin=stdin, timeout=timeout, **kw)  # fmt: skip
 
 
+def load_script(name: str):
+    """scripts/NAME.py as a module (registered in sys.modules: its dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def default_model() -> Path:
     if not DEFAULT_MODEL.exists():
@@ -82,3 +92,17 @@ def llama_cpp_binary(find_binary, name: str) -> Path:
     if binary is None:
         missing_reference(f"no {name} binary (scripts/build_llamacpp.sh builds one; set LLAMA_CPP_BIN or put it on PATH)")
     return binary
+
+
+def _saved_code() -> bool:
+    from llamatool import host
+
+    return host.saved_code()
+
+
+# Tests of the saved machine code (quants/native.py, native_forward.py) run where it is on:
+# x86-64 Linux without LLAMATOOL_NO_NATIVE. Elsewhere it is off by design, and tests/test_portable.py
+# checks that nothing is saved or loaded there.
+needs_saved_code = pytest.mark.skipif(
+    not _saved_code(), reason="saved machine code is off by design here (LLAMATOOL_NO_NATIVE, or not x86-64 Linux)"
+)

@@ -4,24 +4,15 @@ runs, not speed (speed is measured by running the script)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, llama_cpp_binary, llama_cpp_module
+from .conftest import llama_cpp_binary, llama_cpp_module, load_script
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("compare_llamacpp", ROOT / "scripts" / "compare_llamacpp.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = _load_script()
+compare = load_script("compare_llamacpp")
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +148,68 @@ def test_speed_table_against_llama_bench(default_model):
         assert r["llamatool_ts"] > 0 and r["llama.cpp_ts"] > 0
         assert r["ratio"] == pytest.approx(r["llamatool_ts"] / r["llama.cpp_ts"])
         assert r["llama.cpp_cpu_ts"] is None and r["cpu_ratio"] is None  # its own process: no CPU figure
+
+
+# --- depth, bandwidth, scale fixtures -------------------------------------------------------
+
+
+def test_depth_goes_to_llama_bench_and_its_json():
+    test = compare.Test(n_gen=64, depth=4096)
+    assert test.name == "tg64 @ d4096"
+    cmd = compare.LlamaBench(Path("/opt/llama-bench"), Path("m.gguf"), 2).command(test)
+    assert dict(zip(cmd[1::2], cmd[2::2]))["-d"] == "4096"
+    out = """[{"n_prompt": 0, "n_gen": 64, "n_depth": 0, "avg_ts": 50.0},
+              {"n_prompt": 0, "n_gen": 64, "n_depth": 4096, "avg_ts": 31.5}]"""
+    assert compare.llama_bench_rate(out, test) == 31.5
+    assert compare.llama_bench_rate(out, compare.Test(n_gen=64)) == 50.0
+    assert [t.depth for t in compare.parse_tests("0", "16", depth=7)] == [7]
+
+
+class _Recorder:
+    """An engine that records what it is asked to evaluate."""
+
+    def __init__(self):
+        self.calls = []
+
+    def reset(self):
+        self.calls.append("reset")
+
+    def eval(self, tokens):
+        self.calls.append(len(tokens))
+
+
+def test_depth_tokens_are_evaluated_before_the_clock():
+    engine = _Recorder()
+    compare.time_once(engine, compare.Test(n_gen=3, depth=10), list(range(13)))
+    assert engine.calls == ["reset", 10, 1, 1, 1]
+    engine = _Recorder()
+    compare.time_once(engine, compare.Test(n_prompt=5, depth=4), list(range(9)))
+    assert engine.calls == ["reset", 4, 5]
+
+
+def test_bytes_per_token_reads_every_weight_and_the_kv_cache(default_model):
+    from llamatool.gguf_io import GGUFReader
+
+    reader = GGUFReader(default_model)
+    meta = reader.metadata
+    assert "output.weight" not in {t.name for t in reader.tensors}  # tied: the embedding is the output matrix
+    got = compare.bytes_per_token(default_model, compare.Test(n_gen=9, depth=100))
+    assert got["weights"] == sum(t.nbytes for t in reader.tensors)
+    per_position = 2 * 2 * meta["llama.block_count"] * meta["llama.attention.head_count_kv"] * (
+        meta["llama.embedding_length"] // meta["llama.attention.head_count"])
+    assert got["kv"] == per_position * 104  # positions 100..108 read 100..108 earlier ones: 104 on average
+    rows = [{"test": "tg9 @ d100", "llamatool_ts": 10.0, "llama.cpp_ts": 5.0}]
+    compare.add_bandwidth(rows, default_model, [compare.Test(n_gen=9, depth=100)], read_gbps=20.0)
+    assert rows[0]["llamatool_gbps"] == pytest.approx(10 * (got["weights"] + got["kv"]) / 1e9)
+    assert rows[0]["llama.cpp_of_read"] == pytest.approx(rows[0]["llama.cpp_gbps"] / 20.0)
+
+
+def test_read_bandwidth_is_measured():
+    assert compare.read_bandwidth(2, nbytes=1 << 24, repeats=2) > 0.1  # GB/s; any machine streams 16 MiB faster
+
+
+def test_fixture_names_are_checked(capsys):
+    with pytest.raises(SystemExit, match="expected SHAPE-PRESET"):
+        compare.resolve_model(None, "gpt-9-Q4_0")
+    assert compare.resolve_model(Path("x.gguf"), None) == Path("x.gguf")
+    assert compare.resolve_model(None, None) == compare.DEFAULT_MODEL

@@ -4,24 +4,15 @@ there is one (LLAMA_CPP_BIN or PATH; scripts/build_llamacpp.sh builds it)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, llama_cpp_binary
+from .conftest import llama_cpp_binary, load_script
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("compare_quantize", ROOT / "scripts" / "compare_quantize.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = _load_script()
+compare = load_script("compare_quantize")
 
 
 def _fake_binary(folder: Path, body: str) -> Path:

@@ -314,3 +314,53 @@ def test_default_model_as_close_to_f32_as_llama_cpp(smollm, default_model, tmp_p
         ours_err.append(np.sqrt(((smollm.eval(ids, all_logits=True) - target) ** 2).mean()))
         ref_err.append(np.sqrt(((np.array(ref.scores[: len(ids)], np.float32) - target) ** 2).mean()))
     assert 0 < np.mean(ours_err) < 1.15 * np.mean(ref_err)
+
+
+def test_weights_mapping_asks_for_huge_pages(default_model):
+    """Decode streams every weight per token: the model's mapping carries MADV_HUGEPAGE (the
+    kernel's `hg` flag in /proc/self/smaps), so a large file is not one TLB miss per 4 KiB."""
+    import mmap
+    import os
+
+    from llamatool.model import map_weights
+
+    if not hasattr(mmap, "MADV_HUGEPAGE") or not os.path.exists("/proc/self/smaps"):
+        pytest.skip("no MADV_HUGEPAGE or /proc/self/smaps on this system")
+    data = map_weights(default_model)
+    assert data.size == default_model.stat().st_size and not data.flags.writeable
+    start = data.ctypes.data
+    flags = None
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= start < hi
+            elif inside and line.startswith("VmFlags:"):
+                flags = line.split()[1:]
+                break
+    assert flags is not None, "the mapping is not in /proc/self/smaps"
+    assert "hg" in flags, flags
+
+
+def test_kv_cache_is_committed_as_the_context_fills(default_model):
+    """A 4096-position cache holds ~94 MB; one token writes one position per head region, so
+    the memory actually used must stay a small part of it (peak RSS of `run` follows the
+    context, not the context size)."""
+    import os
+    import re
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("no /proc/self/status on this system")
+
+    def anon_bytes() -> int:
+        with open("/proc/self/status") as status:
+            return int(re.search(r"RssAnon:\s+(\d+) kB", status.read()).group(1)) * 1024
+
+    model = Model.load(default_model, n_ctx=4096, n_threads=1)
+    before = anon_bytes()
+    model.eval([1, 2])
+    grown = anon_bytes() - before
+    assert model.kv_cache_bytes > 80e6
+    assert grown < model.kv_cache_bytes / 8, (grown, model.kv_cache_bytes)

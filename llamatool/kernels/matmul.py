@@ -238,16 +238,17 @@ def _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, st):
 #: Decode reads four rows per pass and meanwhile asks for the rows PREFETCH_ROWS rows further
 #: on, at the same place in the row.
 PREFETCH_ROWS = 8
+#: K-quant decode goes one row at a time and asks for the row this many rows further on.
+SUPERBLOCK_PREFETCH_ROWS = 4
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _prefetch_rows4(qtype, W, bo, rb):
     ahead = bo + PREFETCH_ROWS * rb
-    for i in range(0, group_bytes(qtype) + 63, 64):
-        prefetch(W, ahead + i)
-        prefetch(W, ahead + rb + i)
-        prefetch(W, ahead + 2 * rb + i)
-        prefetch(W, ahead + 3 * rb + i)
+    _prefetch_group(qtype, W, ahead)
+    _prefetch_group(qtype, W, ahead + rb)
+    _prefetch_group(qtype, W, ahead + 2 * rb)
+    _prefetch_group(qtype, W, ahead + 3 * rb)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -341,25 +342,24 @@ def _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _dot1_superblocks(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    """One row of a K-quant with a super-block decoder . activation row t (a Q8_K one)."""
+def _prefetch_group(qtype, W, bo):
+    """Ask for the cache lines of the group (or super-block) at byte offset bo."""
+    for i in range(0, group_bytes(qtype) + 63, 64):
+        prefetch(W, bo + i)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _dot1_superblocks(qtype, W, row, n_chunks, q, d, s16, s32, t, K, ahead=0):
+    """One row of a K-quant with a super-block decoder . activation row t (a Q8_K one);
+    ahead > 0: meanwhile asks for the bytes that far on (the same place some rows later)."""
     acc = splat(float32(0), 16)
     offs = acc
     for g in range(n_chunks // 8):
-        acc, offs = _superblock1(qtype, W, row + g * group_bytes(qtype), g, q, d, s16, t, K, acc, offs)
+        bo = row + g * group_bytes(qtype)
+        if ahead:
+            _prefetch_group(qtype, W, bo + ahead)
+        acc, offs = _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs)
     return hsum(acc + offs)
-
-
-def _dot1(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    """One row . activation row t: by groups of 8 blocks for the 32-weight types, by
-    super-blocks for the K-quants (blocks.SUPERBLOCK_DECODERS); compiled code only."""
-    raise NotImplementedError("_dot1 is only callable from compiled code")
-
-
-@overload(_dot1, jit_options={"_nrt": False, "forceinline": True})
-def _dot1_for_type(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    dot = _dot1_block32 if is_block32(qtype) else _dot1_superblocks
-    return lambda qtype, W, row, n_chunks, q, d, s16, s32, t, K: dot(qtype, W, row, n_chunks, q, d, s16, s32, t, K)
 
 
 def _dot4(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
@@ -383,7 +383,8 @@ def _decode_rows_for_type(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s1
     if not is_block32(qtype):
         def one_by_one(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
             for r in range(r0, r1):
-                out[o + r] = _dot1(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K)
+                out[o + r] = _dot1_superblocks(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K,
+                                               SUPERBLOCK_PREFETCH_ROWS * row_bytes)
 
         return one_by_one
 
