@@ -61,6 +61,7 @@ class ModelArgs:
     architecture: str = "llama"
     name: str = ""
     rope_neox: bool = False  # the family rotates the two halves of a head (llama.cpp's NEOX)
+    nope_every: int = 0  # every nope_every-th layer has no RoPE (SmolLM3); 0: all have it
 
     @property
     def family(self):
@@ -115,6 +116,7 @@ class ModelArgs:
             architecture=arch,
             name=str(reader.get("general.name", "") or ""),
             rope_neox=family.forward.rope == families.ROPE_NEOX,
+            nope_every=family.forward.nope_every,
         )
 
 
@@ -314,7 +316,7 @@ class Model:
         self.v_cache = np.zeros(cache_len, np.uint16)
         self._counters = np.zeros(kernel_api.load("sync").counters_size(fw.phases_per_call(a.n_layer)), np.int64)
         self._dims = fw.Dims(a.n_embd, a.n_layer, a.n_head, a.n_head_kv, a.head_dim, a.n_ff, a.n_vocab, cache_positions, a.n_rot,
-                             self.n_threads, int(a.rope_neox))
+                             self.n_threads, int(a.rope_neox), a.nope_every)
         self._rope = fw.FloatParams(*_rope_params(a))
         self._last_logits = np.zeros(a.n_vocab, f32)
         self._forward = fw.Forward(self.n_threads)

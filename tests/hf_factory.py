@@ -360,7 +360,8 @@ def spm_tokenizer_config(spec: CheckpointSpec, n_pieces: int) -> dict:
 # --- the folder ---------------------------------------------------------------------------
 
 
-_MODEL_TYPES = {"MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+_MODEL_TYPES = {"MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                "SmolLM3ForCausalLM": "smollm3"}
 
 
 def config_json(spec: CheckpointSpec, n_vocab: int) -> dict:
@@ -470,5 +471,11 @@ FIXTURES = {
         "tiny-qwen3-bpe", arch="Qwen3ForCausalLM", tokenizer="bpe-qwen2", heads=4, kv_heads=2, head_dim=32,
         dtype="float16", shards=2, seed=6, rope_theta=1000000.0, max_position_embeddings=40960, rms_norm_eps=1e-6,
         config_extra={"bos_token_id": None, "eos_token_id": 2, "attention_bias": False, "use_sliding_window": False},
+    ),
+    "smollm3-bpe": CheckpointSpec(
+        "tiny-smollm3-bpe", arch="SmolLM3ForCausalLM", tokenizer="bpe-llama3", layers=4, heads=4, kv_heads=2, tied=True,
+        dtype="bfloat16", seed=7, rope_theta=5000000.0, max_position_embeddings=65536, rms_norm_eps=1e-6,
+        config_extra={"no_rope_layers": [1, 1, 1, 0], "no_rope_layer_interval": 4, "use_sliding_window": False,
+                      "bos_token_id": None, "eos_token_id": 2, "pad_token_id": None},
     ),
 }  # fmt: skip

@@ -43,7 +43,8 @@ VENDOR = ROOT.parent / "ref" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp
 # The tokenizer.ggml.pre convert_hf_to_gguf.py gives the real tokenizers these fixtures
 # imitate (Llama 3, SmolLM). Its hash lookup cannot know a tiny generated vocab, so the
 # reference run is told the answer; the SmolLM2 test checks the real lookup.
-REFERENCE_PRE = {"llama3-bpe": "llama-bpe", "smollm-bpe": "smollm", "qwen2-bpe": "qwen2", "qwen3-bpe": "qwen2"}
+REFERENCE_PRE = {"llama3-bpe": "llama-bpe", "smollm-bpe": "smollm", "qwen2-bpe": "qwen2", "qwen3-bpe": "qwen2",
+                 "smollm3-bpe": "llama-bpe"}
 
 
 def _cases() -> dict[str, tuple[str, dict]]:

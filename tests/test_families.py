@@ -1,10 +1,11 @@
-"""The model families beyond LLaMA (llamatool.arch): Qwen2 and Qwen3 on tiny seeded checkpoints.
+"""The model families beyond LLaMA (llamatool.arch): Qwen2, Qwen3 and SmolLM3 on tiny seeded checkpoints.
 
 Convert is checked byte for byte against the vendored converter in test_convert.py (the
 qwen2-bpe and qwen3-bpe fixtures); here:
 
 - the forward pass against tests/tiny_llama.py's float64 numpy model (Hugging Face's math:
-  rotate-half RoPE, biases, per-head Q/K norms) with ggml's roundings, on the converted F32 file;
+  rotate-half RoPE, biases, per-head Q/K norms, NoPE layers) with ggml's roundings, on the
+  converted F32 file;
 - end-of-generation tokens, chat template, and the commands (run, bench, perplexity, tokenize);
 - quantize against the llama-quantize binary (when there is one), byte for byte;
 - reference tier: logits against transformers over 64 tokens.
@@ -28,8 +29,11 @@ from tests.hf_factory import FIXTURES, CheckpointSpec, random_weights, write_che
 from .conftest import llama_cpp_binary
 from .tiny_llama import TinyLlama, numpy_forward
 
-FAMILY_FIXTURES = {"qwen2": "qwen2-bpe", "qwen3": "qwen3-bpe"}
+FAMILY_FIXTURES = {"qwen2": "qwen2-bpe", "qwen3": "qwen3-bpe", "smollm3": "smollm3-bpe"}
+NEOX = {"qwen2", "qwen3"}
+CHATML = {"qwen2", "qwen3"}  # fixtures with Qwen's tokenizer: <|im_end|> ends a turn
 N_TOKENS = 64
+FORWARD_TOLERANCE = 1e-3  # of the largest logit: float32 against float64 (tests/test_model.py)
 
 
 def _convert(folder: Path, out_dir: Path, outtype: str = "f32") -> Path:
@@ -61,7 +65,8 @@ def _tokens(n_vocab: int, n: int = N_TOKENS) -> list[int]:
 def _numpy_model(spec: CheckpointSpec, n_vocab: int) -> TinyLlama:
     return TinyLlama(vocab=n_vocab, n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads,
                      n_head_kv=spec.kv_heads or spec.heads, n_ff=spec.intermediate, eps=spec.rms_norm_eps,
-                     rope_base=spec.rope_theta, tied=spec.tied, explicit_head_dim=spec.head_dim)  # fmt: skip
+                     rope_base=spec.rope_theta, tied=spec.tied, explicit_head_dim=spec.head_dim,
+                     nope_every=4 if spec.arch == "SmolLM3ForCausalLM" else 0)  # fmt: skip
 
 
 def test_registry_declares_what_the_forward_pass_has():
@@ -69,7 +74,7 @@ def test_registry_declares_what_the_forward_pass_has():
     from llamatool import kernel_api
 
     fw = kernel_api.load("forward")
-    assert arch.supported_architectures() == ("llama", "qwen2", "qwen3")
+    assert arch.supported_architectures() == ("llama", "qwen2", "qwen3", "smollm3")
     for family in arch.FAMILIES:
         roles = [t.role for t in family.gguf_layer_tensors]
         assert len(set(roles)) == len(roles) and all(hasattr(fw, "LAYER_" + r) for r in roles), family.arch
@@ -83,7 +88,8 @@ def test_forward_matches_numpy(family, f32_models):
     (ggml's f16 cache roundings applied), 64 tokens."""
     spec, _, gguf = f32_models[family]
     model = Model.load(gguf, n_threads=2)
-    assert model.args.architecture == family and model.args.rope_neox
+    assert model.args.architecture == family and model.args.rope_neox == (family in NEOX)
+    assert model.args.nope_every == (4 if family == "smollm3" else 0)
     n_vocab = model.args.n_vocab
     weights = random_weights(spec, n_vocab)
     if spec.tied:
@@ -91,19 +97,26 @@ def test_forward_matches_numpy(family, f32_models):
     ids = _tokens(n_vocab)
     got = model.eval(ids, all_logits=True)
     expected = numpy_forward(_numpy_model(spec, n_vocab), weights, ids, ggml_types={k: "F32" for k in weights})
-    assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()
+    assert np.abs(got - expected).max() < FORWARD_TOLERANCE * np.abs(expected).max()
     assert (got.argmax(1) == expected.argmax(1)).all()
 
 
-def test_qk_norm_and_neox_rope_matter(f32_models):
-    """The numpy model the forward pass matches would not match without Qwen3's Q/K norms."""
+def test_qk_norm_and_nope_layers_matter(f32_models):
+    """The numpy model the forward pass matches would be 10x the tolerance away without
+    Qwen3's Q/K norms or with RoPE in SmolLM3's fourth layer: the comparison can tell."""
     spec, _, gguf = f32_models["qwen3"]
     n_vocab = Model.load(gguf, n_threads=1).args.n_vocab
     weights = random_weights(spec, n_vocab)
     ids = _tokens(n_vocab, 16)
     with_norm = numpy_forward(_numpy_model(spec, n_vocab), weights, ids)
     without = numpy_forward(_numpy_model(spec, n_vocab), {k: v for k, v in weights.items() if "_norm." not in k or "layernorm" in k}, ids)
-    assert np.abs(with_norm - without).max() > 0.05 * np.abs(with_norm).max()
+    assert np.abs(with_norm - without).max() > 10 * FORWARD_TOLERANCE * np.abs(with_norm).max()
+    spec, _, gguf = f32_models["smollm3"]
+    weights = random_weights(spec, n_vocab := Model.load(gguf, n_threads=1).args.n_vocab)
+    weights.pop("lm_head.weight", None)
+    nope = numpy_forward(_numpy_model(spec, n_vocab), weights, ids)
+    rope_everywhere = numpy_forward(replace(_numpy_model(spec, n_vocab), nope_every=0), weights, ids)
+    assert np.abs(nope - rope_everywhere).max() > 10 * FORWARD_TOLERANCE * np.abs(nope).max()
 
 
 @pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
@@ -117,7 +130,7 @@ def test_batches_and_single_tokens_agree(family, f32_models):
     np.testing.assert_array_equal(at_once, stepwise)
 
 
-@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
+@pytest.mark.parametrize("family", sorted(CHATML))
 def test_end_of_generation_and_chat_template(family, f32_models):
     """<|im_end|> (and <|endoftext|>) end a generation; the chat template is the checkpoint's, verbatim."""
     import json
@@ -166,7 +179,8 @@ def test_quantize_same_bytes_as_llama_quantize(family, preset, tmp_path):
     binary = llama_cpp_binary(find_binary, "llama-quantize")
     from llamatool.quantize import QuantizeOptions, quantize_model
 
-    spec = replace(FIXTURES[FAMILY_FIXTURES[family]], hidden=256, intermediate=512, head_dim=64 if family == "qwen3" else None)
+    spec = replace(FIXTURES[FAMILY_FIXTURES[family]], hidden=256, intermediate=512, head_dim=64 if family == "qwen3" else None,
+                   extra_vocab=0)
     f16 = _convert(write_checkpoint(tmp_path / "hf", spec), tmp_path / "f16", "f16")
     ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
     quantize_model(f16, ours, QuantizeOptions(preset=preset), nthreads=2, progress=False)
@@ -222,3 +236,15 @@ def test_logits_match_transformers(family, f32_models):
     plain = _transformers_logits(folder, ids)
     assert (got.argmax(1) == plain.argmax(1)).all()
     np.testing.assert_allclose(got, plain, rtol=1e-3, atol=2e-3 * np.abs(plain).max())
+
+
+def test_smollm3_other_nope_pattern_is_refused(tmp_path):
+    """llama.cpp fixes SmolLM3's NoPE step at 4: another pattern would convert into a file it
+    (and we) would run wrongly, so nothing is written."""
+    from llamatool.errors import LlamatoolError
+
+    spec = replace(FIXTURES["smollm3-bpe"], config_extra={**FIXTURES["smollm3-bpe"].config_extra, "no_rope_layers": [1, 0, 1, 0]})
+    folder = write_checkpoint(tmp_path / "hf", spec)
+    with pytest.raises(LlamatoolError, match="no_rope_layers") as e:
+        _convert(folder, tmp_path / "out")
+    assert "\n" not in str(e.value) and not list((tmp_path / "out").iterdir())

@@ -56,6 +56,7 @@ class TinyLlama:
     seed: int = 0
     extra: dict = field(default_factory=dict)
     explicit_head_dim: int | None = None  # Qwen3: n_head * head_dim need not be n_embd
+    nope_every: int = 0  # SmolLM3: layers il with (il + 1) % nope_every == 0 have no RoPE
 
     @property
     def head_dim(self) -> int:
@@ -423,8 +424,10 @@ def numpy_forward(spec: TinyLlama, w: dict, tokens, ggml_types: dict | None = No
         if p + "self_attn.q_norm.weight" in w:  # Qwen3: each head normed on its own
             q = _rms_norm(q, w[p + "self_attn.q_norm.weight"], spec.eps)
             k = _rms_norm(k, w[p + "self_attn.k_norm.weight"], spec.eps)
-        q = round16(q * cos + _rotate_half(q) * sin)  # ggml: Q to f16 for the dot with the f16 cache
-        k = round16(k * cos + _rotate_half(k) * sin)  # the cache holds f16 keys and values
+        if not (spec.nope_every and (i + 1) % spec.nope_every == 0):
+            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q = round16(q)  # ggml: Q to f16 for the dot with the f16 cache
+        k = round16(k)  # the cache holds f16 keys and values
         v = round16(v)
         k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / math.sqrt(hd) + mask

@@ -5,6 +5,7 @@
     llama.py    llama (LLaMA 1-3, Mistral, SmolLM2)
     qwen2.py    qwen2 (Qwen2, Qwen2.5)
     qwen3.py    qwen3 (Qwen3 dense)
+    smollm3.py  smollm3 (SmolLM3: LLaMA with NoPE layers)
 
 Adding a family: a module with a Family subclass, listed in FAMILIES, plus kernels only
 where the forward pass meets an operation it does not have yet.
@@ -17,8 +18,9 @@ from .family import Family, ForwardSwitches, LayerTensor, ROPE_NEOX, ROPE_NORM  
 from .llama import Llama
 from .qwen2 import Qwen2
 from .qwen3 import Qwen3
+from .smollm3 import SmolLM3
 
-FAMILIES: tuple[Family, ...] = (Llama(), Qwen2(), Qwen3())
+FAMILIES: tuple[Family, ...] = (Llama(), Qwen2(), Qwen3(), SmolLM3())
 _BY_ARCH = {f.arch: f for f in FAMILIES}
 _BY_HF_CLASS = {cls: f for f in FAMILIES for cls in f.hf_classes}
 

@@ -37,6 +37,7 @@ class ForwardSwitches:
     """Where a family's forward pass differs from LLaMA's (the fused pass reads these)."""
 
     rope: int = ROPE_NORM  # ROPE_NORM or ROPE_NEOX
+    nope_every: int = 0  # > 0: layers il with (il + 1) % nope_every == 0 skip RoPE (SmolLM3)
     # Biases and per-head Q/K RMSNorm need no switch: the pass applies them wherever the
     # layer holds the tensor (see gguf_layer_tensors).
 
@@ -111,6 +112,9 @@ class Family:
     }
 
     # --- convert ----------------------------------------------------------------------------
+
+    def check_config(self, cfg: dict, path) -> None:
+        """Refuse a config whose features this family's forward pass (or llama.cpp's) lacks."""
 
     def hf_layer_tensors(self, hp) -> dict[str, tuple[str, tuple[int, ...]]]:
         """One layer's HF tensors: local name -> (GGUF local name, numpy shape)."""

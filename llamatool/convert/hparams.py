@@ -116,6 +116,7 @@ def load_hparams(folder: Path) -> Hparams:
     family = arch.by_hf_class(archs[0], str(path))
     cfg = normalized_config(raw)
     _refuse_unsupported_features(cfg, family, path)
+    family.check_config(cfg, path)
     hp = Hparams(
         path=path,
         hf_arch=archs[0],

@@ -88,8 +88,9 @@ NEED_Q8_0, NEED_Q8_K, NEED_F16, NEED_BF16 = 1, 2, 4, 8
 
 Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors")
 # Dims.n_ctx is the cache's positions per layer and KV head: kv_cache_positions(context size)
-# rope_neox: 1 rotates the two halves of a head (llama.cpp's NEOX rope), 0 adjacent pairs
-Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads rope_neox")
+# rope_neox: 1 rotates the two halves of a head (llama.cpp's NEOX rope), 0 adjacent pairs;
+# nope_every: > 0 leaves RoPE out of layers il with (il + 1) % nope_every == 0 (SmolLM3)
+Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads rope_neox nope_every")
 FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale")
 # a8/ak: Q8_0/Q8_K slots; scores: n_threads equal parts of attention_scratch_floats each
 Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")
@@ -249,6 +250,7 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache,
         mats = (L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         biases = (L[layer, LAYER_BQ], L[layer, LAYER_BK], L[layer, LAYER_BV])
     cols = (0, n_q, n_q + n_kv)
+    rotate = dims.nope_every == 0 or (layer + 1) % dims.nope_every != 0
     # NEOX rope and Q/K norms read a whole head: chunks then hold whole heads
     per_head = dims.rope_neox != 0 or L[layer, LAYER_Q_NORM] >= 0
     unit = dims.head_dim if per_head else 16
@@ -268,8 +270,8 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache,
         _matmul(net, i, r0, r1, 0, n_tok, src, s, s.qkv, ldo, cols[m], 0)
         _add_bias(net, biases[m], r0, r1, 0, n_tok, s.qkv, ldo, cols[m])
         if per_head:
-            _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, cols[m] + r0, cols[m] + r1, eps)
-        _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, cols[m] + r0, cols[m] + r1)
+            _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, cols[m] + r0, cols[m] + r1, eps, rotate)
+        _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, cols[m] + r0, cols[m] + r1, rotate)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -277,7 +279,7 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache,
 
 
 @njit(cache=True, _nrt=False)
-def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps):
+def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps, rotate):
     """The whole-head steps on columns c0..c1 (whole heads) of every token's q | k | v row:
     RMSNorm of each Q and K head by its norm weights (if the layer has them), then NEOX RoPE
     (if the model uses it), as llama.cpp orders them."""
@@ -292,14 +294,15 @@ def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps):
             norm = q_norm if c < n_q else k_norm
             if norm >= 0:
                 rmsnorm(s.qkv, row + c, hd, eps, net.data, net.tensors[norm, T_OFFSET], s.qkv, row + c)
-            if dims.rope_neox != 0:
+            if rotate and dims.rope_neox != 0:
                 rope_rotate_neox(s.qkv, row + c, dims.n_rot, s.angles, t * dims.n_rot)
 
 
 @njit(cache=True, _nrt=False)
-def _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, c0, c1):
+def _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, c0, c1, rotate):
     """Columns c0..c1 (multiples of 16) of every token's q | k | v row, just projected:
-    rotate q and k (adjacent pairs; NEOX heads were rotated whole before), round q to f16
+    rotate q and k (adjacent pairs, unless a NoPE layer; NEOX heads were rotated whole
+    before), round q to f16
     for the K.Q products (as ggml does for an f16 cache), and append k and v to the cache. A chunk of the projections does this for its own rows,
     so no phase (and no barrier) is needed between the projections and attention."""
     hd = dims.head_dim
@@ -309,7 +312,7 @@ def _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, c0, c1):
         row = t * ldo
         for c in range(c0, c1, 16):
             d = c % hd  # rotated pairs never straddle a 16-column group: n_rot is even
-            if dims.rope_neox == 0 and d < dims.n_rot and c < n_q + n_kv:
+            if rotate and dims.rope_neox == 0 and d < dims.n_rot and c < n_q + n_kv:
                 rope_rotate(s.qkv, row + c, min(16, dims.n_rot - d), s.angles, t * dims.n_rot + d)
             x = load(s.qkv, row + c, 16)
             if c < n_q:
