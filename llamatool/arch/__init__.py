@@ -53,6 +53,11 @@ def by_hf_class(hf_class: str, where: str) -> Family:
     return family
 
 
+def quantize_70b_layers() -> dict[str, int]:
+    """llama-quantize's "70B" layer count by architecture, for the families that have one."""
+    return {f.arch: f.quantize_70b_layers for f in FAMILIES if f.quantize_70b_layers}
+
+
 def by_model_type(model_type) -> Family | None:
     """The family whose transformers config class a config.json's model_type names, if any."""
     return next((f for f in FAMILIES if model_type in f.config_defaults), None)

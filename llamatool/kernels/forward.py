@@ -1,4 +1,7 @@
-"""The LLaMA forward pass as one compiled call over preallocated buffers.
+"""The forward pass of every supported family as one compiled call over preallocated buffers.
+
+The LLaMA pass; a family's differences (llamatool.arch) arrive as data: biases and Q/K
+norms wherever the layer table has them, NEOX rope and NoPE layers as Dims switches.
 
 One call evaluates n_tok tokens at positions pos0.. (a prompt batch or a single decode
 step), appends their keys and values to the cache and writes logits. All threads run
