@@ -48,7 +48,7 @@ class LayerTensor:
 
     name: str  # inside blk.{i}., e.g. "attn_q.weight"
     role: str  # the forward pass's LAYER_* column, without the prefix
-    shape: str  # ggml ne as a space-separated list of ModelArgs fields (see model.py)
+    shape: str  # ggml ne, space-separated: n_embd, n_ff, n_q, n_kv or head_dim (model.Weights)
     required: bool = True
     float32: bool = False  # norms and biases: llamatool reads them as F32 only
 
