@@ -757,6 +757,12 @@ def test_smollm2_matches_reference_converter(smollm2_hf, tmp_path):
         {"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
         {"model_type": "llama", "head_dim": 96, "tie_word_embeddings": True, "rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}},
+        {"model_type": "qwen2"},
+        {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": None, "rope_theta": 1e6},
+        {"model_type": "qwen3"},
+        {"model_type": "qwen3", "head_dim": 32, "attention_bias": True},
+        {"model_type": "smollm3"},
+        {"model_type": "smollm3", "num_hidden_layers": 8, "tie_word_embeddings": False},
     ],
 )  # fmt: skip
 def test_config_defaults_match_autoconfig(raw, tmp_path):
@@ -764,7 +770,8 @@ def test_config_defaults_match_autoconfig(raw, tmp_path):
     transformers = pytest.importorskip("transformers")
     from llamatool.convert.hparams import normalized_config
 
-    raw = {"architectures": ["LlamaForCausalLM"], **raw}
+    classes = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
+    raw = {"architectures": [classes.get(raw["model_type"], "LlamaForCausalLM")], **raw}
     (tmp_path / "config.json").write_text(json.dumps(raw))
     auto = transformers.AutoConfig.from_pretrained(tmp_path).to_dict()
     ours = normalized_config(raw)

@@ -99,6 +99,7 @@ class Family:
     arch = "llama"
     hf_classes: tuple[str, ...] = ()
     config_defaults: dict[str, dict[str, Any]] = {}
+    default_rope_theta = 10000.0  # the config class's default_theta
     head_dim_from_heads = False  # the config class fills in head_dim = hidden_size // heads
     permute_qk = False  # LLaMA's converter reorders Q/K rows for ggml's adjacent-pair RoPE
     forward = ForwardSwitches()

@@ -19,6 +19,7 @@ class SmolLM3(Llama):
     arch = "smollm3"
     hf_classes = ("SmolLM3ForCausalLM",)
     head_dim_from_heads = False
+    default_rope_theta = 2000000.0
     quantize_70b_layers = None
     forward = ForwardSwitches(nope_every=NO_ROPE_STEP)
     config_defaults = {

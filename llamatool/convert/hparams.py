@@ -18,7 +18,6 @@ from .. import arch
 from ..arch.family import Family, find
 from ..errors import LlamatoolError
 
-_DEFAULT_ROPE_THETA = 10000.0
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -37,13 +36,14 @@ def read_json_object(path: Path, what: str) -> dict:
     return value
 
 
-def _rope_parameters(raw: dict, known_type: bool) -> dict:
+def _rope_parameters(raw: dict, family: Family | None) -> dict:
+    known_type = family is not None
     params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     if not isinstance(params, dict):
         raise LlamatoolError(f"config.json: rope_scaling must be an object, got {params!r}")
     params = dict(params)
     if "rope_theta" not in params:
-        theta = raw.get("rope_theta", _DEFAULT_ROPE_THETA if known_type else None)
+        theta = raw.get("rope_theta", family.default_rope_theta if known_type else None)
         if theta is not None:
             params["rope_theta"] = theta
     if "rope_type" not in params:
@@ -67,7 +67,7 @@ def normalized_config(raw: dict) -> dict:
             cfg["num_key_value_heads"] = cfg["num_attention_heads"]
         if family.head_dim_from_heads and cfg.get("head_dim") is None and _positive_int(cfg.get("num_attention_heads")):
             cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
-    cfg["rope_parameters"] = _rope_parameters(raw, defaults is not None)
+    cfg["rope_parameters"] = _rope_parameters(raw, family)
     return cfg
 
 
