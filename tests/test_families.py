@@ -248,3 +248,33 @@ def test_smollm3_other_nope_pattern_is_refused(tmp_path):
     with pytest.raises(LlamatoolError, match="no_rope_layers") as e:
         _convert(folder, tmp_path / "out")
     assert "\n" not in str(e.value) and not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
+def test_kl_divergence_against_llama_perplexity(family, tmp_path):
+    """On the F16 file, teacher-forced against the llama-perplexity binary's base file: mean KLD
+    at most 1e-4 and the same top token on at least 99% of positions (the issue's bar)."""
+    import re
+
+    from tests.hf_factory import CORPUS
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        from llamacpp_bin import find_binary
+    finally:
+        sys.path.remove(str(scripts))
+    binary = llama_cpp_binary(find_binary, "llama-perplexity")
+    spec = replace(FIXTURES[FAMILY_FIXTURES[family]], hidden=256, intermediate=512, head_dim=64 if family == "qwen3" else None)
+    f16 = _convert(write_checkpoint(tmp_path / "hf", spec), tmp_path / "f16", "f16")
+    text, base = tmp_path / "text.txt", tmp_path / "base.kld"
+    text.write_text(CORPUS * 6, encoding="utf-8")
+    ref = subprocess.run([str(binary), "-m", str(f16), "-f", str(text), "-c", "128", "-b", "128", "-t", "2",
+                          "--kl-divergence-base", str(base)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ours = _cli("perplexity", "-m", f16, "-f", text, "-c", 128, "-b", 128, "-t", 2, "--kl-divergence-base", base, "--kl-divergence")
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    out = ours.stdout + ours.stderr
+    mean_kld = float(re.search(r"Mean\s+KLD:\s+(-?[\d.]+)", out).group(1))
+    same_top = float(re.search(r"Same top p:\s+([\d.]+)", out).group(1))
+    assert mean_kld <= 1e-4 and same_top >= 99.0, (mean_kld, same_top)
