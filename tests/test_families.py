@@ -166,17 +166,22 @@ def test_commands_run_a_qwen3_model(f32_models, tmp_path):
 # --- quantize: byte for byte with llama-quantize -------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", ["Q4_K_M", "Q8_0"])
-@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
-def test_quantize_same_bytes_as_llama_quantize(family, preset, tmp_path):
-    """Rows of 256 values so the K-quant recipe (not just its fallbacks) is exercised."""
+def _llama_cpp_binary(name: str) -> Path:
+    """llama.cpp's binary as scripts/llamacpp_bin.py finds it (LLAMA_CPP_BIN or PATH), or a skip."""
     scripts = Path(__file__).resolve().parent.parent / "scripts"
     sys.path.insert(0, str(scripts))
     try:
         from llamacpp_bin import find_binary
     finally:
         sys.path.remove(str(scripts))
-    binary = llama_cpp_binary(find_binary, "llama-quantize")
+    return llama_cpp_binary(find_binary, name)
+
+
+@pytest.mark.parametrize("preset", ["Q4_K_M", "Q8_0"])
+@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
+def test_quantize_same_bytes_as_llama_quantize(family, preset, tmp_path):
+    """Rows of 256 values so the K-quant recipe (not just its fallbacks) is exercised."""
+    binary = _llama_cpp_binary("llama-quantize")
     from llamatool.quantize import QuantizeOptions, quantize_model
 
     spec = replace(FIXTURES[FAMILY_FIXTURES[family]], hidden=256, intermediate=512, head_dim=64 if family == "qwen3" else None,
@@ -258,13 +263,7 @@ def test_kl_divergence_against_llama_perplexity(family, tmp_path):
 
     from tests.hf_factory import CORPUS
 
-    scripts = Path(__file__).resolve().parent.parent / "scripts"
-    sys.path.insert(0, str(scripts))
-    try:
-        from llamacpp_bin import find_binary
-    finally:
-        sys.path.remove(str(scripts))
-    binary = llama_cpp_binary(find_binary, "llama-perplexity")
+    binary = _llama_cpp_binary("llama-perplexity")
     spec = replace(FIXTURES[FAMILY_FIXTURES[family]], hidden=256, intermediate=512, head_dim=64 if family == "qwen3" else None)
     f16 = _convert(write_checkpoint(tmp_path / "hf", spec), tmp_path / "f16", "f16")
     text, base = tmp_path / "text.txt", tmp_path / "base.kld"
