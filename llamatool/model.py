@@ -1,10 +1,11 @@
-"""A LLaMA-family GGUF model, ready to evaluate tokens on the CPU.
+"""A GGUF model of a supported family (llamatool.arch), ready to evaluate tokens on the CPU.
 
     model = Model.load("models/SmolLM2-135M-Instruct.Q4_1.gguf")
     logits = model.eval(model.tokenizer.encode("The capital of France is"))
     print(model.generate("The capital of France is", max_tokens=16, temperature=0).text)
 
-ModelArgs    the hyperparameters, from the file's metadata (llama.cpp's keys and defaults)
+ModelArgs    the hyperparameters, from the file's metadata (llama.cpp's keys and defaults),
+             and the family's switches for the forward pass
 Weights      the tensors as zero-copy views of the mapped file, in their stored types,
              described by small int64 tables the compiled forward pass reads
 KV cache     keys and values of every position, as IEEE halves (llama.cpp's default)
@@ -29,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import arch as families
 from .errors import LlamatoolError
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = families.supported_architectures()
 DEFAULT_N_CTX = 4096  # llama-cli's default context size
 DEFAULT_N_BATCH = 512  # tokens per forward call while reading a prompt (llama.cpp's n_ubatch)
 
@@ -55,7 +57,7 @@ def map_weights(path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ModelArgs:
-    """Hyperparameters of a llama-architecture model, as llama.cpp reads them."""
+    """Hyperparameters of a model, as llama.cpp reads them."""
 
     n_vocab: int
     n_embd: int
@@ -76,14 +78,17 @@ class ModelArgs:
     tied_output: bool = False  # no output.weight: logits use token_embd.weight
     architecture: str = "llama"
     name: str = ""
+    rope_neox: bool = False  # the family rotates the two halves of a head (llama.cpp's NEOX)
+    nope_every: int = 0  # every nope_every-th layer has no RoPE (SmolLM3); 0: all have it
+
+    @property
+    def family(self):
+        return families.by_arch(self.architecture, "model")
 
     @classmethod
     def from_gguf(cls, reader) -> "ModelArgs":
         arch = reader.architecture
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise LlamatoolError(
-                f"{reader.path}: architecture {arch!r} is not supported (llamatool runs: {', '.join(SUPPORTED_ARCHITECTURES)})"
-            )
+        family = families.by_arch(arch, str(reader.path))
         if _meta(reader, arch, "expert_count", 0):
             raise LlamatoolError(f"{reader.path}: mixture-of-experts models (expert_count > 0) are not supported")
         n_embd = _meta_int(reader, arch, "embedding_length")
@@ -128,6 +133,8 @@ class ModelArgs:
             tied_output=not reader.has_tensor("output.weight"),
             architecture=arch,
             name=str(reader.get("general.name", "") or ""),
+            rope_neox=family.forward.rope == families.ROPE_NEOX,
+            nope_every=family.forward.nope_every,
         )
 
 
@@ -151,6 +158,8 @@ def _meta_int(reader, arch: str, key: str, default=None) -> int:
 
 
 # --- weights --------------------------------------------------------------------------------
+
+_SPLIT_QKV_ROLES = ("WQ", "WK", "WV", "BQ", "BK", "BV")  # replaced by a fused attn_qkv
 
 
 @dataclass
@@ -198,6 +207,7 @@ class Weights:
 
         e, v, ff = args.n_embd, args.n_vocab, args.n_ff
         n_q, n_kv = args.n_head * args.head_dim, args.n_head_kv * args.head_dim
+        dims = {"n_embd": e, "n_ff": ff, "n_q": n_q, "n_kv": n_kv, "head_dim": args.head_dim}
         embd = add("token_embd.weight", (e, v))
         out_norm = add("output_norm.weight", (e,), float32_only=True)
         output = add("output.weight", (e, v), required=False)
@@ -205,26 +215,15 @@ class Weights:
         for i in range(args.n_layer):
             p = f"blk.{i}."
             L = layers[i]
-            L[fw.LAYER_ATTN_NORM] = add(p + "attn_norm.weight", (e,), float32_only=True)
-            if reader.has_tensor(p + "attn_qkv.weight"):
+            fused = reader.has_tensor(p + "attn_qkv.weight")
+            if fused:
                 L[fw.LAYER_WQKV] = add(p + "attn_qkv.weight", (e, n_q + 2 * n_kv))
                 L[fw.LAYER_BQKV] = add(p + "attn_qkv.bias", (n_q + 2 * n_kv,), False, True)
-            else:
-                L[fw.LAYER_WQ] = add(p + "attn_q.weight", (e, n_q))
-                L[fw.LAYER_WK] = add(p + "attn_k.weight", (e, n_kv))
-                L[fw.LAYER_WV] = add(p + "attn_v.weight", (e, n_kv))
-            L[fw.LAYER_BQ] = add(p + "attn_q.bias", (n_q,), False, True)
-            L[fw.LAYER_BK] = add(p + "attn_k.bias", (n_kv,), False, True)
-            L[fw.LAYER_BV] = add(p + "attn_v.bias", (n_kv,), False, True)
-            L[fw.LAYER_WO] = add(p + "attn_output.weight", (n_q, e))
-            L[fw.LAYER_BO] = add(p + "attn_output.bias", (e,), False, True)
-            L[fw.LAYER_FFN_NORM] = add(p + "ffn_norm.weight", (e,), float32_only=True)
-            L[fw.LAYER_GATE] = add(p + "ffn_gate.weight", (e, ff))
-            L[fw.LAYER_UP] = add(p + "ffn_up.weight", (e, ff))
-            L[fw.LAYER_DOWN] = add(p + "ffn_down.weight", (ff, e))
-            L[fw.LAYER_BGATE] = add(p + "ffn_gate.bias", (ff,), False, True)
-            L[fw.LAYER_BUP] = add(p + "ffn_up.bias", (ff,), False, True)
-            L[fw.LAYER_BDOWN] = add(p + "ffn_down.bias", (e,), False, True)
+            for t in args.family.gguf_layer_tensors:
+                if fused and t.role in _SPLIT_QKV_ROLES:
+                    continue
+                shape = tuple(dims[d] for d in t.shape.split())
+                L[getattr(fw, "LAYER_" + t.role)] = add(p + t.name, shape, t.required, t.float32)
         if args.has_rope_freqs:
             t = reader.tensor("rope_freqs.weight")
             if t.type.name != "F32" or t.n_elements < args.n_rot // 2:
@@ -335,7 +334,7 @@ class Model:
         self.v_cache = _fresh_zeros(cache_len, np.uint16)
         self._counters = np.zeros(kernel_api.load("sync").counters_size(fw.phases_per_call(a.n_layer)), np.int64)
         self._dims = fw.Dims(a.n_embd, a.n_layer, a.n_head, a.n_head_kv, a.head_dim, a.n_ff, a.n_vocab, cache_positions, a.n_rot,
-                             self.n_threads)
+                             self.n_threads, int(a.rope_neox), a.nope_every)
         self._rope = fw.FloatParams(*_rope_params(a))
         self._last_logits = np.zeros(a.n_vocab, f32)
         self._forward = fw.Forward(self.n_threads)

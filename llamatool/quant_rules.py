@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from . import arch as families
 from .errors import LlamatoolError
 from .quants.registry import GGMLType, ggml_type, gguf_constants
 
@@ -59,8 +60,9 @@ ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 # Fallback for a type whose 256-wide blocks do not fit the rows (tensor_type_fallback)
 _FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
 
-# Architectures whose 80 (jais2: 68) layer models llama.cpp calls "70B" (one attn_v rule)
-_70B_LAYERS = {"llama": 80, "deci": 80, "olmo": 80, "qwen2": 80, "jais2": 68}
+# Architectures whose 80 (jais2: 68) layer models llama.cpp calls "70B" (one attn_v rule): the
+# families llamatool runs declare it (llamatool.arch); these others can only be quantized.
+_70B_LAYERS = {**families.quantize_70b_layers(), "deci": 80, "olmo": 80, "jais2": 68}
 
 # Substrings of 2-D tensor names that llama-quantize never quantizes (small or special).
 _NEVER_QUANTIZED = (

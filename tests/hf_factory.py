@@ -35,6 +35,7 @@ CORPUS = (
 )
 
 LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -46,7 +47,7 @@ CHAT_TEMPLATE = (
 class CheckpointSpec:
     name: str  # folder name (the converter derives general.name and the file name from it)
     arch: str = "LlamaForCausalLM"
-    tokenizer: str = "spm"  # spm | bpe-llama3 | bpe-smollm | bpe-gpt2
+    tokenizer: str = "spm"  # spm | bpe-llama3 | bpe-smollm | bpe-gpt2 | bpe-qwen2
     hidden: int = 64
     intermediate: int = 128
     layers: int = 2
@@ -74,18 +75,22 @@ class CheckpointSpec:
 
 
 def tensor_shapes(spec: CheckpointSpec, n_vocab: int) -> dict[str, tuple[int, ...]]:
-    """HF tensor names and shapes, in the order transformers' LlamaForCausalLM lists them."""
+    """HF tensor names and shapes, in the order transformers' *ForCausalLM lists them
+    (Qwen2: Q/K/V biases; Qwen3: per-head Q/K norms)."""
     hd = spec.head_dim or spec.hidden // spec.heads
     kv = spec.kv_heads or spec.heads
     E, F = spec.hidden, spec.intermediate
     shapes = {"model.embed_tokens.weight": (n_vocab, E)}
     for i in range(spec.layers):
         p = f"model.layers.{i}."
+        for proj, rows in (("q_proj", spec.heads * hd), ("k_proj", kv * hd), ("v_proj", kv * hd)):
+            shapes[p + f"self_attn.{proj}.weight"] = (rows, E)
+            if spec.arch == "Qwen2ForCausalLM":
+                shapes[p + f"self_attn.{proj}.bias"] = (rows,)
+        shapes[p + "self_attn.o_proj.weight"] = (E, spec.heads * hd)
+        if spec.arch == "Qwen3ForCausalLM":
+            shapes.update({p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)})
         shapes.update({
-            p + "self_attn.q_proj.weight": (spec.heads * hd, E),
-            p + "self_attn.k_proj.weight": (kv * hd, E),
-            p + "self_attn.v_proj.weight": (kv * hd, E),
-            p + "self_attn.o_proj.weight": (E, spec.heads * hd),
             p + "mlp.gate_proj.weight": (F, E),
             p + "mlp.up_proj.weight": (F, E),
             p + "mlp.down_proj.weight": (E, F),
@@ -104,7 +109,9 @@ def random_weights(spec: CheckpointSpec, n_vocab: int) -> dict[str, np.ndarray]:
     out = {}
     for name, shape in tensor_shapes(spec, n_vocab).items():
         u = rng.random(shape, dtype=np.float32) * 2 - 1
-        if len(shape) == 1:
+        if name.endswith(".bias"):
+            out[name] = (0.1 * u).astype(np.float32)
+        elif len(shape) == 1:
             out[name] = (1 + 0.1 * u).astype(np.float32)
         else:
             out[name] = (u * np.float32(1.7 / np.sqrt(shape[1]))).astype(np.float32)
@@ -204,7 +211,13 @@ def bpe_tokenizer(spec: CheckpointSpec) -> tuple[dict, dict, int]:
     merges = train_bpe(CORPUS, spec.bpe_merges, digits_apart=style != "gpt2")
     pieces = list(BYTE_TO_CHAR) + [a + b for a, b in merges]
     pieces = list(dict.fromkeys(pieces))
-    if style == "smollm":  # SmolLM puts its special tokens first
+    if style == "qwen2":  # Qwen puts them last, has no BOS and ends turns with <|im_end|>
+        vocab = {t: i for i, t in enumerate(pieces)}
+        n = len(vocab)
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        added = [_added(n + i, t, True) for i, t in enumerate(specials)] + [_added(n + 3, "<tool_call>", False)]
+        bos, eos, unk = None, "<|im_end|>", None
+    elif style == "smollm":  # SmolLM puts its special tokens first
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>"]
         vocab = {t: i for i, t in enumerate(specials + pieces)}
         added = [_added(i, t, True) for i, t in enumerate(specials)]
@@ -228,6 +241,11 @@ def bpe_tokenizer(spec: CheckpointSpec) -> tuple[dict, dict, int]:
                      {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
             "special_tokens": {bos: {"id": bos, "ids": [vocab.get(bos, len(vocab))], "tokens": [bos]}},
         }  # fmt: skip
+    elif style == "qwen2":
+        pre = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_REGEX}, "behavior": "Isolated", "invert": False},
+            {**byte_level, "use_regex": False}]}  # fmt: skip
+        post = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
     elif style == "smollm":
         pre = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
         post = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
@@ -252,7 +270,7 @@ def bpe_tokenizer(spec: CheckpointSpec) -> tuple[dict, dict, int]:
     config = {
         "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added},
         "bos_token": bos,
-        "clean_up_tokenization_spaces": style != "smollm",
+        "clean_up_tokenization_spaces": style not in ("smollm", "qwen2"),
         "eos_token": eos,
         "model_max_length": spec.max_position_embeddings,
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -260,6 +278,8 @@ def bpe_tokenizer(spec: CheckpointSpec) -> tuple[dict, dict, int]:
     }
     if unk:
         config["unk_token"] = unk
+    if style == "qwen2":
+        config.update({"pad_token": "<|endoftext|>", "errors": "replace", "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer"})
     size = max([*vocab.values(), *(a["id"] for a in added)]) + 1
     return tokenizer, config, size
 
@@ -340,8 +360,12 @@ def spm_tokenizer_config(spec: CheckpointSpec, n_pieces: int) -> dict:
 # --- the folder ---------------------------------------------------------------------------
 
 
+_MODEL_TYPES = {"MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                "SmolLM3ForCausalLM": "smollm3"}
+
+
 def config_json(spec: CheckpointSpec, n_vocab: int) -> dict:
-    model_type = "mistral" if spec.arch == "MistralForCausalLM" else "llama"
+    model_type = _MODEL_TYPES.get(spec.arch, "llama")
     cfg = {
         "architectures": [spec.arch],
         "model_type": model_type,
@@ -436,5 +460,22 @@ FIXTURES = {
         "tiny-mistral-spm", arch="MistralForCausalLM", tokenizer="spm", heads=4, kv_heads=2, head_dim=32,
         dtype="bfloat16", shards=2, seed=4, rope_scaling={"type": "linear", "factor": 2.0},
         max_position_embeddings=32768, tokenizer_config_extra={"add_prefix_space": True},
+    ),
+    "qwen2-bpe": CheckpointSpec(
+        "tiny-qwen2-bpe", arch="Qwen2ForCausalLM", tokenizer="bpe-qwen2", heads=4, kv_heads=2, tied=True,
+        dtype="bfloat16", seed=5, extra_vocab=4, rope_theta=1000000.0, max_position_embeddings=32768, rms_norm_eps=1e-6,
+        config_extra={"bos_token_id": None, "eos_token_id": 2, "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 2},
+        generation_config={"eos_token_id": [2, 0], "pad_token_id": 0, "temperature": 0.7, "top_p": 0.8, "top_k": 20},
+    ),
+    "qwen3-bpe": CheckpointSpec(
+        "tiny-qwen3-bpe", arch="Qwen3ForCausalLM", tokenizer="bpe-qwen2", heads=4, kv_heads=2, head_dim=32,
+        dtype="float16", shards=2, seed=6, rope_theta=1000000.0, max_position_embeddings=40960, rms_norm_eps=1e-6,
+        config_extra={"bos_token_id": None, "eos_token_id": 2, "attention_bias": False, "use_sliding_window": False},
+    ),
+    "smollm3-bpe": CheckpointSpec(
+        "tiny-smollm3-bpe", arch="SmolLM3ForCausalLM", tokenizer="bpe-llama3", layers=4, heads=4, kv_heads=2, tied=True,
+        dtype="bfloat16", seed=7, rope_theta=5000000.0, max_position_embeddings=65536, rms_norm_eps=1e-6,
+        config_extra={"no_rope_layers": [1, 1, 1, 0], "no_rope_layer_interval": 4, "use_sliding_window": False,
+                      "bos_token_id": None, "eos_token_id": 2, "pad_token_id": None},
     ),
 }  # fmt: skip

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,8 @@ import numpy as np
 import pytest
 
 from llamatool.convert import ConvertOptions, convert_model, plan_conversion
-from llamatool.convert.llama import expected_tensors, head_row_order
+from llamatool import arch
+from llamatool.convert.tensors import expected_tensors, head_row_order
 from llamatool.convert.pretokenizer import GPT2, LLAMA3, QWEN2, describe, recognise
 from llamatool.convert.sentencepiece_model import read_pieces
 from llamatool.errors import LlamatoolError
@@ -46,7 +48,8 @@ VENDOR = Path(os.environ.get("LLAMA_CPP_SRC") or ROOT.parent / "ref" / "llama_cp
 # The tokenizer.ggml.pre convert_hf_to_gguf.py gives the real tokenizers these fixtures
 # imitate (Llama 3, SmolLM). Its hash lookup cannot know a tiny generated vocab, so the
 # reference run is told the answer; the SmolLM2 test checks the real lookup.
-REFERENCE_PRE = {"llama3-bpe": "llama-bpe", "smollm-bpe": "smollm"}
+REFERENCE_PRE = {"llama3-bpe": "llama-bpe", "smollm-bpe": "smollm", "qwen2-bpe": "qwen2", "qwen3-bpe": "qwen2",
+                 "smollm3-bpe": "llama-bpe"}
 
 
 def _cases() -> dict[str, tuple[str, dict]]:
@@ -195,22 +198,27 @@ def test_progress_counts_every_output_byte(checkpoints, tmp_path, monkeypatch):
 # --- the pieces, against independent references ---------------------------------------------
 
 
-def test_tensor_names_follow_gguf_py_table():
-    """Every HF name maps to what gguf-py's tensor_mapping.py says."""
+@pytest.mark.parametrize("family", arch.FAMILIES, ids=lambda f: f.arch)
+def test_tensor_names_follow_gguf_py_table(family):
+    """Every HF name of every family maps to what gguf-py's tensor_mapping.py says, and every
+    tensor the converter writes is one llama.cpp's loader knows for that architecture."""
     import gguf
 
-    hp = plan_hparams(CheckpointSpec("x", heads=4, layers=3), attention_bias=True, mlp_bias=True)
-    table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, hp.n_layer)
+    hp = plan_hparams(CheckpointSpec("x", heads=4, layers=3), family, attention_bias=True, mlp_bias=True)
+    model_arch = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}[family.arch]
+    table = gguf.get_tensor_name_map(model_arch, hp.n_layer)
+    known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[model_arch]}
     for hf_name, exp in expected_tensors(hp).items():
         assert table.get_name(hf_name, try_suffixes=(".weight", ".bias")) == exp.gguf_name, hf_name
+        assert re.sub(r"^blk\.\d+\.", "blk.{bid}.", exp.gguf_name.rpartition(".")[0]) in known, exp.gguf_name
 
 
-def plan_hparams(spec: CheckpointSpec, **config):
-    from llamatool.convert.hparams import LlamaHparams
+def plan_hparams(spec: CheckpointSpec, family=arch.FAMILIES[0], **config):
+    from llamatool.convert.hparams import Hparams
 
     hd = spec.head_dim or spec.hidden // spec.heads
-    return LlamaHparams(Path("config.json"), spec.arch, {}, spec.layers, spec.hidden, spec.intermediate, spec.heads,
-                        spec.kv_heads or spec.heads, hd, 100, spec.tied, **config)  # fmt: skip
+    return Hparams(Path("config.json"), spec.arch, family, config, spec.layers, spec.hidden, spec.intermediate, spec.heads,
+                   spec.kv_heads or spec.heads, hd, 100, spec.tied)  # fmt: skip
 
 
 def _rope_hf(x, pos, base=10000.0):
@@ -440,9 +448,18 @@ def test_refuses_bad_config(victim, tmp_path):
 
 
 def test_refuses_unknown_architecture(victim, tmp_path):
-    _edit_json(victim / "config.json", architectures=["Qwen2ForCausalLM"])
-    msg = _refused(victim, tmp_path, "architecture 'Qwen2ForCausalLM' is not supported")
-    assert "LlamaForCausalLM" in msg
+    _edit_json(victim / "config.json", architectures=["GPTNeoXForCausalLM"])
+    msg = _refused(victim, tmp_path, "architecture 'GPTNeoXForCausalLM' is not supported")
+    assert all(c in msg for c in ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")) and "\n" not in msg
+
+
+@pytest.mark.parametrize("change, what", [({"num_local_experts": 8}, "mixture-of-experts"),
+                                          ({"vision_config": {"hidden_size": 32}}, "vision tower")])  # fmt: skip
+def test_refuses_unsupported_feature(victim, tmp_path, change, what):
+    """A feature the forward pass lacks is refused before anything is written."""
+    _edit_json(victim / "config.json", **change)
+    msg = _refused(victim, tmp_path, what)
+    assert "\n" not in msg
 
 
 def test_refuses_pickles_without_loading_them(tmp_path):
@@ -736,6 +753,12 @@ def test_smollm2_matches_reference_converter(smollm2_hf, tmp_path):
         {"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
         {"model_type": "llama", "head_dim": 96, "tie_word_embeddings": True, "rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}},
+        {"model_type": "qwen2"},
+        {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": None, "rope_theta": 1e6},
+        {"model_type": "qwen3"},
+        {"model_type": "qwen3", "head_dim": 32, "attention_bias": True},
+        {"model_type": "smollm3"},
+        {"model_type": "smollm3", "num_hidden_layers": 8, "tie_word_embeddings": False},
     ],
 )  # fmt: skip
 def test_config_defaults_match_autoconfig(raw, tmp_path):
@@ -743,7 +766,8 @@ def test_config_defaults_match_autoconfig(raw, tmp_path):
     transformers = pytest.importorskip("transformers")
     from llamatool.convert.hparams import normalized_config
 
-    raw = {"architectures": ["LlamaForCausalLM"], **raw}
+    classes = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
+    raw = {"architectures": [classes.get(raw["model_type"], "LlamaForCausalLM")], **raw}
     (tmp_path / "config.json").write_text(json.dumps(raw))
     auto = transformers.AutoConfig.from_pretrained(tmp_path).to_dict()
     ours = normalized_config(raw)

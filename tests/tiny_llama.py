@@ -13,7 +13,8 @@ matrices in the requested type. It returns the weights as stored (quantized and
 dequantized again, in HF layout), so the reference can run the exact same model.
 
 numpy_forward follows Hugging Face's LlamaForCausalLM (rotate_half RoPE on unpermuted
-weights, GQA by repeating KV heads, RMSNorm, SwiGLU) in float64, written here from the
+weights, GQA by repeating KV heads, RMSNorm, SwiGLU; and, where the weights hold them,
+Qwen3's per-head Q/K RMSNorm before RoPE) in float64, written here from the
 paper-level definitions, independent of llamatool's kernels. With ggml_types (the type of
 each matrix) it also rounds where ggml's CPU backend rounds: activations quantized to 8 bits
 before quantized matrices (x86 quantize_row_q8_0 / quantize_row_q8_K_ref) or rounded to
@@ -54,10 +55,12 @@ class TinyLlama:
     bias: bool = False  # attention and MLP biases (transformers: attention_bias, mlp_bias)
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    explicit_head_dim: int | None = None  # Qwen3: n_head * head_dim need not be n_embd
+    nope_every: int = 0  # SmolLM3: layers il with (il + 1) % nope_every == 0 have no RoPE
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.explicit_head_dim or self.n_embd // self.n_head
 
     def hf_config(self) -> dict:
         """Keyword arguments for transformers.LlamaConfig describing the same model."""
@@ -404,8 +407,13 @@ def numpy_forward(spec: TinyLlama, w: dict, tokens, ggml_types: dict | None = No
         q = lin(h, p + "self_attn.q_proj").reshape(n, spec.n_head, hd)
         k = lin(h, p + "self_attn.k_proj").reshape(n, spec.n_head_kv, hd)
         v = lin(h, p + "self_attn.v_proj").reshape(n, spec.n_head_kv, hd)
-        q = round16(q * cos + _rotate_half(q) * sin)  # ggml: Q to f16 for the dot with the f16 cache
-        k = round16(k * cos + _rotate_half(k) * sin)  # the cache holds f16 keys and values
+        if p + "self_attn.q_norm.weight" in w:  # Qwen3: each head normed on its own
+            q = _rms_norm(q, w[p + "self_attn.q_norm.weight"], spec.eps)
+            k = _rms_norm(k, w[p + "self_attn.k_norm.weight"], spec.eps)
+        if not (spec.nope_every and (i + 1) % spec.nope_every == 0):
+            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q = round16(q)  # ggml: Q to f16 for the dot with the f16 cache
+        k = round16(k)  # the cache holds f16 keys and values
         v = round16(v)
         k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / math.sqrt(hd) + mask

@@ -8,7 +8,10 @@ from pathlib import Path
 from llamatool.gguf_io import GGUFReader, GGUFWriter, copy_fields
 
 VECTORS_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "tokenizer-vectors"
-VECTORS = ("llama-spm", "phi-3", "gpt-2", "starcoder", "refact", "falcon", "mpt", "deepseek-llm", "deepseek-coder")
+# llama.cpp's vocab test vectors; the first ones also have recorded detokenizations and fuzz
+# cases from llama.cpp (tests/data/tokenizer_reference.json, scripts/gen_tokenizer_reference.py)
+RECORDED_VECTORS = ("llama-spm", "phi-3", "gpt-2", "starcoder", "refact", "falcon", "mpt", "deepseek-llm", "deepseek-coder")
+VECTORS = RECORDED_VECTORS + ("qwen2", "llama-bpe", "command-r")
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
 

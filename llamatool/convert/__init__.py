@@ -1,4 +1,4 @@
-"""`llamatool convert`: a Hugging Face LLaMA-family checkpoint folder to GGUF.
+"""`llamatool convert`: a Hugging Face checkpoint folder to GGUF.
 
 Compatible with llama.cpp's convert_hf_to_gguf.py (same keys, values, tensor names,
 Q/K permutation and, for f32/f16/bf16/q8_0, the same tensor bytes), without torch or
@@ -6,7 +6,8 @@ transformers: numpy reads the memory-mapped safetensors tensor by tensor.
 
     hparams.py            config.json as transformers' AutoConfig sees it
     tensor_files.py       safetensors headers, shards, one-tensor memory maps
-    llama.py              expected tensors, GGUF names, Q/K permutation, rope_freqs, llama.* keys
+    tensors.py            expected tensors, GGUF names, Q/K permutation (what a family holds
+                          and its <arch>.* keys are declared in llamatool.arch)
     sentencepiece_model.py, vocab.py, pretokenizer.py, special_vocab.py   tokenizer.* keys
     general.py            general.* keys and the default file name
     outtype.py            --outtype: converter types or a llama-quantize preset

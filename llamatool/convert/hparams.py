@@ -1,7 +1,8 @@
-"""config.json of a LLaMA-family checkpoint, read the way convert_hf_to_gguf.py sees it.
+"""config.json of a checkpoint, read the way convert_hf_to_gguf.py sees it.
 
 The reference converter loads the config through transformers' AutoConfig, which fills
-in the defaults of the config class (LlamaConfig, MistralConfig) and folds the legacy
+in the defaults of the config class (LlamaConfig, Qwen2Config, ...: each family declares
+its own, llamatool.arch) and folds the legacy
 `rope_theta` + `rope_scaling` pair into `rope_parameters`. We reproduce that without
 transformers, so that a config which omits a key converts to the same GGUF values.
 """
@@ -13,42 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import arch
+from ..arch.family import Family, find
 from ..errors import LlamatoolError
 
-# HF architecture name -> GGUF architecture
-ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "LLaMAForCausalLM": "llama",
-    "MistralForCausalLM": "llama",
-}
-
-# Defaults of transformers' config classes, by config.json's model_type.
-_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {
-        "vocab_size": 32000,
-        "hidden_size": 4096,
-        "intermediate_size": 11008,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-        "mlp_bias": False,
-    },
-    "mistral": {
-        "vocab_size": 32000,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "max_position_embeddings": 4096 * 32,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": False,
-    },
-}
-_DEFAULT_ROPE_THETA = 10000.0
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -67,13 +36,14 @@ def read_json_object(path: Path, what: str) -> dict:
     return value
 
 
-def _rope_parameters(raw: dict, known_type: bool) -> dict:
+def _rope_parameters(raw: dict, family: Family | None) -> dict:
+    known_type = family is not None
     params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     if not isinstance(params, dict):
         raise LlamatoolError(f"config.json: rope_scaling must be an object, got {params!r}")
     params = dict(params)
     if "rope_theta" not in params:
-        theta = raw.get("rope_theta", _DEFAULT_ROPE_THETA if known_type else None)
+        theta = raw.get("rope_theta", family.default_rope_theta if known_type else None)
         if theta is not None:
             params["rope_theta"] = theta
     if "rope_type" not in params:
@@ -87,15 +57,17 @@ def _rope_parameters(raw: dict, known_type: bool) -> dict:
 
 
 def normalized_config(raw: dict) -> dict:
-    """The config as AutoConfig(...).to_dict() gives it for llama and mistral model types."""
-    defaults = _CONFIG_DEFAULTS.get(raw.get("model_type"))
+    """The config as AutoConfig(...).to_dict() gives it for the model types the families know."""
+    model_type = raw.get("model_type")
+    family = arch.by_model_type(model_type)
+    defaults = family.config_defaults[model_type] if family else None
     cfg = {**(defaults or {}), **raw}
-    if defaults is not None:
+    if family is not None:
         if cfg.get("num_key_value_heads") is None:
             cfg["num_key_value_heads"] = cfg["num_attention_heads"]
-        if cfg.get("head_dim") is None and _positive_int(cfg.get("num_attention_heads")):
+        if family.head_dim_from_heads and cfg.get("head_dim") is None and _positive_int(cfg.get("num_attention_heads")):
             cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
-    cfg["rope_parameters"] = _rope_parameters(raw, defaults is not None)
+    cfg["rope_parameters"] = _rope_parameters(raw, family)
     return cfg
 
 
@@ -103,17 +75,13 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def find(cfg: dict, keys: tuple[str, ...]) -> Any:
-    """The first of `keys` present in the config (the converter's find_hparam)."""
-    return next((cfg[k] for k in keys if k in cfg), None)
-
-
 @dataclass
-class LlamaHparams:
-    """The shapes a llama checkpoint must have, checked once against the config."""
+class Hparams:
+    """The shapes a checkpoint must have, checked once against the config."""
 
     path: Path
     hf_arch: str
+    family: Family
     config: dict  # normalized
     n_layer: int
     n_embd: int
@@ -123,8 +91,6 @@ class LlamaHparams:
     head_dim: int
     n_vocab: int
     tied: bool
-    attention_bias: bool = False
-    mlp_bias: bool = False
     rope: dict = field(default_factory=dict)
 
 
@@ -135,19 +101,26 @@ def _require_int(cfg: dict, path: Path, keys: tuple[str, ...]) -> int:
     return value
 
 
-def load_hparams(folder: Path) -> LlamaHparams:
+def _refuse_unsupported_features(cfg: dict, family: Family, path: Path) -> None:
+    for key, what in family.unsupported_config.items():
+        if cfg.get(key):
+            raise LlamatoolError(f"{path}: {what} ({key}) not supported; llamatool converts dense text models only")
+
+
+def load_hparams(folder: Path) -> Hparams:
     path = folder / "config.json"
     raw = read_json_object(path, "config.json (the model's hyperparameters)")
     archs = raw.get("architectures")
     if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
         raise LlamatoolError(f"{path}: no 'architectures' list; cannot tell which model this is")
-    if archs[0] not in ARCHITECTURES:
-        supported = ", ".join(sorted(set(ARCHITECTURES) - {"LLaMAForCausalLM"}))
-        raise LlamatoolError(f"{path}: architecture {archs[0]!r} is not supported (llamatool converts {supported})")
+    family = arch.by_hf_class(archs[0], str(path))
     cfg = normalized_config(raw)
-    hp = LlamaHparams(
+    _refuse_unsupported_features(cfg, family, path)
+    family.check_config(cfg, path)
+    hp = Hparams(
         path=path,
         hf_arch=archs[0],
+        family=family,
         config=cfg,
         n_layer=_require_int(cfg, path, ("num_hidden_layers", "n_layers", "n_layer", "num_layers")),
         n_embd=_require_int(cfg, path, ("hidden_size", "n_embd", "dim")),
@@ -157,8 +130,6 @@ def load_hparams(folder: Path) -> LlamaHparams:
         head_dim=0,
         n_vocab=_require_int(cfg, path, ("vocab_size",)),
         tied=bool(cfg.get("tie_word_embeddings", False)),
-        attention_bias=bool(cfg.get("attention_bias", False)),
-        mlp_bias=bool(cfg.get("mlp_bias", False)),
         rope=cfg["rope_parameters"],
     )
     n_kv = find(cfg, ("num_key_value_heads", "n_kv_heads"))

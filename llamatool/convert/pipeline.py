@@ -3,7 +3,7 @@
 Metadata is laid out in the order convert_hf_to_gguf.py writes it:
 
     general.architecture, general.type, authorship (general.*),
-    llama.* hyperparameters with general.file_type, general.quantization_version,
+    <arch>.* hyperparameters with general.file_type, general.quantization_version,
     tokenizer.* (vocab, merges, special tokens, flags, chat template)
 
 and the tensors in its order: generated rope_freqs first, then the checkpoint's files
@@ -22,14 +22,13 @@ import gguf
 from ..errors import LlamatoolError
 from ..gguf_io import GGUFWriter, ValueType
 from ..quants.registry import GGMLType
-from . import llama
 from .general import default_file_name, general_fields, load_metadata
-from .hparams import LlamaHparams, load_hparams
-from .llama import ModelTensor
+from .hparams import Hparams, load_hparams
+from .tensors import ModelTensor, model_tensors
 from .outtype import OutType, resolve, tensor_types
 from .stream import progress_bar, write_tensor
 from .tensor_files import checkpoint_dtype, checkpoint_tensors
-from .vocab import Vocab, extra_vocab_fields, load_vocab
+from .vocab import Vocab, load_vocab
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 
@@ -50,7 +49,7 @@ class ConvertOptions:
 @dataclass
 class Plan:
     folder: Path
-    hp: LlamaHparams
+    hp: Hparams
     out: OutType
     vocab: Vocab
     output: Path
@@ -100,17 +99,18 @@ def plan_conversion(folder: str | Path, options: ConvertOptions) -> Plan:
         raise LlamatoolError(f"{folder}: not a directory (give the folder of a Hugging Face checkpoint)")
     hp = load_hparams(folder)
     stored = _weights_for_vocab_only(folder) if options.vocab_only else checkpoint_tensors(folder)
-    tensors = [] if options.vocab_only else llama.model_tensors(hp, stored)
+    tensors = [] if options.vocab_only else model_tensors(hp, stored)
     out = resolve(options.outtype, checkpoint_dtype(stored))
-    vocab = load_vocab(folder, hp.n_vocab)
+    vocab = load_vocab(folder, hp.n_vocab, hp.family.uses_add_space_prefix())
     n_params = sum(t.n_elements for t in tensors)
     meta = load_metadata(folder, options.model_name, n_params)
-    fields: list[Field] = [("general.architecture", llama.ARCH, ValueType.STRING, None)]
+    family = hp.family
+    fields: list[Field] = [("general.architecture", family.arch, ValueType.STRING, None)]
     fields += general_fields(meta)
-    fields += [(k, v, t, None) for k, v, t in llama.hyperparameter_fields(hp, out.file_type)]
+    fields += [(k, v, t, None) for k, v, t in family.hyperparameter_fields(hp, out.file_type)]
     fields.append(("general.quantization_version", QUANTIZATION_VERSION, ValueType.UINT32, None))
     fields += vocab.fields()
-    fields += extra_vocab_fields(hp.n_vocab, folder)
+    fields += family.vocab_fields(folder, hp, vocab)
     output = _output_path(folder, options.outfile, default_file_name(meta, out.label, options.vocab_only), out.label)
     plan = Plan(folder, hp, out, vocab, output, fields, tensors)
     metadata = {key: value for key, value, _, _ in fields}

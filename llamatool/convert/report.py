@@ -20,7 +20,7 @@ def _console():
 
 def _describe(plan: Plan) -> list[str]:
     hp, v = plan.hp, plan.vocab
-    model = f"{hp.hf_arch} -> llama: {hp.n_layer} layers, {hp.n_embd} embd, {hp.n_head} heads ({hp.n_head_kv} KV), head dim {hp.head_dim}"
+    model = f"{hp.hf_arch} -> {hp.family.arch}: {hp.n_layer} layers, {hp.n_embd} embd, {hp.n_head} heads ({hp.n_head_kv} KV), head dim {hp.head_dim}"
     if plan.tensors:
         model += ", untied embeddings" if "output.weight" in plan.types else ", tied embeddings"
     merges = f", {len(v.special.merges)} merges" if v.special.merges else ""

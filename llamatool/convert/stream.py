@@ -15,7 +15,7 @@ import numpy as np
 
 from ..gguf_io import GGUFWriter
 from ..quants.registry import GGMLType, quantize
-from .llama import ModelTensor
+from .tensors import ModelTensor
 from .tensor_files import Mapped, to_float32
 
 SLAB_BYTES = 32 << 20  # float32 bytes converted at a time

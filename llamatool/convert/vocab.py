@@ -181,9 +181,10 @@ def bpe_vocab(folder: Path, n_vocab: int) -> Vocab:
 # --- entry point --------------------------------------------------------------------------
 
 
-def load_vocab(folder: Path, n_vocab: int) -> Vocab:
+def load_vocab(folder: Path, n_vocab: int, keep_add_prefix_space: bool = False) -> Vocab:
     """The checkpoint's vocab: tokenizer.model first (as the reference converter tries it
-    first), else tokenizer.json; tokenizer_config.json's add_prefix_space is kept."""
+    first), else tokenizer.json; tokenizer_config.json's add_prefix_space is kept for the
+    families whose converter keeps it (LLaMA's)."""
     if (folder / "tokenizer.model").is_file():
         vocab = sentencepiece_vocab(folder, n_vocab)
     elif (folder / "tokenizer.json").is_file():
@@ -191,19 +192,6 @@ def load_vocab(folder: Path, n_vocab: int) -> Vocab:
     else:
         raise LlamatoolError(f"{folder}: no tokenizer.model or tokenizer.json (the tokenizer is needed to convert)")
     config = read_json_if_present(folder / "tokenizer_config.json")
-    if isinstance(config, dict) and config.get("add_prefix_space") is not None:
+    if keep_add_prefix_space and isinstance(config, dict) and config.get("add_prefix_space") is not None:
         vocab.add_space_prefix = bool(config["add_prefix_space"])
     return vocab
-
-
-def extra_vocab_fields(n_vocab: int, folder: Path) -> list[tuple[str, Any, ValueType, ValueType | None]]:
-    """LlamaModel.set_vocab's model-specific touches, written after the vocab."""
-    V = ValueType
-    out = []
-    if n_vocab == 32016:  # CodeLlama: its infill tokens; only eot has a GGUF key
-        sv = load_special_vocab(folder, load_merges=False, types=("prefix", "suffix", "middle", "eot"))
-        sv.set_id("eot", 32010, str(folder))
-        out += [f for f in sv.fields() if f[0] != "tokenizer.ggml.merges"]
-    if n_vocab == 49152:  # granite-small (and SmolLM) vocab size: llama.cpp must not add BOS
-        out.append(("tokenizer.ggml.add_bos_token", False, V.BOOL, None))
-    return out

@@ -1,4 +1,7 @@
-"""The LLaMA forward pass as one compiled call over preallocated buffers.
+"""The forward pass of every supported family as one compiled call over preallocated buffers.
+
+The LLaMA pass; a family's differences (llamatool.arch) arrive as data: biases and Q/K
+norms wherever the layer table has them, NEOX rope and NoPE layers as Dims switches.
 
 One call evaluates n_tok tokens at positions pos0.. (a prompt batch or a single decode
 step), appends their keys and values to the cache and writes logits. All threads run
@@ -43,7 +46,7 @@ from .actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f1
 from .attention import attend_tile, cache_positions, scratch_floats, store_key16, store_value16
 from .matmul import call_dequant, call_rows
 from .norm import rmsnorm
-from .rope import rope_angles, rope_rotate
+from .rope import rope_angles, rope_rotate, rope_rotate_neox
 from .simd import load, load_f32, round_f16, store
 from .sync import claim, finish, wait
 from .types import BF16, F16, F32, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
@@ -70,7 +73,9 @@ LAYER_BO = 14
 LAYER_BGATE = 15
 LAYER_BUP = 16
 LAYER_BDOWN = 17
-N_LAYER_ROLES = 18
+LAYER_Q_NORM = 18  # per-head RMSNorm of Q and K before RoPE (Qwen3)
+LAYER_K_NORM = 19
+N_LAYER_ROLES = 20
 # global tensors
 GLOBAL_TOK_EMBD, GLOBAL_OUTPUT_NORM, GLOBAL_OUTPUT = 0, 1, 2
 
@@ -86,7 +91,9 @@ NEED_Q8_0, NEED_Q8_K, NEED_F16, NEED_BF16 = 1, 2, 4, 8
 
 Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors")
 # Dims.n_ctx is the cache's positions per layer and KV head: kv_cache_positions(context size)
-Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads")
+# rope_neox: 1 rotates the two halves of a head (llama.cpp's NEOX rope), 0 adjacent pairs;
+# nope_every: > 0 leaves RoPE out of layers il with (il + 1) % nope_every == 0 (SmolLM3)
+Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads rope_neox nope_every")
 FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale")
 # a8/ak: Q8_0/Q8_K slots; scores: n_threads equal parts of attention_scratch_floats each
 Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")
@@ -163,16 +170,17 @@ def _add_bias(net, b, r0, r1, t0, t1, out, ldo, col0):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _chunk_rows(T, i, nth):
-    """Rows per chunk of tensor i for nth threads: a multiple of 16."""
+def _chunk_rows(T, i, nth, unit=16):
+    """Rows per chunk of tensor i for nth threads: a multiple of unit (16, or a head's rows
+    where a chunk must hold whole heads)."""
     n_chunks = CHUNKS_PER_THREAD * nth
     per = (T[i, T_ROWS] + n_chunks - 1) // n_chunks
-    return max(MIN_CHUNK_ROWS, (per + 15) // 16 * 16)
+    return max(MIN_CHUNK_ROWS, (per + unit - 1) // unit * unit)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _n_row_chunks(T, i, nth):
-    return 0 if i < 0 else (T[i, T_ROWS] + _chunk_rows(T, i, nth) - 1) // _chunk_rows(T, i, nth)
+def _n_row_chunks(T, i, nth, unit=16):
+    return 0 if i < 0 else (T[i, T_ROWS] + _chunk_rows(T, i, nth, unit) - 1) // _chunk_rows(T, i, nth, unit)
 
 
 # --- phases: each claims chunks until none is left, then waits for the others -----------------
@@ -232,9 +240,10 @@ def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache, ldo, n_q, n_kv):
-    """Q, K, V projections of all tokens into s.qkv (row t: q | k | v), biases added, RoPE
-    applied; keys and values appended to the cache."""
+def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache, ldo, n_q, n_kv, eps):
+    """Q, K, V projections of all tokens into s.qkv (row t: q | k | v), biases added, Q/K
+    normed per head where the layer has the norms, RoPE applied; keys and values appended
+    to the cache."""
     T, L = net.tensors, net.layers
     fused = L[layer, LAYER_WQKV]
     if fused >= 0:
@@ -244,9 +253,13 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache,
         mats = (L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         biases = (L[layer, LAYER_BQ], L[layer, LAYER_BK], L[layer, LAYER_BV])
     cols = (0, n_q, n_q + n_kv)
-    n0 = _n_row_chunks(T, mats[0], dims.n_threads)
-    n1 = _n_row_chunks(T, mats[1], dims.n_threads)
-    n = n0 + n1 + _n_row_chunks(T, mats[2], dims.n_threads)
+    rotate = dims.nope_every == 0 or (layer + 1) % dims.nope_every != 0
+    # NEOX rope and Q/K norms read a whole head: chunks then hold whole heads
+    per_head = dims.rope_neox != 0 or L[layer, LAYER_Q_NORM] >= 0
+    unit = dims.head_dim if per_head else 16
+    n0 = _n_row_chunks(T, mats[0], dims.n_threads, unit)
+    n1 = _n_row_chunks(T, mats[1], dims.n_threads, unit)
+    n = n0 + n1 + _n_row_chunks(T, mats[2], dims.n_threads, unit)
     done = 0
     while True:
         c = claim(ctr, ph)
@@ -255,11 +268,13 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache,
         m = 0 if c < n0 else (1 if c < n0 + n1 else 2)
         first = 0 if m == 0 else (n0 if m == 1 else n0 + n1)
         i = mats[m]
-        r0 = (c - first) * _chunk_rows(T, i, dims.n_threads)
-        r1 = min(r0 + _chunk_rows(T, i, dims.n_threads), T[i, T_ROWS])
+        r0 = (c - first) * _chunk_rows(T, i, dims.n_threads, unit)
+        r1 = min(r0 + _chunk_rows(T, i, dims.n_threads, unit), T[i, T_ROWS])
         _matmul(net, i, r0, r1, 0, n_tok, src, s, s.qkv, ldo, cols[m], 0)
         _add_bias(net, biases[m], r0, r1, 0, n_tok, s.qkv, ldo, cols[m])
-        _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, cols[m] + r0, cols[m] + r1)
+        if per_head:
+            _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, cols[m] + r0, cols[m] + r1, eps, rotate)
+        _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, cols[m] + r0, cols[m] + r1, rotate)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -267,10 +282,31 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache,
 
 
 @njit(cache=True, _nrt=False)
-def _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, c0, c1):
+def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps, rotate):
+    """The whole-head steps on columns c0..c1 (whole heads) of every token's q | k | v row:
+    RMSNorm of each Q and K head by its norm weights (if the layer has them), then NEOX RoPE
+    (if the model uses it), as llama.cpp orders them."""
+    hd = dims.head_dim
+    n_q = dims.n_head * hd
+    n_qk = n_q + dims.n_head_kv * hd
+    q_norm = net.layers[layer, LAYER_Q_NORM]
+    k_norm = net.layers[layer, LAYER_K_NORM]
+    for t in range(n_tok):
+        row = t * ldo
+        for c in range(c0, min(c1, n_qk), hd):
+            norm = q_norm if c < n_q else k_norm
+            if norm >= 0:
+                rmsnorm(s.qkv, row + c, hd, eps, net.data, net.tensors[norm, T_OFFSET], s.qkv, row + c)
+            if rotate and dims.rope_neox != 0:
+                rope_rotate_neox(s.qkv, row + c, dims.n_rot, s.angles, t * dims.n_rot)
+
+
+@njit(cache=True, _nrt=False)
+def _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, c0, c1, rotate):
     """Columns c0..c1 (multiples of 16) of every token's q | k | v row, just projected:
-    rotate q and k, round q to f16 for the K.Q products (as ggml does for an f16 cache),
-    and append k and v to the cache. A chunk of the projections does this for its own rows,
+    rotate q and k (adjacent pairs, unless a NoPE layer; NEOX heads were rotated whole
+    before), round q to f16
+    for the K.Q products (as ggml does for an f16 cache), and append k and v to the cache. A chunk of the projections does this for its own rows,
     so no phase (and no barrier) is needed between the projections and attention."""
     hd = dims.head_dim
     n_q = dims.n_head * hd
@@ -279,7 +315,7 @@ def _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, c0, c1):
         row = t * ldo
         for c in range(c0, c1, 16):
             d = c % hd  # rotated pairs never straddle a 16-column group: n_rot is even
-            if d < dims.n_rot and c < n_q + n_kv:
+            if rotate and dims.rope_neox == 0 and d < dims.n_rot and c < n_q + n_kv:
                 rope_rotate(s.qkv, row + c, min(16, dims.n_rot - d), s.angles, t * dims.n_rot + d)
             x = load(s.qkv, row + c, 16)
             if c < n_q:
@@ -409,7 +445,7 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, ou
         qkv_formats = _formats(T, L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         qkv_formats |= _formats(T, L[layer, LAYER_WQKV], -1, -1)
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s)
-        ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv)
+        ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv, eps)
         ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, pos0, s, k_cache, v_cache, ld_qkv, fp.kq_scale)
         wo = L[layer, LAYER_WO]
         ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s)

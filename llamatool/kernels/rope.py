@@ -1,4 +1,4 @@
-"""Rotary position embedding in llama.cpp's layout for llama GGUF weights.
+"""Rotary position embedding as ggml computes it: adjacent pairs (llama) or halves (NEOX).
 
 llama.cpp's converter permutes the Q and K projection rows of Hugging Face LLaMA checkpoints
 so that rotated pairs are adjacent: (x[2i], x[2i+1]) turns by angle pos * theta_i, ggml's
@@ -52,3 +52,17 @@ def rope_rotate(v, vo, n_rot, angles, ao):
         x1 = v[vo + 2 * i + 1]
         v[vo + 2 * i] = x0 * c - x1 * s
         v[vo + 2 * i + 1] = x0 * s + x1 * c
+
+
+@njit(cache=True, _nrt=False)
+def rope_rotate_neox(v, vo, n_rot, angles, ao):
+    """NEOX rope (Qwen, Gemma, Phi-3): pair i is (v[vo+i], v[vo+i+n_rot/2]), turned by the
+    same angle as adjacent pair i (ggml's rope cache is shared by both modes)."""
+    half = n_rot // 2
+    for i in range(half):
+        c = angles[ao + 2 * i]
+        s = angles[ao + 2 * i + 1]
+        x0 = v[vo + i]
+        x1 = v[vo + i + half]
+        v[vo + i] = x0 * c - x1 * s
+        v[vo + i + half] = x0 * s + x1 * c

@@ -1,0 +1,279 @@
+"""The model families beyond LLaMA (llamatool.arch): Qwen2, Qwen3 and SmolLM3 on tiny seeded checkpoints.
+
+Convert is checked byte for byte against the vendored converter in test_convert.py (the
+qwen2-bpe and qwen3-bpe fixtures); here:
+
+- the forward pass against tests/tiny_llama.py's float64 numpy model (Hugging Face's math:
+  rotate-half RoPE, biases, per-head Q/K norms, NoPE layers) with ggml's roundings, on the
+  converted F32 file;
+- end-of-generation tokens, chat template, and the commands (run, bench, perplexity, tokenize);
+- quantize against the llama-quantize binary (when there is one), byte for byte;
+- reference tier: logits against transformers over 64 tokens.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llamatool import arch
+from llamatool.convert import ConvertOptions, convert_model
+from llamatool.model import Model
+from tests.hf_factory import FIXTURES, CheckpointSpec, random_weights, write_checkpoint
+
+from .conftest import llama_cpp_binary
+from .tiny_llama import TinyLlama, numpy_forward
+
+FAMILY_FIXTURES = {"qwen2": "qwen2-bpe", "qwen3": "qwen3-bpe", "smollm3": "smollm3-bpe"}
+NEOX = {"qwen2", "qwen3"}
+CHATML = {"qwen2", "qwen3"}  # fixtures with Qwen's tokenizer: <|im_end|> ends a turn
+N_TOKENS = 64
+FORWARD_TOLERANCE = 1e-3  # of the largest logit: float32 against float64 (tests/test_model.py)
+
+
+def _convert(folder: Path, out_dir: Path, outtype: str = "f32") -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return convert_model(folder, ConvertOptions(outtype=outtype, outfile=out_dir, progress=False)).output
+
+
+def f32_spec(key: str, **changes) -> CheckpointSpec:
+    """The fixture stored as float32, so that the checkpoint holds exactly random_weights."""
+    spec = FIXTURES[key]
+    return replace(spec, name=spec.name + "-f32", dtype="float32", shards=1, **changes)
+
+
+@pytest.fixture(scope="module")
+def f32_models(tmp_path_factory) -> dict[str, tuple[CheckpointSpec, Path, Path]]:
+    root = tmp_path_factory.mktemp("families")
+    out = {}
+    for family, key in FAMILY_FIXTURES.items():
+        spec = f32_spec(key)
+        folder = write_checkpoint(root / "hf", spec)
+        out[family] = (spec, folder, _convert(folder, root / family))
+    return out
+
+
+def _tokens(n_vocab: int, n: int = N_TOKENS) -> list[int]:
+    return np.random.default_rng(7).integers(0, n_vocab, n).tolist()
+
+
+def _numpy_model(spec: CheckpointSpec, n_vocab: int) -> TinyLlama:
+    return TinyLlama(vocab=n_vocab, n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads,
+                     n_head_kv=spec.kv_heads or spec.heads, n_ff=spec.intermediate, eps=spec.rms_norm_eps,
+                     rope_base=spec.rope_theta, tied=spec.tied, explicit_head_dim=spec.head_dim,
+                     nope_every=4 if spec.arch == "SmolLM3ForCausalLM" else 0)  # fmt: skip
+
+
+def test_registry_declares_what_the_forward_pass_has():
+    """Every family's runtime tensors name a role of the fused pass; the GGUF and HF names are unique."""
+    from llamatool import kernel_api
+
+    fw = kernel_api.load("forward")
+    assert arch.supported_architectures() == ("llama", "qwen2", "qwen3", "smollm3")
+    for family in arch.FAMILIES:
+        roles = [t.role for t in family.gguf_layer_tensors]
+        assert len(set(roles)) == len(roles) and all(hasattr(fw, "LAYER_" + r) for r in roles), family.arch
+        assert family.forward.rope in (arch.ROPE_NORM, arch.ROPE_NEOX)
+    assert len({c for f in arch.FAMILIES for c in f.hf_classes}) == sum(len(f.hf_classes) for f in arch.FAMILIES)
+
+
+@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
+def test_forward_matches_numpy(family, f32_models):
+    """Our pass on the converted F32 file against the float64 numpy model of the HF weights
+    (ggml's f16 cache roundings applied), 64 tokens."""
+    spec, _, gguf = f32_models[family]
+    model = Model.load(gguf, n_threads=2)
+    assert model.args.architecture == family and model.args.rope_neox == (family in NEOX)
+    assert model.args.nope_every == (4 if family == "smollm3" else 0)
+    n_vocab = model.args.n_vocab
+    weights = random_weights(spec, n_vocab)
+    if spec.tied:
+        weights.pop("lm_head.weight", None)
+    ids = _tokens(n_vocab)
+    got = model.eval(ids, all_logits=True)
+    expected = numpy_forward(_numpy_model(spec, n_vocab), weights, ids, ggml_types={k: "F32" for k in weights})
+    assert np.abs(got - expected).max() < FORWARD_TOLERANCE * np.abs(expected).max()
+    assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_qk_norm_and_nope_layers_matter(f32_models):
+    """The numpy model the forward pass matches would be 10x the tolerance away without
+    Qwen3's Q/K norms or with RoPE in SmolLM3's fourth layer: the comparison can tell."""
+    spec, _, gguf = f32_models["qwen3"]
+    n_vocab = Model.load(gguf, n_threads=1).args.n_vocab
+    weights = random_weights(spec, n_vocab)
+    ids = _tokens(n_vocab, 16)
+    with_norm = numpy_forward(_numpy_model(spec, n_vocab), weights, ids)
+    without = numpy_forward(_numpy_model(spec, n_vocab), {k: v for k, v in weights.items() if "_norm." not in k or "layernorm" in k}, ids)
+    assert np.abs(with_norm - without).max() > 10 * FORWARD_TOLERANCE * np.abs(with_norm).max()
+    spec, _, gguf = f32_models["smollm3"]
+    weights = random_weights(spec, n_vocab := Model.load(gguf, n_threads=1).args.n_vocab)
+    weights.pop("lm_head.weight", None)
+    nope = numpy_forward(_numpy_model(spec, n_vocab), weights, ids)
+    rope_everywhere = numpy_forward(replace(_numpy_model(spec, n_vocab), nope_every=0), weights, ids)
+    assert np.abs(nope - rope_everywhere).max() > 10 * FORWARD_TOLERANCE * np.abs(nope).max()
+
+
+@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
+def test_batches_and_single_tokens_agree(family, f32_models):
+    """Whole-head chunks (NEOX, Q/K norm) give the same logits however the tokens arrive."""
+    _, _, gguf = f32_models[family]
+    ids = _tokens(Model.load(gguf, n_threads=1).args.n_vocab, 24)
+    at_once = Model.load(gguf, n_threads=2).eval(ids, all_logits=True)
+    model = Model.load(gguf, n_threads=2, n_batch=5)
+    stepwise = np.concatenate([model.eval(ids[i : i + 5], all_logits=True) for i in range(0, len(ids), 5)])
+    np.testing.assert_array_equal(at_once, stepwise)
+
+
+@pytest.mark.parametrize("family", sorted(CHATML))
+def test_end_of_generation_and_chat_template(family, f32_models):
+    """<|im_end|> (and <|endoftext|>) end a generation; the chat template is the checkpoint's, verbatim."""
+    import json
+
+    _, folder, gguf = f32_models[family]
+    model = Model.load(gguf, n_threads=1)
+    vocab = [str(t) for t in model.reader.get("tokenizer.ggml.tokens")]
+    assert {vocab[i] for i in model.tokenizer.eog_ids} == {"<|im_end|>", "<|endoftext|>"}
+    assert vocab[int(model.reader.get("tokenizer.ggml.eos_token_id"))] == "<|im_end|>"
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert model.reader.get("tokenizer.chat_template") == config["chat_template"]
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_commands_run_a_qwen3_model(f32_models, tmp_path):
+    """run, bench, perplexity and tokenize take a qwen3 GGUF like a llama one."""
+    _, _, gguf = f32_models["qwen3"]
+    run = _cli("run", "-m", gguf, "-p", "The llama", "-n", 8, "--temp", 0, "-t", 2)
+    assert run.returncode == 0, run.stderr[-2000:]
+    tokenize = _cli("tokenize", "-m", gguf, "-p", "The quick brown fox", "--ids")
+    assert tokenize.returncode == 0 and tokenize.stdout.strip().startswith("["), tokenize.stderr[-2000:]
+    bench = _cli("bench", "-m", gguf, "-p", 16, "-n", 4, "-r", 1, "-t", 2)
+    assert bench.returncode == 0 and "qwen3" in bench.stdout, bench.stderr[-2000:]
+    text = tmp_path / "text.txt"
+    text.write_text(("The quick brown fox jumps over the lazy dog. " * 40), encoding="utf-8")
+    ppl = _cli("perplexity", "-m", gguf, "-f", text, "-c", 32, "-t", 2)
+    assert ppl.returncode == 0 and "PPL" in (ppl.stdout + ppl.stderr), ppl.stderr[-2000:]
+
+
+# --- quantize: byte for byte with llama-quantize -------------------------------------------------
+
+
+def _llama_cpp_binary(name: str) -> Path:
+    """llama.cpp's binary as scripts/llamacpp_bin.py finds it (LLAMA_CPP_BIN or PATH), or a skip."""
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        from llamacpp_bin import find_binary
+    finally:
+        sys.path.remove(str(scripts))
+    return llama_cpp_binary(find_binary, name)
+
+
+@pytest.mark.parametrize("preset", ["Q4_K_M", "Q8_0"])
+@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
+def test_quantize_same_bytes_as_llama_quantize(family, preset, tmp_path):
+    """Rows of 256 values so the K-quant recipe (not just its fallbacks) is exercised."""
+    binary = _llama_cpp_binary("llama-quantize")
+    from llamatool.quantize import QuantizeOptions, quantize_model
+
+    spec = replace(FIXTURES[FAMILY_FIXTURES[family]], hidden=256, intermediate=512, head_dim=64 if family == "qwen3" else None,
+                   extra_vocab=0)
+    f16 = _convert(write_checkpoint(tmp_path / "hf", spec), tmp_path / "f16", "f16")
+    ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    quantize_model(f16, ours, QuantizeOptions(preset=preset), nthreads=2, progress=False)
+    proc = subprocess.run([str(binary), str(f16), str(theirs), preset, "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+# --- reference tier: transformers ------------------------------------------------------------------
+
+
+def _ggml_f16_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention with the roundings of llama.cpp's default F16 KV cache: keys and
+    values stored as halves, the query rounded to a half for the K.Q products; scores, softmax
+    and the weighted sum of values in float32 (as tests/tiny_llama.py's reference)."""
+    import torch
+
+    def f16(x):
+        return x.to(torch.float16).to(torch.float32)
+
+    n_rep = query.shape[1] // key.shape[1]
+    k = f16(key).repeat_interleave(n_rep, dim=1)
+    v = f16(value).repeat_interleave(n_rep, dim=1)
+    scores = f16(query) @ k.transpose(2, 3) * scaling
+    n_q, n_k = scores.shape[-2:]
+    causal = torch.ones(n_q, n_k, dtype=torch.bool).tril(n_k - n_q)
+    probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    return (probs @ v).transpose(1, 2).contiguous(), probs
+
+
+def _transformers_logits(folder: Path, ids: list[int], attention: str | None = None) -> np.ndarray:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    if attention == "ggml_f16":
+        transformers.AttentionInterface.register("ggml_f16", _ggml_f16_attention)
+    kwargs = {"attn_implementation": attention} if attention else {}
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
+def test_logits_match_transformers(family, f32_models):
+    """64 tokens, F32 GGUF: within 1e-3 (max abs) of transformers run with the F16 cache's
+    roundings, and the same top token as plain transformers everywhere."""
+    _, folder, gguf = f32_models[family]
+    model = Model.load(gguf, n_threads=2)
+    ids = _tokens(model.args.n_vocab)
+    got = model.eval(ids, all_logits=True)
+    rounded = _transformers_logits(folder, ids, "ggml_f16")
+    assert np.abs(got - rounded).max() <= 1e-3
+    plain = _transformers_logits(folder, ids)
+    assert (got.argmax(1) == plain.argmax(1)).all()
+    np.testing.assert_allclose(got, plain, rtol=1e-3, atol=2e-3 * np.abs(plain).max())
+
+
+def test_smollm3_other_nope_pattern_is_refused(tmp_path):
+    """llama.cpp fixes SmolLM3's NoPE step at 4: another pattern would convert into a file it
+    (and we) would run wrongly, so nothing is written."""
+    from llamatool.errors import LlamatoolError
+
+    spec = replace(FIXTURES["smollm3-bpe"], config_extra={**FIXTURES["smollm3-bpe"].config_extra, "no_rope_layers": [1, 0, 1, 0]})
+    folder = write_checkpoint(tmp_path / "hf", spec)
+    with pytest.raises(LlamatoolError, match="no_rope_layers") as e:
+        _convert(folder, tmp_path / "out")
+    assert "\n" not in str(e.value) and not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
+def test_kl_divergence_against_llama_perplexity(family, tmp_path):
+    """On the F16 file, teacher-forced against the llama-perplexity binary's base file: mean KLD
+    at most 1e-4 and the same top token on at least 99% of positions (the issue's bar)."""
+    import re
+
+    from tests.hf_factory import CORPUS
+
+    binary = _llama_cpp_binary("llama-perplexity")
+    spec = replace(FIXTURES[FAMILY_FIXTURES[family]], hidden=256, intermediate=512, head_dim=64 if family == "qwen3" else None)
+    f16 = _convert(write_checkpoint(tmp_path / "hf", spec), tmp_path / "f16", "f16")
+    text, base = tmp_path / "text.txt", tmp_path / "base.kld"
+    text.write_text(CORPUS * 6, encoding="utf-8")
+    ref = subprocess.run([str(binary), "-m", str(f16), "-f", str(text), "-c", "128", "-b", "128", "-t", "2",
+                          "--kl-divergence-base", str(base)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ours = _cli("perplexity", "-m", f16, "-f", text, "-c", 128, "-b", 128, "-t", 2, "--kl-divergence-base", base, "--kl-divergence")
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    out = ours.stdout + ours.stderr
+    mean_kld = float(re.search(r"Mean\s+KLD:\s+(-?[\d.]+)", out).group(1))
+    same_top = float(re.search(r"Same top p:\s+([\d.]+)", out).group(1))
+    assert mean_kld <= 1e-4 and same_top >= 99.0, (mean_kld, same_top)
