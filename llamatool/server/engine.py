@@ -74,9 +74,20 @@ class Job:
     constraint: object | None = None  # grammar.Constraint
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
+    _ended: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def send(self, event) -> None:
+        """emit(event), unless the job has already ended (Finished or Failed): shutdown may
+        fail a job while the worker is still finishing its step."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = isinstance(event, (Finished, Failed))
+            self.emit(event)
 
 
 # --- one request's sampling: grammar mask, log-probabilities --------------------------------------
@@ -251,7 +262,7 @@ class Engine:
             self._stopping = True
             for job in list(self._waiting) + [s.job for s in self.slots if s.job is not None]:
                 job.cancel()
-                job.emit(Failed(unavailable("the server is shutting down")))
+                job.send(Failed(unavailable("the server is shutting down")))
             self._waiting.clear()
             self._cond.notify()
 
@@ -346,7 +357,7 @@ class Engine:
         if out:
             n = slot.generated - slot.sent_tokens
             entries = slot._sampler.entries
-            slot.job.emit(Delta(out, entries[:n]))
+            slot.job.send(Delta(out, entries[:n]))
             del entries[:n]
             slot.sent_tokens = slot.generated
 
@@ -357,12 +368,12 @@ class Engine:
         completion = slot.generated
         if self.metrics:
             self.metrics.finished(len(job.prompt_ids) - cached, cached, completion, time.perf_counter() - job.submitted)
-        job.emit(Finished("stop" if slot._stop.stopped else reason, len(job.prompt_ids), completion, cached))
+        job.send(Finished("stop" if slot._stop.stopped else reason, len(job.prompt_ids), completion, cached))
         slot.clear()
 
     def _fail(self, slot: Slot, error: APIError) -> None:
         self._count("requests_failed")
-        slot.job.emit(Failed(error))
+        slot.job.send(Failed(error))
         slot.clear()
 
     def _count(self, name: str) -> None:
