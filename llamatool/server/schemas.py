@@ -3,8 +3,8 @@
 Requests are strict: an unknown field, a value of the wrong type (a string where a number
 goes: no coercion) or one out of range is a 400, so a client's typo is reported instead of
 silently ignored. Ranges follow OpenAI's documentation where it gives one; the rest (top_k,
-min_p) follow llama-server. Responses are plain models dumped to JSON (chunk shapes as
-OpenAI streams them).
+min_p) follow llama-server. Responses are plain models dumped to JSON (stream chunks are
+built in app.py, in the shapes OpenAI streams).
 """
 
 from __future__ import annotations
@@ -151,36 +151,17 @@ class ChatChoice(BaseModel):
     finish_reason: str
 
 
-class ChatCompletion(BaseModel):
+class _Response(BaseModel):
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
-    choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str
 
 
-class Delta(BaseModel):
-    role: Optional[Literal["assistant"]] = None
-    content: Optional[str] = None
-
-
-class ChunkChoice(BaseModel):
-    index: int = 0
-    delta: Delta
-    logprobs: Optional[ChatLogprobs] = None
-    finish_reason: Optional[str] = None
-
-
-class ChatChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Optional[Usage] = None
-    system_fingerprint: str
+class ChatCompletion(_Response):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
 
 
 class CompletionLogprobs(BaseModel):
@@ -199,11 +180,6 @@ class CompletionChoice(BaseModel):
     finish_reason: Optional[str] = None
 
 
-class Completion(BaseModel):
-    id: str
+class Completion(_Response):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    usage: Optional[Usage] = None
-    system_fingerprint: str
