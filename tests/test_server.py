@@ -550,3 +550,20 @@ def test_busy_port_is_a_one_line_error(default_model, server):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and p.stderr.strip().startswith("error: cannot listen on 127.0.0.1:" + port)
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_only_serve_imports_the_server_stack():
+    """The HTTP stack and the grammar engine load only for `serve`: the CLI, the Python API
+    and other commands never import them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, llamatool.cli, llamatool.model, llamatool.generate, llamatool.run\n"
+            "print(sorted(m for m in ('starlette', 'uvicorn', 'llguidance', 'llamatool.server') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+    help_text = subprocess.run([sys.executable, "-m", "llamatool", "serve", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    for option in ("--host", "--port", "--ctx-size", "--parallel", "--threads", "--api-key", "--alias", "--metrics",
+                   "--embeddings"):
+        assert option in help_text
