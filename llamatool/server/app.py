@@ -423,6 +423,10 @@ async def _api_error(request: Request, exc: APIError):
     return exc.response()
 
 
+async def _user_error(request: Request, exc: LlamatoolError):
+    return bad_request(str(exc)).response()
+
+
 async def _http_error(request: Request, exc: HTTPException):
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", "invalid_request_error",
@@ -452,7 +456,7 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/embeddings", embeddings, methods=["POST"]),
     ]
-    handlers = {APIError: _api_error, HTTPException: _http_error, Exception: _unexpected}
+    handlers = {APIError: _api_error, LlamatoolError: _user_error, HTTPException: _http_error, Exception: _unexpected}
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.server = state
     if state.api_key:

@@ -240,7 +240,8 @@ class Engine:
             self._cond.notify()
 
     def call(self, fn: Callable) -> Future:
-        """Run fn(model) on the worker between steps (embeddings), with its own scratch cache."""
+        """Run fn(model) on the worker between steps (embeddings), in the model's own cache:
+        the slots' caches are not touched."""
         future: Future = Future()
         with self._cond:
             if self._stopping:
