@@ -14,7 +14,7 @@ N      ?= 64
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,serve,scripts]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,7 +39,7 @@ test: install model
 
 # Optional tier: compare with Hugging Face transformers (torch pinned: 2.13.0 is a CPU build here).
 $(VENV)/.reference: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[test,reference]"
+	$(PY) -m pip install -q -e ".[test,serve,scripts,reference]"
 	touch $@
 
 test-reference: install model $(VENV)/.reference

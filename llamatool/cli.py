@@ -247,6 +247,29 @@ def perplexity(
     perplexity_command(model, file, ctx_size, chunks, batch_size, threads, kl_divergence_base, kl_divergence, force)
 
 
+# --- serve (issue 16: llamatool/server/) ------------------------------------------------
+
+
+@app.command()
+def serve(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", help="TCP port (0: any free one)."),
+    ctx_size: int = typer.Option(8192, "-c", "--ctx-size", help="Context size in tokens, shared by the slots (0: the model's trained context)."),
+    slots: int = typer.Option(4, "-np", "--parallel", help="Slots: requests served at once, each with ctx-size/np tokens of context."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Compute threads (default: all cores)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require this key (Authorization: Bearer KEY); default: env LLAMATOOL_API_KEY."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Model name clients see (default: the file's name)."),
+    metrics: bool = typer.Option(False, "--metrics", help="Serve Prometheus metrics at GET /metrics."),
+    embeddings: bool = typer.Option(False, "--embeddings", help="Serve POST /v1/embeddings."),
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (like llama-server)."""
+    from .server import ServeOptions, serve_command
+
+    serve_command(ServeOptions(model=model, host=host, port=port, ctx_size=ctx_size, slots=slots, threads=threads,
+                               api_key=api_key, alias=alias, metrics=metrics, embeddings=embeddings))
+
+
 # --- entry point -----------------------------------------------------------------------
 
 

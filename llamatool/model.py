@@ -353,6 +353,18 @@ class Model:
         self.n_past = n_past
         del self.history[n_past:]
 
+    def new_cache(self) -> "CacheState":
+        """An empty KV cache of this model's context size (memory is committed as it fills),
+        for select_cache: a server keeps one per slot."""
+        return CacheState(np.zeros_like(self.k_cache), np.zeros_like(self.v_cache), 0, [])
+
+    def select_cache(self, state: "CacheState") -> "CacheState":
+        """Make state the cache that eval() reads and extends; returns the one it replaces.
+        The forward pass and its scratch stay shared: one sequence is evaluated at a time."""
+        previous = CacheState(self.k_cache, self.v_cache, self.n_past, self.history)
+        self.k_cache, self.v_cache, self.n_past, self.history = state.k, state.v, state.n_past, state.history
+        return previous
+
     @property
     def forward_backend(self) -> str | None:
         """How the forward pass runs: "native" (saved machine code, no Numba), "numba", or
@@ -373,15 +385,7 @@ class Model:
         """
         ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(-1)
         n = ids.size
-        if n == 0:
-            raise LlamatoolError("eval needs at least one token")
-        if ids.min() < 0 or ids.max() >= self.args.n_vocab:
-            bad = int(ids[(ids < 0) | (ids >= self.args.n_vocab)][0])
-            raise LlamatoolError(f"token id {bad} is outside the vocabulary (0..{self.args.n_vocab - 1})")
-        if self.n_past + n > self.n_ctx:
-            raise LlamatoolError(
-                f"context is full: {self.n_past} cached + {n} new tokens > context size {self.n_ctx} (use -c to enlarge it)"
-            )
+        self._check_ids(ids)
         result = np.empty((n, self.args.n_vocab), np.float32) if all_logits else self._last_logits
         for b0 in range(0, n, self.n_batch):
             b1 = min(b0 + self.n_batch, n)
@@ -394,6 +398,38 @@ class Model:
             self.n_past += b1 - b0
             self.history.extend(int(t) for t in ids[b0:b1])
         return result if all_logits else result.copy()
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        """ids can be appended to the cache: some, all in the vocabulary, room for them."""
+        n = ids.size
+        if n == 0:
+            raise LlamatoolError("eval needs at least one token")
+        if ids.min() < 0 or ids.max() >= self.args.n_vocab:
+            bad = int(ids[(ids < 0) | (ids >= self.args.n_vocab)][0])
+            raise LlamatoolError(f"token id {bad} is outside the vocabulary (0..{self.args.n_vocab - 1})")
+        if self.n_past + n > self.n_ctx:
+            raise LlamatoolError(
+                f"context is full: {self.n_past} cached + {n} new tokens > context size {self.n_ctx} (use -c to enlarge it)"
+            )
+
+    def hidden_states(self, token_ids, n_batch: int = 64) -> np.ndarray:
+        """The final-norm hidden state of every token (n_tokens, n_embd), evaluated from an
+        empty cache (what llama.cpp pools for embeddings). Batches are kept small because the
+        forward pass also writes their logits."""
+        ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(-1)
+        self.reset()
+        n_embd = self.args.n_embd
+        step = max(1, min(n_batch, self.n_batch))
+        out = np.empty((ids.size, n_embd), np.float32)
+        logits = np.empty(step * self.args.n_vocab, np.float32)
+        self._check_ids(ids)
+        for b0 in range(0, ids.size, step):
+            b1 = min(b0 + step, ids.size)
+            self._run(ids[b0:b1], 0, logits)
+            out[b0:b1] = self._scratch.xn[: (b1 - b0) * n_embd].reshape(b1 - b0, n_embd)
+            self.n_past += b1 - b0
+            self.history.extend(int(t) for t in ids[b0:b1])
+        return out
 
     def _run(self, ids: np.ndarray, out_t0: int, logits: np.ndarray) -> None:
         """One forward call: ids at positions n_past.. (the caller advances n_past)."""
@@ -431,6 +467,16 @@ def _fresh_zeros(n: int, dtype) -> np.ndarray:
     after the first token.)"""
     mapped = mmap.mmap(-1, max(1, n * np.dtype(dtype).itemsize), flags=mmap.MAP_PRIVATE)
     return np.frombuffer(mapped, dtype, n)
+
+
+@dataclass
+class CacheState:
+    """One sequence's KV cache: keys, values, how many positions are filled, their tokens."""
+
+    k: np.ndarray
+    v: np.ndarray
+    n_past: int
+    history: list[int]
 
 
 def _activation_slot(Activation, n: int):

@@ -1,0 +1,208 @@
+"""Load test for an OpenAI-compatible server on this machine: `llamatool serve` or llama-server.
+
+    .venv/bin/python scripts/loadtest.py -m models/SmolLM2-135M-Instruct.Q4_1.gguf            # starts llamatool serve
+    .venv/bin/python scripts/loadtest.py -m MODEL --server /work/ref/build/bin/llama-server   # starts llama-server
+    .venv/bin/python scripts/loadtest.py --url http://127.0.0.1:8080 --pid 1234              # a running server
+
+Sends a bounded number of streamed chat requests (--requests per concurrency level, each
+--max-tokens long) to 127.0.0.1 only, with --concurrency clients at a time, and reports per
+level: errors, generated tokens (from the usage chunk, else one per content chunk),
+aggregate generated tokens/s over the level's wall time, time to first token and request
+latency (p50/p95), and the server's resident memory before and after all levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPICS = ["a lighthouse keeper", "a lost robot", "the first snow", "a city under the sea", "an old violin",
+          "a dragon who hates fire", "a train at midnight", "a garden on Mars", "a clockmaker", "a brave mouse"]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mib(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def start_server(args) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    if args.server == "llamatool":
+        cmd = [sys.executable, "-m", "llamatool", "serve"]
+    else:
+        cmd = [args.server]
+    cmd += ["-m", args.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.np), "-c", str(args.ctx)]
+    if args.threads:
+        cmd += ["-t", str(args.threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def wait_ready(client, url: str, proc, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server exited with code {proc.returncode}")
+        try:
+            r = await client.get(url + "/health")
+            if r.status_code == 200:
+                return
+        except Exception:
+            pass
+        await asyncio.sleep(0.5)
+    raise SystemExit("the server did not become ready")
+
+
+async def one_request(client, url: str, i: int, max_tokens: int) -> dict:
+    body = {"messages": [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]}."}],
+            "max_tokens": max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first, chunks, usage = None, 0, None
+    try:
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return {"error": f"HTTP {r.status_code}"}
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    return {"error": str(event["error"])[:100]}
+                if event.get("usage"):
+                    usage = event["usage"]
+                for choice in event.get("choices") or []:
+                    if (choice.get("delta") or {}).get("content"):
+                        chunks += 1
+                        if first is None:
+                            first = time.perf_counter() - start
+    except Exception as e:  # a refused or dropped connection counts as an error
+        return {"error": type(e).__name__}
+    tokens = usage["completion_tokens"] if usage else chunks
+    return {"tokens": tokens, "ttft": first if first is not None else float("nan"), "latency": time.perf_counter() - start}
+
+
+async def level(client, url: str, concurrency: int, n_requests: int, max_tokens: int) -> dict:
+    queue = list(range(n_requests))
+    results = []
+
+    async def worker():
+        while queue:
+            i = queue.pop()
+            results.append(await one_request(client, url, i, max_tokens))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    ok = [r for r in results if "error" not in r]
+    errors = [r["error"] for r in results if "error" in r]
+    tokens = sum(r["tokens"] for r in ok)
+    return {"concurrency": concurrency, "requests": len(results), "errors": len(errors), "error_kinds": sorted(set(errors)),
+            "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall if wall else 0.0,
+            "ttft_p50": pct([r["ttft"] for r in ok], 50), "ttft_p95": pct([r["ttft"] for r in ok], 95),
+            "latency_p50": pct([r["latency"] for r in ok], 50), "latency_p95": pct([r["latency"] for r in ok], 95)}
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(v for v in values if v == v)
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
+
+
+async def run(args) -> dict:
+    import httpx
+
+    proc, url = (None, args.url) if args.url else start_server(args)
+    host = urlparse(url).hostname
+    if host not in LOOPBACK:
+        raise SystemExit(f"{url}: the load test only talks to this machine (127.0.0.1)")
+    pid = args.pid if args.url else proc.pid
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
+    try:
+        async with httpx.AsyncClient(timeout=args.timeout, limits=limits, headers=headers) as client:
+            await wait_ready(client, url, proc)
+            await level(client, url, 1, 2, args.max_tokens)  # warm-up: compiled code, caches, first allocations
+            report = {"server": args.server if not args.url else url, "model": args.model, "np": args.np,
+                      "max_tokens": args.max_tokens, "rss_before_mib": rss_mib(pid), "levels": []}
+            for c in args.concurrency:
+                report["levels"].append(await level(client, url, c, args.requests, args.max_tokens))
+            report["rss_after_mib"] = rss_mib(pid)
+            return report
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def print_report(r: dict) -> None:
+    print(f"server {r['server']}  model {Path(r['model']).name if r['model'] else '?'}  -np {r['np']}  "
+          f"max_tokens {r['max_tokens']}")
+    print(f"{'conc':>4} {'reqs':>5} {'err':>4} {'tokens':>7} {'wall s':>7} {'tok/s':>7} {'ttft p50':>9} {'ttft p95':>9} "
+          f"{'lat p50':>8} {'lat p95':>8}")
+    for lv in r["levels"]:
+        print(f"{lv['concurrency']:>4} {lv['requests']:>5} {lv['errors']:>4} {lv['tokens']:>7} {lv['wall_s']:>7.1f} "
+              f"{lv['tokens_per_s']:>7.1f} {lv['ttft_p50']:>9.3f} {lv['ttft_p95']:>9.3f} {lv['latency_p50']:>8.2f} "
+              f"{lv['latency_p95']:>8.2f}" + (f"  errors: {', '.join(lv['error_kinds'])}" if lv["errors"] else ""))
+    before, after = r["rss_before_mib"], r["rss_after_mib"]
+    if before is not None and after is not None:
+        print(f"server RSS: {before:.0f} MiB before, {after:.0f} MiB after ({after - before:+.0f} MiB)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-m", "--model", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    p.add_argument("--server", default="llamatool", help="llamatool, or the path of a llama-server binary")
+    p.add_argument("--url", help="a server already running on 127.0.0.1 (then --pid for its RSS)")
+    p.add_argument("--pid", type=int)
+    p.add_argument("--api-key")
+    p.add_argument("-np", "--np", type=int, default=8, help="slots of the server this script starts")
+    p.add_argument("-c", "--ctx", type=int, default=8192)
+    p.add_argument("-t", "--threads", type=int)
+    p.add_argument("--concurrency", default="1,4,8")
+    p.add_argument("--requests", type=int, default=24, help="requests per concurrency level (bounded: at most 2000)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--json", help="also write the report here")
+    args = p.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    if not 1 <= args.requests <= 2000 or not all(1 <= c <= 64 for c in args.concurrency):
+        raise SystemExit("--requests must be 1..2000 and each concurrency 1..64")
+    report = asyncio.run(run(args))
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

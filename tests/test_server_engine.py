@@ -1,0 +1,121 @@
+"""The server's engine in-process (llamatool/server/engine.py): slots, queue, failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("starlette", reason="the serve extra is not installed (pip install 'llamatool[serve]')")
+
+from llamatool.model import Model  # noqa: E402
+from llamatool.sampling import SamplingParams  # noqa: E402
+from llamatool.server.engine import CACHE_BLOCK, Delta, Engine, Failed, Finished, Job  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(default_model):
+    return Model.load(default_model, n_ctx=512)
+
+
+class Collector:
+    def __init__(self):
+        self.events, self.done = [], threading.Event()
+
+    def __call__(self, event):
+        self.events.append(event)
+        if isinstance(event, (Finished, Failed)):
+            self.done.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(e.text for e in self.events if isinstance(e, Delta))
+
+
+def job(ids, emit, **kw):
+    kw.setdefault("max_tokens", 12)
+    return Job(prompt_ids=ids, sampling=SamplingParams(temperature=0), emit=emit, **kw)
+
+
+class Boom:
+    """A constraint whose mask fails: stands for any bug inside one request."""
+
+    def mask(self, logits):
+        raise RuntimeError("boom")
+
+    def accept(self, token):
+        pass
+
+
+def test_an_exception_in_one_request_fails_only_that_request(model, default_model):
+    reference = Model.load(default_model, n_ctx=512)
+    ids = model.tokenizer.encode("The river flows", add_special=True)
+    want = reference.generate(ids, max_tokens=12, temperature=0).text
+    engine = Engine(model, 2)
+    engine.start()
+    try:
+        bad, good = Collector(), Collector()
+        engine.submit(job(ids, bad, constraint=Boom()))
+        engine.submit(job(ids, good))
+        assert bad.done.wait(120) and good.done.wait(120)
+        assert isinstance(bad.events[-1], Failed) and bad.events[-1].error.status == 500
+        assert isinstance(good.events[-1], Finished) and good.text == want
+        again = Collector()  # the engine still serves
+        engine.submit(job(ids, again))
+        assert again.done.wait(120) and again.text == want
+    finally:
+        engine.stop()
+
+
+def test_one_slot_serves_a_queue_in_order_and_skips_cancelled_jobs(model):
+    engine = Engine(model, 1)
+    prompts = [model.tokenizer.encode(f"Fact number {i}:", add_special=True) for i in range(4)]
+    collectors = [Collector() for _ in prompts]
+    jobs = [job(ids, c, max_tokens=6) for ids, c in zip(prompts, collectors)]
+    for j in jobs:
+        engine.submit(j)
+    jobs[2].cancel()  # still waiting: it must never run
+    engine.start()
+    try:
+        for i in (0, 1, 3):
+            assert collectors[i].done.wait(120)
+            assert isinstance(collectors[i].events[-1], Finished) and collectors[i].events[-1].completion_tokens == 6
+        time.sleep(0.2)
+        assert collectors[2].events == []
+    finally:
+        engine.stop()
+
+
+def test_long_prompts_are_read_in_aligned_blocks_and_reused(model):
+    engine = Engine(model, 2)
+    engine.start()
+    try:
+        ids = model.tokenizer.encode("word " * (3 * CACHE_BLOCK), add_special=True)
+        runs = []
+        for _ in range(2):
+            c = Collector()
+            engine.submit(job(ids, c, max_tokens=8))
+            assert c.done.wait(120)
+            runs.append((c.text, c.events[-1]))
+        (text1, done1), (text2, done2) = runs
+        assert done1.cached_tokens == 0 and done2.cached_tokens == (len(ids) - 1) // CACHE_BLOCK * CACHE_BLOCK
+        assert text1 == text2
+    finally:
+        engine.stop()
+
+
+def test_stop_cancels_running_and_waiting_jobs(model):
+    engine = Engine(model, 1)
+    engine.start()
+    running, waiting = Collector(), Collector()
+    ids = model.tokenizer.encode("Once upon a time", add_special=True)
+    engine.submit(job(ids, running, max_tokens=400))
+    engine.submit(job(ids, waiting, max_tokens=400))
+    deadline = time.monotonic() + 60
+    while not running.events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    engine.stop()
+    assert running.done.is_set() and waiting.done.is_set()
+    assert isinstance(running.events[-1], Failed) and running.events[-1].error.status == 503
+    assert isinstance(waiting.events[-1], Failed)
