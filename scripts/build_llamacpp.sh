@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build llama.cpp's llama-bench and llama-quantize, the binaries the parity tests and the
-# comparison scripts run (tests/test_compare_*.py, scripts/compare_llamacpp.py --llama-bench,
-# scripts/compare_quantize.py --llama-quantize).
+# Build llama.cpp's llama-bench, llama-quantize, llama-perplexity and llama-server, the binaries
+# the parity tests and the comparison scripts run (tests/test_compare_*.py, test_families.py's
+# quantize and KLD checks, test_server.py's embeddings check, scripts/compare_llamacpp.py
+# --llama-bench, scripts/compare_quantize.py --llama-quantize, scripts/loadtest.py).
 #
 #     scripts/build_llamacpp.sh [OUT_DIR]       # default: build/llama.cpp (git-ignored)
 #     scripts/build_llamacpp.sh --cache DIR     # OUT_DIR = DIR/llama.cpp-VERSION-KEY (.ci/run)
@@ -20,7 +21,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/llamacpp_common.sh"
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
-TOOLS=(llama-bench llama-quantize)
+TOOLS=(llama-bench llama-quantize llama-perplexity llama-server)
 
 # GGML_NATIVE compiles for this CPU with -march=native, which on a CPU with AMX also
 # compiles ggml's AMX kernels; where the hypervisor does not enable AMX state (as on this
@@ -32,7 +33,7 @@ if echo | ${CC:-cc} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -E - >/dev/null 2>
 fi
 CMAKE_FLAGS=(
     -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_OPENSSL=OFF
     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
     "-DCMAKE_C_FLAGS=$no_amx" "-DCMAKE_CXX_FLAGS=$no_amx"
 )
