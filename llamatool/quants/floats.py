@@ -12,7 +12,7 @@ about to overwrite), which moves a third less data than plain stores. Their unal
 head and their tail go one value at a time through the same rules.
 
 Where the CPU converts halves itself (x86 F16C, ARM), the F16 loops use the hardware
-conversion, which rounds to nearest even like ggml's bit trick (cmath.fp32_to_fp16_bits,
+conversion, which rounds to nearest even like ggml's bit trick (ggml_scalar.fp32_to_fp16_bits,
 used elsewhere) and differs from it only in NaN payloads, which ggml's rule overrides.
 """
 
@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 
-from .cmath import fp16_bits_to_fp32, fp32_to_bf16_bits, fp32_to_fp16_bits
+from .ggml_scalar import fp16_bits_to_fp32, fp32_to_bf16_bits, fp32_to_fp16_bits
 from .rows import dequantizer, inline, kernel, quantizer
 
 _FEATURES = llvm_binding.get_host_cpu_features()
