@@ -40,3 +40,17 @@ def llama_cpp_binary(find_binary, name: str) -> Path:
     if binary is None:
         pytest.skip(f"no {name} binary (scripts/build_llamacpp.sh builds one; set LLAMA_CPP_BIN or put it on PATH)")
     return binary
+
+
+def _saved_code() -> bool:
+    from llamatool import host
+
+    return host.saved_code()
+
+
+# Tests of the saved machine code (quants/native.py, native_forward.py) run where it is on:
+# x86-64 Linux without LLAMATOOL_NO_NATIVE. Elsewhere it is off by design, and tests/test_portable.py
+# checks that nothing is saved or loaded there.
+needs_saved_code = pytest.mark.skipif(
+    not _saved_code(), reason="saved machine code is off by design here (LLAMATOOL_NO_NATIVE, or not x86-64 Linux)"
+)
