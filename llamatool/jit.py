@@ -24,6 +24,7 @@ import atexit
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -53,10 +54,15 @@ def numba_cache(*parts: str) -> str:
 
 def _target_numba() -> None:
     """Point Numba at the portable CPU when forced (see llamatool.host); Numba reads these
-    when it is imported, and keys its cache on them as well."""
+    when it is imported (or, if something imported it first, when it makes its compiler),
+    and keys its cache on them as well. A CPU the user chose for Numba is kept."""
     target = host.numba_target()
-    if target is not None and "NUMBA_CPU_NAME" not in os.environ:
-        os.environ["NUMBA_CPU_NAME"], os.environ["NUMBA_CPU_FEATURES"] = target
+    if target is None or "NUMBA_CPU_NAME" in os.environ:
+        return
+    os.environ["NUMBA_CPU_NAME"], os.environ["NUMBA_CPU_FEATURES"] = target
+    config = sys.modules.get("numba.core.config")
+    if config is not None:
+        config.CPU_NAME, config.CPU_FEATURES = target
 
 
 _target_numba()

@@ -21,7 +21,7 @@ from .tiny_llama import TinyLlama, random_weights, write_gguf
 # platform.machine() says on a Mac or a Raspberry Pi), or whose object loader fails.
 _CHILD = textwrap.dedent(
     """
-    import platform, runpy, sys
+    import os, platform, runpy, sys
     from llamatool import elf_loader, host
 
     pretend = sys.argv.pop(1)
@@ -29,7 +29,11 @@ _CHILD = textwrap.dedent(
         def refuse(self, obj):
             raise elf_loader.ObjectError("simulated: this loader reads nothing")
         elf_loader.Loader.load = refuse
-    else:
+    elif pretend != platform.machine():
+        def forbidden(self, obj):  # a real non-x86 host could not run the x86 objects of this cache
+            print("saved machine code loaded on a", pretend, "host", file=sys.stderr)
+            os._exit(3)
+        elf_loader.Loader.load = forbidden
         host.machine = platform.machine = lambda: pretend
     sys.argv = ["llamatool"] + sys.argv[1:]
     runpy.run_module("llamatool", run_name="__main__")

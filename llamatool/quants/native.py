@@ -160,8 +160,11 @@ def _folder(package: Path = _PACKAGE) -> Path:
 
 def _private(package: Path = _PACKAGE) -> Path | None:
     """The package's object folder, made and checked (the user's own, nobody else can write
-    it), or None where saved code is off or the folder is refused."""
-    return private_folder("native", _folder_name(package)) if host.saved_code() else None
+    it), or None where saved code is off, the folder is refused, or this process could not
+    make its loader (then building objects would only cost time)."""
+    if not host.saved_code() or _engine_made == [None]:
+        return None
+    return private_folder("native", _folder_name(package))
 
 
 @lru_cache(maxsize=None)
