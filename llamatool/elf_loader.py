@@ -19,8 +19,9 @@ they fit. Anything else (another machine, a GOT/TLS relocation, a symbol the pro
 lacks) raises ObjectError, and the caller falls back to compiling. Unwind tables
 (.eh_frame) are not registered: the kernels throw no C++ exceptions.
 
-Callers check the object's integrity themselves (quants/native.py stores a sha256 beside
-each object); this module trusts the bytes it is given to be well formed machine code, but
+Callers check where an object comes from and that it is whole themselves (llamatool.cache:
+only the user's own files in folders nobody else can write; quants/native.py: a sha256 line
+against truncation); this module trusts the bytes it is given to be well formed machine code, but
 still checks every offset it reads, so a damaged object is an error, not a crash.
 """
 

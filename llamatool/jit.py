@@ -7,6 +7,9 @@ no kernels (`--help`, `info`) never import numba at all.
 Cache: $LLAMATOOL_CACHE_DIR, else $XDG_CACHE_HOME/llamatool, else ~/.cache/llamatool.
 Kernels are compiled on first use and cached there (`llamatool warmup` compiles them
 all ahead of time), so the JIT cost is paid once per machine, not once per run.
+Numba's cache runs what it finds, so its folders are checked as llamatool.cache checks
+its own (the user's, 0700); when refused, Numba caches in a private folder of this
+process instead. LLAMATOOL_NO_NATIVE=1 compiles for a portable CPU (llamatool.host).
 
 Threads: `set_threads(n)` sets how many threads kernels use, both Numba's parallel
 regions and `for_each_chunk`, which shares work between Python threads that run
@@ -17,9 +20,12 @@ instead of holding back the half of the rows a static split would have given it.
 
 from __future__ import annotations
 
-import hashlib
+import atexit
 import itertools
 import os
+import shutil
+import sys
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,10 +33,40 @@ from functools import lru_cache
 from pathlib import Path
 
 
-from .cache import cache_dir  # noqa: E402  (re-exported: jit.cache_dir)
+from . import host
+from .cache import cache_dir, private_folder, source_hash  # noqa: F401  (cache_dir re-exported: jit.cache_dir)
 
 
-os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
+@lru_cache(maxsize=None)
+def _scratch_cache() -> str:
+    """A fresh private folder for Numba's cache in this process only, removed at exit: where
+    Numba caches when the user's cache folder is refused (see llamatool.cache)."""
+    path = tempfile.mkdtemp(prefix="llamatool-numba-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def numba_cache(*parts: str) -> str:
+    """The checked folder cache_dir()/numba/parts... for Numba's cache, or the scratch folder."""
+    folder = private_folder("numba", *parts)
+    return str(folder) if folder is not None else _scratch_cache()
+
+
+def _target_numba() -> None:
+    """Point Numba at the portable CPU when forced (see llamatool.host); Numba reads these
+    when it is imported (or, if something imported it first, when it makes its compiler),
+    and keys its cache on them as well. A CPU the user chose for Numba is kept."""
+    target = host.numba_target()
+    if target is None or "NUMBA_CPU_NAME" in os.environ:
+        return
+    os.environ["NUMBA_CPU_NAME"], os.environ["NUMBA_CPU_FEATURES"] = target
+    config = sys.modules.get("numba.core.config")
+    if config is not None:
+        config.CPU_NAME, config.CPU_FEATURES = target
+
+
+_target_numba()
+os.environ.setdefault("NUMBA_CACHE_DIR", numba_cache())
 
 import numba  # noqa: E402
 from numba import njit, prange  # noqa: E402,F401
@@ -54,28 +90,24 @@ def threads() -> int:
 # --- cache folders keyed on sources ---------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
-def source_hash(folder: Path) -> str:
-    """A short hash of every .py file in folder (names and contents)."""
-    h = hashlib.sha256()
-    for path in sorted(Path(folder).glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
 @contextmanager
 def cache_keyed_on(folder: Path, name: str):
     """Within this context, njit(cache=True) caches into a folder named after a hash of
-    folder's sources. Numba keys a cached kernel on its own file only, so a kernel that
-    inlines helpers from a sibling module would otherwise run stale code after that module
-    changed; Numba reads the folder when a function is decorated."""
+    folder's sources and the build's flavour (native or forced portable). Numba keys a cached
+    kernel on its own file only, so a kernel that inlines helpers from a sibling module would
+    otherwise run stale code after that module changed; and the portable build chooses other
+    instructions from the same sources. Numba reads the folder when a function is decorated."""
     previous = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = str(cache_dir() / "numba" / f"{name}-{source_hash(Path(folder))}")
+    numba.config.CACHE_DIR = numba_cache(_keyed_folder(Path(folder), name))
     try:
         yield
     finally:
         numba.config.CACHE_DIR = previous
+
+
+@lru_cache(maxsize=None)
+def _keyed_folder(folder: Path, name: str) -> str:
+    return f"{name}-{host.cache_flavour()}-{source_hash(folder)}"
 
 
 # --- compiling ------------------------------------------------------------------------------

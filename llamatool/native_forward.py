@@ -24,7 +24,9 @@ object, so a field added to Scratch makes a new object and never a misread table
 The driver (`Forward`) and the namedtuples come from kernels/forward.py's plain-Python
 part (llamatool.kernel_api); `ForwardWorker` is the worker it calls. Where the machine
 code is missing, damaged or cannot be built, the worker runs through Numba as before.
-LLAMATOOL_FORWARD=numba (or native) chooses one way.
+LLAMATOOL_FORWARD=numba (or native) chooses one way. Saved code is off by design off
+x86-64 Linux and under LLAMATOOL_NO_NATIVE (llamatool.host): there the worker always runs
+through Numba, and nothing is built to be saved.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import kernel_api
+from . import host, kernel_api
+from .cache import source_hash, write_private
 from .errors import LlamatoolError
 
 BACKEND_ENV = "LLAMATOOL_FORWARD"
@@ -71,7 +74,7 @@ def layout(value) -> tuple:
 
 def _key(spec: tuple) -> str:
     """The saved object's name: this module's source (the wrapper) and the layout."""
-    h = hashlib.sha256(_SOURCE.read_bytes())
+    h = hashlib.sha256(source_hash(_SOURCE).encode())
     h.update(repr(spec).encode())
     return f"forward-{h.hexdigest()[:16]}"
 
@@ -264,13 +267,11 @@ def build(args) -> bool:
 
     spec = layout(args)
     key = _key(spec)
-    folder = native._folder(kernel_api.KERNELS)
+    folder = native._private(kernel_api.KERNELS)  # None: saved code is off here, or the cache refused
+    if folder is None or not os.access(folder, os.W_OK):
+        return False
     failed = folder / f"{key}.failed"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if failed.exists() or not os.access(folder, os.W_OK):
-            return False
-    except OSError:
+    if failed.exists():
         return False
     try:
         saved = native.save_cfunc(kernel_api.KERNELS, key, _compile(spec, args))
@@ -278,10 +279,7 @@ def build(args) -> bool:
     except Exception as e:  # noqa: BLE001 - Numba internals moved: Numba runs the worker
         saved, reason = False, f"{type(e).__name__}: {e}"
     if not saved:
-        try:
-            failed.write_text(reason + "\n")
-        except OSError:
-            pass
+        write_private(failed, (reason + "\n").encode())
     return saved
 
 
@@ -352,6 +350,8 @@ class ForwardWorker:
                 self.key = _key(spec)
                 native = None if self.requested == "numba" else _load(spec)
                 if native is None and self.requested == "native":
+                    if not host.saved_code():
+                        raise LlamatoolError(f"{BACKEND_ENV}=native: saved machine code is off here (x86-64 Linux only, and not under {host.NO_NATIVE_ENV})")
                     raise LlamatoolError("the forward pass has no saved machine code (run `llamatool warmup`)")
                 self._save = native is None and self.requested == "auto"
                 self.backend = "numba" if native is None else "native"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import host
+
 
 def warmup_command(threads: int | None = None) -> None:
     from .jit import cache_dir
@@ -26,7 +28,9 @@ def warmup_command(threads: int | None = None) -> None:
     kernels_s = compile_matmul_kernels()
     print(f"  matmul kernels of every type: {kernels_s:.1f} s", file=sys.stderr, flush=True)
     forward_s, saved = compile_forward(threads)
-    note = "saved as machine code that loads without Numba" if saved else "machine code could not be saved: runs through Numba"
+    note = ("saved as machine code that loads without Numba" if saved
+            else "in Numba's cache (saved machine code is off here)" if not host.saved_code()
+            else "machine code could not be saved: runs through Numba")
     print(f"  forward pass: {forward_s:.1f} s ({note})", file=sys.stderr, flush=True)
     quant_s, missing = compile_quantizers()
     print(f"  quantize/dequantize: {quant_s:.1f} s" + (f" (failed: {', '.join(missing)})" if missing else ""),

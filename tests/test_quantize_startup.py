@@ -17,6 +17,7 @@ from llamatool.cli import main
 from llamatool.gguf_io import Field, GGUFReader, StringArrayField, ValueType
 from llamatool.quantize import AHEAD_BYTES, QuantizeOptions, _Converter, quantize_model
 
+from .conftest import needs_saved_code
 from .gguf_factory import write_gguf
 
 
@@ -125,6 +126,7 @@ print(native._folder() / f"{native._RUNTIME_KEY}.o")
 """
 
 
+@needs_saved_code
 def test_runtime_shims_are_saved_and_a_damaged_copy_rebuilt(tmp_path):
     env = {**os.environ, "LLAMATOOL_CACHE_DIR": str(tmp_path)}
     run = lambda: subprocess.run([sys.executable, "-c", RUNTIME_CHILD], capture_output=True, text=True,  # noqa: E731

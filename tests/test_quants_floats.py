@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from gguf.constants import GGMLQuantizationType
 
-from llamatool.quants import cmath, floats, registry
+from llamatool.quants import floats, ggml_scalar, registry
 from tests.quant_reference import (
     FLOAT_TYPES, VECTORS_LEGACY, assert_same_bits, dequantize, elementwise, float_values, ggml, load_vectors, quantize,
 )
 
 
-_fp16_bits_of = elementwise(cmath.fp32_to_fp16_bits, np.uint16)
-_fp32_of_fp16_bits = elementwise(cmath.fp16_bits_to_fp32, np.float32)
+_fp16_bits_of = elementwise(ggml_scalar.fp32_to_fp16_bits, np.uint16)
+_fp32_of_fp16_bits = elementwise(ggml_scalar.fp16_bits_to_fp32, np.float32)
 
 
 @pytest.fixture(scope="module")

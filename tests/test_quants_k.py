@@ -19,7 +19,7 @@ import pytest
 from gguf.constants import GGMLQuantizationType
 
 from llamatool.errors import LlamatoolError
-from llamatool.quants import cmath, kquants, registry
+from llamatool.quants import ggml_scalar, kquants, registry
 from tests.quant_reference import assert_same_bits, elementwise, first_difference, ggml, load  # noqa: F401  (ggml: a fixture)
 
 TYPES = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k"]
@@ -355,7 +355,7 @@ def test_bad_shapes_are_clear_errors(name):
 # ---------------------------------------------------------------- scalar helpers
 # (the fp16 conversions the K-quants share with the other kernels are tested in test_quants_floats.py)
 
-_nearest_ints = elementwise(cmath.nearest_int, np.int64)
+_nearest_ints = elementwise(ggml_scalar.nearest_int, np.int64)
 
 
 def test_nearest_int_is_ggml_magic_rounding():

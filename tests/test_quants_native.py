@@ -13,6 +13,8 @@ from llamatool.errors import LlamatoolError
 from llamatool.quants import native
 from llamatool.quants.registry import all_types, dequantize, quantize
 
+from .conftest import needs_saved_code
+
 TYPES = [t for t in all_types() if t.family is not None and t.name != "F32"]
 
 
@@ -38,6 +40,7 @@ def test_native_kernels_write_the_registry_bytes(t):
     assert np.array_equal(back.view(np.uint32), dequantize(t, expected).view(np.uint32))
 
 
+@needs_saved_code
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_every_kernel_is_saved_as_object_code(t):
     """A kernel that calls a function the loader cannot link (such as the C helper behind
@@ -78,6 +81,7 @@ print("numba" in sys.modules or "llvmlite" in sys.modules, out.tobytes().hex())
 """
 
 
+@needs_saved_code
 def test_a_built_kernel_loads_without_numba(tmp_path):
     env_run = lambda: subprocess.run([sys.executable, "-c", LOAD_CHILD], capture_output=True, text=True, check=True).stdout.split()  # noqa: E731
     env_run()  # builds (or finds) the object code

@@ -26,35 +26,17 @@ keep running the old code after that module changes.
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 
 from llamatool import jit as _jit
 
 
-def _source_hash() -> str:
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-_CACHE = str(_jit.cache_dir() / "numba" / f"kernels-{_source_hash()}")
-
-
 @contextmanager
 def versioned_cache():
     """Numba functions defined inside this block cache their code in this version's folder."""
-    import numba
-
-    previous = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = _CACHE
-    try:
+    with _jit.cache_keyed_on(Path(__file__).parent, "kernels"):
         yield
-    finally:
-        numba.config.CACHE_DIR = previous
 
 
 with versioned_cache():

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import operator
 
-from llamatool import jit  # noqa: F401  (sets the Numba cache dir before numba is used)
+from llamatool import host, jit  # noqa: F401  (jit sets the Numba cache dir before numba is used)
 
-import llvmlite.binding as llvm_binding  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba.core import cgutils, types  # noqa: E402
 from numba.extending import intrinsic, models, overload, register_model  # noqa: E402
 
-_FEATURES = llvm_binding.get_host_cpu_features()
-_IS_X86 = "sse2" in _FEATURES
+_FEATURES = host.features()  # what the kernels may use here (LLAMATOOL_NO_NATIVE: no VNNI)
+_IS_X86 = _FEATURES.x86
 # fpext/fptrunc on half compile to vcvtph2ps/vcvtps2ph with F16C (and natively on ARM);
 # an x86 without F16C would need a runtime-library call Numba may not provide.
-_NATIVE_HALF = not _IS_X86 or bool(_FEATURES.get("f16c", False))
+_NATIVE_HALF = not _IS_X86 or _FEATURES.f16c
 
 
 class Vector(types.Type):
@@ -648,8 +647,8 @@ def get(typingctx, arr, index):
 
 # --- 8-bit dot products ----------------------------------------------------------------------
 
-_VNNI_512 = bool(_FEATURES.get("avx512vnni", False))
-_VNNI_256 = _VNNI_512 and bool(_FEATURES.get("avx512vl", False)) or bool(_FEATURES.get("avxvnni", False))
+_VNNI_512 = _FEATURES.vnni_512
+_VNNI_256 = _FEATURES.vnni_256
 
 
 @intrinsic

@@ -12,28 +12,28 @@ about to overwrite), which moves a third less data than plain stores. Their unal
 head and their tail go one value at a time through the same rules.
 
 Where the CPU converts halves itself (x86 F16C, ARM), the F16 loops use the hardware
-conversion, which rounds to nearest even like ggml's bit trick (cmath.fp32_to_fp16_bits,
+conversion, which rounds to nearest even like ggml's bit trick (ggml_scalar.fp32_to_fp16_bits,
 used elsewhere) and differs from it only in NaN payloads, which ggml's rule overrides.
 """
 
 from __future__ import annotations
 
-import llvmlite.binding as llvm_binding
 import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.extending import intrinsic
 
-from numba.core import cgutils
-from numba.core.imputils import impl_ret_borrowed
+from .. import host, jit  # noqa: F401  (jit configures Numba before anything imports it)
 
-from .cmath import fp16_bits_to_fp32, fp32_to_bf16_bits, fp32_to_fp16_bits
+from llvmlite import ir  # noqa: E402
+from numba.core import cgutils, types  # noqa: E402
+from numba.core.imputils import impl_ret_borrowed  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+from .ggml_scalar import fp16_bits_to_fp32, fp32_to_bf16_bits, fp32_to_fp16_bits
 from .rows import dequantizer, inline, kernel, quantizer
 
-_FEATURES = llvm_binding.get_host_cpu_features()
-_X86 = "sse2" in _FEATURES
+_FEATURES = host.features()
+_X86 = _FEATURES.x86
 # without F16C an x86 LLVM lowers half conversions to runtime-library calls Numba may lack
-NATIVE_HALF = not _X86 or bool(_FEATURES.get("f16c", False))
+NATIVE_HALF = not _X86 or _FEATURES.f16c
 _F16_NAN = np.uint16(0x7E00)
 _U32_EXPONENT = np.uint32(0x7F800000)
 LINE = 32  # values per non-temporal store: 64 bytes of output, one cache line

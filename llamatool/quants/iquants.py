@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cmath import inverse, load_fp16, nearest_int, store_fp16
+from .ggml_scalar import inverse, load_fp16, nearest_int, store_fp16
 from .rows import dequantizer, inline, kernel, quantizer
 
 # kvalues_iq4nl: the 16 levels, ascending

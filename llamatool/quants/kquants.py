@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cmath import get_fp16, nearest_int, put_fp16, put_u16
+from .ggml_scalar import get_fp16, nearest_int, put_fp16, put_u16
 from .rows import dequantizer, inline, kernel, quantizer
 
 QK_K = 256

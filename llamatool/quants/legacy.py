@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cmath import c_int, c_int8, c_roundf, fp32_to_fp16_bits, inverse, load_fp16, store_fp16
+from .ggml_scalar import c_int, c_int8, c_roundf, fp32_to_fp16_bits, inverse, load_fp16, store_fp16
 from .rows import dequantizer, inline, kernel, quantizer
 
 QK = 32

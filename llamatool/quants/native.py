@@ -11,6 +11,11 @@ it through ctypes, which releases the GIL. It is the same machine code Numba run
 bytes are the same; the cache is keyed on this package's sources, the Numba and llvmlite
 versions and the host CPU. Where any of that fails, the kernels run through Numba.
 
+Only on x86-64 Linux (elf_loader reads x86-64 ELF objects) and not under
+LLAMATOOL_NO_NATIVE (llamatool.host decides): elsewhere nothing is built or loaded here, and
+Numba's own cache keeps the kernels. The cache folder and every object are checked before
+use (llamatool.cache: the user's own, nobody else can write them).
+
 A row kernel is serial: kernel(src, dst) on C-contiguous 2-D arrays (rows of float32 and
 rows of blocks); callers share rows between their own threads.
 
@@ -24,14 +29,14 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib
-import os
 import threading
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from ..cache import cache_dir
+from .. import host
+from ..cache import cache_dir, private_folder, read_trusted, source_hash, write_private
 from ..errors import LlamatoolError
 from .registry import ggml_type
 
@@ -140,14 +145,26 @@ _PROTOTYPES = (  # [key == NONFINITE]: row kernels, the counter
 
 
 @lru_cache(maxsize=None)
-def _folder(package: Path = _PACKAGE) -> Path:
+def _folder_name(package: Path) -> str:
     """Named after everything the object code depends on: the sources of the package that
     defines the kernels, Numba, llvmlite and the host CPU."""
-    h = hashlib.sha256()
-    for path in sorted(package.glob("*.py")):
-        h.update(path.name.encode() + path.read_bytes())
+    h = hashlib.sha256(source_hash(package).encode())
     h.update(_toolchain_and_host())
-    return cache_dir() / "native" / f"{package.name}-{h.hexdigest()[:16]}"
+    return f"{package.name}-{h.hexdigest()[:16]}"
+
+
+def _folder(package: Path = _PACKAGE) -> Path:
+    """Where a package's objects are saved (unchecked: see _private)."""
+    return cache_dir() / "native" / _folder_name(package)
+
+
+def _private(package: Path = _PACKAGE) -> Path | None:
+    """The package's object folder, made and checked (the user's own, nobody else can write
+    it), or None where saved code is off, the folder is refused, or this process could not
+    make its loader (then building objects would only cost time)."""
+    if not host.saved_code() or _engine_made == [None]:
+        return None
+    return private_folder("native", _folder_name(package))
 
 
 @lru_cache(maxsize=None)
@@ -200,7 +217,7 @@ class _Engine:
 
         try:
             return self.loader.load(obj).get(symbol, 0)
-        except ObjectError:
+        except (ObjectError, OSError):
             return 0  # the caller compiles it instead
 
 
@@ -223,27 +240,34 @@ def _runtime_object() -> bytes:
 
 
 _engine_lock = threading.Lock()
-_engine_made: list[_Engine] = []
+_engine_made: list[_Engine | None] = []
 
 
-def _engine() -> _Engine:
+def _engine() -> _Engine | None:
+    """The process's engine, made on first use; None when it cannot be (then Numba runs the
+    kernels): whatever stops it, it must not stop the command."""
     with _engine_lock:
         if not _engine_made:
-            _engine_made.append(_Engine())
+            try:
+                engine = _Engine()
+            except Exception:  # noqa: BLE001 - ObjectError, mmap refused, LLVM failing to build the shims
+                engine = None
+            _engine_made.append(engine)
         return _engine_made[0]
 
 
-# A saved object starts with the line "sha256:<hex digest of the object> <symbol>": loading
-# damaged machine code would crash the process.
+# A saved object starts with the line "sha256:<hex digest of the object> <symbol>": a
+# truncation check (loading a half-written object would crash the process), not a guard
+# against other users, which ownership and modes are (see llamatool.cache for why).
 _DIGEST = b"sha256:"
 
 
 def _read(key: str, package: Path = _PACKAGE) -> tuple[str, bytes] | None:
-    """The saved symbol and object code under key, or None when missing or damaged (then
-    built again)."""
-    try:
-        blob = (_folder(package) / f"{key}.o").read_bytes()
-    except OSError:
+    """The saved symbol and object code under key, or None when missing, damaged (then
+    built again) or not to be trusted."""
+    folder = _private(package)
+    blob = read_trusted(folder / f"{key}.o") if folder is not None else None
+    if blob is None:
         return None
     head, _, obj = blob.partition(b"\n")
     if not head.startswith(_DIGEST):
@@ -255,14 +279,9 @@ def _read(key: str, package: Path = _PACKAGE) -> tuple[str, bytes] | None:
 
 
 def _write(key: str, symbol: str, obj: bytes, package: Path = _PACKAGE) -> None:
-    folder = _folder(package)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{key}.{os.getpid()}.tmp"
-        tmp.write_bytes(_DIGEST + hashlib.sha256(obj).hexdigest().encode() + b" " + symbol.encode() + b"\n" + obj)
-        os.replace(tmp, folder / f"{key}.o")
-    except OSError:
-        pass  # a read-only cache: build again next time
+    folder = _private(package)
+    if folder is not None:  # else (or when it is read-only) built again next time
+        write_private(folder / f"{key}.o", _DIGEST + hashlib.sha256(obj).hexdigest().encode() + b" " + symbol.encode() + b"\n" + obj)
 
 
 def _checked(engine: _Engine, fn, name: str):
@@ -319,6 +338,8 @@ def cached_addresses(package: Path, keys) -> list[int] | None:
     if any(f is None for f in found):
         return None
     engine = _engine()
+    if engine is None:
+        return None
     addresses = [engine.load(*f) for f in found]
     return addresses if all(addresses) else None
 
@@ -346,7 +367,9 @@ def _object_code(entry) -> tuple[str, bytes]:
 def save_cfunc(package: Path, key: str, entry) -> bool:
     """Save the machine code of a Numba cfunc compiled in this process for cached_addresses;
     False (nothing saved) when it came from Numba's cache, needs a symbol the loader lacks,
-    or the cache is read-only."""
+    or the cache is read-only or refused, or saved code is off here (llamatool.host)."""
+    if _private(package) is None:
+        return False
     try:
         entry._library._ensure_finalized()
         module = entry._library._final_module
@@ -416,6 +439,8 @@ def row_kernel(qtype, verb: str):
             return kernel
         kernel = _numba_kernel(t.family, key)
         if kernel is not None:
+            if _private() is None:  # saved code off here, or the cache refused
+                return kernel
             _build(key, kernel, src_dtype, dst_dtype)
             return _native_rows(key, src_dtype, dst_dtype) or kernel
     raise LlamatoolError(f"{'quantizing to' if verb == 'quantize' else 'reading'} {t.name} tensors is not supported")
@@ -428,6 +453,7 @@ def nonfinite_counter():
     if count is None:
         from . import floats
 
-        _build_count(NONFINITE, floats._count_nonfinite)
+        if _private() is not None:
+            _build_count(NONFINITE, floats._count_nonfinite)
         count = _native_count(NONFINITE) or (lambda x: int(floats._count_nonfinite(np.ascontiguousarray(x, np.float32))))
     return count

@@ -1,0 +1,86 @@
+"""What this machine lets the kernels use: the one place that decides.
+
+- Saved machine code (quants/native.py, native_forward.py) is loaded by elf_loader, which
+  reads x86-64 ELF objects only: it is on for x86-64 Linux and off by design elsewhere
+  (macOS, aarch64, ...), where Numba's own cache keeps the compiled kernels.
+- CPU-specific instructions the kernels choose themselves (kernels/simd.py, quants/floats.py):
+  the features LLVM reports for the host.
+- LLAMATOOL_NO_NATIVE=1 forces the portable paths on any machine: no saved machine code,
+  no AVX-512/VNNI instructions chosen from the features, and on an x86-64 with AVX2 Numba
+  compiles for x86-64-v3 (AVX2, FMA, F16C: most desktops, and what llama.cpp's
+  GGML_AVX2 build targets) instead of the host CPU. Its compiled kernels are cached apart
+  from the native ones (cache_flavour).
+
+Importing this module imports neither Numba nor llvmlite (a warm `run` needs neither).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import lru_cache
+from typing import NamedTuple
+
+NO_NATIVE_ENV = "LLAMATOOL_NO_NATIVE"
+PORTABLE_X86_CPU = "x86-64-v3"
+_PORTABLE_X86_NEEDS = ("avx2", "fma", "f16c")  # what x86-64-v3 assumes beyond SSE
+_X86_64 = ("x86_64", "amd64")
+
+
+def machine() -> str:
+    """The machine's architecture as the OS names it (platform.machine() without importing platform)."""
+    return os.uname().machine if hasattr(os, "uname") else os.environ.get("PROCESSOR_ARCHITECTURE", "")
+
+
+def forced_portable() -> bool:
+    """Whether LLAMATOOL_NO_NATIVE asks for the portable paths (any value but empty or 0)."""
+    return os.environ.get(NO_NATIVE_ENV, "").strip() not in ("", "0")
+
+
+def saved_code() -> bool:
+    """Whether machine code saved in the cache may be built and loaded here."""
+    return not forced_portable() and sys.platform.startswith("linux") and machine().lower() in _X86_64
+
+
+def cache_flavour() -> str:
+    """Part of every compiled-kernel cache key: the portable build never shares code with the native one."""
+    return "portable" if forced_portable() else "native"
+
+
+class Features(NamedTuple):
+    """The CPU features kernels choose their own instructions by."""
+
+    x86: bool  # SSE2 and SSSE3's pshufb, pause, sfence (every x86-64 llamatool runs on)
+    f16c: bool  # hardware half <-> float conversion
+    vnni_512: bool  # vpdpbusd on 64 bytes (AVX512-VNNI)
+    vnni_256: bool  # vpdpbusd on 32 bytes (AVX512-VNNI with VL, or AVX-VNNI)
+
+
+@lru_cache(maxsize=None)
+def _host_features() -> dict:
+    import llvmlite.binding as llvm
+
+    return {name: bool(on) for name, on in llvm.get_host_cpu_features().items()}
+
+
+def features() -> Features:
+    """The features the kernels may use: the host's, without the CPU-specific ones when forced portable."""
+    host = _host_features()
+    x86 = host.get("sse2", False)
+    vnni_512 = host.get("avx512vnni", False)
+    vnni_256 = vnni_512 and host.get("avx512vl", False) or host.get("avxvnni", False)
+    if forced_portable():
+        vnni_512 = vnni_256 = False
+    return Features(x86=x86, f16c=host.get("f16c", False), vnni_512=vnni_512, vnni_256=vnni_256)
+
+
+def numba_target() -> tuple[str, str] | None:
+    """(CPU name, extra features) Numba must compile for instead of the host CPU, or None:
+    x86-64-v3 when forced portable on an x86-64 that has what it needs (never a CPU above
+    the host's, which would not run)."""
+    if not forced_portable() or machine().lower() not in _X86_64:
+        return None
+    host = _host_features()
+    if not all(host.get(name, False) for name in _PORTABLE_X86_NEEDS):
+        return None
+    return PORTABLE_X86_CPU, ""
