@@ -109,8 +109,9 @@ _PROBE = textwrap.dedent(
 
 
 def _probe(env) -> list[str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU_")}  # this process's own target
     proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **env})  # fmt: skip
+                          env={**inherited, **env})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
 

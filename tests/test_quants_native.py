@@ -58,6 +58,7 @@ def test_nonfinite_counter():
     assert count(x) == 3
 
 
+@needs_saved_code  # the ctypes entry points check; Numba's own dispatcher types its arguments itself
 def test_kernels_check_their_arrays():
     q = native.row_kernel("Q8_0", "quantize")
     with pytest.raises(LlamatoolError, match="internal error"):
