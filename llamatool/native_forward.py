@@ -194,7 +194,9 @@ def _compiled_classes() -> dict:
     from . import kernels  # noqa: F401  (imports every kernel module)
 
     classes = {}
-    for name, module in list(sys.modules.items()):
+    # a copy taken in one step: another worker thread may be importing (and so adding to
+    # sys.modules) while this one looks, and iterating the live dict then raises
+    for name, module in sys.modules.copy().items():
         if name.startswith("llamatool.kernels."):
             for value in vars(module).values():
                 if isinstance(value, type) and issubclass(value, tuple) and hasattr(value, "_fields"):
