@@ -356,7 +356,8 @@ class Model:
     def new_cache(self) -> "CacheState":
         """An empty KV cache of this model's context size (memory is committed as it fills),
         for select_cache: a server keeps one per slot."""
-        return CacheState(np.zeros_like(self.k_cache), np.zeros_like(self.v_cache), 0, [])
+        return CacheState(_fresh_zeros(self.k_cache.size, self.k_cache.dtype),
+                          _fresh_zeros(self.v_cache.size, self.v_cache.dtype), 0, [])
 
     def select_cache(self, state: "CacheState") -> "CacheState":
         """Make state the cache that eval() reads and extends; returns the one it replaces.
