@@ -95,23 +95,20 @@ def private_folder(*parts: str) -> Path | None:
     when it or a folder above it in the cache is not the user's own or others can write it.
     Checked once per folder per process."""
     path = cache_dir()
-    ok = _trusted.get(path)
-    if ok is None:
-        ok = _checked(path, cache_dir().parent)
-    for part in parts:
+    for level in range(len(parts) + 1):
+        folder = path.joinpath(*parts[:level])
+        ok = _trusted.get(folder)
+        if ok is None:
+            ok = _checked(folder)
         if not ok:
             return None
-        path = path / part
-        ok = _trusted.get(path)
-        if ok is None:
-            ok = _checked(path, path.parent)
-    return path if ok else None
+    return path.joinpath(*parts)
 
 
-def _checked(path: Path, parent: Path) -> bool:
-    if not parent.exists():
+def _checked(path: Path) -> bool:
+    if not path.parent.exists():
         try:
-            parent.mkdir(parents=True, exist_ok=True)  # ~/.cache itself: the user's to set up
+            path.parent.mkdir(parents=True, exist_ok=True)  # ~/.cache itself: the user's to set up
         except OSError:
             pass
     why = _own_folder(path)

@@ -305,9 +305,9 @@ def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps, rotate):
 def _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, c0, c1, rotate):
     """Columns c0..c1 (multiples of 16) of every token's q | k | v row, just projected:
     rotate q and k (adjacent pairs, unless a NoPE layer; NEOX heads were rotated whole
-    before), round q to f16
-    for the K.Q products (as ggml does for an f16 cache), and append k and v to the cache. A chunk of the projections does this for its own rows,
-    so no phase (and no barrier) is needed between the projections and attention."""
+    before), round q to f16 for the K.Q products (as ggml does for an f16 cache), and append
+    k and v to the cache. A chunk of the projections does this for its own rows, so no phase
+    (and no barrier) is needed between the projections and attention."""
     hd = dims.head_dim
     n_q = dims.n_head * hd
     n_kv = dims.n_head_kv * hd
