@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build llama.cpp's llama-bench, llama-quantize, llama-perplexity and llama-server, the binaries
-# the parity tests and the comparison scripts run (tests/test_compare_*.py, test_families.py's
-# quantize and KLD checks, test_server.py's embeddings check, scripts/compare_llamacpp.py
+# Build llama.cpp's llama-bench, llama-quantize, llama-perplexity, llama-server, llama-imatrix
+# and llama-export-lora, the binaries the parity tests and the comparison scripts run
+# (tests/test_compare_*.py, test_families.py's quantize and KLD checks, test_server.py's
+# embeddings check, the imatrix and LoRA parity tests, scripts/compare_llamacpp.py
 # --llama-bench, scripts/compare_quantize.py --llama-quantize, scripts/loadtest.py).
 #
 #     scripts/build_llamacpp.sh [OUT_DIR]       # default: build/llama.cpp (git-ignored)
@@ -21,7 +22,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/llamacpp_common.sh"
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
-TOOLS=(llama-bench llama-quantize llama-perplexity llama-server)
+TOOLS=(llama-bench llama-quantize llama-perplexity llama-server llama-imatrix llama-export-lora)
 
 # GGML_NATIVE compiles for this CPU with -march=native, which on a CPU with AMX also
 # compiles ggml's AMX kernels; where the hypervisor does not enable AMX state (as on this
