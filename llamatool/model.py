@@ -10,7 +10,8 @@ Weights      the tensors as zero-copy views of the mapped file, in their stored 
              described by small int64 tables the compiled forward pass reads
 KV cache     keys and values of every position, as IEEE halves (llama.cpp's default)
 Model        eval() appends tokens to the cache and returns logits; generate()/stream()
-             add sampling and decoding (llamatool.generate)
+             add sampling and decoding (llamatool.generate); eval_many() extends several
+             sequences' caches (a CachePool) in one forward call, as a server's slots
 
 Heavy lifting is one compiled call per eval (llamatool.kernels.forward); this module only
 validates the file, lays out tables and buffers, and splits long inputs into batches. It
@@ -337,6 +338,9 @@ class Model:
                              self.n_threads, int(a.rope_neox), a.nope_every)
         self._rope = fw.FloatParams(*_rope_params(a))
         self._last_logits = np.zeros(a.n_vocab, f32)
+        self._pos = np.zeros(B, np.int64)  # each token's position and cache region (fw.Batch)
+        self._kv = np.zeros(B, np.int64)
+        self._Batch = fw.Batch
         self._forward = fw.Forward(self.n_threads)
         self._forward_worker = fw.worker
 
@@ -353,18 +357,14 @@ class Model:
         self.n_past = n_past
         del self.history[n_past:]
 
-    def new_cache(self) -> "CacheState":
-        """An empty KV cache of this model's context size (memory is committed as it fills),
-        for select_cache: a server keeps one per slot."""
-        return CacheState(_fresh_zeros(self.k_cache.size, self.k_cache.dtype),
-                          _fresh_zeros(self.v_cache.size, self.v_cache.dtype), 0, [])
-
-    def select_cache(self, state: "CacheState") -> "CacheState":
-        """Make state the cache that eval() reads and extends; returns the one it replaces.
-        The forward pass and its scratch stay shared: one sequence is evaluated at a time."""
-        previous = CacheState(self.k_cache, self.v_cache, self.n_past, self.history)
-        self.k_cache, self.v_cache, self.n_past, self.history = state.k, state.v, state.n_past, state.history
-        return previous
+    def new_caches(self, n: int) -> "CachePool":
+        """n empty KV caches of this model's context size in one pair of arrays (memory is
+        committed as they fill), for eval_many: a server keeps one per slot."""
+        size = self.k_cache.size
+        k = _fresh_zeros(n * size, self.k_cache.dtype)
+        v = _fresh_zeros(n * size, self.v_cache.dtype)
+        return CachePool(k, v, [CacheState(k[i * size:(i + 1) * size], v[i * size:(i + 1) * size], 0, [], i * size)
+                                for i in range(n)])
 
     @property
     def forward_backend(self) -> str | None:
@@ -400,17 +400,19 @@ class Model:
             self.history.extend(int(t) for t in ids[b0:b1])
         return result if all_logits else result.copy()
 
-    def _check_ids(self, ids: np.ndarray) -> None:
-        """ids can be appended to the cache: some, all in the vocabulary, room for them."""
+    def _check_ids(self, ids: np.ndarray, n_past: int | None = None) -> None:
+        """ids can be appended to a cache holding n_past tokens (default: the model's own):
+        some, all in the vocabulary, room for them."""
         n = ids.size
         if n == 0:
             raise LlamatoolError("eval needs at least one token")
         if ids.min() < 0 or ids.max() >= self.args.n_vocab:
             bad = int(ids[(ids < 0) | (ids >= self.args.n_vocab)][0])
             raise LlamatoolError(f"token id {bad} is outside the vocabulary (0..{self.args.n_vocab - 1})")
-        if self.n_past + n > self.n_ctx:
+        n_past = self.n_past if n_past is None else n_past
+        if n_past + n > self.n_ctx:
             raise LlamatoolError(
-                f"context is full: {self.n_past} cached + {n} new tokens > context size {self.n_ctx} (use -c to enlarge it)"
+                f"context is full: {n_past} cached + {n} new tokens > context size {self.n_ctx} (use -c to enlarge it)"
             )
 
     def hidden_states(self, token_ids, n_batch: int = 64) -> np.ndarray:
@@ -434,8 +436,52 @@ class Model:
 
     def _run(self, ids: np.ndarray, out_t0: int, logits: np.ndarray) -> None:
         """One forward call: ids at positions n_past.. (the caller advances n_past)."""
-        self._forward(self._net, self._dims, self._rope, self.k_cache, self.v_cache, ids, ids.size, self.n_past, out_t0,
-                      self._scratch, logits, self._counters)
+        n = ids.size
+        self._pos[:n] = np.arange(self.n_past, self.n_past + n)
+        self._kv[:n] = 0
+        self._forward(self._net, self._dims, self._rope, self.k_cache, self.v_cache, ids, n,
+                      self._Batch(self._pos, self._kv, np.int64(n)), out_t0, self._scratch, logits, self._counters)
+
+    def eval_many(self, pool: "CachePool", parts: list["Part"]) -> list[np.ndarray]:
+        """Append each part's tokens to its cache in pool (its state's n_past and history
+        advance), all in one forward call; returns the logits of the last token of each
+        part that asks for them (logits=True), in the order of parts.
+
+        Every part gets the bits it would get alone: the tokens of `exact` parts go through
+        the one-token products (kernels/forward.py, batch invariance); the others, whole
+        prompt blocks whose bits may depend on the block's size, through the fast ones, and
+        then need no logits (logits=False). At most n_batch tokens per call."""
+        fast = [p for p in parts if not p.exact]
+        exact = [p for p in parts if p.exact]
+        if any(p.logits for p in fast):
+            raise LlamatoolError("internal error: a fast part cannot return logits")
+        # token order: fast parts, then exact tokens without logits, then one token per part
+        # with logits (the forward pass gives logits to a tail of the batch)
+        order = [(p, 0, len(p.ids)) for p in fast]
+        order += [(p, 0, len(p.ids) - p.logits) for p in exact]
+        order += [(p, len(p.ids) - 1, len(p.ids)) for p in exact if p.logits]
+        n = sum(b - a for _, a, b in order)
+        if n > self.n_batch:
+            raise LlamatoolError(f"internal error: {n} tokens in one call, more than the batch size {self.n_batch}")
+        for p in parts:
+            self._check_ids(np.asarray(p.ids, np.int64), p.state.n_past)
+        ids = np.empty(n, np.int64)
+        t = 0
+        for p, a, b in order:
+            ids[t:t + b - a] = p.ids[a:b]
+            self._pos[t:t + b - a] = np.arange(p.state.n_past + a, p.state.n_past + b)
+            self._kv[t:t + b - a] = p.state.offset
+            t += b - a
+        n_out = sum(p.logits for p in exact)
+        logits = np.empty((n_out, self.args.n_vocab), np.float32)
+        n_fast = sum(len(p.ids) for p in fast)
+        batch = self._Batch(self._pos, self._kv, np.int64(n_fast))
+        self._forward(self._net, self._dims, self._rope, pool.k, pool.v, ids, n, batch, n - n_out, self._scratch,
+                      logits.reshape(-1), self._counters)
+        for p in parts:
+            p.state.n_past += len(p.ids)
+            p.state.history.extend(int(t) for t in p.ids)
+        return list(logits)
 
     # -- generation (see llamatool.generate) ----------------------------------------------------
     def generate(self, prompt, max_tokens: int = 128, **options):
@@ -472,12 +518,39 @@ def _fresh_zeros(n: int, dtype) -> np.ndarray:
 
 @dataclass
 class CacheState:
-    """One sequence's KV cache: keys, values, how many positions are filled, their tokens."""
+    """One sequence's KV cache: keys, values, how many positions are filled, their tokens,
+    and where k and v start in their pool's arrays."""
 
     k: np.ndarray
     v: np.ndarray
     n_past: int
     history: list[int]
+    offset: int = 0
+
+    def truncate(self, n_past: int) -> None:
+        """Keep only the first n_past positions (later ones are overwritten)."""
+        self.n_past = n_past
+        del self.history[n_past:]
+
+
+@dataclass
+class CachePool:
+    """KV caches of several sequences in one pair of arrays (Model.new_caches)."""
+
+    k: np.ndarray
+    v: np.ndarray
+    states: list[CacheState]
+
+
+@dataclass
+class Part:
+    """A sequence's share of an eval_many call: tokens to append to its cache; exact: with
+    one-token bits (else they must form whole prompt blocks); logits: of its last token."""
+
+    state: CacheState
+    ids: list[int]
+    exact: bool = True
+    logits: bool = True
 
 
 def _activation_slot(Activation, n: int):

@@ -3,8 +3,12 @@
 The LLaMA pass; a family's differences (llamatool.arch) arrive as data: biases and Q/K
 norms wherever the layer table has them, NEOX rope and NoPE layers as Dims switches.
 
-One call evaluates n_tok tokens at positions pos0.. (a prompt batch or a single decode
-step), appends their keys and values to the cache and writes logits. All threads run
+One call evaluates n_tok tokens (a prompt batch, a single decode step, or the tokens of
+several sequences at once), appends their keys and values to the cache and writes logits.
+A `Batch` says where each token goes: its position, and where its sequence's region starts
+in the caches (several sequences share one cache array, each in its own range). Matrix
+products go over all the tokens at once (the weights are read once per call, whatever the
+number of sequences); attention goes over each sequence's own keys and values. All threads run
 `forward_worker`, the same sequence of phases; each phase is cut into chunks claimed through
 atomic counters (see sync.py), so threads meet once per call, not once per op:
 
@@ -12,7 +16,8 @@ atomic counters (see sync.py), so threads meet once per call, not once per op:
     per layer    attn norm + activation quantization      (chunk = token)
                  Q, K, V projections, then RoPE and K, V   (chunk = rows of one matrix)
                  into the f16 cache
-                 attention                   (chunk = query heads of a KV head x 8 tokens)
+                 attention       (chunk = query heads of a KV head x 8 tokens, split
+                                  into runs of one sequence at consecutive positions)
                  quantize attention output                (chunk = token)
                  output projection + residual             (chunk = rows)
                  ffn norm + activation quantization       (chunk = token)
@@ -24,6 +29,14 @@ atomic counters (see sync.py), so threads meet once per call, not once per op:
 In the last layer only the tokens that need logits go through attention, the output
 projection and the FFN (their keys and values for the cache were already made), as
 llama.cpp does.
+
+Batch invariance: the products of many tokens (gemm.py, from gemm.MIN_TOKENS tokens up)
+sum in another order than those of one token, so a token's bits would depend on how many
+tokens share its call. Tokens Batch.n_fast.. therefore go through the one-token loops only
+(in groups whose result is bit for bit each token's alone: four tokens for the 32-weight
+and float types, whose four-token tile takes the one-token steps, one for the K-quants):
+a server's slot gets the same logits alone or beside others. Tokens ..n_fast may share
+the fast products (prompt batches; Model.eval uses them for every token).
 
 The model arrives as a `Net` (built by llamatool.model): the mapped file `data`; `tensors`
 with one row per tensor (byte offset in data, ggml type, row length, row count, bytes per
@@ -49,7 +62,7 @@ from .norm import rmsnorm
 from .rope import rope_angles, rope_rotate, rope_rotate_neox
 from .simd import load, load_f32, round_f16, store
 from .sync import claim, finish, wait
-from .types import BF16, F16, F32, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
+from .types import BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 from .vmath import swiglu
 
 # columns of the tensor table
@@ -97,6 +110,9 @@ Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab
 FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale")
 # a8/ak: Q8_0/Q8_K slots; scores: n_threads equal parts of attention_scratch_floats each
 Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")
+# per token t < n_tok: pos[t] its position in its sequence, kv[t] where its sequence's region
+# starts in the caches (0 for the model's own cache); tokens n_fast.. get one-token bits
+Batch = namedtuple("Batch", "pos kv n_fast")
 
 
 def kv_cache_positions(n_ctx: int) -> int:
@@ -149,15 +165,34 @@ def _prepare(src, t, K, flags, s):
         round_row_bf16(src, t * K, K, s.xr, t * K)
 
 
+@njit(cache=True, _nrt=False, forceinline=True)
+def _exact_group(qtype):
+    """Tokens one rows() call may take while giving each token the bits of a one-token call:
+    the four-token tile of the 32-weight types walks a row by the one-token steps, float rows
+    go token by token; the K-quants' tile decodes differently from their one-token loop."""
+    if qtype == F32 or qtype == F16 or qtype == BF16 or qtype == Q4_0 or qtype == Q4_1 or qtype == Q5_0:
+        return 4
+    if qtype == Q5_1 or qtype == Q8_0 or qtype == IQ4_NL:
+        return 4
+    return 1
+
+
 @njit(cache=True, _nrt=False)
-def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0):
-    """Rows r0..r1 of tensor i times activation rows t0..t1 (prepared from src)."""
+def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0, n_fast):
+    """Rows r0..r1 of tensor i times activation rows t0..t1 (prepared from src); rows
+    n_fast.. in groups that keep one-token bits (see the module docstring)."""
     T = net.tensors
     qtype = T[i, T_TYPE]
     x = s.xr if qtype == F16 or qtype == BF16 else src
     a = s.ak if _formats(T, i, -1, -1) & NEED_Q8_K else s.a8
-    call_rows(net.rows, qtype, net.data, T[i, T_OFFSET], T[i, T_ROW_BYTES], T[i, T_K], r0, r1, t0, t1, x, a,
-              out, ldo, col0, out_t0)
+    split = max(t0, min(t1, n_fast))
+    if split > t0:
+        call_rows(net.rows, qtype, net.data, T[i, T_OFFSET], T[i, T_ROW_BYTES], T[i, T_K], r0, r1, t0, split, x, a,
+                  out, ldo, col0, out_t0)
+    group = _exact_group(qtype)
+    for g0 in range(split, t1, group):
+        call_rows(net.rows, qtype, net.data, T[i, T_OFFSET], T[i, T_ROW_BYTES], T[i, T_K], r0, r1, g0,
+                  min(g0 + group, t1), x, a, out, ldo, col0, out_t0)
 
 
 @njit(cache=True, _nrt=False)
@@ -187,7 +222,7 @@ def _n_row_chunks(T, i, nth, unit=16):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, pos0, s):
+def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, batch, s):
     """Token embeddings into s.x and the RoPE angles of every position (chunk = token)."""
     T = net.tensors
     emb = net.globals[GLOBAL_TOK_EMBD]
@@ -198,7 +233,7 @@ def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, pos0, s):
             break
         row = T[emb, T_OFFSET] + tokens[t] * T[emb, T_ROW_BYTES]
         call_dequant(net.dequant, T[emb, T_TYPE], net.data, row, dims.n_embd, s.x, t * dims.n_embd)
-        rope_angles(pos0 + t, dims.n_rot, fp.theta_scale, fp.freq_scale, fp.ext_factor, fp.attn_factor,
+        rope_angles(batch.pos[t], dims.n_rot, fp.theta_scale, fp.freq_scale, fp.ext_factor, fp.attn_factor,
                     fp.corr0, fp.corr1, net.freq_factors, s.angles, t * dims.n_rot)
         done += 1
     finish(ctr, ph, done)
@@ -240,7 +275,7 @@ def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache, ldo, n_q, n_kv, eps):
+def _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, src, s, k_cache, v_cache, ldo, n_q, n_kv, eps):
     """Q, K, V projections of all tokens into s.qkv (row t: q | k | v), biases added, Q/K
     normed per head where the layer has the norms, RoPE applied; keys and values appended
     to the cache."""
@@ -270,11 +305,11 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, src, s, k_cache, v_cache,
         i = mats[m]
         r0 = (c - first) * _chunk_rows(T, i, dims.n_threads, unit)
         r1 = min(r0 + _chunk_rows(T, i, dims.n_threads, unit), T[i, T_ROWS])
-        _matmul(net, i, r0, r1, 0, n_tok, src, s, s.qkv, ldo, cols[m], 0)
+        _matmul(net, i, r0, r1, 0, n_tok, src, s, s.qkv, ldo, cols[m], 0, batch.n_fast)
         _add_bias(net, biases[m], r0, r1, 0, n_tok, s.qkv, ldo, cols[m])
         if per_head:
             _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, cols[m] + r0, cols[m] + r1, eps, rotate)
-        _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, cols[m] + r0, cols[m] + r1, rotate)
+        _rope_and_store(dims, layer, n_tok, batch, s, k_cache, v_cache, ldo, cols[m] + r0, cols[m] + r1, rotate)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -302,17 +337,18 @@ def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps, rotate):
 
 
 @njit(cache=True, _nrt=False)
-def _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, c0, c1, rotate):
+def _rope_and_store(dims, layer, n_tok, batch, s, k_cache, v_cache, ldo, c0, c1, rotate):
     """Columns c0..c1 (multiples of 16) of every token's q | k | v row, just projected:
     rotate q and k (adjacent pairs, unless a NoPE layer; NEOX heads were rotated whole
     before), round q to f16 for the K.Q products (as ggml does for an f16 cache), and append
-    k and v to the cache. A chunk of the projections does this for its own rows, so no phase
+    k and v to each token's sequence in the cache. A chunk of the projections does this for its own rows, so no phase
     (and no barrier) is needed between the projections and attention."""
     hd = dims.head_dim
     n_q = dims.n_head * hd
     n_kv = dims.n_head_kv * hd
     for t in range(n_tok):
         row = t * ldo
+        pos = batch.pos[t]
         for c in range(c0, c1, 16):
             d = c % hd  # rotated pairs never straddle a 16-column group: n_rot is even
             if rotate and dims.rope_neox == 0 and d < dims.n_rot and c < n_q + n_kv:
@@ -321,17 +357,28 @@ def _rope_and_store(dims, layer, n_tok, pos0, s, k_cache, v_cache, ldo, c0, c1, 
             if c < n_q:
                 store(s.qkv, row + c, round_f16(x))
             elif c < n_q + n_kv:
-                region = (layer * dims.n_head_kv + (c - n_q) // hd) * dims.n_ctx * hd
-                store_key16(k_cache, region, pos0 + t, hd, d, x)
+                region = batch.kv[t] + (layer * dims.n_head_kv + (c - n_q) // hd) * dims.n_ctx * hd
+                store_key16(k_cache, region, pos, hd, d, x)
             else:
-                region = (layer * dims.n_head_kv + (c - n_q - n_kv) // hd) * dims.n_ctx * hd
-                store_value16(v_cache, region, pos0 + t, hd, d, x)
+                region = batch.kv[t] + (layer * dims.n_head_kv + (c - n_q - n_kv) // hd) * dims.n_ctx * hd
+                store_value16(v_cache, region, pos, hd, d, x)
 
 
 @njit(cache=True, _nrt=False)
-def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, pos0, s, k_cache, v_cache, ldo, kq_scale):
+def _run_end(batch, t, end):
+    """End of the run from token t: the tokens before `end` that continue t's sequence at
+    the next positions (one tile of attention)."""
+    u = t + 1
+    while u < end and batch.kv[u] == batch.kv[t] and batch.pos[u] == batch.pos[u - 1] + 1:
+        u += 1
+    return u
+
+
+@njit(cache=True, _nrt=False)
+def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, batch, s, k_cache, v_cache, ldo, kq_scale):
     """Attention output of tokens first..n_tok-1 into s.att (chunk = the query heads of one
-    KV head x 8 tokens, the latest tokens, which see the most positions, first)."""
+    KV head x 8 tokens, the latest tokens, which see the most positions, first; each run of
+    one sequence in them attends to its own region of the cache)."""
     hd = dims.head_dim
     group = dims.n_head // dims.n_head_kv
     tiles = (n_tok - first + TOKENS_PER_ATTENTION_CHUNK - 1) // TOKENS_PER_ATTENTION_CHUNK
@@ -344,11 +391,15 @@ def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, pos0, s, k_cache, 
         if c >= n:
             break
         g = c % dims.n_head_kv
-        t0 = first + (tiles - 1 - c // dims.n_head_kv) * TOKENS_PER_ATTENTION_CHUNK
-        nt = min(TOKENS_PER_ATTENTION_CHUNK, n_tok - t0)
+        w0 = first + (tiles - 1 - c // dims.n_head_kv) * TOKENS_PER_ATTENTION_CHUNK
+        w1 = min(w0 + TOKENS_PER_ATTENTION_CHUNK, n_tok)
         region = (layer * dims.n_head_kv + g) * dims.n_ctx * hd
-        attend_tile(s.qkv, t0 * ldo + g * group * hd, ldo, nt, group, hd, pos0 + t0, k_cache, v_cache, region,
-                    kq_scale, s.att, t0 * n_q + g * group * hd, n_q, s.scores, work)
+        t0 = w0
+        while t0 < w1:
+            t1 = _run_end(batch, t0, w1)
+            attend_tile(s.qkv, t0 * ldo + g * group * hd, ldo, t1 - t0, group, hd, batch.pos[t0], k_cache, v_cache,
+                        batch.kv[t0] + region, kq_scale, s.att, t0 * n_q + g * group * hd, n_q, s.scores, work)
+            t0 = t1
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -356,7 +407,7 @@ def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, pos0, s, k_cache, 
 
 
 @njit(cache=True, _nrt=False)
-def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd):
+def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd, n_fast):
     """x[t] += W . src[t] (+ bias) for t0 <= t < t1: the attention output and FFN down
     projections. Each chunk owns its rows, so it adds them into x without a race."""
     T = net.tensors
@@ -368,7 +419,7 @@ def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd):
             break
         r0 = c * _chunk_rows(T, w, dims.n_threads)
         r1 = min(r0 + _chunk_rows(T, w, dims.n_threads), T[w, T_ROWS])
-        _matmul(net, w, r0, r1, t0, t1, src, s, s.tmp, n_embd, 0, 0)
+        _matmul(net, w, r0, r1, t0, t1, src, s, s.tmp, n_embd, 0, 0, n_fast)
         _add_bias(net, bias, r0, r1, t0, t1, s.tmp, n_embd, 0)
         for t in range(t0, t1):
             for r in range(r0, r1):
@@ -380,7 +431,7 @@ def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_ffn_up(ctr, ph, net, dims, layer, t0, t1, src, s, n_ff):
+def _phase_ffn_up(ctr, ph, net, dims, layer, t0, t1, src, s, n_ff, n_fast):
     """s.gate[t] = silu(W_gate . src[t]) * (W_up . src[t]) for t0 <= t < t1."""
     L = net.layers
     gate = L[layer, LAYER_GATE]
@@ -393,9 +444,9 @@ def _phase_ffn_up(ctr, ph, net, dims, layer, t0, t1, src, s, n_ff):
             break
         r0 = c * _chunk_rows(net.tensors, gate, dims.n_threads)
         r1 = min(r0 + _chunk_rows(net.tensors, gate, dims.n_threads), n_ff)
-        _matmul(net, gate, r0, r1, t0, t1, src, s, s.gate, n_ff, 0, 0)
+        _matmul(net, gate, r0, r1, t0, t1, src, s, s.gate, n_ff, 0, 0, n_fast)
         _add_bias(net, L[layer, LAYER_BGATE], r0, r1, t0, t1, s.gate, n_ff, 0)
-        _matmul(net, up, r0, r1, t0, t1, src, s, s.up, n_ff, 0, 0)
+        _matmul(net, up, r0, r1, t0, t1, src, s, s.up, n_ff, 0, 0, n_fast)
         _add_bias(net, L[layer, LAYER_BUP], r0, r1, t0, t1, s.up, n_ff, 0)
         for t in range(t0, t1):
             swiglu(s.gate, s.up, t * n_ff + r0, r1 - r0, s.gate)
@@ -406,7 +457,7 @@ def _phase_ffn_up(ctr, ph, net, dims, layer, t0, t1, src, s, n_ff):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_logits(ctr, ph, net, dims, t0, t1, src, s, logits, n_vocab):
+def _phase_logits(ctr, ph, net, dims, t0, t1, src, s, logits, n_vocab, n_fast):
     """logits[t - t0] = output . src[t] for t0 <= t < t1."""
     out_w = net.globals[GLOBAL_OUTPUT]
     n = _n_row_chunks(net.tensors, out_w, dims.n_threads)
@@ -417,7 +468,7 @@ def _phase_logits(ctr, ph, net, dims, t0, t1, src, s, logits, n_vocab):
             break
         r0 = c * _chunk_rows(net.tensors, out_w, dims.n_threads)
         r1 = min(r0 + _chunk_rows(net.tensors, out_w, dims.n_threads), n_vocab)
-        _matmul(net, out_w, r0, r1, t0, t1, src, s, logits, n_vocab, 0, t0)
+        _matmul(net, out_w, r0, r1, t0, t1, src, s, logits, n_vocab, 0, t0, n_fast)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -428,7 +479,7 @@ def _phase_logits(ctr, ph, net, dims, t0, t1, src, s, logits, n_vocab):
 
 
 @njit(cache=True, _nrt=False, nogil=True)
-def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, out_t0, s, logits, ctr):
+def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, batch, out_t0, s, logits, ctr):
     """One thread's part of the forward pass (all threads run it; see the module docstring).
     ith numbers the thread, for its private attention scratch."""
     T, L = net.tensors, net.layers
@@ -438,27 +489,28 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, ou
     n_kv = dims.n_head_kv * hd
     ld_qkv = n_q + 2 * n_kv
     eps = fp.eps
-    ph = _phase_embed(ctr, np.int64(0), net, dims, fp, tokens, n_tok, pos0, s)
+    ph = _phase_embed(ctr, np.int64(0), net, dims, fp, tokens, n_tok, batch, s)
     for layer in range(dims.n_layer):
         # tokens whose hidden state still matters after this layer's attention
         t0 = out_t0 if layer == dims.n_layer - 1 else 0
         qkv_formats = _formats(T, L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         qkv_formats |= _formats(T, L[layer, LAYER_WQKV], -1, -1)
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s)
-        ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv, eps)
-        ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, pos0, s, k_cache, v_cache, ld_qkv, fp.kq_scale)
+        ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv, eps)
+        ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, batch, s, k_cache, v_cache, ld_qkv, fp.kq_scale)
         wo = L[layer, LAYER_WO]
         ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s)
-        ph = _phase_residual(ctr, ph, net, dims, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd)
+        ph = _phase_residual(ctr, ph, net, dims, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd, batch.n_fast)
         ffn_formats = _formats(T, L[layer, LAYER_GATE], L[layer, LAYER_UP], -1)
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_FFN_NORM], t0, n_tok, n_embd, eps, s.x, s.xn, ffn_formats, s)
-        ph = _phase_ffn_up(ctr, ph, net, dims, layer, t0, n_tok, s.xn, s, dims.n_ff)
+        ph = _phase_ffn_up(ctr, ph, net, dims, layer, t0, n_tok, s.xn, s, dims.n_ff, batch.n_fast)
         down = L[layer, LAYER_DOWN]
         ph = _phase_prepare(ctr, ph, t0, n_tok, dims.n_ff, s.gate, _formats(T, down, -1, -1), s)
-        ph = _phase_residual(ctr, ph, net, dims, down, L[layer, LAYER_BDOWN], t0, n_tok, s.gate, s, s.x, n_embd)
+        ph = _phase_residual(ctr, ph, net, dims, down, L[layer, LAYER_BDOWN], t0, n_tok, s.gate, s, s.x, n_embd,
+                             batch.n_fast)
     out_formats = _formats(T, net.globals[GLOBAL_OUTPUT], -1, -1)
     ph = _phase_norm(ctr, ph, net, net.globals[GLOBAL_OUTPUT_NORM], out_t0, n_tok, n_embd, eps, s.x, s.xn, out_formats, s)
-    _phase_logits(ctr, ph, net, dims, out_t0, n_tok, s.xn, s, logits, dims.n_vocab)
+    _phase_logits(ctr, ph, net, dims, out_t0, n_tok, s.xn, s, logits, dims.n_vocab, batch.n_fast)
 
 
 class Forward:
@@ -475,12 +527,11 @@ class Forward:
         self.n_threads = max(1, int(n_threads))
         self._pool = ThreadPoolExecutor(self.n_threads - 1, "llamatool") if self.n_threads > 1 else None
 
-    def __call__(self, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, out_t0, s, logits, counters):
-        """Evaluate tokens[:n_tok] at positions pos0..; logits of tokens out_t0..n_tok-1 go to
-        logits[(t - out_t0) * n_vocab:]. Keys and values are appended to the caches."""
+    def __call__(self, net, dims, fp, k_cache, v_cache, tokens, n_tok, batch, out_t0, s, logits, counters):
+        """Evaluate tokens[:n_tok] where batch says (positions, cache regions); logits of tokens
+        out_t0..n_tok-1 go to logits[(t - out_t0) * n_vocab:]. Keys and values go to the caches."""
         counters.fill(0)
-        args = (net, dims, fp, k_cache, v_cache, tokens, np.int64(n_tok), np.int64(pos0), np.int64(out_t0), s, logits,
-                counters)
+        args = (net, dims, fp, k_cache, v_cache, tokens, np.int64(n_tok), batch, np.int64(out_t0), s, logits, counters)
         helpers = [self._pool.submit(forward_worker, np.int64(i), *args) for i in range(1, self.n_threads)]
         forward_worker(np.int64(0), *args)
         for h in helpers:
