@@ -7,12 +7,13 @@ system prompt) evaluates only what is new. A request goes to the free slot whose
 shares the longest prefix with its prompt (else the one idle longest); beyond the slots,
 requests wait in a queue, first come first served.
 
-Scheduling: the worker steps every busy slot in turn, one forward call each (a prompt
-block of CACHE_BLOCK tokens, or one new token), through the single-sequence forward pass.
-Each slot's tokens depend only on its own cache, its sampler and the fixed way prompts are
-cut into blocks (see Slot), so a greedy request gives the same tokens alone or beside
-others, with its prompt cached or not, at any -np. (Not yet continuous batching: the
-forward pass takes one sequence per call, so slots take turns rather than share a call.)
+Scheduling (continuous batching): each step of the worker is one forward call over every
+busy slot: the next token of each slot that is generating, then prompt pieces of slots
+still reading theirs as long as the call has room (Model.eval_many). The weights are read
+once per step, whatever the number of slots. A slot's tokens depend only on its own cache,
+its sampler and the fixed way prompts are cut into blocks (see Slot), never on the other
+slots in the call, so a greedy request gives the same tokens alone or beside others, with
+its prompt cached or not, at any -np.
 
 A request is a Job: the HTTP side submits it and reads its events (Delta, Finished,
 Failed) from an asyncio queue; setting job.cancelled (a client that went away, shutdown)
@@ -132,32 +133,28 @@ class JobSampler:
 
 
 class Slot:
-    """A KV cache and the request using it. A prompt is read in CACHE_BLOCK-token blocks
-    aligned to absolute positions (one block per scheduler step), then its last, partial
-    block and the generation go through llamatool.generate.Generation.
+    """A KV cache (one sequence of the engine's CachePool) and the request using it.
 
-    Why aligned blocks: a token's keys and values depend, in their last bits, on how many
-    tokens the forward call held (the prompt path's matrix products are not bit-identical to
-    the one-token path's, nor across batch sizes). Reading every prompt in the same blocks,
-    and reusing only whole blocks that were read that way, makes a cached prompt give
-    exactly the tokens an uncached one gives."""
+    A request goes through three kinds of step: its prompt's whole CACHE_BLOCK-token blocks,
+    aligned to absolute positions, through the fast prompt products; the rest of the prompt
+    (1..CACHE_BLOCK tokens, the last one giving the first logits); then one token per step.
+    The last two take the one-token products (Model.eval_many's exact parts), whatever else
+    shares the forward call.
+
+    Why aligned blocks: the fast products' bits depend on how many tokens they hold.
+    Reading every prompt in the same blocks, and reusing only whole blocks that were read
+    that way, makes a cached prompt give exactly the tokens an uncached one gives; the
+    one-token products make a slot's tokens independent of the other slots."""
 
     def __init__(self, index: int, cache):
         self.index = index
-        self.cache = cache
+        self.cache = cache  # model.CacheState
         self.canonical = 0  # leading cache positions read as aligned whole blocks (reusable)
         self.job: Job | None = None
         self.last_used = 0.0
-        self._gen = None
-        self._tokens = None
-        self._sampler: JobSampler | None = None
-        self._stop: StopFilter | None = None
-        self._pieces: list[str] = []
         self.reused = 0  # prompt tokens of the current job taken from the cache
-        self._read_to = 0  # prompt position the block reading has reached
-        self._blocks_end = 0  # where block reading ends and Generation takes over
         self.generated = 0  # tokens sampled for the current job
-        self.sent_tokens = 0  # of which the text has been sent
+        self.stopped_by: str | None = None  # "stop" or "length" once generation has ended
 
     def common_prefix(self, ids: list[int]) -> int:
         n = 0
@@ -167,47 +164,89 @@ class Slot:
             n += 1
         return n
 
-    def assign(self, job: Job, model) -> None:
-        """Take job; model's cache is this slot's (the caller swapped it in)."""
+    def assign(self, job: Job, tokenizer, n_ctx: int) -> None:
         self.job = job
-        self._sampler = JobSampler(job, model.tokenizer)
-        self._stop = StopFilter(job.stops)
-        self._pieces, self.generated, self.sent_tokens = [], 0, 0
+        self.sampler = JobSampler(job, tokenizer)
+        self.stop = StopFilter(job.stops)
+        self.decoder = tokenizer.incremental_decoder(skip_special=True)
+        self.eog = tokenizer.eog_ids
+        self.n_ctx = n_ctx
+        self.generated, self.stopped_by, self._next = 0, None, None
+        self.pending = ""  # text decoded and not yet through the stop filter
+        self.decoded = self.sent = 0  # characters decoded so far, and sent
+        self.token_ends: list[int] = []  # per token whose log-probability is not sent: where its text ends
         self._blocks_end = CACHE_BLOCK * ((len(job.prompt_ids) - 1) // CACHE_BLOCK)
         self.reused = self._read_to = min(self.common_prefix(job.prompt_ids), self._blocks_end) // CACHE_BLOCK * CACHE_BLOCK
-        model.truncate(self.reused)
+        self.cache.truncate(self.reused)
         self.canonical = self.reused
 
-    def advance(self, model) -> bool:
-        """One step: read a prompt block, or sample one token. False once generation has
-        ended (then .result_reason says why)."""
-        if self._read_to < self._blocks_end:
-            end = self._read_to + CACHE_BLOCK
-            model.eval(self.job.prompt_ids[self._read_to:end])
-            self._read_to = self.canonical = end
-            return True
-        if self._tokens is None:
-            from ..generate import Generation
-
-            self._gen = Generation(model, self.job.prompt_ids, max_tokens=self.job.max_tokens,
-                                   on_text=self._pieces.append, sampler=self._sampler)
-            self._tokens = iter(self._gen)
-        try:
-            next(self._tokens)
-        except StopIteration:
-            return False
-        self.generated += 1
-        return True
-
     @property
-    def result_reason(self) -> str:
-        result = self._gen.result if self._gen is not None else None
-        return "stop" if result is not None and result.stop_reason == "eog" else "length"
+    def reading(self) -> bool:
+        """Still reading its prompt."""
+        return self._read_to < len(self.job.prompt_ids)
+
+    def part(self, budget: int):
+        """This slot's tokens for the next forward call (a model.Part), None if they do not
+        fit in budget tokens."""
+        from ..model import Part
+
+        ids = self.job.prompt_ids
+        if self._read_to < self._blocks_end:
+            return Part(self.cache, ids[self._read_to:self._read_to + CACHE_BLOCK], exact=False, logits=False) \
+                if budget >= CACHE_BLOCK else None
+        rest = ids[self._read_to:] if self.reading else [self._next]
+        return Part(self.cache, rest) if len(rest) <= budget else None
+
+    def advance(self, logits) -> None:
+        """After the forward call that evaluated part(): note a block read, or sample the
+        next token from logits (sets stopped_by when generation ends)."""
+        if self._read_to < self._blocks_end:
+            self._read_to = self.canonical = self._read_to + CACHE_BLOCK
+            return
+        self._read_to = len(self.job.prompt_ids)
+        limit = self.job.max_tokens
+        if 0 <= limit <= self.generated:
+            self._end("length")
+            return
+        token = self.sampler(logits, self.cache.history)
+        if token in self.eog:  # not part of the completion
+            if self.job.top_logprobs is not None:
+                self.sampler.entries.pop()
+            self._end("stop")
+            return
+        self.generated += 1
+        self._add_text(self.decoder.add(token))
+        self.token_ends.append(self.decoded)
+        self._next = token
+        if 0 <= limit <= self.generated or self.cache.n_past >= self.n_ctx:
+            self._end("length")
+
+    def _add_text(self, text: str) -> None:
+        self.pending += text
+        self.decoded += len(text)
+
+    def _end(self, reason: str) -> None:
+        self._add_text(self.decoder.flush())
+        self.stopped_by = reason
+
+    def take_text(self, final: bool = False) -> tuple[str, list[dict]]:
+        """The text that may go out now (stop strings held back or cut) and the
+        log-probabilities of the tokens whose text it completes (at the end: all the rest)."""
+        out = self.stop.push(self.pending)
+        self.pending = ""
+        if final:
+            out += self.stop.flush()
+        if not out and not final:
+            return "", []  # a token without text of its own goes out with the next text
+        self.sent += len(out)
+        n = len(self.token_ends) if final else sum(1 for end in self.token_ends if end <= self.sent)
+        del self.token_ends[:n]
+        entries = self.sampler.entries[:n]
+        del self.sampler.entries[:n]
+        return out, entries
 
     def clear(self) -> None:
-        if self._tokens is not None:
-            self._tokens.close()
-        self.job = self._gen = self._tokens = self._sampler = self._stop = None
+        self.job = self.sampler = self.stop = self.decoder = None
         self.last_used = time.perf_counter()
 
 
@@ -218,8 +257,10 @@ class Engine:
         self.model = model
         self.tokenizer = model.tokenizer
         self.metrics = metrics
-        # each slot its own cache; the model's own one stays installed between steps (embeddings use it)
-        self.slots = [Slot(i, model.new_cache()) for i in range(n_slots)]
+        # each slot its own cache, all in one pool (one forward call extends them all); the
+        # model's own cache is left to embeddings
+        self.pool = model.new_caches(n_slots)
+        self.slots = [Slot(i, cache) for i, cache in enumerate(self.pool.states)]
         self._waiting: deque[Job] = deque()
         self._calls: deque[tuple[Callable, Future]] = deque()
         self._cond = threading.Condition()
@@ -288,9 +329,7 @@ class Engine:
                 self._admit()
             for fn, future in calls:
                 self._run_call(fn, future)
-            for slot in self.slots:
-                if slot.job is not None:
-                    self._step(slot)
+            self._step()
         for slot in self.slots:
             if slot.job is not None:
                 slot.clear()
@@ -307,11 +346,7 @@ class Engine:
             if job.cancelled:
                 continue
             best = max(free, key=lambda s: (s.common_prefix(job.prompt_ids), -s.last_used))
-            with self._using(best):
-                best.assign(job, self.model)
-
-    def _using(self, slot: Slot):
-        return _CacheSwap(self.model, slot)
+            best.assign(job, self.tokenizer, self.model.n_ctx)
 
     def _run_call(self, fn: Callable, future: Future) -> None:
         try:
@@ -319,16 +354,39 @@ class Engine:
         except BaseException as e:  # the caller turns it into an HTTP error
             future.set_exception(e)
 
-    def _step(self, slot: Slot) -> None:
-        job = slot.job
-        if job.cancelled:
-            self._count("requests_cancelled")
-            slot.clear()
+    def _step(self) -> None:
+        """One forward call over every busy slot: the next token of those generating, then
+        prompt blocks as long as the call has room (slots that have waited longest first)."""
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._count("requests_cancelled")
+                slot.clear()
+        busy = [s for s in self.slots if s.job is not None]
+        busy.sort(key=lambda s: (s.reading, s.job.submitted))
+        budget, planned = self.model.n_batch, []
+        for slot in busy:
+            part = slot.part(budget)
+            if part is None:
+                break
+            planned.append((slot, part))
+            budget -= len(part.ids)
+        if not planned:
             return
+        try:
+            logits = iter(self.model.eval_many(self.pool, [part for _, part in planned]))
+        except Exception as e:  # a bug: fail the requests of this call, keep serving
+            traceback.print_exc(file=sys.stderr)
+            for slot, _ in planned:
+                self._fail(slot, server_error(f"internal error: {type(e).__name__}: {e}"))
+            return
+        for slot, part in planned:
+            self._advance(slot, next(logits) if part.logits else None)
+
+    def _advance(self, slot: Slot, logits) -> None:
+        job = slot.job
         generated = slot.generated
         try:
-            with self._using(slot):
-                going = slot.advance(self.model)
+            slot.advance(logits)
         except LlamatoolError as e:
             self._fail(slot, bad_request(str(e)))
             return
@@ -336,31 +394,21 @@ class Engine:
             traceback.print_exc(file=sys.stderr)
             self._fail(slot, server_error(f"internal error: {type(e).__name__}: {e}"))
             return
-        if not going:
-            self._finish(slot, slot.result_reason)
-            return
-        if slot.generated == generated:
-            return  # a prompt block was read
-        if slot.generated == 1 and self.metrics:
+        if slot.generated == 1 and generated == 0 and self.metrics:
             self.metrics.first_token(time.perf_counter() - job.submitted)
+        if slot.stopped_by is not None:
+            self._finish(slot, slot.stopped_by)
+            return
         self._emit_text(slot)
-        if slot._stop.stopped:
+        if slot.stop.stopped:
             self._finish(slot, "stop")
 
     def _emit_text(self, slot: Slot, final: bool = False) -> None:
         """Send the text made so far (minus what a stop string may still claim), with the
         log-probabilities of the tokens it completes."""
-        text = "".join(slot._pieces)
-        slot._pieces.clear()
-        out = slot._stop.push(text)
-        if final:
-            out += slot._stop.flush()
-        if out:
-            n = slot.generated - slot.sent_tokens
-            entries = slot._sampler.entries
-            slot.job.send(Delta(out, entries[:n]))
-            del entries[:n]
-            slot.sent_tokens = slot.generated
+        out, entries = slot.take_text(final)
+        if out or entries:
+            slot.job.send(Delta(out, entries))
 
     def _finish(self, slot: Slot, reason: str) -> None:
         job = slot.job
@@ -369,7 +417,7 @@ class Engine:
         completion = slot.generated
         if self.metrics:
             self.metrics.finished(len(job.prompt_ids) - cached, cached, completion, time.perf_counter() - job.submitted)
-        job.send(Finished("stop" if slot._stop.stopped else reason, len(job.prompt_ids), completion, cached))
+        job.send(Finished("stop" if slot.stop.stopped else reason, len(job.prompt_ids), completion, cached))
         slot.clear()
 
     def _fail(self, slot: Slot, error: APIError) -> None:
@@ -381,16 +429,3 @@ class Engine:
         if self.metrics:
             self.metrics.count(name)
 
-
-class _CacheSwap:
-    """with: the model evaluates into slot's cache (the model's own one is put back after)."""
-
-    def __init__(self, model, slot: Slot):
-        self.model, self.slot = model, slot
-
-    def __enter__(self):
-        self._outer = self.model.select_cache(self.slot.cache)
-
-    def __exit__(self, *exc):
-        self.slot.cache = self.model.select_cache(self._outer)
-        return False
