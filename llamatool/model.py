@@ -460,11 +460,11 @@ class Model:
         order = [(p, 0, len(p.ids)) for p in fast]
         order += [(p, 0, len(p.ids) - p.logits) for p in exact]
         order += [(p, len(p.ids) - 1, len(p.ids)) for p in exact if p.logits]
+        for p in parts:
+            self._check_ids(np.asarray(p.ids, np.int64), p.state.n_past)
         n = sum(b - a for _, a, b in order)
         if n > self.n_batch:
             raise LlamatoolError(f"internal error: {n} tokens in one call, more than the batch size {self.n_batch}")
-        for p in parts:
-            self._check_ids(np.asarray(p.ids, np.int64), p.state.n_past)
         ids = np.empty(n, np.int64)
         t = 0
         for p, a, b in order:

@@ -119,3 +119,38 @@ def test_stop_cancels_running_and_waiting_jobs(model):
     assert running.done.is_set() and waiting.done.is_set()
     assert isinstance(running.events[-1], Failed) and running.events[-1].error.status == 503
     assert isinstance(waiting.events[-1], Failed)
+
+
+def test_busy_slots_share_each_forward_call(model):
+    """Continuous batching: with four requests running, each forward call carries the next
+    token of every one of them, and each request gets the tokens it gets alone."""
+    engine = Engine(model, 4)
+    prompts = [model.tokenizer.encode(f"Once upon a time, in town number {i}, there", add_special=True) for i in range(4)]
+    calls = []
+    original = model.eval_many
+
+    def recording(pool, parts):
+        calls.append([len(p.ids) for p in parts])
+        return original(pool, parts)
+
+    model.eval_many = recording
+    engine.start()
+    try:
+        alone = []
+        for ids in prompts:
+            c = Collector()
+            engine.submit(job(ids, c, max_tokens=10))
+            assert c.done.wait(120)
+            alone.append(c.text)
+        calls.clear()
+        together = [Collector() for _ in prompts]
+        with engine._cond:  # all four are admitted in the same step
+            for ids, c in zip(prompts, together):
+                engine.submit(job(ids, c, max_tokens=10))
+        assert all(c.done.wait(120) for c in together)
+        assert [c.text for c in together] == alone
+        assert calls[0] == [len(ids) for ids in prompts]  # the four prompts in one call
+        assert calls.count([1, 1, 1, 1]) >= 8  # then one token of each per call
+    finally:
+        del model.eval_many
+        engine.stop()
