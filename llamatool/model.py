@@ -447,41 +447,53 @@ class Model:
         advance), all in one forward call; returns the logits of the last token of each
         part that asks for them (logits=True), in the order of parts.
 
-        Every part gets the bits it would get alone: the tokens of `exact` parts go through
-        the one-token products (kernels/forward.py, batch invariance); the others, whole
-        prompt blocks whose bits may depend on the block's size, through the fast ones, and
-        then need no logits (logits=False). At most n_batch tokens per call."""
+        Every part gets the bits it would get alone. The tokens of `exact` parts go through
+        the one-token products (kernels/forward.py, batch invariance); the others, prompt
+        pieces of at least min_fast_tokens tokens, through the fast products for many
+        tokens, whose bits for a token do not depend on which other tokens share them as
+        long as there are that many (kernels/gemm.py): a piece gets the bits Model.eval
+        gives it. At most n_batch tokens per call."""
         fast = [p for p in parts if not p.exact]
         exact = [p for p in parts if p.exact]
-        if any(p.logits for p in fast):
-            raise LlamatoolError("internal error: a fast part cannot return logits")
-        # token order: fast parts, then exact tokens without logits, then one token per part
-        # with logits (the forward pass gives logits to a tail of the batch)
-        order = [(p, 0, len(p.ids)) for p in fast]
-        order += [(p, 0, len(p.ids) - p.logits) for p in exact]
-        order += [(p, len(p.ids) - 1, len(p.ids)) for p in exact if p.logits]
+        if any(len(p.ids) < self.min_fast_tokens for p in fast):
+            raise LlamatoolError(f"internal error: a fast part needs at least {self.min_fast_tokens} tokens")
         for p in parts:
             self._check_ids(np.asarray(p.ids, np.int64), p.state.n_past)
-        n = sum(b - a for _, a, b in order)
+        # the forward pass gives logits to a tail of the batch, and one-token products to
+        # another: fast tokens, their last ones with logits, exact tokens, theirs with logits
+        groups = [[(p, 0, len(p.ids) - p.logits) for p in fast], [(p, len(p.ids) - 1, len(p.ids)) for p in fast if p.logits],
+                  [(p, 0, len(p.ids) - p.logits) for p in exact], [(p, len(p.ids) - 1, len(p.ids)) for p in exact if p.logits]]
+        sizes = [sum(b - a for _, a, b in g) for g in groups]
+        n = sum(sizes)
         if n > self.n_batch:
             raise LlamatoolError(f"internal error: {n} tokens in one call, more than the batch size {self.n_batch}")
         ids = np.empty(n, np.int64)
         t = 0
-        for p, a, b in order:
+        for p, a, b in (item for g in groups for item in g):
             ids[t:t + b - a] = p.ids[a:b]
             self._pos[t:t + b - a] = np.arange(p.state.n_past + a, p.state.n_past + b)
             self._kv[t:t + b - a] = p.state.offset
             t += b - a
-        n_out = sum(p.logits for p in exact)
-        logits = np.empty((n_out, self.args.n_vocab), np.float32)
-        n_fast = sum(len(p.ids) for p in fast)
-        batch = self._Batch(self._pos, self._kv, np.int64(n_fast))
-        self._forward(self._net, self._dims, self._rope, pool.k, pool.v, ids, n, batch, n - n_out, self._scratch,
+        # logits of group 1 and of group 3 (exact tokens without logits between them get
+        # some too: only short prompts have such tokens)
+        out_t0 = sizes[0] if sizes[1] else n - sizes[3]
+        logits = np.empty((n - out_t0, self.args.n_vocab), np.float32)
+        batch = self._Batch(self._pos, self._kv, np.int64(sizes[0] + sizes[1]))
+        self._forward(self._net, self._dims, self._rope, pool.k, pool.v, ids, n, batch, out_t0, self._scratch,
                       logits.reshape(-1), self._counters)
         for p in parts:
             p.state.n_past += len(p.ids)
             p.state.history.extend(int(t) for t in p.ids)
-        return list(logits)
+        rows = dict(zip([id(p) for p, _, _ in groups[1]], logits[:sizes[1]]))
+        rows.update(zip([id(p) for p, _, _ in groups[3]], logits[len(logits) - sizes[3]:]))
+        return [rows[id(p)] for p in parts if p.logits]
+
+    @property
+    def min_fast_tokens(self) -> int:
+        """Fewest tokens a fast part of eval_many may have (the fast products' own minimum)."""
+        from . import kernel_api
+
+        return kernel_api.load("gemm").MIN_TOKENS
 
     # -- generation (see llamatool.generate) ----------------------------------------------------
     def generate(self, prompt, max_tokens: int = 128, **options):
@@ -545,7 +557,7 @@ class CachePool:
 @dataclass
 class Part:
     """A sequence's share of an eval_many call: tokens to append to its cache; exact: with
-    one-token bits (else they must form whole prompt blocks); logits: of its last token."""
+    one-token bits (else a prompt piece of at least min_fast_tokens); logits: of its last token."""
 
     state: CacheState
     ids: list[int]

@@ -60,18 +60,23 @@ def test_sequences_in_one_call_get_their_logits_alone(tmp_path, qtype):
     assert np.array_equal(one_by_one, alone[1][0])
 
 
-def test_a_block_read_in_a_batch_is_the_block_read_alone(tmp_path):
-    """A fast part (a whole prompt block) gets the fast products' bits, the same with or
-    without other sequences in the call: what the server's prompt-cache reuse relies on."""
-    model = tiny(tmp_path, "Q4_1")
-    model.eval(BLOCK)
-    reference = model.eval([7])
-    pool = model.new_caches(2)
-    a, b = pool.states
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q6_K"])
+def test_prompt_pieces_in_a_batch_get_model_eval_bits(tmp_path, qtype):
+    """Fast parts (prompt pieces of 8 tokens or more) get the bits Model.eval gives the whole
+    prompt in one call, however the prompt is cut and whatever shares the calls: what the
+    server's prompt-cache reuse relies on."""
+    model = tiny(tmp_path, qtype)
+    prompt = BLOCK + PROMPTS[1]
+    reference = model.eval(prompt)
+    after = model.eval([7])
+    pool = model.new_caches(3)
+    a, b, c = pool.states
     model.eval_many(pool, [Part(a, PROMPTS[0]), Part(b, BLOCK, exact=False, logits=False)])
-    logits = model.eval_many(pool, [Part(b, [7]), Part(a, [9])])[0]
-    assert np.array_equal(logits, reference)
-    assert b.history == BLOCK + [7] and a.history == PROMPTS[0] + [9]
+    first, _ = model.eval_many(pool, [Part(b, PROMPTS[1], exact=False), Part(c, BLOCK[:20], exact=False, logits=False),
+                                      Part(a, PROMPTS[2])])
+    assert np.array_equal(first, reference)
+    assert np.array_equal(model.eval_many(pool, [Part(a, [9]), Part(b, [7])])[1], after)
+    assert b.history == prompt + [7] and a.history == PROMPTS[0] + PROMPTS[2] + [9] and c.n_past == 20
 
 
 def test_eval_many_refuses_what_it_cannot_do(tmp_path):
@@ -82,6 +87,6 @@ def test_eval_many_refuses_what_it_cannot_do(tmp_path):
         model.eval_many(pool, [Part(a, [1] * 257)])
     with pytest.raises(LlamatoolError, match="outside the vocabulary"):
         model.eval_many(pool, [Part(a, [1]), Part(b, [10_000])])
-    with pytest.raises(LlamatoolError, match="fast part"):
-        model.eval_many(pool, [Part(a, BLOCK, exact=False, logits=True)])
+    with pytest.raises(LlamatoolError, match="fast part needs at least 8 tokens"):
+        model.eval_many(pool, [Part(a, BLOCK[:7], exact=False)])
     assert a.n_past == b.n_past == 0 and a.history == b.history == []

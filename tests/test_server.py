@@ -17,7 +17,7 @@ httpx = pytest.importorskip("httpx", reason="the test extra is not installed")
 openai = pytest.importorskip("openai", reason="the test extra is not installed")
 jsonschema = pytest.importorskip("jsonschema", reason="the test extra is not installed")
 
-from llamatool.server.engine import CACHE_BLOCK  # noqa: E402
+from llamatool.server.engine import CACHE_BLOCK, last_piece_start  # noqa: E402
 
 from .server_harness import ServerProcess  # noqa: E402
 
@@ -478,7 +478,7 @@ def test_a_cached_prompt_gives_the_uncached_tokens(client):
     n = u1.prompt_tokens
     assert n > 2 * CACHE_BLOCK and u1.prompt_tokens_details.cached_tokens == 0
     # every whole block before the last prompt token is reused (see engine.Slot) ...
-    assert u2.prompt_tokens_details.cached_tokens == (n - 1) // CACHE_BLOCK * CACHE_BLOCK
+    assert u2.prompt_tokens_details.cached_tokens == last_piece_start(n, 8)
     assert u3.prompt_tokens_details.cached_tokens >= CACHE_BLOCK
     # ... and the reply is the same token for token
     assert second == first

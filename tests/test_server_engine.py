@@ -11,7 +11,7 @@ pytest.importorskip("starlette", reason="the serve extra is not installed (pip i
 
 from llamatool.model import Model  # noqa: E402
 from llamatool.sampling import SamplingParams  # noqa: E402
-from llamatool.server.engine import CACHE_BLOCK, Delta, Engine, Failed, Finished, Job  # noqa: E402
+from llamatool.server.engine import CACHE_BLOCK, Delta, Engine, Failed, Finished, Job, last_piece_start  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +99,14 @@ def test_long_prompts_are_read_in_aligned_blocks_and_reused(model):
             assert c.done.wait(120)
             runs.append((c.text, c.events[-1]))
         (text1, done1), (text2, done2) = runs
-        assert done1.cached_tokens == 0 and done2.cached_tokens == (len(ids) - 1) // CACHE_BLOCK * CACHE_BLOCK
+        assert done1.cached_tokens == 0 and done2.cached_tokens == last_piece_start(len(ids), 8)
         assert text1 == text2
     finally:
         engine.stop()
+
+
+def test_the_last_prompt_piece_is_long_enough_for_the_fast_products():
+    assert [last_piece_start(n, 8) for n in (1, 7, 8, 64, 65, 71, 72, 128, 130, 200)] == [0, 0, 0, 0, 0, 0, 64, 64, 64, 192]
 
 
 def test_stop_cancels_running_and_waiting_jobs(model):

@@ -116,10 +116,12 @@ def check_common(req: S.Sampling) -> None:
         raise bad_request(f"n must be 1 (one choice per request), got {req.n}", "unsupported_n")
 
 
-def usage_of(done: Finished) -> S.Usage:
-    return S.Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
-                   total_tokens=done.prompt_tokens + done.completion_tokens,
-                   prompt_tokens_details={"cached_tokens": done.cached_tokens})
+def usage_of(dones: list[Finished]) -> S.Usage:
+    """The usage of a request: summed over its choices (one per prompt)."""
+    prompt = sum(d.prompt_tokens for d in dones)
+    completion = sum(d.completion_tokens for d in dones)
+    return S.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                   prompt_tokens_details={"cached_tokens": sum(d.cached_tokens for d in dones)})
 
 
 # --- generation: a job, its events, and the two response shapes ---------------------------------------
@@ -138,33 +140,43 @@ class ChatShape:
             out["usage"] = usage.model_dump()
         return out
 
-    def first(self):
-        return self._chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+    def first(self, index: int):
+        return self._chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                             "finish_reason": None})
 
-    def delta(self, d: Delta) -> dict:
+    def delta(self, d: Delta, index: int) -> dict:
         logprobs = {"content": d.logprobs} if self.logprobs else None
-        return self._chunk({"index": 0, "delta": {"content": d.text}, "logprobs": logprobs, "finish_reason": None})
+        return self._chunk({"index": index, "delta": {"content": d.text}, "logprobs": logprobs, "finish_reason": None})
 
-    def final(self, done: Finished) -> dict:
-        return self._chunk({"index": 0, "delta": {}, "logprobs": None, "finish_reason": done.reason})
+    def final(self, done: Finished, index: int) -> dict:
+        return self._chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": done.reason})
 
-    def usage(self, done: Finished) -> dict:
-        return self._chunk(None, usage_of(done))
+    def usage(self, dones: list[Finished]) -> dict:
+        return self._chunk(None, usage_of(dones))
 
-    def body(self, deltas: list[Delta], done: Finished) -> dict:
+    def choice(self, deltas: list[Delta], done: Finished, index: int):
         logprobs = S.ChatLogprobs(content=[e for d in deltas for e in d.logprobs]) if self.logprobs else None
-        choice = S.ChatChoice(message=S.ChatMessage(content="".join(d.text for d in deltas)), logprobs=logprobs,
-                              finish_reason=done.reason)
-        return S.ChatCompletion(id=self.rid, created=self.created, model=self.model, choices=[choice],
-                                usage=usage_of(done), system_fingerprint=FINGERPRINT).model_dump()
+        return S.ChatChoice(index=index, message=S.ChatMessage(content="".join(d.text for d in deltas)), logprobs=logprobs,
+                            finish_reason=done.reason)
+
+    def body(self, results: list[tuple[list[Delta], Finished]]) -> dict:
+        return S.ChatCompletion(id=self.rid, created=self.created, model=self.model,
+                                choices=[self.choice(d, f, i) for i, (d, f) in enumerate(results)],
+                                usage=usage_of([f for _, f in results]), system_fingerprint=FINGERPRINT).model_dump()
 
 
 class CompletionShape(ChatShape):
+    """With echo, each choice's text starts with its prompt (echo[i])."""
+
     object_name = "text_completion"
 
-    def first(self):
-        return None
+    def __init__(self, rid: str, created: int, model: str, logprobs: bool, echo: list[str] | None = None):
+        super().__init__(rid, created, model, logprobs)
+        self.echo = echo
+
+    def first(self, index: int):
+        return self._chunk({"index": index, "text": self.echo[index], "logprobs": None, "finish_reason": None}) \
+            if self.echo else None
 
     def _logprobs(self, deltas: list[Delta], offset: int = 0):
         if not self.logprobs:
@@ -178,84 +190,105 @@ class CompletionShape(ChatShape):
                                     top_logprobs=[{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
                                     text_offset=offsets).model_dump()
 
-    def delta(self, d: Delta) -> dict:
-        return self._chunk({"index": 0, "text": d.text, "logprobs": self._logprobs([d]), "finish_reason": None})
+    def delta(self, d: Delta, index: int) -> dict:
+        return self._chunk({"index": index, "text": d.text, "logprobs": self._logprobs([d]), "finish_reason": None})
 
-    def final(self, done: Finished) -> dict:
-        return self._chunk({"index": 0, "text": "", "logprobs": None, "finish_reason": done.reason})
+    def final(self, done: Finished, index: int) -> dict:
+        return self._chunk({"index": index, "text": "", "logprobs": None, "finish_reason": done.reason})
 
-    def body(self, deltas: list[Delta], done: Finished) -> dict:
-        choice = S.CompletionChoice(text="".join(d.text for d in deltas), logprobs=self._logprobs(deltas),
-                                    finish_reason=done.reason)
-        return S.Completion(id=self.rid, created=self.created, model=self.model, choices=[choice],
-                            usage=usage_of(done), system_fingerprint=FINGERPRINT).model_dump()
+    def choice(self, deltas: list[Delta], done: Finished, index: int):
+        text = (self.echo[index] if self.echo else "") + "".join(d.text for d in deltas)
+        return S.CompletionChoice(index=index, text=text, logprobs=self._logprobs(deltas), finish_reason=done.reason)
+
+    def body(self, results: list[tuple[list[Delta], Finished]]) -> dict:
+        return S.Completion(id=self.rid, created=self.created, model=self.model,
+                            choices=[self.choice(d, f, i) for i, (d, f) in enumerate(results)],
+                            usage=usage_of([f for _, f in results]), system_fingerprint=FINGERPRINT).model_dump()
 
 
-def submit_job(state: ServerState, **fields) -> tuple[Job, asyncio.Queue]:
+def submit_jobs(state: ServerState, requests: list[dict]) -> tuple[list[Job], asyncio.Queue]:
+    """One job per choice; their events arrive on one queue as (choice index, event)."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
 
-    def emit(event) -> None:
-        try:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-            pass
+    def emitter(index: int):
+        def emit(event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (index, event))
+            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+                pass
 
-    job = Job(emit=emit, **fields)
-    state.engine.submit(job)
-    return job, events
+        return emit
+
+    jobs = [Job(emit=emitter(i), **fields) for i, fields in enumerate(requests)]
+    try:
+        for job in jobs:
+            state.engine.submit(job)
+    except APIError:
+        _cancel(jobs)
+        raise
+    return jobs, events
 
 
-async def respond(request: Request, state: ServerState, req: S.Sampling, shape: ChatShape, **job_fields):
-    job, events = submit_job(state, **job_fields)
+def _cancel(jobs: list[Job]) -> None:
+    for job in jobs:
+        job.cancel()  # no-op once finished; frees the slot of one still running
+
+
+async def respond(request: Request, state: ServerState, req: S.Sampling, shape: ChatShape, requests: list[dict]):
+    jobs, events = submit_jobs(state, requests)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(stream_events(job, events, shape, include_usage), media_type="text/event-stream",
+        return StreamingResponse(stream_events(jobs, events, shape, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    deltas = []
+    deltas: list[list[Delta]] = [[] for _ in jobs]
+    done: dict[int, Finished] = {}
     try:
-        while True:
+        while len(done) < len(jobs):
             try:
-                event = await asyncio.wait_for(events.get(), timeout=0.5)
+                index, event = await asyncio.wait_for(events.get(), timeout=0.5)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
-                    job.cancel()
                     return PlainTextResponse("", status_code=499)
                 continue
             if isinstance(event, Delta):
-                deltas.append(event)
+                deltas[index].append(event)
             elif isinstance(event, Failed):
                 return event.error.response()
             else:
-                return JSONResponse(shape.body(deltas, event))
+                done[index] = event
+        return JSONResponse(shape.body([(deltas[i], done[i]) for i in range(len(jobs))]))
     finally:
-        job.cancel()  # no-op once finished; frees the slot if this handler was cancelled
+        _cancel(jobs)  # frees the slots if this handler was cancelled or one choice failed
 
 
 def sse(data) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def stream_events(job: Job, events: asyncio.Queue, shape: ChatShape, include_usage: bool):
+async def stream_events(jobs: list[Job], events: asyncio.Queue, shape: ChatShape, include_usage: bool):
     try:
-        first = shape.first()
-        if first is not None:
-            yield sse(first)
-        while True:
-            event = await events.get()
+        for index in range(len(jobs)):
+            first = shape.first(index)
+            if first is not None:
+                yield sse(first)
+        done: dict[int, Finished] = {}
+        while len(done) < len(jobs):
+            index, event = await events.get()
             if isinstance(event, Delta):
-                yield sse(shape.delta(event))
+                yield sse(shape.delta(event, index))
             elif isinstance(event, Failed):
                 yield sse(event.error.body())
                 break
             else:
-                yield sse(shape.final(event))
-                if include_usage:
-                    yield sse(shape.usage(event))
-                break
+                done[index] = event
+                yield sse(shape.final(event, index))
+        else:
+            if include_usage:
+                yield sse(shape.usage([done[i] for i in range(len(jobs))]))
         yield "data: [DONE]\n\n"
     finally:
-        job.cancel()  # a client that went away frees its slot at the worker's next step
+        _cancel(jobs)  # a client that went away frees its slots at the worker's next step
 
 
 # --- routes ------------------------------------------------------------------------------------------
@@ -288,26 +321,27 @@ async def chat_completions(request: Request):
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     top = (req.top_logprobs or 0) if req.logprobs else None
     shape = ChatShape(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), st.alias, req.logprobs)
-    return await respond(request, st, req, shape, prompt_ids=ids, max_tokens=-1 if max_tokens is None else max_tokens,
-                         sampling=sampling_of(req), stops=req.stop_strings(), top_logprobs=top, constraint=constraint)
+    return await respond(request, st, req, shape, [dict(
+        prompt_ids=ids, max_tokens=-1 if max_tokens is None else max_tokens, sampling=sampling_of(req),
+        stops=req.stop_strings(), top_logprobs=top, constraint=constraint)])
 
 
 async def completions(request: Request):
     st = _state(request)
     req = await read_body(request, S.CompletionRequest)
     check_common(req)
-    if req.echo:
-        raise bad_request("echo is not supported", "unsupported_echo")
-    constraint = await run_in_threadpool(_constraint, st, req.response_format)
-    if isinstance(req.prompt, str):
-        ids = await run_in_threadpool(_encode, st, req.prompt)
-    else:
-        ids = list(req.prompt)
-    ids = check_prompt(st, ids)
-    shape = CompletionShape(f"cmpl-{uuid.uuid4().hex}", int(time.time()), st.alias, req.logprobs is not None)
-    return await respond(request, st, req, shape, prompt_ids=ids, max_tokens=-1 if req.max_tokens is None else req.max_tokens,
-                         sampling=sampling_of(req), stops=req.stop_strings(), top_logprobs=req.logprobs,
-                         constraint=constraint)
+    if req.echo and req.logprobs is not None:
+        raise bad_request("echo with logprobs is not supported: the prompt tokens' log-probabilities would need "
+                          "logits at every prompt position", "unsupported_echo_logprobs")
+    prompts = req.prompts()
+    ids = [check_prompt(st, await run_in_threadpool(_encode, st, p) if isinstance(p, str) else list(p)) for p in prompts]
+    echo = [p if isinstance(p, str) else st.model.tokenizer.decode(i) for p, i in zip(prompts, ids)] if req.echo else None
+    shape = CompletionShape(f"cmpl-{uuid.uuid4().hex}", int(time.time()), st.alias, req.logprobs is not None, echo)
+    # every prompt its own job (each with its own grammar state): they run side by side in the slots
+    requests = [dict(prompt_ids=i, max_tokens=-1 if req.max_tokens is None else req.max_tokens, sampling=sampling_of(req),
+                     stops=req.stop_strings(), top_logprobs=req.logprobs,
+                     constraint=await run_in_threadpool(_constraint, st, req.response_format)) for i in ids]
+    return await respond(request, st, req, shape, requests)
 
 
 async def tokenize(request: Request):

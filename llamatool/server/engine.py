@@ -132,19 +132,27 @@ class JobSampler:
 # --- slots -------------------------------------------------------------------------------------
 
 
+def last_piece_start(n_prompt: int, min_fast: int) -> int:
+    """Where the last piece of an n_prompt-token prompt starts: after its whole
+    CACHE_BLOCK-token blocks, but leaving the piece at least min_fast tokens (the fast
+    products' minimum) unless the prompt itself is shorter."""
+    start = CACHE_BLOCK * ((n_prompt - 1) // CACHE_BLOCK)
+    return start - CACHE_BLOCK if 0 < n_prompt - start < min_fast and start > 0 else start
+
+
 class Slot:
     """A KV cache (one sequence of the engine's CachePool) and the request using it.
 
     A request goes through three kinds of step: its prompt's whole CACHE_BLOCK-token blocks,
-    aligned to absolute positions, through the fast prompt products; the rest of the prompt
-    (1..CACHE_BLOCK tokens, the last one giving the first logits); then one token per step.
-    The last two take the one-token products (Model.eval_many's exact parts), whatever else
-    shares the forward call.
+    aligned to absolute positions; the last piece of the prompt (its last token gives the
+    first logits); then one token per step. Prompt pieces of gemm.MIN_TOKENS tokens or more
+    take the fast products for many tokens, whose bits for a token do not depend on the
+    other tokens in the call; shorter prompts and generated tokens take the one-token
+    products (Model.eval_many's exact parts), whose bits do not either.
 
-    Why aligned blocks: the fast products' bits depend on how many tokens they hold.
-    Reading every prompt in the same blocks, and reusing only whole blocks that were read
-    that way, makes a cached prompt give exactly the tokens an uncached one gives; the
-    one-token products make a slot's tokens independent of the other slots."""
+    Reuse: a slot keeps the whole aligned blocks it read (`canonical`); a later prompt that
+    starts with them reads only the rest, with the bits it would give them anyway, so a
+    cached prompt gives exactly the tokens an uncached one gives."""
 
     def __init__(self, index: int, cache):
         self.index = index
@@ -164,7 +172,7 @@ class Slot:
             n += 1
         return n
 
-    def assign(self, job: Job, tokenizer, n_ctx: int) -> None:
+    def assign(self, job: Job, tokenizer, n_ctx: int, min_fast: int) -> None:
         self.job = job
         self.sampler = JobSampler(job, tokenizer)
         self.stop = StopFilter(job.stops)
@@ -175,7 +183,8 @@ class Slot:
         self.pending = ""  # text decoded and not yet through the stop filter
         self.decoded = self.sent = 0  # characters decoded so far, and sent
         self.token_ends: list[int] = []  # per token whose log-probability is not sent: where its text ends
-        self._blocks_end = CACHE_BLOCK * ((len(job.prompt_ids) - 1) // CACHE_BLOCK)
+        self.min_fast = min_fast
+        self._blocks_end = last_piece_start(len(job.prompt_ids), min_fast)
         self.reused = self._read_to = min(self.common_prefix(job.prompt_ids), self._blocks_end) // CACHE_BLOCK * CACHE_BLOCK
         self.cache.truncate(self.reused)
         self.canonical = self.reused
@@ -194,8 +203,10 @@ class Slot:
         if self._read_to < self._blocks_end:
             return Part(self.cache, ids[self._read_to:self._read_to + CACHE_BLOCK], exact=False, logits=False) \
                 if budget >= CACHE_BLOCK else None
-        rest = ids[self._read_to:] if self.reading else [self._next]
-        return Part(self.cache, rest) if len(rest) <= budget else None
+        if not self.reading:
+            return Part(self.cache, [self._next]) if budget >= 1 else None
+        rest = ids[self._read_to:]
+        return Part(self.cache, rest, exact=len(rest) < self.min_fast) if len(rest) <= budget else None
 
     def advance(self, logits) -> None:
         """After the forward call that evaluated part(): note a block read, or sample the
@@ -203,7 +214,11 @@ class Slot:
         if self._read_to < self._blocks_end:
             self._read_to = self.canonical = self._read_to + CACHE_BLOCK
             return
-        self._read_to = len(self.job.prompt_ids)
+        if self.reading:
+            n = len(self.job.prompt_ids)
+            if n - self._read_to >= self.min_fast:  # read by the fast products: whole blocks in it are reusable
+                self.canonical = n // CACHE_BLOCK * CACHE_BLOCK
+            self._read_to = n
         limit = self.job.max_tokens
         if 0 <= limit <= self.generated:
             self._end("length")
@@ -346,7 +361,7 @@ class Engine:
             if job.cancelled:
                 continue
             best = max(free, key=lambda s: (s.common_prefix(job.prompt_ids), -s.last_used))
-            best.assign(job, self.tokenizer, self.model.n_ctx)
+            best.assign(job, self.tokenizer, self.model.n_ctx, self.model.min_fast_tokens)
 
     def _run_call(self, fn: Callable, future: Future) -> None:
         try:

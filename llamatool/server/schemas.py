@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
+MAX_PROMPTS = 64  # prompts of one /v1/completions request (each becomes a request of its own)
 SEED_MAX = 2**64 - 1
 
 
@@ -91,10 +92,20 @@ class ChatRequest(Sampling):
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
+TokenIds = Annotated[list[int], Field(min_length=1)]
+
+
 class CompletionRequest(Sampling):
-    prompt: Union[str, Annotated[list[int], Field(min_length=1)]]
+    """prompt: a text, token ids, or a list of either (one choice per prompt, as OpenAI)."""
+
+    prompt: Union[str, TokenIds, Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)],
+                  Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]]
     logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
+
+    def prompts(self) -> list[Union[str, list[int]]]:
+        p = self.prompt
+        return [p] if isinstance(p, str) or isinstance(p[0], int) else list(p)
 
 
 class TokenizeRequest(Strict):
