@@ -263,6 +263,66 @@ def test_completion_logprobs_shape(http):
     assert lp["text_offset"][0] == 0 and all(len(t) == 2 for t in lp["top_logprobs"])
 
 
+def test_streamed_logprobs_arrive_with_the_text_they_complete(http):
+    """Each streamed chunk carries the log-probabilities of exactly the tokens its text
+    completes; with a stop string, those of tokens held back go out with the last chunk."""
+    body = {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0, "logprobs": 1, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        events = sse_events(r)
+    chunks = [e["choices"][0] for e in events if isinstance(e, dict) and e["choices"] and e["choices"][0]["text"]]
+    assert chunks and all("".join(c["logprobs"]["tokens"]) == c["text"] for c in chunks)
+    assert sum(len(c["logprobs"]["tokens"]) for c in chunks) == events[-2]["usage"]["completion_tokens"] == 24
+    text = "".join(c["text"] for c in chunks)
+    stop = text[12:15]
+    with http.stream("POST", "/v1/completions", json={**body, "stop": stop}) as r:
+        events = sse_events(r)
+    choices = [e["choices"][0] for e in events if isinstance(e, dict) and e["choices"] and e["choices"][0]["logprobs"]]
+    assert "".join(c["text"] for c in choices) == text[: text.find(stop)]
+    assert sum(len(c["logprobs"]["tokens"]) for c in choices) == events[-2]["usage"]["completion_tokens"]
+    sent = tokens = ""
+    for c in choices[:-1]:  # a token whose text is partly held back goes out with the rest of it
+        sent += c["text"]
+        tokens += "".join(c["logprobs"]["tokens"])
+        assert sent.startswith(tokens)
+
+
+def test_completion_echo(http):
+    body = {"prompt": "The sky is", "max_tokens": 6, "temperature": 0}
+    plain = http.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    echoed = http.post("/v1/completions", json={**body, "echo": True}).json()["choices"][0]["text"]
+    assert echoed == "The sky is" + plain
+    with http.stream("POST", "/v1/completions", json={**body, "echo": True, "stream": True}) as r:
+        events = sse_events(r)
+    assert events[0]["choices"][0]["text"] == "The sky is"
+    assert "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"]) == echoed
+    ids = http.post("/tokenize", json={"content": "The sky is"}).json()["tokens"]
+    from_ids = http.post("/v1/completions", json={**body, "prompt": ids, "echo": True}).json()["choices"][0]["text"]
+    assert from_ids == echoed
+    assert_error(http.post("/v1/completions", json={**body, "echo": True, "logprobs": 1}), 400)
+
+
+def test_completion_with_a_list_of_prompts(client, http):
+    """One choice per prompt (as OpenAI), each the text the prompt gives alone; usage sums."""
+    prompts = ["The sky is", "Two plus two is", "My favourite animal is"]
+    alone = [client.completions.create(model="smol", prompt=p, max_tokens=8, temperature=0) for p in prompts]
+    many = client.completions.create(model="smol", prompt=prompts, max_tokens=8, temperature=0)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    assert [c.text for c in many.choices] == [a.choices[0].text for a in alone]
+    assert many.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    assert many.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
+    streamed = ["", "", ""]
+    for chunk in client.completions.create(model="smol", prompt=prompts, max_tokens=8, temperature=0, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+    assert streamed == [c.text for c in many.choices]
+    ids = [http.post("/tokenize", json={"content": p}).json()["tokens"] for p in prompts]
+    from_ids = http.post("/v1/completions", json={"prompt": ids, "max_tokens": 8, "temperature": 0}).json()
+    assert [c["text"] for c in from_ids["choices"]] == streamed
+    for bad in ([], [[]], ["a", [1]], ["x"] * 65):
+        assert_error(http.post("/v1/completions", json={"prompt": bad, "max_tokens": 2}), 400)
+
+
 def test_seed_reproducibility(client):
     kw = dict(temperature=1.0, top_p=1.0, max_tokens=24, extra_body={"top_k": 0, "min_p": 0.0})
     a = [chat(client, "Tell me something surprising.", seed=s, **kw).choices[0].message.content for s in (7, 7, 8, 9)]
