@@ -8,7 +8,12 @@ Sends a bounded number of streamed chat requests (--requests per concurrency lev
 --max-tokens long) to 127.0.0.1 only, with --concurrency clients at a time, and reports per
 level: errors, generated tokens (from the usage chunk, else one per content chunk),
 aggregate generated tokens/s over the level's wall time, time to first token and request
-latency (p50/p95), and the server's resident memory before and after all levels.
+latency (p50/p95), and the server's resident memory before and after all levels (after a
+warm-up that has used every client slot, so memory that is committed once, such as the
+slots' KV caches, counts as "before"). --max-rss-growth MIB makes the exit status say
+whether it stayed within that and no request failed, e.g. 1,000 requests:
+
+    .venv/bin/python scripts/loadtest.py --requests 1000 --max-tokens 4 --concurrency 8 --max-rss-growth 8
 """
 
 from __future__ import annotations
@@ -149,7 +154,8 @@ async def run(args) -> dict:
     try:
         async with httpx.AsyncClient(timeout=args.timeout, limits=limits, headers=headers) as client:
             await wait_ready(client, url, proc)
-            await level(client, url, 1, 2, args.max_tokens)  # warm-up: compiled code, caches, first allocations
+            # warm-up: compiled code, every slot's cache, first allocations
+            await level(client, url, max(args.concurrency), max(args.concurrency), args.max_tokens)
             report = {"server": args.server if not args.url else url, "model": args.model, "np": args.np,
                       "max_tokens": args.max_tokens, "rss_before_mib": rss_mib(pid), "levels": []}
             for c in args.concurrency:
@@ -194,6 +200,8 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--json", help="also write the report here")
+    p.add_argument("--max-rss-growth", type=float, metavar="MIB",
+                   help="exit 1 if the server's RSS grew by more than MIB or any request failed")
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if not 1 <= args.requests <= 2000 or not all(1 <= c <= 64 for c in args.concurrency):
@@ -202,6 +210,14 @@ def main() -> None:
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.max_rss_growth is not None:
+        if report["rss_before_mib"] is None or report["rss_after_mib"] is None:
+            raise SystemExit("--max-rss-growth: the server's RSS is unknown (with --url, give --pid)")
+        growth = report["rss_after_mib"] - report["rss_before_mib"]
+        errors = sum(lv["errors"] for lv in report["levels"])
+        ok = growth <= args.max_rss_growth and errors == 0
+        print(f"check: RSS {growth:+.1f} MiB (limit {args.max_rss_growth:g}), {errors} errors: {'ok' if ok else 'FAILED'}")
+        sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
