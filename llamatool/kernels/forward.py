@@ -35,8 +35,9 @@ sum in another order than those of one token, so a token's bits would depend on 
 tokens share its call. Tokens Batch.n_fast.. therefore go through the one-token loops only
 (in groups whose result is bit for bit each token's alone: four tokens for the 32-weight
 and float types, whose four-token tile takes the one-token steps, one for the K-quants):
-a server's slot gets the same logits alone or beside others. Tokens ..n_fast may share
-the fast products (prompt batches; Model.eval uses them for every token).
+a server's slot gets the same logits alone or beside others. Tokens ..n_fast share the
+fast products (prompts; Model.eval uses them for every token); with gemm.MIN_TOKENS of them
+or more, a token's result there does not depend on the others either (gemm.py).
 
 The model arrives as a `Net` (built by llamatool.model): the mapped file `data`; `tensors`
 with one row per tensor (byte offset in data, ggml type, row length, row count, bytes per
