@@ -3,6 +3,7 @@
     .venv/bin/python scripts/loadtest.py -m models/SmolLM2-135M-Instruct.Q4_1.gguf            # starts llamatool serve
     .venv/bin/python scripts/loadtest.py -m MODEL --server /work/ref/build/bin/llama-server   # starts llama-server
     .venv/bin/python scripts/loadtest.py --url http://127.0.0.1:8080 --pid 1234              # a running server
+    .venv/bin/python scripts/loadtest.py --server llamatool --server /work/ref/build/bin/llama-server --rounds 5
 
 Sends a bounded number of streamed chat requests (--requests per concurrency level, each
 --max-tokens long) to 127.0.0.1 only, with --concurrency clients at a time, and reports per
@@ -54,12 +55,12 @@ def rss_mib(pid: int | None) -> float | None:
     return None
 
 
-def start_server(args) -> tuple[subprocess.Popen, str]:
+def start_server(args, server: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    if args.server == "llamatool":
+    if server == "llamatool":
         cmd = [sys.executable, "-m", "llamatool", "serve"]
     else:
-        cmd = [args.server]
+        cmd = [server]
     cmd += ["-m", args.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.np), "-c", str(args.ctx)]
     if args.threads:
         cmd += ["-t", str(args.threads)]
@@ -141,34 +142,60 @@ def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
 
 
-async def run(args) -> dict:
+async def run(args) -> list[dict]:
+    """One report per server. With several servers (all started at once, idle but for the
+    one being measured) each round runs every level on each server in turn, so they meet the
+    same machine load; a level's figures are then medians over the rounds."""
     import httpx
 
-    proc, url = (None, args.url) if args.url else start_server(args)
-    host = urlparse(url).hostname
-    if host not in LOOPBACK:
-        raise SystemExit(f"{url}: the load test only talks to this machine (127.0.0.1)")
-    pid = args.pid if args.url else proc.pid
+    if args.url:
+        targets = [(args.url, None, args.pid, args.url)]
+    else:
+        targets = [(url, proc, proc.pid, server) for server in args.server for proc, url in [start_server(args, server)]]
+    for url, *_ in targets:
+        if urlparse(url).hostname not in LOOPBACK:
+            raise SystemExit(f"{url}: the load test only talks to this machine (127.0.0.1)")
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
     try:
         async with httpx.AsyncClient(timeout=args.timeout, limits=limits, headers=headers) as client:
-            await wait_ready(client, url, proc)
-            # warm-up: compiled code, every slot's cache, first allocations
-            await level(client, url, max(args.concurrency), max(args.concurrency), args.max_tokens)
-            report = {"server": args.server if not args.url else url, "model": args.model, "np": args.np,
-                      "max_tokens": args.max_tokens, "rss_before_mib": rss_mib(pid), "levels": []}
-            for c in args.concurrency:
-                report["levels"].append(await level(client, url, c, args.requests, args.max_tokens))
-            report["rss_after_mib"] = rss_mib(pid)
-            return report
+            reports = []
+            for url, proc, pid, name in targets:
+                await wait_ready(client, url, proc)
+                # warm-up: compiled code, every slot's cache, first allocations
+                await level(client, url, max(args.concurrency), max(args.concurrency), args.max_tokens)
+                reports.append({"server": name, "model": args.model, "np": args.np, "max_tokens": args.max_tokens,
+                                "rss_before_mib": rss_mib(pid), "rounds": {c: [] for c in args.concurrency}})
+            for _ in range(args.rounds):
+                for c in args.concurrency:
+                    for (url, *_), report in zip(targets, reports):
+                        report["rounds"][c].append(await level(client, url, c, args.requests, args.max_tokens))
+            for (_, _, pid, _), report in zip(targets, reports):
+                report["levels"] = [merged(report["rounds"].pop(c)) for c in args.concurrency]
+                del report["rounds"]
+                report["rss_after_mib"] = rss_mib(pid)
+            return reports
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for _, proc, _, _ in targets:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def merged(rounds: list[dict]) -> dict:
+    """A level over several rounds: counts summed, rates and times the medians of the rounds'."""
+    if len(rounds) == 1:
+        return rounds[0]
+    out = {k: sum(r[k] for r in rounds) for k in ("requests", "errors", "tokens", "wall_s")}
+    out["concurrency"] = rounds[0]["concurrency"]
+    out["error_kinds"] = sorted({k for r in rounds for k in r["error_kinds"]})
+    for k in ("tokens_per_s", "ttft_p50", "ttft_p95", "latency_p50", "latency_p95"):
+        out[k] = statistics.median(r[k] for r in rounds)
+    out["rounds_tokens_per_s"] = [round(r["tokens_per_s"], 1) for r in rounds]
+    return out
 
 
 def print_report(r: dict) -> None:
@@ -179,7 +206,8 @@ def print_report(r: dict) -> None:
     for lv in r["levels"]:
         print(f"{lv['concurrency']:>4} {lv['requests']:>5} {lv['errors']:>4} {lv['tokens']:>7} {lv['wall_s']:>7.1f} "
               f"{lv['tokens_per_s']:>7.1f} {lv['ttft_p50']:>9.3f} {lv['ttft_p95']:>9.3f} {lv['latency_p50']:>8.2f} "
-              f"{lv['latency_p95']:>8.2f}" + (f"  errors: {', '.join(lv['error_kinds'])}" if lv["errors"] else ""))
+              f"{lv['latency_p95']:>8.2f}" + (f"  rounds: {lv['rounds_tokens_per_s']}" if "rounds_tokens_per_s" in lv else "")
+              + (f"  errors: {', '.join(lv['error_kinds'])}" if lv["errors"] else ""))
     before, after = r["rss_before_mib"], r["rss_after_mib"]
     if before is not None and after is not None:
         print(f"server RSS: {before:.0f} MiB before, {after:.0f} MiB after ({after - before:+.0f} MiB)")
@@ -188,7 +216,9 @@ def print_report(r: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-m", "--model", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    p.add_argument("--server", default="llamatool", help="llamatool, or the path of a llama-server binary")
+    p.add_argument("--server", action="append", help="llamatool (the default), or the path of a llama-server binary; "
+                   "repeat it to measure several servers side by side")
+    p.add_argument("--rounds", type=int, default=1, help="times each level is run (on each server in turn)")
     p.add_argument("--url", help="a server already running on 127.0.0.1 (then --pid for its RSS)")
     p.add_argument("--pid", type=int)
     p.add_argument("--api-key")
@@ -204,20 +234,28 @@ def main() -> None:
                    help="exit 1 if the server's RSS grew by more than MIB or any request failed")
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.server = args.server or ["llamatool"]
     if not 1 <= args.requests <= 2000 or not all(1 <= c <= 64 for c in args.concurrency):
         raise SystemExit("--requests must be 1..2000 and each concurrency 1..64")
-    report = asyncio.run(run(args))
-    print_report(report)
+    if not 1 <= args.rounds <= 20 or args.requests * args.rounds * len(args.server) > 4000:
+        raise SystemExit("--rounds must be 1..20, and requests x rounds x servers at most 4000")
+    reports = asyncio.run(run(args))
+    for report in reports:
+        print_report(report)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        Path(args.json).write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=1))
     if args.max_rss_growth is not None:
-        if report["rss_before_mib"] is None or report["rss_after_mib"] is None:
-            raise SystemExit("--max-rss-growth: the server's RSS is unknown (with --url, give --pid)")
-        growth = report["rss_after_mib"] - report["rss_before_mib"]
-        errors = sum(lv["errors"] for lv in report["levels"])
-        ok = growth <= args.max_rss_growth and errors == 0
-        print(f"check: RSS {growth:+.1f} MiB (limit {args.max_rss_growth:g}), {errors} errors: {'ok' if ok else 'FAILED'}")
-        sys.exit(0 if ok else 1)
+        sys.exit(0 if all(rss_check(r, args.max_rss_growth) for r in reports) else 1)
+
+
+def rss_check(report: dict, limit: float) -> bool:
+    if report["rss_before_mib"] is None or report["rss_after_mib"] is None:
+        raise SystemExit("--max-rss-growth: the server's RSS is unknown (with --url, give --pid)")
+    growth = report["rss_after_mib"] - report["rss_before_mib"]
+    errors = sum(lv["errors"] for lv in report["levels"])
+    ok = growth <= limit and errors == 0
+    print(f"check {report['server']}: RSS {growth:+.1f} MiB (limit {limit:g}), {errors} errors: {'ok' if ok else 'FAILED'}")
+    return ok
 
 
 if __name__ == "__main__":
