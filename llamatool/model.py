@@ -341,6 +341,8 @@ class Model:
         self._pos = np.zeros(B, np.int64)  # each token's position and cache region (fw.Batch)
         self._kv = np.zeros(B, np.int64)
         self._Batch = fw.Batch
+        # fewest tokens a fast part of eval_many may have (the fast products' own minimum)
+        self.min_fast_tokens = kernel_api.load("gemm").MIN_TOKENS
         self._forward = fw.Forward(self.n_threads)
         self._forward_worker = fw.worker
 
@@ -487,13 +489,6 @@ class Model:
         rows = dict(zip([id(p) for p, _, _ in groups[1]], logits[:sizes[1]]))
         rows.update(zip([id(p) for p, _, _ in groups[3]], logits[len(logits) - sizes[3]:]))
         return [rows[id(p)] for p in parts if p.logits]
-
-    @property
-    def min_fast_tokens(self) -> int:
-        """Fewest tokens a fast part of eval_many may have (the fast products' own minimum)."""
-        from . import kernel_api
-
-        return kernel_api.load("gemm").MIN_TOKENS
 
     # -- generation (see llamatool.generate) ----------------------------------------------------
     def generate(self, prompt, max_tokens: int = 128, **options):
