@@ -30,7 +30,7 @@ from multiprocessing import get_context
 
 from . import host, kernel_api
 
-# rough CPU seconds of each kind of job on a 2-core Sapphire Rapids (longest first is all they are for)
+# rough CPU seconds of each kind of job, measured on a 2-core machine (only their order matters: longest first)
 _COST = {"forward": 16.0, "rows": 8.0, "rows-float": 1.0, "quant": 2.0, "nonfinite": 0.5}
 
 
@@ -49,10 +49,9 @@ def all_jobs() -> list[str]:
     """Every job `llamatool warmup` runs."""
     from .quants import registry
 
-    SUPPORTED = kernel_api.load("types").SUPPORTED
-
+    matmul_types = kernel_api.load("types").SUPPORTED
     quant = [f"quant:{t.name}" for t in registry.all_types() if t.can_quantize or t.can_dequantize]
-    return ["forward", *(f"rows:{t}" for t in SUPPORTED), *quant, "nonfinite"]
+    return ["forward", *(f"rows:{t}" for t in matmul_types), *quant, "nonfinite"]
 
 
 def cost(job: str) -> float:

@@ -26,7 +26,9 @@ def warmup_command(jobs: int | None = None) -> None:
     from .jit import cache_dir
     from .precompile import all_jobs, cores, run_jobs
 
-    workers = max(1, jobs or cores())
+    # Where saved machine code is off, Numba's cache is the only one, and two processes adding
+    # specializations of one kernel to its index at once could each drop the other's: one process.
+    workers = max(1, jobs or cores()) if host.saved_code() else 1
     print(f"compiling kernels (cache: {cache_dir()}) in {workers} process{'es' * (workers > 1)}; "
           "the first time takes a minute or two...", file=sys.stderr, flush=True)
     start = time.perf_counter()
