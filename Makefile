@@ -24,11 +24,13 @@ $(MODEL): | $(VENV)/.installed
 
 model: $(MODEL)
 
-# Compile and cache every Numba kernel once (later runs start warm).
+# Compile and cache every Numba kernel once, one process per core (later runs start warm).
 warmup: install
 	$(LLAMATOOL) warmup
 
-demo: install model warmup
+# No warmup first: the first `run` compiles only its model's kernels (its weight types and the
+# forward pass, on two cores), which is what the first token needs.
+demo: install model
 	$(LLAMATOOL) info $(MODEL)
 	$(LLAMATOOL) run -m $(MODEL) -p "$(PROMPT)" -n $(N) --temp 0
 

@@ -175,12 +175,13 @@ def run(
 
 @app.command()
 def warmup(
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads for the trial run."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Accepted and ignored: what is compiled does not depend on it."),
+    jobs: Optional[int] = typer.Option(None, "-j", "--jobs", help="Compile in this many processes (default: one per core)."),
 ) -> None:
     """Compile and cache every Numba kernel now, so later commands start fast."""
     from .warmup import warmup_command
 
-    warmup_command(threads)
+    warmup_command(jobs)
 
 
 # --- tokenize (llamatool/tokenize_cmd.py) ----------------------------------------------

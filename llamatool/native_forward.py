@@ -350,6 +350,10 @@ class ForwardWorker:
             if self._worker is None:
                 spec = layout(args)
                 self.key = _key(spec)
+                if self.requested != "numba":
+                    from .precompile import wait_forward
+
+                    wait_forward()  # started by kernel_tables on a cold cache
                 native = None if self.requested == "numba" else _load(spec)
                 if native is None and self.requested == "native":
                     if not host.saved_code():
@@ -375,7 +379,9 @@ def driver(backend: str | None = None):
 
 def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
     """kernels.matmul.kernel_tables(qtypes), from saved machine code when all of it is
-    there (no Numba), else from kernels.matmul (which compiles what is missing)."""
+    there (no Numba), else from kernels.matmul (which compiles what is missing, while the
+    forward pass, if it has no machine code yet either, compiles in a background process:
+    llamatool.precompile)."""
     from .quants import native
 
     supported = kernel_api.load("types").SUPPORTED
@@ -383,9 +389,11 @@ def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
     dequant = np.zeros_like(rows)
     for t in sorted({int(t) for t in qtypes}):
         addresses = native.cached_addresses(kernel_api.KERNELS, [f"rows_{t}", f"dequant_{t}"])  # matmul._c_kernels' keys
-        if addresses is None:
+        if addresses is None:  # a cold cache: the forward pass compiles meanwhile on another core
             from .kernels.matmul import kernel_tables as compiled_tables
+            from .precompile import start_forward
 
+            start_forward()
             return compiled_tables(qtypes)
         rows[t], dequant[t] = addresses
     return rows, dequant

@@ -5,7 +5,7 @@ so the first command on a machine pays for compilation and later ones start in a
 second. A model only compiles the matmul kernels of its own weight types; warmup pays for
 all of it up front: the matmul kernels of every supported type, the forward pass (run once
 on a throw-away one-layer model) and the quantization kernels of every type the registry
-knows.
+knows, as jobs shared between one process per core (llamatool.precompile).
 """
 
 from __future__ import annotations
@@ -20,32 +20,33 @@ import numpy as np
 from . import host
 
 
-def warmup_command(threads: int | None = None) -> None:
+def warmup_command(jobs: int | None = None) -> None:
+    """Compile every kernel (precompile.all_jobs) in `jobs` worker processes (default: one per
+    core) and report where the time went: wall seconds, and CPU seconds per kind of job."""
     from .jit import cache_dir
+    from .precompile import all_jobs, cores, run_jobs
 
-    print(f"compiling kernels (cache: {cache_dir()}); the first time takes a few minutes...", file=sys.stderr, flush=True)
+    # Where saved machine code is off, Numba's cache is the only one, and two processes adding
+    # specializations of one kernel to its index at once could each drop the other's: one process.
+    workers = max(1, jobs or cores()) if host.saved_code() else 1
+    print(f"compiling kernels (cache: {cache_dir()}) in {workers} process{'es' * (workers > 1)}; "
+          "the first time takes a minute or two...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    kernels_s = compile_matmul_kernels()
-    print(f"  matmul kernels of every type: {kernels_s:.1f} s", file=sys.stderr, flush=True)
-    forward_s, saved = compile_forward(threads)
-    note = ("saved as machine code that loads without Numba" if saved
-            else "in Numba's cache (saved machine code is off here)" if not host.saved_code()
-            else "machine code could not be saved: runs through Numba")
-    print(f"  forward pass: {forward_s:.1f} s ({note})", file=sys.stderr, flush=True)
-    quant_s, missing = compile_quantizers()
-    print(f"  quantize/dequantize: {quant_s:.1f} s" + (f" (failed: {', '.join(missing)})" if missing else ""),
-          file=sys.stderr, flush=True)
-    print(f"warmup done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-
-
-def compile_matmul_kernels() -> float:
-    """Build the matmul and dequantization kernels of every supported type."""
-    from .kernels.matmul import kernel_tables
-    from .kernels.types import SUPPORTED
-
-    start = time.perf_counter()
-    kernel_tables(SUPPORTED)
-    return time.perf_counter() - start
+    results = run_jobs(all_jobs(), workers)
+    kinds = {"forward": "forward pass", "rows": "matmul kernels of every type", "quant": "quantize/dequantize",
+             "nonfinite": "quantize/dequantize"}
+    cpu: dict[str, float] = {}
+    for job, seconds, _ in results:
+        kind = kinds[job.partition(":")[0]]
+        cpu[kind] = cpu.get(kind, 0.0) + seconds
+    for kind, seconds in cpu.items():
+        print(f"  {kind}: {seconds:.1f} CPU s", file=sys.stderr, flush=True)
+    forward_note = ("saved as machine code that loads without Numba" if host.saved_code()
+                    else "in Numba's cache (saved machine code is off here)")
+    failed = [f"{job} ({error})" for job, _, error in results if error is not None]
+    if failed:
+        print(f"  failed: {'; '.join(failed)}", file=sys.stderr, flush=True)
+    print(f"warmup done in {time.perf_counter() - start:.1f} s (forward pass {forward_note})", file=sys.stderr, flush=True)
 
 
 def compile_forward(threads: int | None = None) -> tuple[float, bool]:
@@ -66,25 +67,18 @@ def compile_forward(threads: int | None = None) -> tuple[float, bool]:
     return time.perf_counter() - start, saved
 
 
-def compile_quantizers() -> tuple[float, list[str]]:
-    """Compile the quantization kernels of every type, and save the machine code that
-    `llamatool quantize` loads without Numba (quants.native)."""
+def compile_quantizer(name: str) -> None:
+    """Compile the quantization kernels of one registry type, and save the machine code
+    that `llamatool quantize` loads without Numba (quants.native)."""
     from .quants import native, registry
 
-    start = time.perf_counter()
+    t = registry.ggml_type(name)
     x = np.linspace(-1, 1, 2 * 256, dtype=np.float32).reshape(2, 256)
-    missing = []
-    for t in registry.all_types():
-        try:
-            if t.can_quantize:
-                registry.dequantize(t, registry.quantize(t, x))
-                native.row_kernel(t, "quantize")
-            if t.can_dequantize:
-                native.row_kernel(t, "dequantize")
-        except Exception:  # noqa: BLE001 - a warm-up: report a type that fails, do not stop
-            missing.append(t.name)
-    native.nonfinite_counter()
-    return time.perf_counter() - start, missing
+    if t.can_quantize:
+        registry.dequantize(t, registry.quantize(t, x))
+        native.row_kernel(t, "quantize")
+    if t.can_dequantize:
+        native.row_kernel(t, "dequantize")
 
 
 def write_tiny_model(path: Path) -> Path:

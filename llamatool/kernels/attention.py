@@ -40,8 +40,8 @@ from numba.extending import intrinsic, overload  # noqa: E402
 from llamatool.jit import njit  # noqa: E402
 
 from .simd import (  # noqa: E402
-    _NATIVE_HALF, _element_ptr, _f16_bits_portable, Vector, extract, fma, fmax, get, hmax, hsum, load, load_f16, splat,
-    splat4, store,
+    _NATIVE_HALF, _element_ptr, _f16_bits_portable, Vector, extract, fma, fmax, get, hmax, hsum, load, load_f16, prefetch,
+    splat, splat4, store,
 )
 from .vmath import vexp  # noqa: E402
 
@@ -316,6 +316,16 @@ def _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, k_cache, v_
     _accumulate(out, oa, ob, oc, od, min(SUB, n_q - i0), alpha, v_cache, vb, n_pos, head_dim, work, po)
 
 
+@njit(cache=True, _nrt=False, forceinline=True)
+def _prefetch_step(k_cache, v_cache, at, head_dim):
+    """Ask for the keys and values of the step at `at` (STEP * head_dim halves of each).
+    A step's keys fill a 4 KiB page at head_dim 64, and the hardware prefetcher stops at
+    every page: without this, each step of a long context would start with a DRAM miss."""
+    for e in range(0, STEP * head_dim, 32):  # one 64-byte line per 32 halves
+        prefetch(k_cache, at + e)
+        prefetch(v_cache, at + e)
+
+
 # --- a tile -----------------------------------------------------------------------------------
 
 
@@ -343,9 +353,12 @@ def attend_tile(q, q0, ldq, n_tok, n_heads, head_dim, pos, k_cache, v_cache, reg
             store(out, o + d, splat(float32(0), 16))
     keys = po + SUB * STEP
     values = keys + STEP * head_dim
-    for j0 in range(0, pos + n_tok, STEP):
+    end = pos + n_tok
+    for j0 in range(0, end, STEP):
         kb = region + j0 * head_dim  # STEP is a multiple of KEY_BLOCK: block j0 // 16 starts here
         vb = region + j0 * head_dim
+        if j0 + STEP < end:
+            _prefetch_step(k_cache, v_cache, kb + STEP * head_dim, head_dim)
         if n_q > SUB:
             # several groups of queries read this step: convert its keys and values once
             for e in range(0, STEP * head_dim, 16):

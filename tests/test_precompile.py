@@ -1,0 +1,107 @@
+"""llamatool.precompile: kernels compiled as jobs in worker processes (warmup), and the
+forward pass compiled in a background process while a cold `run` compiles its weight types."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from llamatool import host, kernel_api, precompile
+from llamatool.model import Model
+from llamatool.quants import native, registry
+
+needs_saved_code = pytest.mark.skipif(not host.saved_code(), reason="saved machine code is off by design here "
+                                      "(LLAMATOOL_NO_NATIVE, or not x86-64 Linux): nothing compiles in the background")
+
+
+def test_warmup_jobs_cover_every_kernel():
+    jobs = precompile.all_jobs()
+    supported = kernel_api.load("types").SUPPORTED
+    assert jobs.count("forward") == 1 and "nonfinite" in jobs
+    assert {f"rows:{t}" for t in supported} <= set(jobs)
+    assert {f"quant:{t.name}" for t in registry.all_types() if t.can_quantize} <= set(jobs)
+    assert len(jobs) == len(set(jobs))
+
+
+def test_a_failed_job_is_reported_and_the_others_still_run():
+    seen = []
+    results = precompile.run_jobs(["no-such-job", "nonfinite"], workers=1, report=seen.append)
+    errors = {job: error for job, _, error in results}
+    assert "unknown compile job 'no-such-job'" in errors["no-such-job"] and errors["nonfinite"] is None
+    assert seen == results
+
+
+@pytest.fixture
+def fake_start(monkeypatch, tmp_path):
+    """start_forward with an empty kernels folder (tmp_path) and a Popen that only records."""
+    started = []
+
+    class Child:
+        def __init__(self, argv, **kw):
+            started.append(argv)
+
+        def poll(self):
+            return 0
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(native, "_private", lambda package=None: tmp_path)
+    monkeypatch.setattr(precompile.subprocess, "Popen", Child)
+    monkeypatch.setattr(precompile, "_background", [])
+    monkeypatch.setattr(precompile, "_in_job", [])
+    monkeypatch.setattr(precompile, "cores", lambda: 2)
+    monkeypatch.delenv("LLAMATOOL_FORWARD", raising=False)
+    return started, tmp_path
+
+
+@needs_saved_code
+def test_the_forward_pass_compiles_in_the_background_only_when_it_can_help(fake_start, monkeypatch):
+    started, folder = fake_start
+    assert precompile.start_forward() and started == [[sys.executable, "-m", "llamatool.precompile", "forward"]]
+    assert not precompile.start_forward() and len(started) == 1  # once per process
+    precompile.wait_forward()
+
+    monkeypatch.setattr(precompile, "_background", [])
+    (folder / "forward-0123456789abcdef.o").write_bytes(b"")
+    assert not precompile.start_forward()  # a forward pass is saved already: nothing to gain
+    (folder / "forward-0123456789abcdef.o").unlink()
+    monkeypatch.setattr(precompile, "cores", lambda: 1)
+    assert not precompile.start_forward()  # one core: the two would only take turns
+    monkeypatch.setattr(precompile, "cores", lambda: 2)
+    monkeypatch.setenv("LLAMATOOL_FORWARD", "numba")
+    assert not precompile.start_forward()  # the pass will not run from saved code anyway
+    monkeypatch.delenv("LLAMATOOL_FORWARD")
+    monkeypatch.setattr(precompile, "_in_job", ["forward"])
+    assert not precompile.start_forward()  # a job process (the forward job itself) starts nothing
+    assert len(started) == 1
+
+
+@needs_saved_code
+def test_a_cold_run_gets_its_forward_pass_from_the_background_process(default_model, tmp_path):
+    """A first run on a cold cache: the forward pass, compiled by the background process, is
+    there as saved machine code when the run needs it (LLAMATOOL_FORWARD=native refuses to
+    run otherwise). The weight types but one are copied in, so only that one compiles here."""
+    from llamatool.kernels import matmul
+
+    qtypes = sorted(int(t) for t in Model.load(default_model, n_ctx=64).weights.matrix_types)
+    assert native.cached_addresses(matmul._PACKAGE_DIR, [f"rows_{t}" for t in qtypes])  # the model has run here
+    cold = tmp_path / "cache"
+    ours = native._folder(kernel_api.KERNELS)
+    theirs = cold / ours.relative_to(native.cache_dir())
+    theirs.mkdir(parents=True)
+    for t in qtypes[1:]:
+        for verb in ("rows", "dequant"):
+            shutil.copy2(ours / f"{verb}_{t}.o", theirs / f"{verb}_{t}.o")
+    os.chmod(cold, 0o700)
+    env = {**os.environ, "LLAMATOOL_CACHE_DIR": str(cold), "LLAMATOOL_FORWARD": "native"}
+    env.pop("NUMBA_CACHE_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "llamatool", "run", "-m", str(default_model), "-p", "Hello", "-n", "2",
+                           "--temp", "0", "-c", "64"], capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Hello")
+    assert list(theirs.glob("forward-*.o")) and (theirs / f"rows_{qtypes[0]}.o").exists()
