@@ -110,6 +110,45 @@ def sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
     return Vocab("llama", "default", tokens, types, special, scores=scores)
 
 
+def phi3_vocab(folder: Path, n_vocab: int) -> Vocab:
+    """Phi3MiniModel.set_vocab: byte-level BPE when tokenizer_config.json names GPT2Tokenizer
+    (Phi-4); otherwise the SentencePiece pieces with every added token (added_tokens.json,
+    then tokenizer_config.json's added_tokens_decoder, then tokenizer.json's added_tokens)
+    written as given: user-defined, control if marked special, score -1000."""
+    config = read_json_if_present(folder / "tokenizer_config.json")
+    config = config if isinstance(config, dict) else {}
+    if config.get("tokenizer_class") == "GPT2Tokenizer":
+        return bpe_vocab(folder, n_vocab)
+    if not (folder / "tokenizer.model").is_file():
+        raise LlamatoolError(f"{folder / 'tokenizer.model'}: missing (Phi-3's SentencePiece tokenizer)")
+    pieces = read_pieces(folder / "tokenizer.model")
+    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
+    scores = [PAD_SCORE] * n_vocab
+    types = [UNUSED] * n_vocab
+    for i, piece in enumerate(pieces[:n_vocab]):
+        tokens[i], scores[i], types[i] = piece.text, piece.score, _PIECE_TYPES.get(piece.type, NORMAL)
+    added = read_json_if_present(folder / "added_tokens.json")
+    for text, tid in (added.items() if isinstance(added, dict) else ()):
+        tid = _int_id(tid, str(folder / "added_tokens.json"))
+        if 0 <= tid < n_vocab:
+            tokens[tid], scores[tid], types[tid] = text, UNSCORED, USER_DEFINED
+    tokenizer = read_json_if_present(folder / "tokenizer.json")
+    entries = [(key, e, "tokenizer_config.json") for key, e in (config.get("added_tokens_decoder") or {}).items()]
+    if isinstance(tokenizer, dict):
+        entries += [(e.get("id"), e, "tokenizer.json") for e in tokenizer.get("added_tokens") or [] if isinstance(e, dict)]
+    for key, entry, where in entries:
+        tid = _int_id(key, str(folder / where))
+        text = entry.get("content") if isinstance(entry, dict) else None
+        if not isinstance(text, str):
+            continue
+        if not 0 <= tid < n_vocab:
+            raise LlamatoolError(f"{folder / where}: added token id {tid} is outside the vocab_size {n_vocab} of config.json")
+        tokens[tid], scores[tid] = text, UNSCORED
+        types[tid] = CONTROL if entry.get("special") else USER_DEFINED
+    special = load_special_vocab(folder, load_merges=False, n_vocab=len(tokens))
+    return Vocab("llama", "default", tokens, types, special, scores=scores)
+
+
 # --- byte-level BPE -----------------------------------------------------------------------
 
 
