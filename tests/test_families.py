@@ -1,11 +1,13 @@
-"""The model families beyond LLaMA (llamatool.arch): Qwen2, Qwen3 and SmolLM3 on tiny seeded checkpoints.
+"""The model families beyond LLaMA (llamatool.arch): Qwen2, Qwen3, SmolLM3, Gemma 2 and Phi-3 on
+tiny seeded checkpoints.
 
 Convert is checked byte for byte against the vendored converter in test_convert.py (the
-qwen2-bpe and qwen3-bpe fixtures); here:
+*-bpe and *-spm fixtures); here:
 
-- the forward pass against tests/tiny_llama.py's float64 numpy model (Hugging Face's math:
-  rotate-half RoPE, biases, per-head Q/K norms, NoPE layers) with ggml's roundings, on the
-  converted F32 file;
+- the forward pass of the LLaMA-shaped families against tests/tiny_llama.py's float64 numpy
+  model (Hugging Face's math: rotate-half RoPE, biases, per-head Q/K norms, NoPE layers) with
+  ggml's roundings, on the converted F32 file (Gemma 2 and Phi-3 are held to transformers
+  and to llama.cpp below instead);
 - end-of-generation tokens, chat template, and the commands (run, bench, perplexity, tokenize);
 - quantize against the llama-quantize binary (when there is one), byte for byte;
 - reference tier: logits against transformers over 64 tokens.
@@ -29,9 +31,13 @@ from tests.hf_factory import FIXTURES, CheckpointSpec, random_weights, write_che
 from .conftest import llama_cpp_binary
 from .tiny_llama import TinyLlama, numpy_forward
 
-FAMILY_FIXTURES = {"qwen2": "qwen2-bpe", "qwen3": "qwen3-bpe", "smollm3": "smollm3-bpe"}
-NEOX = {"qwen2", "qwen3"}
-CHATML = {"qwen2", "qwen3"}  # fixtures with Qwen's tokenizer: <|im_end|> ends a turn
+FAMILY_FIXTURES = {"qwen2": "qwen2-bpe", "qwen3": "qwen3-bpe", "smollm3": "smollm3-bpe", "gemma2": "gemma2-spm",
+                   "phi3": "phi3-spm"}
+NUMPY_MODELLED = ("qwen2", "qwen3", "smollm3")  # tests/tiny_llama.py computes these
+NEOX = {"qwen2", "qwen3", "gemma2", "phi3"}
+# the token that ends a turn in each fixture's chat template, and the GGUF's other end-of-generation tokens
+END_OF_TURN = {"qwen2": ("<|im_end|>", {"<|endoftext|>"}), "qwen3": ("<|im_end|>", {"<|endoftext|>"}),
+               "gemma2": ("<end_of_turn>", {"</s>"}), "phi3": ("<|end|>", {"</s>", "<|endoftext|>"})}
 N_TOKENS = 64
 FORWARD_TOLERANCE = 1e-3  # of the largest logit: float32 against float64 (tests/test_model.py)
 
@@ -74,7 +80,7 @@ def test_registry_declares_what_the_forward_pass_has():
     from llamatool import kernel_api
 
     fw = kernel_api.load("forward")
-    assert arch.supported_architectures() == ("llama", "qwen2", "qwen3", "smollm3")
+    assert arch.supported_architectures() == ("llama", "qwen2", "qwen3", "smollm3", "gemma2", "phi3")
     for family in arch.FAMILIES:
         roles = [t.role for t in family.gguf_layer_tensors]
         assert len(set(roles)) == len(roles) and all(hasattr(fw, "LAYER_" + r) for r in roles), family.arch
@@ -82,7 +88,7 @@ def test_registry_declares_what_the_forward_pass_has():
     assert len({c for f in arch.FAMILIES for c in f.hf_classes}) == sum(len(f.hf_classes) for f in arch.FAMILIES)
 
 
-@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
+@pytest.mark.parametrize("family", NUMPY_MODELLED)
 def test_forward_matches_numpy(family, f32_models):
     """Our pass on the converted F32 file against the float64 numpy model of the HF weights
     (ggml's f16 cache roundings applied), 64 tokens."""
@@ -130,16 +136,19 @@ def test_batches_and_single_tokens_agree(family, f32_models):
     np.testing.assert_array_equal(at_once, stepwise)
 
 
-@pytest.mark.parametrize("family", sorted(CHATML))
+@pytest.mark.parametrize("family", sorted(END_OF_TURN))
 def test_end_of_generation_and_chat_template(family, f32_models):
-    """<|im_end|> (and <|endoftext|>) end a generation; the chat template is the checkpoint's, verbatim."""
+    """The turn's end token (<|im_end|>, <end_of_turn>, <|end|>) ends a generation, with the
+    GGUF's other end-of-generation tokens; the chat template is the checkpoint's, verbatim."""
     import json
 
     _, folder, gguf = f32_models[family]
     model = Model.load(gguf, n_threads=1)
     vocab = [str(t) for t in model.reader.get("tokenizer.ggml.tokens")]
-    assert {vocab[i] for i in model.tokenizer.eog_ids} == {"<|im_end|>", "<|endoftext|>"}
-    assert vocab[int(model.reader.get("tokenizer.ggml.eos_token_id"))] == "<|im_end|>"
+    end, others = END_OF_TURN[family]
+    assert {vocab[i] for i in model.tokenizer.eog_ids} == {end} | others
+    if family.startswith("qwen"):
+        assert vocab[int(model.reader.get("tokenizer.ggml.eos_token_id"))] == end
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert model.reader.get("tokenizer.chat_template") == config["chat_template"]
 
@@ -148,15 +157,16 @@ def _cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
-def test_commands_run_a_qwen3_model(f32_models, tmp_path):
-    """run, bench, perplexity and tokenize take a qwen3 GGUF like a llama one."""
-    _, _, gguf = f32_models["qwen3"]
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "phi3"])
+def test_commands_run_the_model(family, f32_models, tmp_path):
+    """run, bench, perplexity and tokenize take the family's GGUF like a llama one."""
+    _, _, gguf = f32_models[family]
     run = _cli("run", "-m", gguf, "-p", "The llama", "-n", 8, "--temp", 0, "-t", 2)
     assert run.returncode == 0, run.stderr[-2000:]
     tokenize = _cli("tokenize", "-m", gguf, "-p", "The quick brown fox", "--ids")
     assert tokenize.returncode == 0 and tokenize.stdout.strip().startswith("["), tokenize.stderr[-2000:]
     bench = _cli("bench", "-m", gguf, "-p", 16, "-n", 4, "-r", 1, "-t", 2)
-    assert bench.returncode == 0 and "qwen3" in bench.stdout, bench.stderr[-2000:]
+    assert bench.returncode == 0 and family in bench.stdout, bench.stderr[-2000:]
     text = tmp_path / "text.txt"
     text.write_text(("The quick brown fox jumps over the lazy dog. " * 40), encoding="utf-8")
     ppl = _cli("perplexity", "-m", gguf, "-f", text, "-c", 32, "-t", 2)
@@ -164,6 +174,20 @@ def test_commands_run_a_qwen3_model(f32_models, tmp_path):
 
 
 # --- quantize: byte for byte with llama-quantize -------------------------------------------------
+
+
+def _k_quant_spec(family: str) -> CheckpointSpec:
+    """The family's fixture with rows of 256 values (64-dim heads), for K-quants and llama.cpp."""
+    spec = FIXTURES[FAMILY_FIXTURES[family]]
+    changes = {"hidden": 256, "intermediate": 512, "head_dim": 64 if family in ("qwen3", "gemma2") else None}
+    if family == "gemma2":
+        changes["config_extra"] = {**spec.config_extra, "query_pre_attn_scalar": 64}
+    if family == "phi3":  # 32 LongRoPE factors for 64-dim heads
+        changes["rope_scaling"] = {**spec.rope_scaling, "long_factor": list(np.linspace(1, 8, 32)),
+                                   "short_factor": list(np.linspace(1, 2, 32))}
+    if family not in END_OF_TURN or family.startswith("qwen"):
+        changes["extra_vocab"] = 0
+    return replace(spec, **changes)
 
 
 def _llama_cpp_binary(name: str) -> Path:
@@ -184,9 +208,7 @@ def test_quantize_same_bytes_as_llama_quantize(family, preset, tmp_path):
     binary = _llama_cpp_binary("llama-quantize")
     from llamatool.quantize import QuantizeOptions, quantize_model
 
-    spec = replace(FIXTURES[FAMILY_FIXTURES[family]], hidden=256, intermediate=512, head_dim=64 if family == "qwen3" else None,
-                   extra_vocab=0)
-    f16 = _convert(write_checkpoint(tmp_path / "hf", spec), tmp_path / "f16", "f16")
+    f16 = _convert(write_checkpoint(tmp_path / "hf", _k_quant_spec(family)), tmp_path / "f16", "f16")
     ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
     quantize_model(f16, ours, QuantizeOptions(preset=preset), nthreads=2, progress=False)
     proc = subprocess.run([str(binary), str(f16), str(theirs), preset, "2"], capture_output=True, text=True)
@@ -264,8 +286,7 @@ def test_kl_divergence_against_llama_perplexity(family, tmp_path):
     from tests.hf_factory import CORPUS
 
     binary = _llama_cpp_binary("llama-perplexity")
-    spec = replace(FIXTURES[FAMILY_FIXTURES[family]], hidden=256, intermediate=512, head_dim=64 if family == "qwen3" else None)
-    f16 = _convert(write_checkpoint(tmp_path / "hf", spec), tmp_path / "f16", "f16")
+    f16 = _convert(write_checkpoint(tmp_path / "hf", _k_quant_spec(family)), tmp_path / "f16", "f16")
     text, base = tmp_path / "text.txt", tmp_path / "base.kld"
     text.write_text(CORPUS * 6, encoding="utf-8")
     ref = subprocess.run([str(binary), "-m", str(f16), "-f", str(text), "-c", "128", "-b", "128", "-t", "2",
