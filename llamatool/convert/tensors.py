@@ -41,8 +41,9 @@ def expected_tensors(hp: Hparams) -> dict[str, Expected]:
     out = {
         "model.embed_tokens.weight": Expected("token_embd.weight", (V, E)),
         "model.norm.weight": Expected("output_norm.weight", (E,)),
-        "lm_head.weight": Expected("output.weight", (V, E)),
     }
+    if not hp.family.drops_lm_head:
+        out["lm_head.weight"] = Expected("output.weight", (V, E))
     permuted = {"self_attn.q_proj": hp.n_head, "self_attn.k_proj": hp.n_head_kv} if hp.family.permute_qk else {}
     for i in range(hp.n_layer):
         for local, (gguf_local, shape) in hp.family.hf_layer_tensors(hp).items():
