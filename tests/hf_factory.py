@@ -140,12 +140,14 @@ def _phi3_shapes(spec: CheckpointSpec, shapes: dict, hd: int, kv: int, n_vocab: 
 
 
 def random_weights(spec: CheckpointSpec, n_vocab: int) -> dict[str, np.ndarray]:
-    """float32 values: uniform weights scaled by fan-in, norms near 1."""
+    """float32 values: uniform weights scaled by fan-in, norms near 1 (as the model multiplies by them)."""
     rng = np.random.default_rng(spec.seed)
     out = {}
     for name, shape in tensor_shapes(spec, n_vocab).items():
         u = rng.random(shape, dtype=np.float32) * 2 - 1
         if name.endswith(".bias"):
+            out[name] = (0.1 * u).astype(np.float32)
+        elif len(shape) == 1 and spec.arch in GEMMA_ARCHS:  # Gemma stores w - 1: effective weights near 1
             out[name] = (0.1 * u).astype(np.float32)
         elif len(shape) == 1:
             out[name] = (1 + 0.1 * u).astype(np.float32)
@@ -533,6 +535,16 @@ FIXTURES = {
         rms_norm_eps=1e-6,
         config_extra={"query_pre_attn_scalar": 32, "sliding_window": 16, "attn_logit_softcapping": 10.0,
                       "final_logit_softcapping": 5.0, "attention_bias": False, "pad_token_id": 0},
+    ),
+    # Gemma 3 text: 7 layers (layer 5 global, the others slide over 16 positions with base
+    # 10000), Q/K norms, linear rope scaling on the global layers, float16 (the +1 rounds there)
+    "gemma3-spm": CheckpointSpec(
+        "tiny-gemma3-spm", arch="Gemma3ForCausalLM", tokenizer="spm", layers=7, heads=4, kv_heads=1, head_dim=32,
+        tied=True, dtype="float16", seed=10, extra_vocab=2, rope_theta=None, max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        config_extra={"query_pre_attn_scalar": 32, "sliding_window": 16, "attention_bias": False, "pad_token_id": 0,
+                      "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                          "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}}},
     ),
     # Phi-3 with LongRoPE: long factors beyond 32 positions (the original context), fused
     # qkv and gate|up; sliding_window as the real checkpoints declare it (llama.cpp ignores it)

@@ -760,6 +760,9 @@ def test_smollm2_matches_reference_converter(smollm2_hf, tmp_path):
         {"model_type": "smollm3"},
         {"model_type": "smollm3", "num_hidden_layers": 8, "tie_word_embeddings": False},
         {"model_type": "gemma2"},
+        {"model_type": "gemma3_text"},
+        {"model_type": "gemma3_text", "rope_theta": 500000.0, "rope_local_base_freq": 20000.0,
+         "rope_scaling": {"rope_type": "linear", "factor": 8.0}},
     ],
 )  # fmt: skip
 def test_config_defaults_match_autoconfig(raw, tmp_path):
@@ -768,7 +771,7 @@ def test_config_defaults_match_autoconfig(raw, tmp_path):
     from llamatool.convert.hparams import normalized_config
 
     classes = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM",
-               "gemma2": "Gemma2ForCausalLM"}
+               "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
     raw = {"architectures": [classes.get(raw["model_type"], "LlamaForCausalLM")], **raw}
     (tmp_path / "config.json").write_text(json.dumps(raw))
     auto = transformers.AutoConfig.from_pretrained(tmp_path).to_dict()

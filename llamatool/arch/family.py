@@ -124,6 +124,11 @@ class Family:
 
     # --- convert ----------------------------------------------------------------------------
 
+    def normalize_rope(self, raw: dict, params: dict) -> dict:
+        """rope_parameters as the config class builds them (llamatool.convert.hparams made the
+        common part; Gemma 3 has one dict per attention type)."""
+        return params
+
     def check_config(self, cfg: dict, path) -> None:
         """Refuse a config whose features this family's forward pass (or llama.cpp's) lacks."""
 
@@ -246,9 +251,12 @@ def text_model_fields(arch: str, hp, file_type: int) -> list[Field]:
     add("attention.head_count_kv", ("num_key_value_heads", "n_kv_heads"), U32)
     if cfg.get("is_causal") is False:
         fields.append((f"{arch}.attention.causal", False, BOOL))
-    fields += _rope_scaling_fields(arch, hp.rope)
-    if hp.rope.get("rope_theta") is not None:
-        fields.append((f"{arch}.rope.freq_base", hp.rope["rope_theta"], F32))
+    rope = hp.rope.get("full_attention", hp.rope)  # per attention type (Gemma 3): the global layers'
+    fields += _rope_scaling_fields(arch, rope)
+    if rope.get("rope_theta") is not None:
+        fields.append((f"{arch}.rope.freq_base", rope["rope_theta"], F32))
+    if hp.rope.get("sliding_attention", {}).get("rope_theta") is not None:
+        fields.append((f"{arch}.rope.freq_base_swa", hp.rope["sliding_attention"]["rope_theta"], F32))
     add("attention.layer_norm_rms_epsilon", ("rms_norm_eps", "norm_eps"), F32)
     add("attention.layer_norm_epsilon", ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"), F32)
     if cfg.get("head_dim") is not None:

@@ -78,9 +78,10 @@ def _int_id(value, where: str) -> int:
 _PIECE_TYPES = {PieceType.UNKNOWN: UNKNOWN, PieceType.CONTROL: CONTROL, PieceType.UNUSED: UNUSED, PieceType.BYTE: 6}
 
 
-def sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
-    path = folder / "tokenizer.model"
-    pieces = read_pieces(path)
+def _pieces(folder: Path, n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+    """tokenizer.model's pieces (ids it does not fill: [PAD<id>]), then added_tokens.json's
+    tokens over them: tokens, scores and types."""
+    pieces = read_pieces(folder / "tokenizer.model")
     tokens = [f"[PAD{i}]" for i in range(n_vocab)]
     scores = [PAD_SCORE] * n_vocab
     types = [UNUSED] * n_vocab
@@ -88,11 +89,15 @@ def sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
         # user-defined pieces count as normal here, as SentencePieceProcessor reports them
         tokens[i], scores[i], types[i] = piece.text, piece.score, _PIECE_TYPES.get(piece.type, NORMAL)
     added = read_json_if_present(folder / "added_tokens.json")
-    if isinstance(added, dict):
-        for text, tid in added.items():
-            tid = _int_id(tid, str(folder / "added_tokens.json"))
-            if 0 <= tid < n_vocab:
-                tokens[tid], scores[tid], types[tid] = text, UNSCORED, USER_DEFINED
+    for text, tid in (added.items() if isinstance(added, dict) else ()):
+        tid = _int_id(tid, str(folder / "added_tokens.json"))
+        if 0 <= tid < n_vocab:
+            tokens[tid], scores[tid], types[tid] = text, UNSCORED, USER_DEFINED
+    return tokens, scores, types
+
+
+def sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
+    tokens, scores, types = _pieces(folder, n_vocab)
     config = read_json_if_present(folder / "tokenizer_config.json")
     decoder = config.get("added_tokens_decoder") if isinstance(config, dict) else None
     for key, entry in (decoder or {}).items():
@@ -121,17 +126,7 @@ def phi3_vocab(folder: Path, n_vocab: int) -> Vocab:
         return bpe_vocab(folder, n_vocab)
     if not (folder / "tokenizer.model").is_file():
         raise LlamatoolError(f"{folder / 'tokenizer.model'}: missing (Phi-3's SentencePiece tokenizer)")
-    pieces = read_pieces(folder / "tokenizer.model")
-    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
-    scores = [PAD_SCORE] * n_vocab
-    types = [UNUSED] * n_vocab
-    for i, piece in enumerate(pieces[:n_vocab]):
-        tokens[i], scores[i], types[i] = piece.text, piece.score, _PIECE_TYPES.get(piece.type, NORMAL)
-    added = read_json_if_present(folder / "added_tokens.json")
-    for text, tid in (added.items() if isinstance(added, dict) else ()):
-        tid = _int_id(tid, str(folder / "added_tokens.json"))
-        if 0 <= tid < n_vocab:
-            tokens[tid], scores[tid], types[tid] = text, UNSCORED, USER_DEFINED
+    tokens, scores, types = _pieces(folder, n_vocab)
     tokenizer = read_json_if_present(folder / "tokenizer.json")
     entries = [(key, e, "tokenizer_config.json") for key, e in (config.get("added_tokens_decoder") or {}).items()]
     if isinstance(tokenizer, dict):

@@ -30,6 +30,8 @@ query cannot see leaves its sum and output bit for bit unchanged (alpha = 1, wei
 
 from __future__ import annotations
 
+import numpy as np
+
 from llamatool import jit  # noqa: F401  (sets the Numba cache dir before numba is used)
 
 from llvmlite import ir  # noqa: E402
@@ -43,7 +45,7 @@ from .simd import (  # noqa: E402
     _NATIVE_HALF, _element_ptr, _f16_bits_portable, Vector, extract, fma, fmax, get, hmax, hsum, load, load_f16, splat,
     splat4, store,
 )
-from .vmath import vexp, vtanh  # noqa: E402
+from .vmath import vexp  # noqa: E402
 
 KEY_BLOCK = 16  # positions side by side in the key layout
 STEP = 32  # positions per step of a tile: two key blocks, two vectors of scores per query
@@ -299,12 +301,19 @@ def _online_softmax(s0, s1, n_visible, n_hidden, work, mi, po):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _scaled(s, scale, softcap):
-    """Scores times the scale; soft-capped to cap * tanh(s / cap) when softcap > 0 (Gemma 2),
-    the scale folded into the division as ggml's flash attention does."""
+def _scaled(s0, s1, scale, softcap, work, po):
+    """A query's step scores times the scale; soft-capped to cap * tanh(s * scale / cap) when
+    softcap > 0 (Gemma 2), as ggml's flash attention folds the scale into the division.
+    The tanh is libm's tanhf, lane by lane through work[po:po+STEP] (the step's weights go
+    there next): a vector tanh from exp loses the small scores' relative precision."""
     if softcap > 0:
-        return vtanh(s * (scale / softcap)) * softcap
-    return s * scale
+        f = scale / softcap
+        store(work, po, s0 * f)
+        store(work, po + 16, s1 * f)
+        for i in range(po, po + STEP):
+            work[i] = np.tanh(work[i]) * softcap
+        return load(work, po, 16), load(work, po + 16, 16)
+    return s0 * scale, s1 * scale
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -337,14 +346,14 @@ def _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, k_cache, v_
     qc, oc, lc, mc = _query(i0 + 2, n_q, n_heads, q0, ldq, o0, ldo, head_dim, pos, state)
     qd, od, ld, md = _query(i0 + 3, n_q, n_heads, q0, ldq, o0, ldo, head_dim, pos, state)
     a0, a1, b0, b1, c0, c1, d0, d1 = _scores(q, qa, qb, qc, qd, k_cache, kb, head_dim)
-    da, sa = _online_softmax(_scaled(a0, scale, softcap), _scaled(a1, scale, softcap), la + 1 - j0, _hidden(la, window, j0),
-                             work, ma, po)
-    db, sb = _online_softmax(_scaled(b0, scale, softcap), _scaled(b1, scale, softcap), lb + 1 - j0, _hidden(lb, window, j0),
-                             work, mb, po + STEP)
-    dc, sc = _online_softmax(_scaled(c0, scale, softcap), _scaled(c1, scale, softcap), lc + 1 - j0, _hidden(lc, window, j0),
-                             work, mc, po + 2 * STEP)
-    dd, sd = _online_softmax(_scaled(d0, scale, softcap), _scaled(d1, scale, softcap), ld + 1 - j0, _hidden(ld, window, j0),
-                             work, md, po + 3 * STEP)
+    a0, a1 = _scaled(a0, a1, scale, softcap, work, po)
+    b0, b1 = _scaled(b0, b1, scale, softcap, work, po + STEP)
+    c0, c1 = _scaled(c0, c1, scale, softcap, work, po + 2 * STEP)
+    d0, d1 = _scaled(d0, d1, scale, softcap, work, po + 3 * STEP)
+    da, sa = _online_softmax(a0, a1, la + 1 - j0, _hidden(la, window, j0), work, ma, po)
+    db, sb = _online_softmax(b0, b1, lb + 1 - j0, _hidden(lb, window, j0), work, mb, po + STEP)
+    dc, sc = _online_softmax(c0, c1, lc + 1 - j0, _hidden(lc, window, j0), work, mc, po + 2 * STEP)
+    dd, sd = _online_softmax(d0, d1, ld + 1 - j0, _hidden(ld, window, j0), work, md, po + 3 * STEP)
     alpha = vexp(splat4(da, db, dc, dd))  # the 4 rescale factors in one exp
     li = ls - state
     work[ma + li] = work[ma + li] * extract(alpha, 0) + sa

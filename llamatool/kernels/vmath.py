@@ -59,13 +59,6 @@ def swiglu(gate, up, o, n, out):
         out[i] = g / (float32(1) + float32(math.exp(-g))) * up[i]
 
 
-@njit(cache=True, _nrt=False, forceinline=True)
-def vtanh(x):
-    """tanh of 16 float32 lanes as 1 - 2 / (exp(2x) + 1): absolute error ~1e-7, which is what
-    soft-capping (cap * tanh(s / cap), cap ~ 50) needs; exp's clamp saturates it to +-1."""
-    return float32(1) - float32(2) / (vexp(x + x) + float32(1))
-
-
 _GELU_COEF_A = float32(0.044715)
 _SQRT_2_OVER_PI = float32(0.79788456080286535587989211986876)
 
