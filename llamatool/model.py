@@ -81,6 +81,17 @@ class ModelArgs:
     name: str = ""
     rope_neox: bool = False  # the family rotates the two halves of a head (llama.cpp's NEOX)
     nope_every: int = 0  # every nope_every-th layer has no RoPE (SmolLM3); 0: all have it
+    embd_scale: float = 1.0  # token embeddings are multiplied by it (Gemma: sqrt(n_embd))
+    gelu: bool = False  # GELU(tanh)-gated FFN (Gemma) instead of SwiGLU
+    attn_scale: float = 0.0  # attention scale; 0: 1/sqrt(head_dim)
+    scale_q: bool = False  # the scale multiplies Q (Gemma, Phi-3) rather than the K.Q scores
+    attn_softcap: float = 0.0  # > 0: scores capped by tanh (Gemma 2)
+    final_softcap: float = 0.0  # > 0: logits capped by tanh (Gemma 2)
+    n_swa: int = 0  # sliding window of the SWA layers (0: none)
+    swa_pattern: int = 0  # which layers slide: il % swa_pattern < swa_pattern - 1 (0: all)
+    rope_base_swa: float = 0.0  # the SWA layers' own rope base (0: the model's)
+    rope_freq_scale_swa: float = 1.0
+    rope_factors: str = ""  # Phi-3 LongRoPE: "rope_factors_long" / "_short" tensors present
 
     @property
     def family(self):
@@ -107,13 +118,21 @@ class ModelArgs:
             raise LlamatoolError(f"{reader.path}: invalid n_rot {n_rot}, expected {head_dim} (as llama.cpp)")
         scaling = str(_meta(reader, arch, "rope.scaling.type", "linear"))
         factor = float(_meta(reader, arch, "rope.scaling.factor", 0.0) or _meta(reader, arch, "rope.scale_linear", 0.0) or 0.0)
-        if scaling not in ("none", "linear", "yarn"):
-            raise LlamatoolError(f"{reader.path}: RoPE scaling {scaling!r} is not supported (none, linear, yarn)")
+        if scaling not in ("none", "linear", "yarn", "longrope"):
+            raise LlamatoolError(f"{reader.path}: RoPE scaling {scaling!r} is not supported (none, linear, yarn, longrope)")
         freq_scale = 1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor
         if freq_scale == 1.0 and scaling == "linear":
             scaling = "none"
         n_ctx_train = _meta_int(reader, arch, "context_length")
         token_embd = reader.tensor("token_embd.weight")
+        switches = family.forward
+        attention = family.attention_params(lambda key, default=None: _meta(reader, arch, key, default), n_layer, n_embd,
+                                            n_head, head_dim)
+        if attention.get("rope_base_swa") and scaling == "yarn":
+            raise LlamatoolError(f"{reader.path}: YaRN with a separate rope base for sliding-window layers is not supported")
+        has_long = reader.has_tensor("rope_factors_long.weight")
+        if has_long != reader.has_tensor("rope_factors_short.weight"):
+            raise LlamatoolError(f"{reader.path}: rope_factors_long.weight and rope_factors_short.weight come together")
         return cls(
             n_vocab=token_embd.ne[1] if len(token_embd.ne) > 1 else 0,
             n_embd=n_embd,
@@ -134,9 +153,18 @@ class ModelArgs:
             tied_output=not reader.has_tensor("output.weight"),
             architecture=arch,
             name=str(reader.get("general.name", "") or ""),
-            rope_neox=family.forward.rope == families.ROPE_NEOX,
-            nope_every=family.forward.nope_every,
+            rope_neox=switches.rope == families.ROPE_NEOX,
+            nope_every=switches.nope_every,
+            embd_scale=math.sqrt(n_embd) if switches.embd_scale else 1.0,
+            gelu=switches.gelu,
+            scale_q=switches.scale_q,
+            rope_factors="rope_factors" if has_long else "",
+            **attention,
         )
+
+    def is_swa_layer(self, il: int) -> bool:
+        """llama.cpp's hparams.is_swa for the set_swa_pattern layouts."""
+        return self.n_swa > 0 and (self.swa_pattern == 0 or il % self.swa_pattern < self.swa_pattern - 1)
 
 
 def _meta(reader, arch: str, key: str, default=None):
@@ -175,7 +203,7 @@ class Weights:
     names: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_gguf(cls, reader, args: ModelArgs) -> "Weights":
+    def from_gguf(cls, reader, args: ModelArgs, n_ctx: int) -> "Weights":
         from . import kernel_api
 
         fw = kernel_api.load("forward")
@@ -208,7 +236,8 @@ class Weights:
 
         e, v, ff = args.n_embd, args.n_vocab, args.n_ff
         n_q, n_kv = args.n_head * args.head_dim, args.n_head_kv * args.head_dim
-        dims = {"n_embd": e, "n_ff": ff, "n_q": n_q, "n_kv": n_kv, "head_dim": args.head_dim}
+        dims = {"n_embd": e, "n_ff": ff, "n_q": n_q, "n_kv": n_kv, "head_dim": args.head_dim, "n_ff2": 2 * ff,
+                "n_qkv": n_q + 2 * n_kv}
         embd = add("token_embd.weight", (e, v))
         out_norm = add("output_norm.weight", (e,), float32_only=True)
         output = add("output.weight", (e, v), required=False)
@@ -225,13 +254,7 @@ class Weights:
                     continue
                 shape = tuple(dims[d] for d in t.shape.split())
                 L[getattr(fw, "LAYER_" + t.role)] = add(p + t.name, shape, t.required, t.float32)
-        if args.has_rope_freqs:
-            t = reader.tensor("rope_freqs.weight")
-            if t.type.name != "F32" or t.n_elements < args.n_rot // 2:
-                raise LlamatoolError(f"{reader.path}: rope_freqs.weight must hold {args.n_rot // 2} F32 values")
-            freq_factors = np.array(t.data.reshape(-1).view(np.float32)[: args.n_rot // 2], dtype=np.float32)
-        else:
-            freq_factors = np.ones(args.n_rot // 2, np.float32)
+        freq_factors = _freq_factors(reader, args, n_ctx)
         table = np.array(rows, dtype=np.int64).reshape(-1, 5)
         glob = np.array([embd, out_norm, embd if output < 0 else output], dtype=np.int64)
         return cls(data, table, layers, glob, freq_factors, names)
@@ -240,6 +263,22 @@ class Weights:
     def matrix_types(self) -> set[int]:
         """ggml type ids of the matrices (the types whose matmul kernels the model needs)."""
         return {int(t) for t, rows in zip(self.tensors[:, 1], self.tensors[:, 3]) if rows > 1}
+
+
+def _freq_factors(reader, args: ModelArgs, n_ctx: int) -> np.ndarray:
+    """RoPE's per-frequency divisors: Llama 3's rope_freqs.weight; Phi-3's LongRoPE long
+    factors when the context exceeds the original one, else its short factors (llama.cpp's
+    get_rope_factors); or ones."""
+    if args.has_rope_freqs:
+        name = "rope_freqs.weight"
+    elif args.rope_factors:
+        name = "rope_factors_long.weight" if n_ctx > args.rope_n_ctx_orig else "rope_factors_short.weight"
+    else:
+        return np.ones(args.n_rot // 2, np.float32)
+    t = reader.tensor(name)
+    if t.type.name != "F32" or t.n_elements < args.n_rot // 2:
+        raise LlamatoolError(f"{reader.path}: {name} must hold {args.n_rot // 2} F32 values")
+    return np.array(t.data.reshape(-1).view(np.float32)[: args.n_rot // 2], dtype=np.float32)
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -273,13 +312,13 @@ class Model:
         reader = GGUFReader(path)
         args = ModelArgs.from_gguf(reader)
         _check_shapes(reader, args)
-        weights = Weights.from_gguf(reader, args)
         if n_ctx is None:
             n_ctx = min(DEFAULT_N_CTX, args.n_ctx_train) if args.n_ctx_train > 0 else DEFAULT_N_CTX
         elif n_ctx == 0:
             n_ctx = args.n_ctx_train
         if n_ctx <= 0:
             raise LlamatoolError(f"context size must be positive, got {n_ctx}")
+        weights = Weights.from_gguf(reader, args, int(n_ctx))
         if n_batch <= 0:
             raise LlamatoolError(f"batch size must be positive, got {n_batch}")
         threads = _thread_count(n_threads)
@@ -325,7 +364,7 @@ class Model:
             xr=np.zeros(B * max_k, f32),
             a8=_activation_slot(Activation, B * max_k),
             ak=_activation_slot(Activation, B * max_k),
-            angles=np.zeros(B * a.n_rot, f32),
+            angles=np.zeros(B * a.n_rot * (2 if _swa_rope(a) else 1), f32),
             scores=np.zeros(self.n_threads * fw.attention_scratch_floats(a.n_head, a.n_head_kv, a.head_dim), f32),
         )
         cache_positions = fw.kv_cache_positions(self.n_ctx)
@@ -335,7 +374,8 @@ class Model:
         self.v_cache = _fresh_zeros(cache_len, np.uint16)
         self._counters = np.zeros(kernel_api.load("sync").counters_size(fw.phases_per_call(a.n_layer)), np.int64)
         self._dims = fw.Dims(a.n_embd, a.n_layer, a.n_head, a.n_head_kv, a.head_dim, a.n_ff, a.n_vocab, cache_positions, a.n_rot,
-                             self.n_threads, int(a.rope_neox), a.nope_every)
+                             self.n_threads, int(a.rope_neox), a.nope_every, int(a.gelu), a.n_swa, a.swa_pattern,
+                             int(_swa_rope(a)))
         self._rope = fw.FloatParams(*_rope_params(a))
         self._last_logits = np.zeros(a.n_vocab, f32)
         self._pos = np.zeros(B, np.int64)  # each token's position and cache region (fw.Batch)
@@ -596,5 +636,17 @@ def _rope_params(a: ModelArgs) -> tuple:
 
     corr0 = max(0.0, math.floor(corr_dim(32.0)))
     corr1 = min(a.n_rot - 1.0, math.ceil(corr_dim(1.0)))
-    kq_scale = 1.0 / math.sqrt(a.head_dim)
-    return tuple(f32(v) for v in (theta_scale, a.rope_freq_scale, ext_factor, attn_factor, corr0, corr1, a.norm_eps, kq_scale))
+    scale = a.attn_scale or 1.0 / math.sqrt(a.head_dim)
+    q_scale, kq_scale = (scale, 1.0) if a.scale_q else (1.0, scale)
+    base_swa = a.rope_base_swa or a.rope_base
+    theta_scale_swa = f32(np.power(f32(base_swa), f32(-2.0) / f32(a.n_rot)))
+    return tuple(f32(v) for v in (theta_scale, a.rope_freq_scale, ext_factor, attn_factor, corr0, corr1, a.norm_eps, kq_scale,
+                                  a.embd_scale, q_scale, a.attn_softcap, a.final_softcap, theta_scale_swa,
+                                  a.rope_freq_scale_swa))
+
+
+def _swa_rope(a: ModelArgs) -> bool:
+    """Whether sliding-window layers rotate by angles of their own (Gemma 3's local rope base)."""
+    if a.n_swa <= 0 or not any(a.is_swa_layer(il) for il in range(a.n_layer)):
+        return False
+    return (a.rope_base_swa or a.rope_base) != a.rope_base or a.rope_freq_scale_swa != a.rope_freq_scale

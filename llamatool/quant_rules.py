@@ -194,12 +194,13 @@ def allows_quantization(name: str, ne: Sequence[int], arch: str, options: Quanti
 
 # --- categories and order ------------------------------------------------------------------
 
-OUTPUT, TOKEN_EMBD, ATTN_V, ATTN_K, ATTN_Q, ATTN_OUTPUT, ATTN_QKV, FFN_UP, FFN_GATE, FFN_DOWN, OTHER = range(11)
+OUTPUT, TOKEN_EMBD, ATTN_V, ATTN_K, ATTN_Q, ATTN_OUTPUT, FFN_UP, FFN_GATE, FFN_DOWN, OTHER = range(10)
 
 # first match wins, as in tensor_get_category
 _CATEGORY_SUBSTRINGS = [
-    ("attn_qkv.weight", ATTN_QKV),
-    ("attn_kv_b.weight", ATTN_V),  # attn_v-like: as sensitive as attn_v
+    # attn_v-like (category_is_attn_v): as sensitive as attn_v, counted and ruled with it
+    ("attn_qkv.weight", ATTN_V),
+    ("attn_kv_b.weight", ATTN_V),
     ("attn_v.weight", ATTN_V),
     ("attn_k.weight", ATTN_K),
     ("attn_q.weight", ATTN_Q),
@@ -301,8 +302,6 @@ class _Recipe:
             if f.n_expert == 8:
                 return "Q5_K" if ft in ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS") else new
             return {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(ft, new)
-        if cat == ATTN_QKV:
-            return {"Q3_K_M": "Q4_K", "Q3_K_L": "Q4_K", "Q4_K_M": "Q5_K", "Q5_K_M": "Q6_K"}.get(ft, new)
         if cat == FFN_GATE:
             self._layer(self.c.i_ffn_gate, name)  # validates the layer, as llama.cpp does
             self.c.i_ffn_gate += 1

@@ -43,6 +43,16 @@ CHAT_TEMPLATE = (
 )
 
 
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + message['role'] + '\n' + message['content'] | trim"
+    " + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+
 @dataclass
 class CheckpointSpec:
     name: str  # folder name (the converter derives general.name and the file name from it)
@@ -81,6 +91,8 @@ def tensor_shapes(spec: CheckpointSpec, n_vocab: int) -> dict[str, tuple[int, ..
     kv = spec.kv_heads or spec.heads
     E, F = spec.hidden, spec.intermediate
     shapes = {"model.embed_tokens.weight": (n_vocab, E)}
+    if spec.arch == "Phi3ForCausalLM":
+        return _phi3_shapes(spec, shapes, hd, kv, n_vocab)
     for i in range(spec.layers):
         p = f"model.layers.{i}."
         for proj, rows in (("q_proj", spec.heads * hd), ("k_proj", kv * hd), ("v_proj", kv * hd)):
@@ -88,11 +100,35 @@ def tensor_shapes(spec: CheckpointSpec, n_vocab: int) -> dict[str, tuple[int, ..
             if spec.arch == "Qwen2ForCausalLM":
                 shapes[p + f"self_attn.{proj}.bias"] = (rows,)
         shapes[p + "self_attn.o_proj.weight"] = (E, spec.heads * hd)
-        if spec.arch == "Qwen3ForCausalLM":
+        if spec.arch in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"):
             shapes.update({p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)})
         shapes.update({
             p + "mlp.gate_proj.weight": (F, E),
             p + "mlp.up_proj.weight": (F, E),
+            p + "mlp.down_proj.weight": (E, F),
+            p + "input_layernorm.weight": (E,),
+            p + "post_attention_layernorm.weight": (E,),
+        })  # fmt: skip
+        if spec.arch in GEMMA_ARCHS:
+            shapes.update({p + "pre_feedforward_layernorm.weight": (E,), p + "post_feedforward_layernorm.weight": (E,)})
+    shapes["model.norm.weight"] = (E,)
+    if not spec.tied:
+        shapes["lm_head.weight"] = (n_vocab, E)
+    return shapes
+
+
+GEMMA_ARCHS = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+
+
+def _phi3_shapes(spec: CheckpointSpec, shapes: dict, hd: int, kv: int, n_vocab: int) -> dict:
+    """Phi-3's layer: fused qkv_proj and gate_up_proj."""
+    E, F = spec.hidden, spec.intermediate
+    for i in range(spec.layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "self_attn.qkv_proj.weight": ((spec.heads + 2 * kv) * hd, E),
+            p + "self_attn.o_proj.weight": (E, spec.heads * hd),
+            p + "mlp.gate_up_proj.weight": (2 * F, E),
             p + "mlp.down_proj.weight": (E, F),
             p + "input_layernorm.weight": (E,),
             p + "post_attention_layernorm.weight": (E,),
@@ -104,12 +140,14 @@ def tensor_shapes(spec: CheckpointSpec, n_vocab: int) -> dict[str, tuple[int, ..
 
 
 def random_weights(spec: CheckpointSpec, n_vocab: int) -> dict[str, np.ndarray]:
-    """float32 values: uniform weights scaled by fan-in, norms near 1."""
+    """float32 values: uniform weights scaled by fan-in, norms near 1 (as the model multiplies by them)."""
     rng = np.random.default_rng(spec.seed)
     out = {}
     for name, shape in tensor_shapes(spec, n_vocab).items():
         u = rng.random(shape, dtype=np.float32) * 2 - 1
         if name.endswith(".bias"):
+            out[name] = (0.1 * u).astype(np.float32)
+        elif len(shape) == 1 and spec.arch in GEMMA_ARCHS:  # Gemma stores w - 1: effective weights near 1
             out[name] = (0.1 * u).astype(np.float32)
         elif len(shape) == 1:
             out[name] = (1 + 0.1 * u).astype(np.float32)
@@ -348,6 +386,12 @@ def spm_tokenizer_config(spec: CheckpointSpec, n_pieces: int) -> dict:
             "2": {"content": "</s>", "special": True, "normalized": False},
         },
     }
+    turn_tokens = {"Gemma2ForCausalLM": ["<start_of_turn>", "<end_of_turn>"], "Gemma3ForCausalLM": ["<start_of_turn>", "<end_of_turn>"],
+                   "Phi3ForCausalLM": ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>"]}.get(spec.arch, [])
+    for i, text in enumerate(turn_tokens):  # chat tokens after the SentencePiece model (extra_vocab covers them)
+        config["added_tokens_decoder"][str(n_pieces + i)] = {"content": text, "special": True, "normalized": False}
+    if turn_tokens:
+        config["chat_template"] = PHI3_TEMPLATE if spec.arch == "Phi3ForCausalLM" else GEMMA_TEMPLATE
     if spec.arch == "MistralForCausalLM":  # Mistral-style control and user-defined tokens
         config["added_tokens_decoder"].update({
             str(n_pieces - 2): {"content": "[INST]", "special": True, "normalized": False},
@@ -361,7 +405,9 @@ def spm_tokenizer_config(spec: CheckpointSpec, n_pieces: int) -> dict:
 
 
 _MODEL_TYPES = {"MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
-                "SmolLM3ForCausalLM": "smollm3"}
+                "SmolLM3ForCausalLM": "smollm3", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
+                "Phi3ForCausalLM": "phi3"}
+_TURN_TOKEN_ARCHS = ("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM")  # added tokens in tokenizer_config
 
 
 def config_json(spec: CheckpointSpec, n_vocab: int) -> dict:
@@ -383,6 +429,9 @@ def config_json(spec: CheckpointSpec, n_vocab: int) -> dict:
         "eos_token_id": 2,
         "hidden_act": "silu",
     }
+    if spec.arch in GEMMA_ARCHS:
+        del cfg["hidden_act"]
+        cfg["hidden_activation"] = "gelu_pytorch_tanh"
     if spec.head_dim is not None:
         cfg["head_dim"] = spec.head_dim
     if spec.rope_theta is not None:
@@ -406,7 +455,7 @@ def write_checkpoint(root: Path, spec: CheckpointSpec) -> Path:
         (folder / "tokenizer.model").write_bytes(sentencepiece_model(pieces))
         tok_config = spm_tokenizer_config(spec, len(pieces))
         size = len(pieces)
-        if spec.extra_vocab:  # a token past the SentencePiece model, as some fine-tunes add
+        if spec.extra_vocab and spec.arch not in _TURN_TOKEN_ARCHS:  # a token past the SentencePiece model
             _write_json(folder / "added_tokens.json", {"<extra_added>": size})
     else:
         tokenizer, tok_config, size = bpe_tokenizer(spec)
@@ -477,5 +526,34 @@ FIXTURES = {
         dtype="bfloat16", seed=7, rope_theta=5000000.0, max_position_embeddings=65536, rms_norm_eps=1e-6,
         config_extra={"no_rope_layers": [1, 1, 1, 0], "no_rope_layer_interval": 4, "use_sliding_window": False,
                       "bos_token_id": None, "eos_token_id": 2, "pad_token_id": None},
+    ),
+    # Gemma 2: a 16-position window on layers 0 and 2, soft-caps small enough to bite on
+    # these weights, norms stored as w - 1 in bfloat16 (the converter's +1 rounds there)
+    "gemma2-spm": CheckpointSpec(
+        "tiny-gemma2-spm", arch="Gemma2ForCausalLM", tokenizer="spm", layers=3, heads=4, kv_heads=2, head_dim=32,
+        tied=True, dtype="bfloat16", seed=8, extra_vocab=2, rope_theta=10000.0, max_position_embeddings=8192,
+        rms_norm_eps=1e-6,
+        config_extra={"query_pre_attn_scalar": 32, "sliding_window": 16, "attn_logit_softcapping": 10.0,
+                      "final_logit_softcapping": 5.0, "attention_bias": False, "pad_token_id": 0},
+    ),
+    # Gemma 3 text: 7 layers (layer 5 global, the others slide over 16 positions with base
+    # 10000), Q/K norms, linear rope scaling on the global layers, float16 (the +1 rounds there)
+    "gemma3-spm": CheckpointSpec(
+        "tiny-gemma3-spm", arch="Gemma3ForCausalLM", tokenizer="spm", layers=7, heads=4, kv_heads=1, head_dim=32,
+        tied=True, dtype="float16", seed=10, extra_vocab=2, rope_theta=None, max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        config_extra={"query_pre_attn_scalar": 32, "sliding_window": 16, "attention_bias": False, "pad_token_id": 0,
+                      "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                          "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}}},
+    ),
+    # Phi-3 with LongRoPE: long factors beyond 32 positions (the original context), fused
+    # qkv and gate|up; sliding_window as the real checkpoints declare it (llama.cpp ignores it)
+    "phi3-spm": CheckpointSpec(
+        "tiny-phi3-spm", arch="Phi3ForCausalLM", tokenizer="spm", heads=4, kv_heads=2, dtype="bfloat16", seed=9,
+        extra_vocab=4, max_position_embeddings=128,
+        rope_scaling={"type": "longrope", "long_factor": [1.0, 1.2, 1.5, 2.0, 3.0, 4.5, 6.0, 8.0],
+                      "short_factor": [1.0, 1.0, 1.1, 1.2, 1.3, 1.5, 1.8, 2.0]},
+        config_extra={"original_max_position_embeddings": 32, "sliding_window": 2047, "eos_token_id": 2,
+                      "pad_token_id": 0},
     ),
 }  # fmt: skip

@@ -25,20 +25,26 @@ def layout(keys: np.ndarray, values: np.ndarray, n_ctx: int):
     return k.reshape(-1).view(np.uint16), v.reshape(-1).view(np.uint16)
 
 
-def reference(q16: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, scale: float) -> np.ndarray:
-    """Causal softmax attention in float64: q16 (n_tok, n_heads, hd) at positions pos..."""
+def reference(q16: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, scale: float, softcap: float = 0.0,
+              window: int = 0) -> np.ndarray:
+    """Causal softmax attention in float64: q16 (n_tok, n_heads, hd) at positions pos...
+    (transformers' Gemma 2: scores soft-capped to softcap * tanh(s / softcap), and a query at
+    position p seeing p - window < j <= p)."""
     n_tok, n_heads, hd = q16.shape
     out = np.zeros((n_tok, n_heads, hd))
     K, V = keys.astype(np.float64), values.astype(np.float64)
     for t in range(n_tok):
         n = pos + t + 1
-        s = q16[t].astype(np.float64) @ K[:n].T * scale  # (heads, n)
+        lo = max(0, n - window) if window > 0 else 0
+        s = q16[t].astype(np.float64) @ K[lo:n].T * scale  # (heads, n - lo)
+        if softcap > 0:
+            s = softcap * np.tanh(s / softcap)
         p = np.exp(s - s.max(1, keepdims=True))
-        out[t] = (p / p.sum(1, keepdims=True)) @ V[:n]
+        out[t] = (p / p.sum(1, keepdims=True)) @ V[lo:n]
     return out
 
 
-def run_tile(q16, keys, values, pos, scale, n_ctx, *, ldq_pad=5, ldo_pad=3, offset=7, region=0):
+def run_tile(q16, keys, values, pos, scale, n_ctx, *, ldq_pad=5, ldo_pad=3, offset=7, region=0, softcap=0.0, window=0):
     """attend_tile on padded q/out rows at nonzero offsets, the head's region at `region`."""
     n_tok, n_heads, hd = q16.shape
     k_region, v_region = layout(keys, values, n_ctx)
@@ -50,8 +56,8 @@ def run_tile(q16, keys, values, pos, scale, n_ctx, *, ldq_pad=5, ldo_pad=3, offs
     for t in range(n_tok):
         q[offset + t * ldq: offset + t * ldq + n_heads * hd] = q16[t].reshape(-1)
     work = np.zeros(11 + scratch_floats(n_heads, 1, hd, n_tok), np.float32)
-    attend_tile(q, offset, ldq, n_tok, n_heads, hd, pos, k_cache, v_cache, region, np.float32(scale), out, offset, ldo,
-                work, 11)
+    attend_tile(q, offset, ldq, n_tok, n_heads, hd, pos, k_cache, v_cache, region, np.float32(scale), np.float32(softcap),
+                np.int64(window), out, offset, ldo, work, 11)
     got = np.stack([out[offset + t * ldo: offset + t * ldo + n_heads * hd].reshape(n_heads, hd) for t in range(n_tok)])
     untouched = np.ones(out.size, bool)
     for t in range(n_tok):
@@ -87,6 +93,36 @@ def test_tile_matches_float64_reference(n_tok, n_heads, hd, pos):
     scale = 1 / math.sqrt(hd)
     got = run_tile(q16, keys, values, pos, scale, n_ctx=pos + n_tok + 3, region=3 * hd)
     np.testing.assert_allclose(got, reference(q16, keys, values, pos, scale), rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "n_tok, n_heads, pos, window",
+    [
+        (1, 3, 100, 16),  # a decode step far past the window: the early steps are skipped
+        (8, 2, 40, 16),  # a prefill tile whose window starts inside a step
+        (8, 4, 0, 5),  # from position 0, a window shorter than the tile
+        (5, 1, 60, 33),  # a window one past a step
+        (3, 3, 20, 64),  # a window longer than the context: plain causal attention
+    ],
+)
+def test_sliding_window_matches_float64_reference(n_tok, n_heads, pos, window):
+    rng = np.random.default_rng(pos + window)
+    q16, keys, values = random_case(rng, n_tok, n_heads, 64, pos)
+    got = run_tile(q16, keys, values, pos, 0.125, n_ctx=pos + n_tok, window=window)
+    np.testing.assert_allclose(got, reference(q16, keys, values, pos, 0.125, window=window), rtol=1e-5, atol=2e-6)
+    # and it differs from attention over every position (when the window hides some)
+    if pos + n_tok > window:
+        assert np.abs(got - reference(q16, keys, values, pos, 0.125)).max() > 1e-3
+
+
+def test_soft_capped_scores_match_float64_reference():
+    # large scores, capped at +-5: without the cap the softmax would be far more peaked
+    rng = np.random.default_rng(11)
+    q16, keys, values = random_case(rng, 6, 2, 64, 30, spread=4.0)
+    got = run_tile(q16, keys, values, 30, 0.25, n_ctx=40, softcap=5.0, window=20)
+    expected = reference(q16, keys, values, 30, 0.25, softcap=5.0, window=20)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(expected - reference(q16, keys, values, 30, 0.25, window=20)).max() > 1e-2
 
 
 def test_peaked_scores_and_a_growing_maximum():

@@ -23,7 +23,7 @@ from llamatool.kernels.matmul import kernel_tables, kernels
 from llamatool.kernels.norm import rmsnorm
 from llamatool.kernels.rope import rope_angles, rope_rotate
 from llamatool.kernels.sync import claim, counters_size, finish, wait
-from llamatool.kernels.vmath import swiglu, vexp
+from llamatool.kernels.vmath import geglu, round_half, swiglu, vexp
 from tests.conftest import llama_cpp_lib
 
 # byte offsets of the f16 scale fields of each block type (ggml-common.h)
@@ -449,6 +449,30 @@ def test_vexp_and_swiglu():
     swiglu(gate, up, 0, 37, h)
     g = gate.astype(np.float64)
     np.testing.assert_allclose(h, g / (1 + np.exp(-g)) * up, rtol=1e-6, atol=1e-7)
+
+
+def test_geglu_reads_ggmls_table_of_halves():
+    """ggml_vec_geglu_f32 (GGML_GELU_FP16): gelu(x) from a table indexed by x as a half and
+    holding halves; 0 at or below -10, x * g at or above 10. The table is built here as
+    ggml_cpu_init builds it, with numpy's float16 for the roundings."""
+    rng = np.random.default_rng(4)
+    gate = np.concatenate([rng.standard_normal(5000) * 4, [-10, -10.001, -9.999, 10, 9.999, 10.5, 0, 6e-5, 65000 / 1e4]])
+    gate = gate.astype(np.float32)
+    up = rng.standard_normal(gate.size).astype(np.float32)
+    out = np.zeros_like(gate)
+    geglu(gate, up, 0, gate.size, out)
+    half = gate.astype(np.float16).astype(np.float32)
+    c, a = np.float32(0.79788456080286535587989211986876), np.float32(0.044715)
+    table = (np.float32(0.5) * half * (np.float32(1) + np.tanh(c * half * (np.float32(1) + a * half * half)))).astype(np.float16)
+    expected = np.where(gate <= -10, np.float32(0), np.where(gate >= 10, gate * up, table.astype(np.float32) * up))
+    # numpy's float32 tanh and libm's tanhf (ggml's, and the kernel's) may differ by an ulp:
+    # that moves a half by one where 1 + tanh cancels (x below about -3, gelu ~ 1e-4 and less)
+    np.testing.assert_allclose(out, expected, rtol=1e-3, atol=2e-6 * np.abs(up).max())
+    assert (out != expected)[np.abs(gate) < 2].mean() < 0.01
+    # and it is not the exact GELU: the table's roundings show
+    exact = 0.5 * gate * (1 + np.tanh(c * gate * (1 + a * gate * gate))) * up
+    assert (out != exact.astype(np.float32)).mean() > 0.5
+    assert all(round_half(x) == np.float32(np.float16(x)) for x in gate[:500])
 
 
 # --- SIMD primitives --------------------------------------------------------------------------------

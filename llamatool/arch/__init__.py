@@ -6,6 +6,9 @@
     qwen2.py    qwen2 (Qwen2, Qwen2.5)
     qwen3.py    qwen3 (Qwen3 dense)
     smollm3.py  smollm3 (SmolLM3: LLaMA with NoPE layers)
+    gemma2.py   gemma2 (Gemma 2: sandwich norms, GELU, soft-caps, sliding window)
+    gemma3.py   gemma3 (Gemma 3 text: gemma2 without soft-caps, Q/K norms, 5:1 local:global)
+    phi3.py     phi3 (Phi-3, Phi-3.5, Phi-4: fused QKV and gate|up, LongRoPE)
 
 Adding a family: a module with a Family subclass, listed in FAMILIES, plus kernels only
 where the forward pass meets an operation it does not have yet.
@@ -18,9 +21,12 @@ from .family import Family, ForwardSwitches, LayerTensor, ROPE_NEOX, ROPE_NORM  
 from .llama import Llama
 from .qwen2 import Qwen2
 from .qwen3 import Qwen3
+from .gemma2 import Gemma2
+from .gemma3 import Gemma3
+from .phi3 import Phi3
 from .smollm3 import SmolLM3
 
-FAMILIES: tuple[Family, ...] = (Llama(), Qwen2(), Qwen3(), SmolLM3())
+FAMILIES: tuple[Family, ...] = (Llama(), Qwen2(), Qwen3(), SmolLM3(), Gemma2(), Gemma3(), Phi3())
 _BY_ARCH = {f.arch: f for f in FAMILIES}
 _BY_HF_CLASS = {cls: f for f in FAMILIES for cls in f.hf_classes}
 

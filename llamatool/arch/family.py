@@ -13,6 +13,8 @@ A family is one class (llamatool/arch/<family>.py) with:
                                          shape, whether a file may lack it
     forward                              ForwardSwitches: what the shared fused pass does
                                          differently for this family
+    attention_params(meta, ...)          what llama.cpp's load_arch_hparams derives from the
+                                         file: attention scale, soft-caps, sliding window
     quantize_70b_layers                  llama-quantize's "70B" layer count for its attn_v rule
 
 The base class is the LLaMA layout, which every family here shares except where it says so.
@@ -38,8 +40,12 @@ class ForwardSwitches:
 
     rope: int = ROPE_NORM  # ROPE_NORM or ROPE_NEOX
     nope_every: int = 0  # > 0: layers il with (il + 1) % nope_every == 0 skip RoPE (SmolLM3)
-    # Biases and per-head Q/K RMSNorm need no switch: the pass applies them wherever the
-    # layer holds the tensor (see gguf_layer_tensors).
+    embd_scale: bool = False  # token embeddings times sqrt(n_embd) (Gemma)
+    gelu: bool = False  # GELU(tanh)-gated FFN instead of SwiGLU (Gemma)
+    scale_q: bool = False  # llama.cpp scales Q before attention (Gemma, Phi-3), not the K.Q scores
+    # Biases, per-head Q/K RMSNorm, post-attention/post-FFN norms and Phi-3's fused gate|up
+    # need no switch: the pass applies them wherever the layer holds the tensor (see
+    # gguf_layer_tensors).
 
 
 @dataclass(frozen=True)
@@ -65,12 +71,14 @@ HF_LAYER_NAMES = {
     "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output",
+    "self_attn.qkv_proj": "attn_qkv",
     "self_attn.q_norm": "attn_q_norm",
     "self_attn.k_norm": "attn_k_norm",
     "post_attention_layernorm": "ffn_norm",
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
+    "mlp.gate_up_proj": "ffn_up",
 }
 
 _LLAMA_LAYER = (
@@ -105,6 +113,8 @@ class Family:
     forward = ForwardSwitches()
     gguf_layer_tensors: tuple[LayerTensor, ...] = _LLAMA_LAYER
     quantize_70b_layers: int | None = None
+    hf_layer_names = HF_LAYER_NAMES
+    drops_lm_head = False  # the converter skips a stored lm_head.weight (Gemma 2: always tied)
     # the forward pass cannot run these (a feature's config key -> what it is)
     unsupported_config: dict[str, str] = {
         "num_local_experts": "mixture-of-experts layers",
@@ -113,6 +123,11 @@ class Family:
     }
 
     # --- convert ----------------------------------------------------------------------------
+
+    def normalize_rope(self, raw: dict, params: dict) -> dict:
+        """rope_parameters as the config class builds them (llamatool.convert.hparams made the
+        common part; Gemma 3 has one dict per attention type)."""
+        return params
 
     def check_config(self, cfg: dict, path) -> None:
         """Refuse a config whose features this family's forward pass (or llama.cpp's) lacks."""
@@ -136,7 +151,7 @@ class Family:
         out = {}
         for local, shape in shapes.items():
             module, _, suffix = local.rpartition(".")
-            out[local] = (f"{HF_LAYER_NAMES[module]}.{suffix}", shape)
+            out[local] = (f"{self.hf_layer_names[module]}.{suffix}", shape)
         return out
 
     def hf_extra_layer_tensors(self, hp) -> dict[str, tuple[int, ...]]:
@@ -162,9 +177,32 @@ class Family:
         """(key, value, type, subtype) the family's set_vocab adds after the tokenizer's."""
         return []
 
+    def load_vocab(self, folder, hp):
+        """The checkpoint's tokenizer as GGUF metadata (llamatool.convert.vocab)."""
+        from ..convert.vocab import load_vocab
+
+        return load_vocab(folder, hp.n_vocab, self.uses_add_space_prefix())
+
     def uses_add_space_prefix(self) -> bool:
         """Whether tokenizer_config.json's add_prefix_space becomes tokenizer.ggml.add_space_prefix."""
         return False
+
+    def tensor_shift(self, gguf_name: str) -> float:
+        """What the converter adds to a tensor's values (Gemma's norms store weight - 1)."""
+        return 0.0
+
+    def tensor_fields(self, hp) -> list[Field]:
+        """Keys the reference writes while it prepares the tensors, before the general.* ones
+        (Phi-3's rope attention factor)."""
+        return []
+
+    # --- run ----------------------------------------------------------------------------------
+
+    def attention_params(self, meta, n_layer: int, n_embd: int, n_head: int, head_dim: int) -> dict:
+        """ModelArgs values llama.cpp's load_arch_hparams sets for this family. meta(key,
+        default) reads `<arch>.<key>` from the file. LLaMA: no window, no soft-caps, K.Q
+        scaled by 1/sqrt(head_dim)."""
+        return {}
 
 
 # --- the hyperparameters every text model writes (TextModel.set_gguf_parameters) ------------
@@ -213,9 +251,12 @@ def text_model_fields(arch: str, hp, file_type: int) -> list[Field]:
     add("attention.head_count_kv", ("num_key_value_heads", "n_kv_heads"), U32)
     if cfg.get("is_causal") is False:
         fields.append((f"{arch}.attention.causal", False, BOOL))
-    fields += _rope_scaling_fields(arch, hp.rope)
-    if hp.rope.get("rope_theta") is not None:
-        fields.append((f"{arch}.rope.freq_base", hp.rope["rope_theta"], F32))
+    rope = hp.rope.get("full_attention", hp.rope)  # per attention type (Gemma 3): the global layers'
+    fields += _rope_scaling_fields(arch, rope)
+    if rope.get("rope_theta") is not None:
+        fields.append((f"{arch}.rope.freq_base", rope["rope_theta"], F32))
+    if hp.rope.get("sliding_attention", {}).get("rope_theta") is not None:
+        fields.append((f"{arch}.rope.freq_base_swa", hp.rope["sliding_attention"]["rope_theta"], F32))
     add("attention.layer_norm_rms_epsilon", ("rms_norm_eps", "norm_eps"), F32)
     add("attention.layer_norm_epsilon", ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"), F32)
     if cfg.get("head_dim") is not None:

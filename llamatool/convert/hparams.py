@@ -68,6 +68,8 @@ def normalized_config(raw: dict) -> dict:
         if family.head_dim_from_heads and cfg.get("head_dim") is None and _positive_int(cfg.get("num_attention_heads")):
             cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
     cfg["rope_parameters"] = _rope_parameters(raw, family)
+    if family is not None:
+        cfg["rope_parameters"] = family.normalize_rope(raw, cfg["rope_parameters"])
     return cfg
 
 

@@ -28,7 +28,7 @@ from .tensors import ModelTensor, model_tensors
 from .outtype import OutType, resolve, tensor_types
 from .stream import progress_bar, write_tensor
 from .tensor_files import checkpoint_dtype, checkpoint_tensors
-from .vocab import Vocab, load_vocab
+from .vocab import Vocab
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 
@@ -101,11 +101,12 @@ def plan_conversion(folder: str | Path, options: ConvertOptions) -> Plan:
     stored = _weights_for_vocab_only(folder) if options.vocab_only else checkpoint_tensors(folder)
     tensors = [] if options.vocab_only else model_tensors(hp, stored)
     out = resolve(options.outtype, checkpoint_dtype(stored))
-    vocab = load_vocab(folder, hp.n_vocab, hp.family.uses_add_space_prefix())
+    vocab = hp.family.load_vocab(folder, hp)
     n_params = sum(t.n_elements for t in tensors)
     meta = load_metadata(folder, options.model_name, n_params)
     family = hp.family
     fields: list[Field] = [("general.architecture", family.arch, ValueType.STRING, None)]
+    fields += [(k, v, t, None) for k, v, t in family.tensor_fields(hp)]
     fields += general_fields(meta)
     fields += [(k, v, t, None) for k, v, t in family.hyperparameter_fields(hp, out.file_type)]
     fields.append(("general.quantization_version", QUANTIZATION_VERSION, ValueType.UINT32, None))

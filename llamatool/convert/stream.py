@@ -26,7 +26,15 @@ def _as_rows(arr: np.ndarray) -> np.ndarray:
 
 
 def _direct(t: ModelTensor, qtype: GGMLType) -> bool:
-    return t.row_order is None and t.source is not None and t.source.dtype == qtype.name
+    return t.row_order is None and not t.shift and t.source is not None and t.source.dtype == qtype.name
+
+
+def shifted(values: np.ndarray, shift: float, dtype: str) -> np.ndarray:
+    """values (widened to float32) + shift as the reference's torch arithmetic gives it: it
+    reads bfloat16 tensors as float32, so they add in float32; float16 tensors add in float16
+    (rounded to nearest even); measured against the vendored converter on both."""
+    total = values + np.float32(shift)
+    return total.astype(np.float16).astype(np.float32) if dtype == "F16" else total
 
 
 def _converted(t: ModelTensor, mapped: Mapped, qtype: GGMLType, advance: Callable[[int], None]) -> np.ndarray:
@@ -41,7 +49,10 @@ def _converted(t: ModelTensor, mapped: Mapped, qtype: GGMLType, advance: Callabl
     for r0 in range(0, n_rows, step):
         r1 = min(n_rows, r0 + step)
         src = rows[order[r0:r1]] if order is not None else rows[r0:r1]
-        out[r0:r1] = quantize(qtype, to_float32(src, t.source.dtype))
+        values = to_float32(src, t.source.dtype)
+        if t.shift:
+            values = shifted(values, t.shift, t.source.dtype)
+        out[r0:r1] = quantize(qtype, values)
         del src
         if order is None:
             mapped.release(r0 * src_row_bytes, r1 * src_row_bytes)

@@ -15,7 +15,7 @@ NEOX-RoPE families (Qwen) rotate the halves as Hugging Face does and keep the or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,6 +32,7 @@ class Expected:
     gguf_name: str
     shape: tuple[int, ...]  # numpy order, as stored by HF
     permute_heads: int = 0  # Q/K: number of heads to permute rows over; 0 = keep order
+    shift: float = 0.0  # added to the values (Gemma's norms)
 
 
 def expected_tensors(hp: Hparams) -> dict[str, Expected]:
@@ -40,20 +41,23 @@ def expected_tensors(hp: Hparams) -> dict[str, Expected]:
     out = {
         "model.embed_tokens.weight": Expected("token_embd.weight", (V, E)),
         "model.norm.weight": Expected("output_norm.weight", (E,)),
-        "lm_head.weight": Expected("output.weight", (V, E)),
     }
+    if not hp.family.drops_lm_head:
+        out["lm_head.weight"] = Expected("output.weight", (V, E))
     permuted = {"self_attn.q_proj": hp.n_head, "self_attn.k_proj": hp.n_head_kv} if hp.family.permute_qk else {}
     for i in range(hp.n_layer):
         for local, (gguf_local, shape) in hp.family.hf_layer_tensors(hp).items():
             heads = permuted.get(local.rpartition(".")[0], 0)
-            out[f"model.layers.{i}.{local}"] = Expected(f"blk.{i}.{gguf_local}", shape, heads)
+            gguf_name = f"blk.{i}.{gguf_local}"
+            out[f"model.layers.{i}.{local}"] = Expected(gguf_name, shape, heads, hp.family.tensor_shift(gguf_name))
+    out["model.norm.weight"] = replace(out["model.norm.weight"], shift=hp.family.tensor_shift("output_norm.weight"))
     return out
 
 
 def required_tensors(hp: Hparams, present: set[str]) -> list[str]:
     """HF names a usable checkpoint cannot lack (lm_head only when untied)."""
     required = [n for n in expected_tensors(hp) if n != "lm_head.weight"]
-    if not hp.tied:
+    if not hp.tied and not hp.family.drops_lm_head:
         required.append("lm_head.weight")
     return [n for n in required if n not in present]
 
@@ -72,6 +76,7 @@ class ModelTensor:
     source: StoredTensor | None = None
     values: np.ndarray | None = None  # generated tensors (rope_freqs)
     row_order: np.ndarray | None = None
+    shift: float = 0.0  # added to the values, in the stored dtype's precision
 
     @property
     def ne(self) -> tuple[int, ...]:
@@ -92,7 +97,7 @@ def model_tensors(hp: Hparams, stored: dict[str, StoredTensor]) -> list[ModelTen
     expected = expected_tensors(hp)
     out = [ModelTensor(name, values.shape, values=values) for name, values in hp.family.extra_tensors(hp)]
     for name, t in stored.items():
-        if name.endswith(SKIPPED_SUFFIXES):
+        if name.endswith(SKIPPED_SUFFIXES) or (name == "lm_head.weight" and hp.family.drops_lm_head):
             continue
         exp = expected.get(name)
         if exp is None:
@@ -102,7 +107,7 @@ def model_tensors(hp: Hparams, stored: dict[str, StoredTensor]) -> list[ModelTen
         if t.dtype not in ("F32", "F16", "BF16", "F64"):
             raise LlamatoolError(f"{t.path}: tensor {name!r} has dtype {t.dtype}; only F32, F16, BF16 and F64 weights can be converted")
         order = head_row_order(exp.shape[0], exp.permute_heads) if exp.permute_heads else None
-        out.append(ModelTensor(exp.gguf_name, exp.shape, source=t, row_order=order))
+        out.append(ModelTensor(exp.gguf_name, exp.shape, source=t, row_order=order, shift=exp.shift))
     missing = required_tensors(hp, set(stored))
     if missing:
         where = next(iter(stored.values())).path.parent if stored else hp.path.parent

@@ -78,9 +78,10 @@ def _int_id(value, where: str) -> int:
 _PIECE_TYPES = {PieceType.UNKNOWN: UNKNOWN, PieceType.CONTROL: CONTROL, PieceType.UNUSED: UNUSED, PieceType.BYTE: 6}
 
 
-def sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
-    path = folder / "tokenizer.model"
-    pieces = read_pieces(path)
+def _pieces(folder: Path, n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+    """tokenizer.model's pieces (ids it does not fill: [PAD<id>]), then added_tokens.json's
+    tokens over them: tokens, scores and types."""
+    pieces = read_pieces(folder / "tokenizer.model")
     tokens = [f"[PAD{i}]" for i in range(n_vocab)]
     scores = [PAD_SCORE] * n_vocab
     types = [UNUSED] * n_vocab
@@ -88,11 +89,15 @@ def sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
         # user-defined pieces count as normal here, as SentencePieceProcessor reports them
         tokens[i], scores[i], types[i] = piece.text, piece.score, _PIECE_TYPES.get(piece.type, NORMAL)
     added = read_json_if_present(folder / "added_tokens.json")
-    if isinstance(added, dict):
-        for text, tid in added.items():
-            tid = _int_id(tid, str(folder / "added_tokens.json"))
-            if 0 <= tid < n_vocab:
-                tokens[tid], scores[tid], types[tid] = text, UNSCORED, USER_DEFINED
+    for text, tid in (added.items() if isinstance(added, dict) else ()):
+        tid = _int_id(tid, str(folder / "added_tokens.json"))
+        if 0 <= tid < n_vocab:
+            tokens[tid], scores[tid], types[tid] = text, UNSCORED, USER_DEFINED
+    return tokens, scores, types
+
+
+def sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
+    tokens, scores, types = _pieces(folder, n_vocab)
     config = read_json_if_present(folder / "tokenizer_config.json")
     decoder = config.get("added_tokens_decoder") if isinstance(config, dict) else None
     for key, entry in (decoder or {}).items():
@@ -106,6 +111,35 @@ def sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
             text = text.replace("\u2581", " ")  # llama.cpp expects user-defined tokens pre-normalized
             types[tid] = USER_DEFINED
         tokens[tid], scores[tid] = text, UNSCORED
+    special = load_special_vocab(folder, load_merges=False, n_vocab=len(tokens))
+    return Vocab("llama", "default", tokens, types, special, scores=scores)
+
+
+def phi3_vocab(folder: Path, n_vocab: int) -> Vocab:
+    """Phi3MiniModel.set_vocab: byte-level BPE when tokenizer_config.json names GPT2Tokenizer
+    (Phi-4); otherwise the SentencePiece pieces with every added token (added_tokens.json,
+    then tokenizer_config.json's added_tokens_decoder, then tokenizer.json's added_tokens)
+    written as given: user-defined, control if marked special, score -1000."""
+    config = read_json_if_present(folder / "tokenizer_config.json")
+    config = config if isinstance(config, dict) else {}
+    if config.get("tokenizer_class") == "GPT2Tokenizer":
+        return bpe_vocab(folder, n_vocab)
+    if not (folder / "tokenizer.model").is_file():
+        raise LlamatoolError(f"{folder / 'tokenizer.model'}: missing (Phi-3's SentencePiece tokenizer)")
+    tokens, scores, types = _pieces(folder, n_vocab)
+    tokenizer = read_json_if_present(folder / "tokenizer.json")
+    entries = [(key, e, "tokenizer_config.json") for key, e in (config.get("added_tokens_decoder") or {}).items()]
+    if isinstance(tokenizer, dict):
+        entries += [(e.get("id"), e, "tokenizer.json") for e in tokenizer.get("added_tokens") or [] if isinstance(e, dict)]
+    for key, entry, where in entries:
+        tid = _int_id(key, str(folder / where))
+        text = entry.get("content") if isinstance(entry, dict) else None
+        if not isinstance(text, str):
+            continue
+        if not 0 <= tid < n_vocab:
+            raise LlamatoolError(f"{folder / where}: added token id {tid} is outside the vocab_size {n_vocab} of config.json")
+        tokens[tid], scores[tid] = text, UNSCORED
+        types[tid] = CONTROL if entry.get("special") else USER_DEFINED
     special = load_special_vocab(folder, load_merges=False, n_vocab=len(tokens))
     return Vocab("llama", "default", tokens, types, special, scores=scores)
 

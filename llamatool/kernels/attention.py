@@ -30,6 +30,8 @@ query cannot see leaves its sum and output bit for bit unchanged (alpha = 1, wei
 
 from __future__ import annotations
 
+import numpy as np
+
 from llamatool import jit  # noqa: F401  (sets the Numba cache dir before numba is used)
 
 from llvmlite import ir  # noqa: E402
@@ -68,29 +70,38 @@ def scratch_floats(n_head: int, n_head_kv: int, head_dim: int, tokens_per_tile: 
 # --- SIMD helpers of this module --------------------------------------------------------------
 
 
-@intrinsic
-def keep_first(typingctx, v, n, fill):
-    """Lanes i < n of v as they are, `fill` in the others (n may be <= 0 or >= the lane count)."""
-    if not (isinstance(v, Vector) and isinstance(n, types.Integer) and fill == v.dtype):
-        return None
+def _lane_mask_intrinsic(keep_below: bool):
+    """An intrinsic f(v, n, fill): v with its lanes i < n (keep_below) or i >= n (otherwise)
+    as they are and `fill` in the others; n may be <= 0 or >= the lane count."""
 
-    def codegen(context, builder, sig, args):
-        vec, count, value = args
-        i32 = ir.IntType(32)
-        lanes = v.lanes
-        count = context.cast(builder, count, sig.args[1], types.int64)
-        count = builder.select(builder.icmp_signed("<", count, ir.Constant(count.type, 0)), ir.Constant(count.type, 0), count)
-        count = builder.select(builder.icmp_signed(">", count, ir.Constant(count.type, lanes)),
-                               ir.Constant(count.type, lanes), count)
-        nvec = ir.VectorType(i32, lanes)
-        limit = builder.insert_element(ir.Constant(nvec, ir.Undefined), builder.trunc(count, i32), ir.Constant(i32, 0))
-        limit = builder.shuffle_vector(limit, ir.Constant(nvec, ir.Undefined), ir.Constant(nvec, [0] * lanes))
-        keep = builder.icmp_signed("<", ir.Constant(nvec, list(range(lanes))), limit)
-        other = builder.insert_element(ir.Constant(vec.type, ir.Undefined), value, ir.Constant(i32, 0))
-        other = builder.shuffle_vector(other, ir.Constant(vec.type, ir.Undefined), ir.Constant(nvec, [0] * lanes))
-        return builder.select(keep, vec, other)
+    @intrinsic
+    def _mask(typingctx, v, n, fill):
+        if not (isinstance(v, Vector) and isinstance(n, types.Integer) and fill == v.dtype):
+            return None
 
-    return v(v, n, fill), codegen
+        def codegen(context, builder, sig, args):
+            vec, count, value = args
+            i32 = ir.IntType(32)
+            lanes = v.lanes
+            count = context.cast(builder, count, sig.args[1], types.int64)
+            count = builder.select(builder.icmp_signed("<", count, ir.Constant(count.type, 0)), ir.Constant(count.type, 0), count)
+            count = builder.select(builder.icmp_signed(">", count, ir.Constant(count.type, lanes)),
+                                   ir.Constant(count.type, lanes), count)
+            nvec = ir.VectorType(i32, lanes)
+            limit = builder.insert_element(ir.Constant(nvec, ir.Undefined), builder.trunc(count, i32), ir.Constant(i32, 0))
+            limit = builder.shuffle_vector(limit, ir.Constant(nvec, ir.Undefined), ir.Constant(nvec, [0] * lanes))
+            keep = builder.icmp_signed("<" if keep_below else ">=", ir.Constant(nvec, list(range(lanes))), limit)
+            other = builder.insert_element(ir.Constant(vec.type, ir.Undefined), value, ir.Constant(i32, 0))
+            other = builder.shuffle_vector(other, ir.Constant(vec.type, ir.Undefined), ir.Constant(nvec, [0] * lanes))
+            return builder.select(keep, vec, other)
+
+        return v(v, n, fill), codegen
+
+    return _mask
+
+
+keep_first = _lane_mask_intrinsic(True)  # lanes i < n kept
+drop_first = _lane_mask_intrinsic(False)  # lanes i < n replaced (a sliding window's older positions)
 
 
 @intrinsic
@@ -188,16 +199,20 @@ def _fma_both(x, k0, k1, acc0, acc1):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _masked_max(s0, s1, n_visible):
-    """The scores with invisible positions set to -inf, and the largest visible one."""
+def _masked_max(s0, s1, n_visible, n_hidden):
+    """The scores with invisible positions set to -inf (the step's first n_hidden ones are
+    older than a sliding window), and the largest visible one."""
     if n_visible < STEP:
         s0 = keep_first(s0, n_visible, _NEG_INF)
         s1 = keep_first(s1, n_visible - 16, _NEG_INF)
+    if n_hidden > 0:
+        s0 = drop_first(s0, n_hidden, _NEG_INF)
+        s1 = drop_first(s1, n_hidden - 16, _NEG_INF)
     return s0, s1, hmax(fmax(s0, s1))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _weights(s0, s1, m, n_visible, work, po):
+def _weights(s0, s1, m, n_visible, n_hidden, work, po):
     """exp(s - m) of the visible positions (exactly 0 for the others) into work[po:po+STEP];
     returns their sum."""
     p0 = vexp(s0 - m)
@@ -205,6 +220,9 @@ def _weights(s0, s1, m, n_visible, work, po):
     if n_visible < STEP:
         p0 = keep_first(p0, n_visible, float32(0))
         p1 = keep_first(p1, n_visible - 16, float32(0))
+    if n_hidden > 0:
+        p0 = drop_first(p0, n_hidden, float32(0))
+        p1 = drop_first(p1, n_hidden - 16, float32(0))
     store(work, po, p0)
     store(work, po + 16, p1)
     return hsum(p0 + p1)
@@ -271,15 +289,40 @@ def _accumulate(out, oa, ob, oc, od, n_real, alpha, v_cache, vb, n_pos, head_dim
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _online_softmax(s0, s1, n_visible, work, mi, po):
+def _online_softmax(s0, s1, n_visible, n_hidden, work, mi, po):
     """Fold one query's step scores into its running maximum work[mi]; the weights go to
     work[po:po+STEP]. Returns m_old - m_new (the log of the factor for its sum and output)
     and the sum of the weights."""
-    s0, s1, best = _masked_max(s0, s1, n_visible)
+    s0, s1, best = _masked_max(s0, s1, n_visible, n_hidden)
     m_old = work[mi]
     m_new = max(m_old, best)
     work[mi] = m_new
-    return m_old - m_new, _weights(s0, s1, m_new, n_visible, work, po)
+    return m_old - m_new, _weights(s0, s1, m_new, n_visible, n_hidden, work, po)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _scaled(s0, s1, scale, softcap, work, po):
+    """A query's step scores times the scale; soft-capped to cap * tanh(s * scale / cap) when
+    softcap > 0 (Gemma 2), as ggml's flash attention folds the scale into the division.
+    The tanh is libm's tanhf, lane by lane through work[po:po+STEP] (the step's weights go
+    there next): a vector tanh from exp loses the small scores' relative precision."""
+    if softcap > 0:
+        f = scale / softcap
+        store(work, po, s0 * f)
+        store(work, po + 16, s1 * f)
+        for i in range(po, po + STEP):
+            work[i] = np.tanh(work[i]) * softcap
+        return load(work, po, 16), load(work, po + 16, 16)
+    return s0 * scale, s1 * scale
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _hidden(limit, window, j0):
+    """How many of the step's first positions a query at position `limit` cannot see because
+    they are `window` or more positions older (0 without a window, or for padding queries)."""
+    if window <= 0 or limit < 0:
+        return 0
+    return limit - window + 1 - j0
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -294,7 +337,8 @@ def _query(i, n_real, n_heads, q0, ldq, o0, ldo, head_dim, pos, state):
 
 
 @njit(cache=True, _nrt=False)
-def _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, k_cache, v_cache, kb, vb, j0, scale, work, state, ls, po):
+def _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, k_cache, v_cache, kb, vb, j0, scale, softcap, window,
+          work, state, ls, po):
     """One step (positions j0..j0+STEP-1) of queries i0..i0+SUB-1 of a tile; m of query i at
     work[state + i], l at work[ls + i]."""
     qa, oa, la, ma = _query(i0, n_q, n_heads, q0, ldq, o0, ldo, head_dim, pos, state)
@@ -302,10 +346,14 @@ def _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, k_cache, v_
     qc, oc, lc, mc = _query(i0 + 2, n_q, n_heads, q0, ldq, o0, ldo, head_dim, pos, state)
     qd, od, ld, md = _query(i0 + 3, n_q, n_heads, q0, ldq, o0, ldo, head_dim, pos, state)
     a0, a1, b0, b1, c0, c1, d0, d1 = _scores(q, qa, qb, qc, qd, k_cache, kb, head_dim)
-    da, sa = _online_softmax(a0 * scale, a1 * scale, la + 1 - j0, work, ma, po)
-    db, sb = _online_softmax(b0 * scale, b1 * scale, lb + 1 - j0, work, mb, po + STEP)
-    dc, sc = _online_softmax(c0 * scale, c1 * scale, lc + 1 - j0, work, mc, po + 2 * STEP)
-    dd, sd = _online_softmax(d0 * scale, d1 * scale, ld + 1 - j0, work, md, po + 3 * STEP)
+    a0, a1 = _scaled(a0, a1, scale, softcap, work, po)
+    b0, b1 = _scaled(b0, b1, scale, softcap, work, po + STEP)
+    c0, c1 = _scaled(c0, c1, scale, softcap, work, po + 2 * STEP)
+    d0, d1 = _scaled(d0, d1, scale, softcap, work, po + 3 * STEP)
+    da, sa = _online_softmax(a0, a1, la + 1 - j0, _hidden(la, window, j0), work, ma, po)
+    db, sb = _online_softmax(b0, b1, lb + 1 - j0, _hidden(lb, window, j0), work, mb, po + STEP)
+    dc, sc = _online_softmax(c0, c1, lc + 1 - j0, _hidden(lc, window, j0), work, mc, po + 2 * STEP)
+    dd, sd = _online_softmax(d0, d1, ld + 1 - j0, _hidden(ld, window, j0), work, md, po + 3 * STEP)
     alpha = vexp(splat4(da, db, dc, dd))  # the 4 rescale factors in one exp
     li = ls - state
     work[ma + li] = work[ma + li] * extract(alpha, 0) + sa
@@ -330,13 +378,16 @@ def _prefetch_step(k_cache, v_cache, at, head_dim):
 
 
 @njit(cache=True, _nrt=False)
-def attend_tile(q, q0, ldq, n_tok, n_heads, head_dim, pos, k_cache, v_cache, region, scale, out, o0, ldo, work, wo):
+def attend_tile(q, q0, ldq, n_tok, n_heads, head_dim, pos, k_cache, v_cache, region, scale, softcap, window, out, o0, ldo,
+                work, wo):
     """Attention of n_heads query heads sharing one KV head, for n_tok consecutive tokens.
 
     Query (token t, head h) is q[q0 + t * ldq + h * head_dim:][:head_dim], already rounded
     to f16; its output goes to out[o0 + t * ldo + h * head_dim:]. Token t is at position pos + t and
     sees positions 0..pos + t of the head's cache region (starting at `region`, in the
-    layout of the module docstring). work[wo:wo + scratch_floats(...)] is scratch: m of
+    layout of the module docstring); with window > 0 only the last `window` of them
+    (sliding-window attention, llama.cpp's LLAMA_SWA_TYPE_STANDARD). softcap > 0 caps the
+    scaled scores at +-softcap (tanh). work[wo:wo + scratch_floats(...)] is scratch: m of
     every query (and SUB padding slots), then l, the weights of one step, and the step's
     keys and values in float32 when more than SUB queries share them.
     """
@@ -354,7 +405,8 @@ def attend_tile(q, q0, ldq, n_tok, n_heads, head_dim, pos, k_cache, v_cache, reg
     keys = po + SUB * STEP
     values = keys + STEP * head_dim
     end = pos + n_tok
-    for j0 in range(0, end, STEP):
+    first_step = 0 if window <= 0 else max(0, pos - window + 1) // STEP * STEP
+    for j0 in range(first_step, end, STEP):
         kb = region + j0 * head_dim  # STEP is a multiple of KEY_BLOCK: block j0 // 16 starts here
         vb = region + j0 * head_dim
         if j0 + STEP < end:
@@ -367,12 +419,14 @@ def attend_tile(q, q0, ldq, n_tok, n_heads, head_dim, pos, k_cache, v_cache, reg
         for i0 in range(0, n_q, SUB):
             if pos + (min(i0 + SUB, n_q) - 1) // n_heads < j0:
                 continue  # these queries' positions all come before the step
+            if window > 0 and pos + i0 // n_heads - window + 1 >= j0 + STEP:
+                continue  # the step is older than all these queries' windows
             if n_q > SUB:
-                _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, work, work, keys, values, j0, scale, work,
-                      ms, ls, po)
+                _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, work, work, keys, values, j0, scale, softcap,
+                      window, work, ms, ls, po)
             else:
-                _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, k_cache, v_cache, kb, vb, j0, scale, work,
-                      ms, ls, po)
+                _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, k_cache, v_cache, kb, vb, j0, scale, softcap,
+                      window, work, ms, ls, po)
     for i in range(n_q):
         inv = float32(1) / work[ls + i]
         o = o0 + (i // n_heads) * ldo + (i % n_heads) * head_dim

@@ -1,7 +1,10 @@
 """The forward pass of every supported family as one compiled call over preallocated buffers.
 
-The LLaMA pass; a family's differences (llamatool.arch) arrive as data: biases and Q/K
-norms wherever the layer table has them, NEOX rope and NoPE layers as Dims switches.
+The LLaMA pass; a family's differences (llamatool.arch) arrive as data: biases, Q/K norms,
+post-attention and post-FFN norms (Gemma's sandwich) and a fused gate|up matrix (Phi-3)
+wherever the layer table has them; NEOX rope, NoPE layers, GELU, sliding-window layers and
+their own rope base as Dims switches; embedding scale, query scale and soft-caps as
+FloatParams.
 
 One call evaluates n_tok tokens (a prompt batch, a single decode step, or the tokens of
 several sequences at once), appends their keys and values to the cache and writes logits.
@@ -20,10 +23,12 @@ atomic counters (see sync.py), so threads meet once per call, not once per op:
                                   into runs of one sequence at consecutive positions)
                  quantize attention output                (chunk = token)
                  output projection + residual             (chunk = rows)
+                 [post-attention norm + residual]         (chunk = token)
                  ffn norm + activation quantization       (chunk = token)
-                 gate and up projections, SwiGLU          (chunk = rows of both)
+                 gate and up projections, SwiGLU/GEGLU    (chunk = rows of both)
                  quantize                                 (chunk = token)
                  down projection + residual               (chunk = rows)
+                 [post-FFN norm + residual]               (chunk = token)
     output       final norm, quantization, logits         (tokens that need logits only)
 
 In the last layer only the tokens that need logits go through attention, the output
@@ -64,7 +69,9 @@ from .rope import rope_angles, rope_rotate, rope_rotate_neox
 from .simd import load, load_f32, round_f16, store
 from .sync import claim, finish, wait
 from .types import BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
-from .vmath import swiglu
+from .vmath import geglu, swiglu
+
+from numba import float32  # noqa: E402
 
 # columns of the tensor table
 T_OFFSET, T_TYPE, T_K, T_ROWS, T_ROW_BYTES = 0, 1, 2, 3, 4
@@ -89,7 +96,9 @@ LAYER_BUP = 16
 LAYER_BDOWN = 17
 LAYER_Q_NORM = 18  # per-head RMSNorm of Q and K before RoPE (Qwen3)
 LAYER_K_NORM = 19
-N_LAYER_ROLES = 20
+LAYER_ATTN_POST_NORM = 20  # RMSNorm of the attention output before the residual (Gemma 2/3)
+LAYER_FFN_POST_NORM = 21  # ... and of the FFN output
+N_LAYER_ROLES = 22
 # global tensors
 GLOBAL_TOK_EMBD, GLOBAL_OUTPUT_NORM, GLOBAL_OUTPUT = 0, 1, 2
 
@@ -106,9 +115,18 @@ NEED_Q8_0, NEED_Q8_K, NEED_F16, NEED_BF16 = 1, 2, 4, 8
 Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors")
 # Dims.n_ctx is the cache's positions per layer and KV head: kv_cache_positions(context size)
 # rope_neox: 1 rotates the two halves of a head (llama.cpp's NEOX rope), 0 adjacent pairs;
-# nope_every: > 0 leaves RoPE out of layers il with (il + 1) % nope_every == 0 (SmolLM3)
-Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads rope_neox nope_every")
-FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale")
+# nope_every: > 0 leaves RoPE out of layers il with (il + 1) % nope_every == 0 (SmolLM3);
+# gelu: 1 for a GELU(tanh)-gated FFN (Gemma), 0 SwiGLU;
+# n_swa > 0: sliding-window layers see only the last n_swa positions; which layers: those with
+# swa_pattern == 0 or il % swa_pattern < swa_pattern - 1 (llama.cpp's set_swa_pattern);
+# swa_rope: 1 if those layers rotate by their own angles (theta_scale_swa, freq_scale_swa)
+Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads rope_neox nope_every "
+                          "gelu n_swa swa_pattern swa_rope")
+# embd_scale: token embeddings are multiplied by it (Gemma: sqrt(n_embd)); q_scale multiplies
+# the query before its f16 rounding and kq_scale the scores (llama.cpp scales one or the
+# other by family); attn_softcap / final_softcap > 0 cap scores / logits with tanh (Gemma 2)
+FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale "
+                                        "embd_scale q_scale attn_softcap final_softcap theta_scale_swa freq_scale_swa")
 # a8/ak: Q8_0/Q8_K slots; scores: n_threads equal parts of attention_scratch_floats each
 Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")
 # per token t < n_tok: pos[t] its position in its sequence, kv[t] where its sequence's region
@@ -128,7 +146,7 @@ def attention_scratch_floats(n_head: int, n_head_kv: int, head_dim: int) -> int:
 
 def phases_per_call(n_layer: int) -> int:
     """Upper bound of the number of phases of one forward call (sizes the counters)."""
-    return 1 + 9 * n_layer + 2
+    return 1 + 11 * n_layer + 2
 
 
 # --- pieces of a phase --------------------------------------------------------------------
@@ -215,6 +233,14 @@ def _chunk_rows(T, i, nth, unit=16):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _ffn_chunk_rows(n_ff, nth):
+    """Rows per chunk of the gate and up projections (as _chunk_rows for an n_ff-row matrix)."""
+    n_chunks = CHUNKS_PER_THREAD * nth
+    per = (n_ff + n_chunks - 1) // n_chunks
+    return max(MIN_CHUNK_ROWS, (per + 15) // 16 * 16)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _n_row_chunks(T, i, nth, unit=16):
     return 0 if i < 0 else (T[i, T_ROWS] + _chunk_rows(T, i, nth, unit) - 1) // _chunk_rows(T, i, nth, unit)
 
@@ -224,18 +250,26 @@ def _n_row_chunks(T, i, nth, unit=16):
 
 @njit(cache=True, _nrt=False)
 def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, batch, s):
-    """Token embeddings into s.x and the RoPE angles of every position (chunk = token)."""
+    """Token embeddings into s.x (scaled by embd_scale) and the RoPE angles of every position
+    (chunk = token); with swa_rope, sliding-window layers' angles after all of them."""
     T = net.tensors
     emb = net.globals[GLOBAL_TOK_EMBD]
+    E = dims.n_embd
     done = 0
     while True:
         t = claim(ctr, ph)
         if t >= n_tok:
             break
         row = T[emb, T_OFFSET] + tokens[t] * T[emb, T_ROW_BYTES]
-        call_dequant(net.dequant, T[emb, T_TYPE], net.data, row, dims.n_embd, s.x, t * dims.n_embd)
+        call_dequant(net.dequant, T[emb, T_TYPE], net.data, row, E, s.x, t * E)
+        if fp.embd_scale != 1:
+            for i in range(t * E, (t + 1) * E):
+                s.x[i] *= fp.embd_scale
         rope_angles(batch.pos[t], dims.n_rot, fp.theta_scale, fp.freq_scale, fp.ext_factor, fp.attn_factor,
                     fp.corr0, fp.corr1, net.freq_factors, s.angles, t * dims.n_rot)
+        if dims.swa_rope != 0:
+            rope_angles(batch.pos[t], dims.n_rot, fp.theta_scale_swa, fp.freq_scale_swa, fp.ext_factor, fp.attn_factor,
+                        fp.corr0, fp.corr1, net.freq_factors, s.angles, (n_tok + t) * dims.n_rot)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n_tok)
@@ -276,7 +310,35 @@ def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, src, s, k_cache, v_cache, ldo, n_q, n_kv, eps):
+def _phase_post_norm(ctr, ph, net, norm, t0, t1, K, eps, src, x):
+    """x[t] += rmsnorm(src[t]) * weight for t0 <= t < t1 (src is overwritten; chunk = token):
+    Gemma's norms of the attention and FFN outputs before their residual additions."""
+    n = t1 - t0
+    done = 0
+    while True:
+        c = claim(ctr, ph)
+        if c >= n:
+            break
+        o = (t0 + c) * K
+        rmsnorm(src, o, K, eps, net.data, net.tensors[norm, T_OFFSET], src, o)
+        for i in range(o, o + K):
+            x[i] += src[i]
+        done += 1
+    finish(ctr, ph, done)
+    wait(ctr, ph, n)
+    return ph + 1
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def is_swa_layer(dims, layer):
+    """Whether the layer attends through a sliding window (llama.cpp's hparams.is_swa)."""
+    if dims.n_swa <= 0:
+        return False
+    return dims.swa_pattern == 0 or layer % dims.swa_pattern < dims.swa_pattern - 1
+
+
+@njit(cache=True, _nrt=False)
+def _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, src, s, k_cache, v_cache, ldo, n_q, n_kv, eps, q_scale):
     """Q, K, V projections of all tokens into s.qkv (row t: q | k | v), biases added, Q/K
     normed per head where the layer has the norms, RoPE applied; keys and values appended
     to the cache."""
@@ -290,6 +352,8 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, src, s, k_cache, v_cache
         biases = (L[layer, LAYER_BQ], L[layer, LAYER_BK], L[layer, LAYER_BV])
     cols = (0, n_q, n_q + n_kv)
     rotate = dims.nope_every == 0 or (layer + 1) % dims.nope_every != 0
+    # this layer's angles: the sliding-window layers' own ones follow the others (see _phase_embed)
+    a0 = n_tok * dims.n_rot if dims.swa_rope != 0 and is_swa_layer(dims, layer) else 0
     # NEOX rope and Q/K norms read a whole head: chunks then hold whole heads
     per_head = dims.rope_neox != 0 or L[layer, LAYER_Q_NORM] >= 0
     unit = dims.head_dim if per_head else 16
@@ -309,8 +373,8 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, src, s, k_cache, v_cache
         _matmul(net, i, r0, r1, 0, n_tok, src, s, s.qkv, ldo, cols[m], 0, batch.n_fast)
         _add_bias(net, biases[m], r0, r1, 0, n_tok, s.qkv, ldo, cols[m])
         if per_head:
-            _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, cols[m] + r0, cols[m] + r1, eps, rotate)
-        _rope_and_store(dims, layer, n_tok, batch, s, k_cache, v_cache, ldo, cols[m] + r0, cols[m] + r1, rotate)
+            _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, cols[m] + r0, cols[m] + r1, eps, rotate, a0)
+        _rope_and_store(dims, layer, n_tok, batch, s, k_cache, v_cache, ldo, cols[m] + r0, cols[m] + r1, rotate, a0, q_scale)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -318,7 +382,7 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, src, s, k_cache, v_cache
 
 
 @njit(cache=True, _nrt=False)
-def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps, rotate):
+def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps, rotate, a0):
     """The whole-head steps on columns c0..c1 (whole heads) of every token's q | k | v row:
     RMSNorm of each Q and K head by its norm weights (if the layer has them), then NEOX RoPE
     (if the model uses it), as llama.cpp orders them."""
@@ -334,16 +398,17 @@ def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps, rotate):
             if norm >= 0:
                 rmsnorm(s.qkv, row + c, hd, eps, net.data, net.tensors[norm, T_OFFSET], s.qkv, row + c)
             if rotate and dims.rope_neox != 0:
-                rope_rotate_neox(s.qkv, row + c, dims.n_rot, s.angles, t * dims.n_rot)
+                rope_rotate_neox(s.qkv, row + c, dims.n_rot, s.angles, a0 + t * dims.n_rot)
 
 
 @njit(cache=True, _nrt=False)
-def _rope_and_store(dims, layer, n_tok, batch, s, k_cache, v_cache, ldo, c0, c1, rotate):
+def _rope_and_store(dims, layer, n_tok, batch, s, k_cache, v_cache, ldo, c0, c1, rotate, a0, q_scale):
     """Columns c0..c1 (multiples of 16) of every token's q | k | v row, just projected:
     rotate q and k (adjacent pairs, unless a NoPE layer; NEOX heads were rotated whole
-    before), round q to f16 for the K.Q products (as ggml does for an f16 cache), and append
-    k and v to each token's sequence in the cache. A chunk of the projections does this for its own rows, so no phase
-    (and no barrier) is needed between the projections and attention."""
+    before; angles from s.angles[a0:]), scale q by q_scale (the families whose llama.cpp
+    graph scales Q rather than K.Q), round q to f16 for the K.Q products (as ggml does for an
+    f16 cache), and append k and v to each token's sequence in the cache. A chunk of the
+    projections does this for its own rows, so no phase (and no barrier) is needed between the projections and attention."""
     hd = dims.head_dim
     n_q = dims.n_head * hd
     n_kv = dims.n_head_kv * hd
@@ -353,9 +418,11 @@ def _rope_and_store(dims, layer, n_tok, batch, s, k_cache, v_cache, ldo, c0, c1,
         for c in range(c0, c1, 16):
             d = c % hd  # rotated pairs never straddle a 16-column group: n_rot is even
             if rotate and dims.rope_neox == 0 and d < dims.n_rot and c < n_q + n_kv:
-                rope_rotate(s.qkv, row + c, min(16, dims.n_rot - d), s.angles, t * dims.n_rot + d)
+                rope_rotate(s.qkv, row + c, min(16, dims.n_rot - d), s.angles, a0 + t * dims.n_rot + d)
             x = load(s.qkv, row + c, 16)
             if c < n_q:
+                if q_scale != 1:
+                    x = x * q_scale
                 store(s.qkv, row + c, round_f16(x))
             elif c < n_q + n_kv:
                 region = batch.kv[t] + (layer * dims.n_head_kv + (c - n_q) // hd) * dims.n_ctx * hd
@@ -376,7 +443,7 @@ def _run_end(batch, t, end):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, batch, s, k_cache, v_cache, ldo, kq_scale):
+def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, batch, s, k_cache, v_cache, ldo, kq_scale, softcap):
     """Attention output of tokens first..n_tok-1 into s.att (chunk = the query heads of one
     KV head x 8 tokens, the latest tokens, which see the most positions, first; each run of
     one sequence in them attends to its own region of the cache)."""
@@ -386,6 +453,7 @@ def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, batch, s, k_cache,
     n = dims.n_head_kv * tiles
     work = ith * (s.scores.size // dims.n_threads)
     n_q = dims.n_head * hd
+    window = dims.n_swa if is_swa_layer(dims, layer) else 0
     done = 0
     while True:
         c = claim(ctr, ph)
@@ -399,7 +467,7 @@ def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, batch, s, k_cache,
         while t0 < w1:
             t1 = _run_end(batch, t0, w1)
             attend_tile(s.qkv, t0 * ldo + g * group * hd, ldo, t1 - t0, group, hd, batch.pos[t0], k_cache, v_cache,
-                        batch.kv[t0] + region, kq_scale, s.att, t0 * n_q + g * group * hd, n_q, s.scores, work)
+                        batch.kv[t0] + region, kq_scale, softcap, window, s.att, t0 * n_q + g * group * hd, n_q, s.scores, work)
             t0 = t1
         done += 1
     finish(ctr, ph, done)
@@ -408,9 +476,10 @@ def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, batch, s, k_cache,
 
 
 @njit(cache=True, _nrt=False)
-def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd, n_fast):
+def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd, n_fast, add):
     """x[t] += W . src[t] (+ bias) for t0 <= t < t1: the attention output and FFN down
-    projections. Each chunk owns its rows, so it adds them into x without a race."""
+    projections. Each chunk owns its rows, so it adds them into x without a race. Without
+    `add` the product stays in s.tmp (a post-norm comes first)."""
     T = net.tensors
     n = _n_row_chunks(T, w, dims.n_threads)
     done = 0
@@ -422,9 +491,10 @@ def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd, n_fa
         r1 = min(r0 + _chunk_rows(T, w, dims.n_threads), T[w, T_ROWS])
         _matmul(net, w, r0, r1, t0, t1, src, s, s.tmp, n_embd, 0, 0, n_fast)
         _add_bias(net, bias, r0, r1, t0, t1, s.tmp, n_embd, 0)
-        for t in range(t0, t1):
-            for r in range(r0, r1):
-                x[t * n_embd + r] += s.tmp[t * n_embd + r]
+        if add:
+            for t in range(t0, t1):
+                for r in range(r0, r1):
+                    x[t * n_embd + r] += s.tmp[t * n_embd + r]
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -433,24 +503,33 @@ def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd, n_fa
 
 @njit(cache=True, _nrt=False)
 def _phase_ffn_up(ctr, ph, net, dims, layer, t0, t1, src, s, n_ff, n_fast):
-    """s.gate[t] = silu(W_gate . src[t]) * (W_up . src[t]) for t0 <= t < t1."""
+    """s.gate[t] = act(W_gate . src[t]) * (W_up . src[t]) for t0 <= t < t1, act SiLU or GELU
+    (dims.gelu). Without a gate matrix, ffn_up holds the gate's rows then the up rows (Phi-3's
+    fused gate_up_proj, split in halves as ggml_swiglu does)."""
     L = net.layers
-    gate = L[layer, LAYER_GATE]
     up = L[layer, LAYER_UP]
-    n = _n_row_chunks(net.tensors, gate, dims.n_threads)
+    gate = L[layer, LAYER_GATE]
+    up_row0 = 0
+    if gate < 0:
+        gate, up_row0 = up, n_ff
+    per = _ffn_chunk_rows(n_ff, dims.n_threads)
+    n = (n_ff + per - 1) // per
     done = 0
     while True:
         c = claim(ctr, ph)
         if c >= n:
             break
-        r0 = c * _chunk_rows(net.tensors, gate, dims.n_threads)
-        r1 = min(r0 + _chunk_rows(net.tensors, gate, dims.n_threads), n_ff)
+        r0 = c * per
+        r1 = min(r0 + per, n_ff)
         _matmul(net, gate, r0, r1, t0, t1, src, s, s.gate, n_ff, 0, 0, n_fast)
         _add_bias(net, L[layer, LAYER_BGATE], r0, r1, t0, t1, s.gate, n_ff, 0)
-        _matmul(net, up, r0, r1, t0, t1, src, s, s.up, n_ff, 0, 0, n_fast)
+        _matmul(net, up, up_row0 + r0, up_row0 + r1, t0, t1, src, s, s.up, n_ff, -up_row0, 0, n_fast)
         _add_bias(net, L[layer, LAYER_BUP], r0, r1, t0, t1, s.up, n_ff, 0)
         for t in range(t0, t1):
-            swiglu(s.gate, s.up, t * n_ff + r0, r1 - r0, s.gate)
+            if dims.gelu != 0:
+                geglu(s.gate, s.up, t * n_ff + r0, r1 - r0, s.gate)
+            else:
+                swiglu(s.gate, s.up, t * n_ff + r0, r1 - r0, s.gate)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -458,8 +537,9 @@ def _phase_ffn_up(ctr, ph, net, dims, layer, t0, t1, src, s, n_ff, n_fast):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_logits(ctr, ph, net, dims, t0, t1, src, s, logits, n_vocab, n_fast):
-    """logits[t - t0] = output . src[t] for t0 <= t < t1."""
+def _phase_logits(ctr, ph, net, dims, t0, t1, src, s, logits, n_vocab, n_fast, softcap):
+    """logits[t - t0] = output . src[t] for t0 <= t < t1; soft-capped to
+    softcap * tanh(logit / softcap) when softcap > 0 (Gemma 2), as ggml scales, tanh, scales."""
     out_w = net.globals[GLOBAL_OUTPUT]
     n = _n_row_chunks(net.tensors, out_w, dims.n_threads)
     done = 0
@@ -470,6 +550,11 @@ def _phase_logits(ctr, ph, net, dims, t0, t1, src, s, logits, n_vocab, n_fast):
         r0 = c * _chunk_rows(net.tensors, out_w, dims.n_threads)
         r1 = min(r0 + _chunk_rows(net.tensors, out_w, dims.n_threads), n_vocab)
         _matmul(net, out_w, r0, r1, t0, t1, src, s, logits, n_vocab, 0, t0, n_fast)
+        if softcap > 0:
+            inv = float32(1) / softcap
+            for t in range(t1 - t0):
+                for r in range(r0, r1):
+                    logits[t * n_vocab + r] = np.tanh(logits[t * n_vocab + r] * inv) * softcap
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -497,21 +582,28 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, batch, o
         qkv_formats = _formats(T, L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         qkv_formats |= _formats(T, L[layer, LAYER_WQKV], -1, -1)
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s)
-        ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv, eps)
-        ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, batch, s, k_cache, v_cache, ld_qkv, fp.kq_scale)
+        ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv, eps, fp.q_scale)
+        ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, batch, s, k_cache, v_cache, ld_qkv, fp.kq_scale,
+                              fp.attn_softcap)
         wo = L[layer, LAYER_WO]
         ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s)
-        ph = _phase_residual(ctr, ph, net, dims, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd, batch.n_fast)
+        post = L[layer, LAYER_ATTN_POST_NORM]
+        ph = _phase_residual(ctr, ph, net, dims, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd, batch.n_fast, post < 0)
+        if post >= 0:
+            ph = _phase_post_norm(ctr, ph, net, post, t0, n_tok, n_embd, eps, s.tmp, s.x)
         ffn_formats = _formats(T, L[layer, LAYER_GATE], L[layer, LAYER_UP], -1)
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_FFN_NORM], t0, n_tok, n_embd, eps, s.x, s.xn, ffn_formats, s)
         ph = _phase_ffn_up(ctr, ph, net, dims, layer, t0, n_tok, s.xn, s, dims.n_ff, batch.n_fast)
         down = L[layer, LAYER_DOWN]
         ph = _phase_prepare(ctr, ph, t0, n_tok, dims.n_ff, s.gate, _formats(T, down, -1, -1), s)
-        ph = _phase_residual(ctr, ph, net, dims, down, L[layer, LAYER_BDOWN], t0, n_tok, s.gate, s, s.x, n_embd,
-                             batch.n_fast)
+        post = L[layer, LAYER_FFN_POST_NORM]
+        ph = _phase_residual(ctr, ph, net, dims, down, L[layer, LAYER_BDOWN], t0, n_tok, s.gate, s, s.x, n_embd, batch.n_fast,
+                             post < 0)
+        if post >= 0:
+            ph = _phase_post_norm(ctr, ph, net, post, t0, n_tok, n_embd, eps, s.tmp, s.x)
     out_formats = _formats(T, net.globals[GLOBAL_OUTPUT], -1, -1)
     ph = _phase_norm(ctr, ph, net, net.globals[GLOBAL_OUTPUT_NORM], out_t0, n_tok, n_embd, eps, s.x, s.xn, out_formats, s)
-    _phase_logits(ctr, ph, net, dims, out_t0, n_tok, s.xn, s, logits, dims.n_vocab, batch.n_fast)
+    _phase_logits(ctr, ph, net, dims, out_t0, n_tok, s.xn, s, logits, dims.n_vocab, batch.n_fast, fp.final_softcap)
 
 
 class Forward:

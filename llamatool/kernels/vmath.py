@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from llamatool.jit import njit
 
 from .simd import as_f32, fma, fmax, fmin, load, rint, splat, store, to_i32
@@ -55,3 +57,32 @@ def swiglu(gate, up, o, n, out):
     for i in range(o + n16, o + n):
         g = gate[i]
         out[i] = g / (float32(1) + float32(math.exp(-g))) * up[i]
+
+
+_GELU_COEF_A = float32(0.044715)
+_SQRT_2_OVER_PI = float32(0.79788456080286535587989211986876)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def round_half(x):
+    """x (float32) rounded to the nearest IEEE half, ties to even, as float32 (|x| < 65504)."""
+    e = math.frexp(float(x))[1] - 1  # x = 1.m * 2^e
+    ulp = math.ldexp(1.0, max(e, -14) - 10)
+    return float32(np.rint(float(x) / ulp) * ulp)
+
+
+@njit(cache=True, _nrt=False)
+def geglu(gate, up, o, n, out):
+    """out[o+i] = gelu(gate[o+i]) * up[o+i] for i < n, as ggml_vec_geglu_f32 computes it
+    (GGML_GELU_FP16): the tanh GELU read from a table of halves, i.e. of x rounded to a half,
+    itself rounded to a half; exactly 0 below -10 and the identity from 10 on."""
+    for i in range(o, o + n):
+        x = gate[i]
+        if x <= float32(-10):
+            out[i] = float32(0)
+        elif x >= float32(10):
+            out[i] = x * up[i]
+        else:
+            h = round_half(x)
+            g = float32(0.5) * h * (float32(1) + np.tanh(_SQRT_2_OVER_PI * h * (float32(1) + _GELU_COEF_A * h * h)))
+            out[i] = round_half(g) * up[i]
