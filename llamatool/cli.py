@@ -68,6 +68,24 @@ def convert(
     run_convert_command(model_dir, options)
 
 
+# --- LoRA adapters (llamatool/lora/) ---------------------------------------------------
+
+
+@app.command("convert-lora")
+def convert_lora(
+    adapter_dir: Path = typer.Argument(..., help="Folder of a PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="The base model's Hugging Face folder (only config.json is read). Default: the adapter's base_model_name_or_path when it is a local folder."),
+    outtype: str = typer.Option("f32", "--outtype", help="f32, f16, bf16, q8_0 or auto (f16 or bf16 from the weights)."),
+    outfile: Optional[Path] = typer.Option(None, "--outfile", help="Output file ({ftype} is replaced by the type) or folder. Default: a name from the adapter, in its folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write nothing."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output file if it exists."),
+) -> None:
+    """Convert a PEFT LoRA adapter to a GGUF adapter (like convert_lora_to_gguf.py)."""
+    from .lora.convert import LoraConvertOptions, run_convert_lora_command
+
+    run_convert_lora_command(adapter_dir, LoraConvertOptions(base=base, outtype=outtype, outfile=outfile, dry_run=dry_run, force=force))
+
+
 # --- quantize (llamatool/quantize.py) --------------------------------------------------
 
 
