@@ -86,7 +86,7 @@ def _sources(kind: str, entries: list | None) -> list[tuple[str, Any, ValueType,
     out = [(f"general.{kind}.count", len(entries), V.UINT32, None)]
     for i, entry in enumerate(entries):
         for key in _SOURCE_FIELDS:
-            if isinstance(entry, dict) and key in entry:
+            if isinstance(entry, dict) and entry.get(key):  # gguf-py's add_string skips empty values
                 out.append((f"general.{kind}.{i}.{key}", str(entry[key]), V.STRING, None))
     return out
 
