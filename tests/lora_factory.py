@@ -59,8 +59,11 @@ def _module_shapes(spec: TinyLlama, module: str) -> tuple[int, int]:
 
 def write_peft_adapter(folder: Path, spec: TinyLlama, *, rank: int = 4, alpha: float = 8.0, targets=ALL_LINEAR,
                        layers=None, embeddings: bool = False, lm_head: bool = False, seed: int = 1,
-                       dtype: str = "F32", base: Path | None = None, config_extra: dict | None = None) -> PeftLora:
-    """A seeded random adapter (B non-zero, unlike PEFT's initialization), saved as PEFT does."""
+                       dtype: str = "F32", base: Path | None = None, config_extra: dict | None = None,
+                       grid: bool = False) -> PeftLora:
+    """A seeded random adapter (B non-zero, unlike PEFT's initialization), saved as PEFT does.
+    grid: values that are multiples of 1/16 in [-1, 1], so that every product B.A is exact
+    in float32 whatever the order of its sums (merges then have one rounding)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -76,6 +79,9 @@ def write_peft_adapter(folder: Path, spec: TinyLlama, *, rank: int = 4, alpha: f
     if embeddings:  # PEFT's Embedding layer: A (r, vocab), B (embd, r)
         a = rng.standard_normal((rank, spec.vocab)).astype(np.float32)
         pairs["model.embed_tokens.weight"] = (a, (rng.standard_normal((spec.n_embd, rank)) * 0.3).astype(np.float32))
+    if grid:
+        for k, (a, b) in pairs.items():
+            pairs[k] = tuple((np.round(np.clip(x, -1, 1) * 16) / 16).astype(np.float32) for x in (a, b))
     if dtype != "F32":  # the values the file holds
         cast = np.float16 if dtype == "F16" else None
         for k, (a, b) in pairs.items():
