@@ -123,13 +123,21 @@ def _round(x: np.ndarray, dtype: str, cast) -> np.ndarray:
     return bits.astype(np.uint32).view(np.float32)
 
 
-def merge(weights: dict[str, np.ndarray], adapters: list[tuple[PeftLora, float]]) -> dict[str, np.ndarray]:
-    """HF weights with every adapter merged: W + scale * scaling * B.A (float64 products)."""
-    out = dict(weights)
+def deltas(adapters: list[tuple[PeftLora, float]]) -> dict[str, np.ndarray]:
+    """HF weight name -> sum of scale * scaling * B.A over the adapters (float64, the weight's shape)."""
+    out: dict[str, np.ndarray] = {}
     for lora, scale in adapters:
         for name, (a, b) in lora.pairs.items():
             delta = scale * lora.scaling * (b.astype(np.float64) @ a.astype(np.float64))
             if name == "model.embed_tokens.weight":
                 delta = delta.T  # (vocab, embd)
-            out[name] = (out[name].astype(np.float64) + delta).astype(np.float32)
+            out[name] = out.get(name, 0.0) + delta
+    return out
+
+
+def merge(weights: dict[str, np.ndarray], adapters: list[tuple[PeftLora, float]]) -> dict[str, np.ndarray]:
+    """HF weights with every adapter merged: W + scale * scaling * B.A."""
+    out = dict(weights)
+    for name, delta in deltas(adapters).items():
+        out[name] = (out[name].astype(np.float64) + delta).astype(np.float32)
     return out
