@@ -24,8 +24,8 @@ from llamatool.lora.export import export_lora
 from llamatool.model import Model
 
 from .conftest import ROOT, llama_cpp_binary, load_script
-from .lora_factory import ALL_LINEAR, deltas, merge, write_base_config, write_peft_adapter
-from .tiny_llama import TinyLlama, numpy_forward, permute, random_weights, write_gguf
+from .lora_factory import ALL_LINEAR, PeftLora, deltas, merge, write_base_config, write_peft_adapter
+from .tiny_llama import TinyLlama, numpy_forward, permute, random_weights, unpermute, write_gguf
 
 PROMPT = [256, 84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114, 111, 119, 110]
 SPEC = TinyLlama(n_layer=2, n_head=4, n_head_kv=2)
@@ -176,6 +176,32 @@ def test_runtime_logits_equal_the_merged_model(tiny, adapters):
     assert relative_error(ours, expected) < 3e-3
     assert relative_error(numpy_forward(SPEC, base.weights, PROMPT), expected) > 0.1  # the adapters matter
     assert (ours.argmax(1) == expected.argmax(1)).all()
+
+
+@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+def test_runtime_with_f16_and_q8_0_adapters(tiny, tmp_path, outtype):
+    """An F16 adapter is held as halves, a Q8_0 one (lora_b falls back to F16) as float32:
+    both give the model their own (rounded) values stand for."""
+    lora = tiny["lora"]["two"]
+    path = _convert(lora.folder, tmp_path / f"{outtype}.gguf", outtype=outtype).output
+    r = GGUFReader(path)
+    names = {"token_embd": "model.embed_tokens", "output": "lm_head"}
+    stored = {}
+    for hf_name in lora.pairs:
+        if hf_name.startswith("model.layers."):
+            _, _, i, module, proj, _ = hf_name.split(".")
+            gguf = f"blk.{i}." + {"q_proj": "attn_q", "v_proj": "attn_v", "down_proj": "ffn_down"}[proj]
+        else:
+            gguf = next(g for g, h in names.items() if hf_name.startswith(h))
+        a, b = r.tensor(gguf + ".weight.lora_a").values(), r.tensor(gguf + ".weight.lora_b").values()
+        a = a.T if gguf == "token_embd" else a
+        b = unpermute(b, SPEC.n_head) if gguf.endswith("attn_q") else b
+        stored[hf_name] = (a, b)
+    rounded = PeftLora(lora.folder, stored, lora.alpha, lora.rank)
+    base = tiny["base"]["F32"]
+    ours = Model.load(base.path, n_threads=2, lora=[(path, 0.8)]).eval(PROMPT, all_logits=True)
+    expected = numpy_forward(SPEC, merge(base.weights, [(rounded, 0.8)]), PROMPT)
+    assert relative_error(ours, expected) < 3e-3
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K"])

@@ -1,19 +1,25 @@
-"""LoRA adapters at run time: y = W.x + B'.(A.x) beside every adapted matrix's product.
+"""LoRA adapters at run time: y = W.x + B.(f * A.x) beside every adapted matrix's product.
 
 The base weights stay as they are (quantized or not); each adapted matrix gets two small
-float32 products, which is what keeps the fused pass fast: A.x (rank dot products of the
-input row, done once per token in the phase that prepares the input, so the row chunks of
-the matrix share it) and B'.u (added to the chunk's own output rows right after its
-product, before biases, RoPE or SwiGLU). Several adapters on one matrix are one product of
-their ranks stacked; each adapter's scale * alpha / rank is folded into its columns of B'.
+products, which is what keeps the fused pass fast: u = f * A.x (the rank dot products of
+the input row, f being each adapter's scale * alpha / rank) in a phase of their own right
+after the input is ready, split by token, matrix and group of rank rows so that every
+thread takes part even for one token; and B.u, added by each row chunk of the matrix to its
+own output rows right after its product, before biases, RoPE or SwiGLU. Several adapters
+on one matrix are one product of their ranks stacked.
+
+A and B are held in the adapter's own precision, as llama.cpp computes with them: IEEE
+halves for an F16 adapter (half the bytes to read per decoded token, which is what decode
+spends), float32 otherwise; products and sums are float32.
 
 `Lora` (a field of the forward pass's Net) holds, per tensor of the model's tensor table:
 
-    table[i]   offset of A (rank x K, row-major) and of B' transposed (rank x N) in
-               `weights`, the rank (0: tensor i is not adapted), where its rank values
-               sit in each token's row of `u`, and N
-    u          per token, `stride` floats: the A.x of the matrices of one layer
-An embedding's A is stored transposed (vocab x rank, the row of a token is its u), as
+    table[i]   where A (rank x K, row-major) and B transposed (rank x N) start in `w32`
+               (float32) or, if HALF, in `w16` (uint16 halves), the rank (0: tensor i is not
+               adapted), where its rank values sit in each token's row of `u`, N, where its
+               rank factors are in `factors`, and HALF
+    u          per token, `stride` floats: the f * A.x of the matrices of one layer
+An embedding's A is stored transposed (vocab x rank: the row of a token is its A.x), as
 llama.cpp's adapters store it.
 """
 
@@ -25,58 +31,95 @@ import numpy as np
 
 from llamatool.jit import njit
 
-from .simd import hsum, load, splat, store
+from .simd import hsum, load, load_f16, splat, store
+from .sync import claim, finish, wait
 
 from numba import float32  # noqa: E402
 
-Lora = namedtuple("Lora", "table weights u stride")
+Lora = namedtuple("Lora", "table w32 w16 factors u stride")
 # columns of Lora.table
-LORA_A, LORA_BT, LORA_RANK, LORA_U, LORA_N = 0, 1, 2, 3, 4
-LORA_COLUMNS = 5
+LORA_A, LORA_BT, LORA_RANK, LORA_U, LORA_N, LORA_F, LORA_HALF = 0, 1, 2, 3, 4, 5, 6
+LORA_COLUMNS = 7
+RANK_ROWS_PER_CHUNK = 8  # rank rows of A one chunk of the A.x phase computes
 
 
 def no_lora(n_tensors: int) -> Lora:
-    """The Lora of a model without adapters: every rank 0."""
-    return Lora(np.zeros((max(1, n_tensors), LORA_COLUMNS), np.int64), np.zeros(16, np.float32), np.zeros(16, np.float32), 0)
+    """The Lora of a model without adapters: every rank 0, no A.x phases."""
+    return Lora(np.zeros((max(1, n_tensors), LORA_COLUMNS), np.int64), np.zeros(16, np.float32),
+                np.zeros(16, np.uint16), np.zeros(16, np.float32), np.zeros(16, np.float32), 0)
+
+
+def phases_per_layer(lora: Lora) -> int:
+    """Phases the A.x products add to each layer (q/k/v, o, gate/up, down inputs)."""
+    return 4 if lora.stride else 0
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _dot(a, ao, b, bo, n):
+def _w16(lora, half, o):
+    """16 weights from offset o, as float32."""
+    return load_f16(lora.w16, o, 16) if half else load(lora.w32, o, 16)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _w1(lora, half, o):
+    return load_f16(lora.w16, o, 1) if half else lora.w32[o]
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _dot(lora, half, wo, x, xo, n):
+    """weights wo..wo+n times float32 x[xo:xo+n], summed."""
     n16 = n - n % 16
     acc = splat(float32(0), 16)
     for k in range(0, n16, 16):
-        acc = acc + load(a, ao + k, 16) * load(b, bo + k, 16)
+        acc = acc + _w16(lora, half, wo + k) * load(x, xo + k, 16)
     total = hsum(acc)
     for k in range(n16, n):
-        total += a[ao + k] * b[bo + k]
+        total += _w1(lora, half, wo + k) * x[xo + k]
     return total
 
 
 @njit(cache=True, _nrt=False)
-def lora_down(lora, i, src, t, K):
-    """u of tensor i for token t: A . src[t*K : t*K+K] (nothing if i is not adapted)."""
-    if i < 0:
-        return
-    rank = lora.table[i, LORA_RANK]
-    if rank == 0:
-        return
-    a = lora.table[i, LORA_A]
-    uo = t * lora.stride + lora.table[i, LORA_U]
-    for j in range(rank):
-        lora.u[uo + j] = _dot(lora.weights, a + j * K, src, t * K, K)
+def _down_rows(lora, i, j0, j1, src, t, K):
+    """u rows j0..j1 of tensor i for token t: f_j * A_j . src[t*K : t*K+K]."""
+    T = lora.table
+    j1 = min(j1, T[i, LORA_RANK])
+    uo = t * lora.stride + T[i, LORA_U]
+    half = T[i, LORA_HALF] != 0
+    for j in range(j0, j1):
+        lora.u[uo + j] = lora.factors[T[i, LORA_F] + j] * _dot(lora, half, T[i, LORA_A] + j * K, src, t * K, K)
 
 
 @njit(cache=True, _nrt=False)
-def lora_down3(lora, a, b, c, src, t, K):
-    """lora_down for the (up to) three matrices reading one input row."""
-    lora_down(lora, a, src, t, K)
-    lora_down(lora, b, src, t, K)
-    lora_down(lora, c, src, t, K)
+def phase_lora_down(ctr, ph, lora, a, b, c, t0, t1, src, K):
+    """u of the (up to three) adapted tensors a, b, c (-1: none) reading src's rows t0..t1
+    (chunk = token x tensor x RANK_ROWS_PER_CHUNK rank rows). Without adapters: no phase."""
+    if lora.stride == 0:
+        return ph
+    mats = (a, b, c)
+    groups = 0
+    for m in range(3):
+        if mats[m] >= 0:
+            groups = max(groups, (lora.table[mats[m], LORA_RANK] + RANK_ROWS_PER_CHUNK - 1) // RANK_ROWS_PER_CHUNK)
+    n = (t1 - t0) * 3 * groups
+    done = 0
+    while True:
+        ch = claim(ctr, ph)
+        if ch >= n:
+            break
+        g = ch % groups
+        m = (ch // groups) % 3
+        t = t0 + ch // (3 * groups)
+        if mats[m] >= 0:
+            _down_rows(lora, mats[m], g * RANK_ROWS_PER_CHUNK, (g + 1) * RANK_ROWS_PER_CHUNK, src, t, K)
+        done += 1
+    finish(ctr, ph, done)
+    wait(ctr, ph, n)
+    return ph + 1
 
 
 @njit(cache=True, _nrt=False)
 def lora_up(lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0):
-    """out[(t - out_t0)*ldo + col0 + r] += (B'.u_t)[r] for rows r0..r1 of tensor i, tokens t0..t1."""
+    """out[(t - out_t0)*ldo + col0 + r] += (B.u_t)[r] for rows r0..r1 of tensor i, tokens t0..t1."""
     rank = lora.table[i, LORA_RANK]
     if rank == 0:
         return
@@ -84,6 +127,7 @@ def lora_up(lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0):
     n16 = n_rows - n_rows % 16
     bt = lora.table[i, LORA_BT]
     N = lora.table[i, LORA_N]
+    half = lora.table[i, LORA_HALF] != 0
     for t in range(t0, t1):
         uo = t * lora.stride + lora.table[i, LORA_U]
         o = (t - out_t0) * ldo + col0
@@ -91,20 +135,26 @@ def lora_up(lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0):
             uj = lora.u[uo + j]
             row = bt + j * N
             for r in range(r0, r0 + n16, 16):
-                store(out, o + r, load(out, o + r, 16) + load(lora.weights, row + r, 16) * uj)
+                store(out, o + r, load(out, o + r, 16) + _w16(lora, half, row + r) * uj)
             for r in range(r0 + n16, r1):
-                out[o + r] += lora.weights[row + r] * uj
+                out[o + r] += _w1(lora, half, row + r) * uj
 
 
 @njit(cache=True, _nrt=False)
 def lora_embed(lora, i, token, out, oo, n_embd):
-    """out[oo:oo+n_embd] += B'.A_T[token] for an adapted token embedding i."""
-    rank = lora.table[i, LORA_RANK]
+    """out[oo:oo+n_embd] += B.(f * A_T[token]) for an adapted token embedding i."""
+    T = lora.table
+    rank = T[i, LORA_RANK]
     if rank == 0:
         return
-    a = lora.table[i, LORA_A] + token * rank
-    bt = lora.table[i, LORA_BT]
+    a = T[i, LORA_A] + token * rank
+    bt = T[i, LORA_BT]
+    half = T[i, LORA_HALF] != 0
+    n16 = n_embd - n_embd % 16
     for j in range(rank):
-        uj = lora.weights[a + j]
-        for r in range(n_embd):
-            out[oo + r] += lora.weights[bt + j * n_embd + r] * uj
+        uj = lora.factors[T[i, LORA_F] + j] * _w1(lora, half, a + j)
+        row = bt + j * n_embd
+        for r in range(0, n16, 16):
+            store(out, oo + r, load(out, oo + r, 16) + _w16(lora, half, row + r) * uj)
+        for r in range(n16, n_embd):
+            out[oo + r] += _w1(lora, half, row + r) * uj

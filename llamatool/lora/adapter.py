@@ -123,40 +123,53 @@ def load_adapters(specs, base_reader, tied_output: bool) -> list[tuple[Adapter, 
     return out
 
 
-def merged_terms(adapters: list[tuple[Adapter, float]], name: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """All adapters' terms on tensor `name` as one pair: A stacked (R, K) (an embedding's
-    (vocab, R)) and B' (N, R) with each adapter's factor folded into its columns; None if
-    no adapter touches it."""
-    a_parts, b_parts = [], []
+def merged_terms(adapters: list[tuple[Adapter, float]], name: str):
+    """All adapters' terms on tensor `name` as one: A stacked (R, K) (an embedding's
+    (vocab, R)), B side by side (N, R), and each rank row's factor (R,); None if no adapter
+    touches it."""
+    a_parts, b_parts, f_parts = [], [], []
     for adapter, scale in adapters:
         if name in adapter.pairs:
             a, b = adapter.matrices(name)
             a_parts.append(a)
-            b_parts.append(b * np.float32(adapter.factor(name, scale)))
+            b_parts.append(b)
+            f_parts.append(np.full(b.shape[1], adapter.factor(name, scale), np.float32))
     if not a_parts:
         return None
     axis = 1 if name == EMBEDDING else 0
-    return np.ascontiguousarray(np.concatenate(a_parts, axis=axis)), np.ascontiguousarray(np.concatenate(b_parts, axis=1))
+    return np.concatenate(a_parts, axis=axis), np.concatenate(b_parts, axis=1), np.concatenate(f_parts)
+
+
+def _half(adapters: list[tuple[Adapter, float]], name: str) -> bool:
+    """Whether every adapter holds tensor `name` as F16: it is then held as halves."""
+    types = {t.type.name for adapter, _ in adapters if name in adapter.pairs for t in adapter.pairs[name]}
+    return types == {"F16"}
 
 
 def lora_tables(adapters: list[tuple[Adapter, float]], names: list[str], n_tokens: int, Lora):
     """The forward pass's Lora (kernels/lora.py) for the model's tensor table `names`."""
-    table = np.zeros((len(names), 5), np.int64)
-    chunks: list[np.ndarray] = []
-    size = 0
+    table = np.zeros((len(names), 7), np.int64)
+    parts: dict[bool, list[np.ndarray]] = {False: [], True: []}
+    size = {False: 0, True: 0}
+    factors: list[np.ndarray] = []
+    n_factors = 0
     used: dict[str, int] = {}  # u floats per group of tensors whose A.x are alive at once (a layer)
     for i, name in enumerate(names):
         terms = merged_terms(adapters, name)
         if terms is None:
             continue
-        a, b = terms
-        rank = b.shape[1]
+        a, b, f = terms
+        half = _half(adapters, name)
+        rank, at = b.shape[1], size[half]
         group = name.split(".")[1] if name.startswith("blk.") else name
-        table[i] = (size, size + a.size, rank, used.get(group, 0), b.shape[0])
+        table[i] = (at, at + a.size, rank, used.get(group, 0), b.shape[0], n_factors, int(half))
         used[group] = used.get(group, 0) + rank
-        chunks += [a.reshape(-1), np.ascontiguousarray(b.T).reshape(-1)]
-        size += a.size + b.size
+        parts[half] += [a.reshape(-1), np.ascontiguousarray(b.T).reshape(-1)]
+        size[half] += a.size + b.size
+        factors.append(f)
+        n_factors += f.size
+    w32 = np.concatenate(parts[False]).astype(np.float32) if parts[False] else np.zeros(16, np.float32)
+    w16 = np.concatenate(parts[True]).astype(np.float16).view(np.uint16) if parts[True] else np.zeros(16, np.uint16)
+    f = np.concatenate(factors).astype(np.float32) if factors else np.zeros(16, np.float32)
     stride = max(used.values(), default=0)
-    weights = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(16, np.float32)
-    u = np.zeros(max(16, n_tokens * stride), np.float32)
-    return Lora(table, weights, u, stride)
+    return Lora(table, w32, w16, f, np.zeros(max(16, n_tokens * stride), np.float32), stride)
