@@ -30,8 +30,8 @@ with one row per tensor (byte offset in data, ggml type, row length, row count, 
 row); `layers` holding per layer the tensor index of each role (LAYER_* below, -1 if
 absent); `globals` (token embedding, output norm, output matrix); `rows`/`dequant`, the C
 entry points of the matmul kernels by type id (matmul.kernel_tables); `freq_factors` for
-RoPE; `lora`, the low-rank terms of LoRA adapters (kernels/lora.py: a phase computes the
-A.x of the matrices an input feeds, when adapters are loaded, and every product adds B.u).
+RoPE; `lora`, the low-rank terms of LoRA adapters (kernels/lora.py: the phase preparing an
+input computes the A.x of the matrices it feeds, and every product adds its B.u).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from llamatool.jit import njit
 
 from .actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
 from .attention import attend_tile, cache_positions, scratch_floats, store_key16, store_value16
-from .lora import lora_embed, lora_up, phase_lora_down
+from .lora import lora_down3, lora_embed, lora_up
 from .matmul import call_dequant, call_rows
 from .norm import rmsnorm
 from .rope import rope_angles, rope_rotate, rope_rotate_neox
@@ -113,7 +113,7 @@ def attention_scratch_floats(n_head: int, n_head_kv: int, head_dim: int) -> int:
 
 def phases_per_call(n_layer: int) -> int:
     """Upper bound of the number of phases of one forward call (sizes the counters)."""
-    return 1 + (9 + 4) * n_layer + 3  # + 4 per layer and 1: LoRA's A.x phases (kernels/lora.py)
+    return 1 + 9 * n_layer + 2
 
 
 # --- pieces of a phase --------------------------------------------------------------------
@@ -211,8 +211,9 @@ def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, pos0, s):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s):
-    """dst[t] = rmsnorm(src[t]) * weight, then prepared for the next matmuls (chunk = token)."""
+def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s, mats):
+    """dst[t] = rmsnorm(src[t]) * weight, then prepared for the products with the tensors
+    `mats` (their LoRA A.x too) (chunk = token)."""
     n = t1 - t0
     done = 0
     while True:
@@ -222,6 +223,7 @@ def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s):
         t = t0 + c
         rmsnorm(src, t * K, K, eps, net.data, net.tensors[norm, T_OFFSET], dst, t * K)
         _prepare(dst, t, K, flags, s)
+        lora_down3(net.lora, mats[0], mats[1], mats[2], dst, t, K)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -229,7 +231,8 @@ def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
+def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s, net, w):
+    """src[t] prepared for the product with tensor w (its LoRA A.x too) (chunk = token)."""
     n = t1 - t0
     done = 0
     while True:
@@ -237,6 +240,7 @@ def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
         if c >= n:
             break
         _prepare(src, t0 + c, K, flags, s)
+        lora_down3(net.lora, w, -1, -1, src, t0 + c, K)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -448,27 +452,24 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, ou
         t0 = out_t0 if layer == dims.n_layer - 1 else 0
         qkv_formats = _formats(T, L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         qkv_formats |= _formats(T, L[layer, LAYER_WQKV], -1, -1)
-        ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s)
         fused = L[layer, LAYER_WQKV]
-        ph = phase_lora_down(ctr, ph, net.lora, L[layer, LAYER_WQ] if fused < 0 else fused, L[layer, LAYER_WK],
-                             L[layer, LAYER_WV], 0, n_tok, s.xn, n_embd)
+        qkv = (L[layer, LAYER_WQ] if fused < 0 else fused, L[layer, LAYER_WK], L[layer, LAYER_WV])
+        ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s, qkv)
         ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv, eps)
         ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, pos0, s, k_cache, v_cache, ld_qkv, fp.kq_scale)
         wo = L[layer, LAYER_WO]
-        ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s)
-        ph = phase_lora_down(ctr, ph, net.lora, wo, -1, -1, t0, n_tok, s.att, n_q)
+        ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s, net, wo)
         ph = _phase_residual(ctr, ph, net, dims, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd)
         ffn_formats = _formats(T, L[layer, LAYER_GATE], L[layer, LAYER_UP], -1)
-        ph = _phase_norm(ctr, ph, net, L[layer, LAYER_FFN_NORM], t0, n_tok, n_embd, eps, s.x, s.xn, ffn_formats, s)
-        ph = phase_lora_down(ctr, ph, net.lora, L[layer, LAYER_GATE], L[layer, LAYER_UP], -1, t0, n_tok, s.xn, n_embd)
+        ffn = (L[layer, LAYER_GATE], L[layer, LAYER_UP], np.int64(-1))
+        ph = _phase_norm(ctr, ph, net, L[layer, LAYER_FFN_NORM], t0, n_tok, n_embd, eps, s.x, s.xn, ffn_formats, s, ffn)
         ph = _phase_ffn_up(ctr, ph, net, dims, layer, t0, n_tok, s.xn, s, dims.n_ff)
         down = L[layer, LAYER_DOWN]
-        ph = _phase_prepare(ctr, ph, t0, n_tok, dims.n_ff, s.gate, _formats(T, down, -1, -1), s)
-        ph = phase_lora_down(ctr, ph, net.lora, down, -1, -1, t0, n_tok, s.gate, dims.n_ff)
+        ph = _phase_prepare(ctr, ph, t0, n_tok, dims.n_ff, s.gate, _formats(T, down, -1, -1), s, net, down)
         ph = _phase_residual(ctr, ph, net, dims, down, L[layer, LAYER_BDOWN], t0, n_tok, s.gate, s, s.x, n_embd)
     out_formats = _formats(T, net.globals[GLOBAL_OUTPUT], -1, -1)
-    ph = _phase_norm(ctr, ph, net, net.globals[GLOBAL_OUTPUT_NORM], out_t0, n_tok, n_embd, eps, s.x, s.xn, out_formats, s)
-    ph = phase_lora_down(ctr, ph, net.lora, net.globals[GLOBAL_OUTPUT], -1, -1, out_t0, n_tok, s.xn, n_embd)
+    out_mats = (net.globals[GLOBAL_OUTPUT], np.int64(-1), np.int64(-1))
+    ph = _phase_norm(ctr, ph, net, net.globals[GLOBAL_OUTPUT_NORM], out_t0, n_tok, n_embd, eps, s.x, s.xn, out_formats, s, out_mats)
     _phase_logits(ctr, ph, net, dims, out_t0, n_tok, s.xn, s, logits, dims.n_vocab)
 
 

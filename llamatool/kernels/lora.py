@@ -2,11 +2,12 @@
 
 The base weights stay as they are (quantized or not); each adapted matrix gets two small
 products, which is what keeps the fused pass fast: u = f * A.x (the rank dot products of
-the input row, f being each adapter's scale * alpha / rank) in a phase of their own right
-after the input is ready, split by token, matrix and group of rank rows so that every
-thread takes part even for one token; and B.u, added by each row chunk of the matrix to its
-own output rows right after its product, before biases, RoPE or SwiGLU. Several adapters
-on one matrix are one product of their ranks stacked.
+the input row, f being each adapter's scale * alpha / rank), made by the phase that
+prepares the input (chunk = token), so the row chunks of the matrix share it and no
+barrier is added (a phase of its own, split finer, was slower: with two threads on a busy
+machine a barrier costs more than those few dot products); and B.u, added by each row chunk
+of the matrix to its own output rows right after its product, before biases, RoPE or
+SwiGLU. Several adapters on one matrix are one product of their ranks stacked.
 
 A and B are held in the adapter's own precision, as llama.cpp computes with them: IEEE
 halves for an F16 adapter (half the bytes to read per decoded token, which is what decode
@@ -32,7 +33,6 @@ import numpy as np
 from llamatool.jit import njit
 
 from .simd import hsum, load, load_f16, splat, store
-from .sync import claim, finish, wait
 
 from numba import float32  # noqa: E402
 
@@ -40,18 +40,12 @@ Lora = namedtuple("Lora", "table w32 w16 factors u stride")
 # columns of Lora.table
 LORA_A, LORA_BT, LORA_RANK, LORA_U, LORA_N, LORA_F, LORA_HALF = 0, 1, 2, 3, 4, 5, 6
 LORA_COLUMNS = 7
-RANK_ROWS_PER_CHUNK = 8  # rank rows of A one chunk of the A.x phase computes
 
 
 def no_lora(n_tensors: int) -> Lora:
-    """The Lora of a model without adapters: every rank 0, no A.x phases."""
+    """The Lora of a model without adapters: every rank 0."""
     return Lora(np.zeros((max(1, n_tensors), LORA_COLUMNS), np.int64), np.zeros(16, np.float32),
                 np.zeros(16, np.uint16), np.zeros(16, np.float32), np.zeros(16, np.float32), 0)
-
-
-def phases_per_layer(lora: Lora) -> int:
-    """Phases the A.x products add to each layer (q/k/v, o, gate/up, down inputs)."""
-    return 4 if lora.stride else 0
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -79,42 +73,26 @@ def _dot(lora, half, wo, x, xo, n):
 
 
 @njit(cache=True, _nrt=False)
-def _down_rows(lora, i, j0, j1, src, t, K):
-    """u rows j0..j1 of tensor i for token t: f_j * A_j . src[t*K : t*K+K]."""
+def lora_down(lora, i, src, t, K):
+    """u of tensor i for token t: f_j * A_j . src[t*K : t*K+K] (nothing if i is not adapted)."""
+    if i < 0:
+        return
     T = lora.table
-    j1 = min(j1, T[i, LORA_RANK])
+    rank = T[i, LORA_RANK]
+    if rank == 0:
+        return
     uo = t * lora.stride + T[i, LORA_U]
     half = T[i, LORA_HALF] != 0
-    for j in range(j0, j1):
+    for j in range(rank):
         lora.u[uo + j] = lora.factors[T[i, LORA_F] + j] * _dot(lora, half, T[i, LORA_A] + j * K, src, t * K, K)
 
 
 @njit(cache=True, _nrt=False)
-def phase_lora_down(ctr, ph, lora, a, b, c, t0, t1, src, K):
-    """u of the (up to three) adapted tensors a, b, c (-1: none) reading src's rows t0..t1
-    (chunk = token x tensor x RANK_ROWS_PER_CHUNK rank rows). Without adapters: no phase."""
-    if lora.stride == 0:
-        return ph
-    mats = (a, b, c)
-    groups = 0
-    for m in range(3):
-        if mats[m] >= 0:
-            groups = max(groups, (lora.table[mats[m], LORA_RANK] + RANK_ROWS_PER_CHUNK - 1) // RANK_ROWS_PER_CHUNK)
-    n = (t1 - t0) * 3 * groups
-    done = 0
-    while True:
-        ch = claim(ctr, ph)
-        if ch >= n:
-            break
-        g = ch % groups
-        m = (ch // groups) % 3
-        t = t0 + ch // (3 * groups)
-        if mats[m] >= 0:
-            _down_rows(lora, mats[m], g * RANK_ROWS_PER_CHUNK, (g + 1) * RANK_ROWS_PER_CHUNK, src, t, K)
-        done += 1
-    finish(ctr, ph, done)
-    wait(ctr, ph, n)
-    return ph + 1
+def lora_down3(lora, a, b, c, src, t, K):
+    """lora_down for the (up to three, -1: none) tensors reading one input row."""
+    lora_down(lora, a, src, t, K)
+    lora_down(lora, b, src, t, K)
+    lora_down(lora, c, src, t, K)
 
 
 @njit(cache=True, _nrt=False)
