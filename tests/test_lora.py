@@ -378,3 +378,26 @@ def test_export_lora_refusals(tiny, tmp_path):
 
 def test_all_linear_targets_are_the_families_matrices():
     assert set(ALL_LINEAR) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_perplexity_bench_and_serve_take_adapters(tiny, tmp_path):
+    """perplexity and bench run with --lora-scaled (scale 0: the base's numbers); serve
+    refuses an adapter that does not fit in one line, before it listens."""
+    base, one = tiny["base"]["F32"].path, tiny["files"]["one"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True, env=env)
+
+    ppl = {s: cli("perplexity", "-m", base, "-f", text, "-c", 64, "--chunks", 2, "-t", 2, "--lora-scaled", one, s) for s in ("0", "1")}
+    plain = cli("perplexity", "-m", base, "-f", text, "-c", 64, "--chunks", 2, "-t", 2)
+    assert all(p.returncode == 0 for p in (*ppl.values(), plain)), ppl["1"].stderr
+    final = {k: p.stdout.strip().splitlines()[-1] for k, p in {**ppl, "plain": plain}.items()}
+    assert final["0"] == final["plain"] and final["1"] != final["plain"]
+    bench = cli("bench", "-m", base, "-p", 0, "-n", 4, "-r", 1, "-t", 2, "-o", "json", "--lora", one)
+    assert bench.returncode == 0 and json.loads(bench.stdout)[0]["n_gen"] == 4, bench.stderr
+    serve = cli("serve", "-m", base, "--port", 0, "--lora", tiny["files"]["two"].with_name("nothing.gguf"))
+    assert serve.returncode == 1 and serve.stderr.startswith("error: ") and serve.stderr.count("\n") == 1
+    assert "nothing.gguf: no such file" in serve.stderr
