@@ -27,7 +27,6 @@ Pickled adapter_model.bin is refused without being opened.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +39,7 @@ from ..quants.registry import GGMLType, ggml_type
 from ..convert.general import default_file_name, general_fields, load_metadata
 from ..convert.hparams import Hparams, load_hparams, read_json_object
 from ..convert.outtype import FLOAT_OUTTYPES, OutType, resolve
-from ..convert.pipeline import QUANTIZATION_VERSION, _output_path
-from ..convert.stream import progress_bar, write_tensor
+from ..convert.pipeline import QUANTIZATION_VERSION, _output_path, write_plan
 from ..convert.tensor_files import PICKLE_SUFFIXES, StoredTensor, checkpoint_dtype, read_safetensors, to_float32
 from ..convert.tensors import ModelTensor, expected_tensors, head_row_order
 
@@ -277,23 +275,10 @@ def plan_lora(folder: str | Path, options: LoraConvertOptions) -> LoraPlan:
     return plan
 
 
-def write_lora(plan: LoraPlan, options: LoraConvertOptions) -> None:
-    inputs = [p for p in plan.folder.iterdir() if p.is_file()]
-    start = time.perf_counter()
-    writer = GGUFWriter(plan.output, force=options.force, inputs=inputs)
-    plan.declare(writer)
-    total = sum(plan.types[t.name].nbytes(t.n_elements) for t in plan.tensors)
-    with progress_bar(total, options.progress) as update, writer:
-        for t in plan.tensors:
-            update(0, t.name)
-            write_tensor(writer, t, plan.types[t.name], update)
-    plan.seconds = time.perf_counter() - start
-
-
 def convert_lora(folder: str | Path, options: LoraConvertOptions) -> LoraPlan:
     plan = plan_lora(folder, options)
     if not options.dry_run:
-        write_lora(plan, options)
+        write_plan(plan, options)  # a LoraPlan streams as a model's Plan does
     return plan
 
 
