@@ -401,3 +401,42 @@ def test_perplexity_bench_and_serve_take_adapters(tiny, tmp_path):
     serve = cli("serve", "-m", base, "--port", 0, "--lora", tiny["files"]["two"].with_name("nothing.gguf"))
     assert serve.returncode == 1 and serve.stderr.startswith("error: ") and serve.stderr.count("\n") == 1
     assert "nothing.gguf: no such file" in serve.stderr
+
+
+def test_kl_divergence_against_llama_perplexity_with_the_adapter(tmp_path):
+    """An F16 base with an F16 adapter applied at run time, teacher-forced against the
+    llama-perplexity binary's base file for the same model and adapter: mean KLD at most 1e-4
+    and the same top token on at least 99% of positions."""
+    import re
+    from dataclasses import replace
+
+    from llamatool.convert import ConvertOptions, convert_model
+
+    from .hf_factory import CORPUS, FIXTURES, write_checkpoint
+
+    binary = llama_cpp_binary(load_script("llamacpp_bin").find_binary, "llama-perplexity")
+    spec = replace(FIXTURES["llama3-bpe"], hidden=256, intermediate=512, dtype="float32", shards=1)
+    folder = write_checkpoint(tmp_path / "hf", spec)
+    (tmp_path / "f16").mkdir()
+    f16 = convert_model(folder, ConvertOptions(outtype="f16", outfile=tmp_path / "f16", progress=False)).output
+    shapes = TinyLlama(n_embd=256, n_ff=512, n_layer=spec.layers, n_head=spec.heads, n_head_kv=spec.kv_heads)
+    lora = write_peft_adapter(tmp_path / "adapter", shapes, rank=8, alpha=16, base=folder)
+    adapter = _convert(lora.folder, tmp_path / "adapter.gguf", outtype="f16").output
+    text, base = tmp_path / "text.txt", tmp_path / "base.kld"
+    text.write_text(CORPUS * 6, encoding="utf-8")
+    ref = subprocess.run([str(binary), "-m", str(f16), "--lora-scaled", f"{adapter}:0.75", "-f", str(text), "-c", "128",
+                          "-b", "128", "-t", "2", "--kl-divergence-base", str(base)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ours = subprocess.run([sys.executable, "-m", "llamatool", "perplexity", "-m", str(f16), "--lora-scaled", str(adapter), "0.75",
+                           "-f", str(text), "-c", "128", "-b", "128", "-t", "2", "--kl-divergence-base", str(base), "--kl-divergence"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    out = ours.stdout + ours.stderr
+    mean_kld = float(re.search(r"Mean\s+KLD:\s+(-?[\d.]+)", out).group(1))
+    same_top = float(re.search(r"Same top p:\s+([\d.]+)", out).group(1))
+    assert mean_kld <= 1e-4 and same_top >= 99.0, (mean_kld, same_top)
+    # and the adapter matters: without it, llamatool is far from llama.cpp's adapted model
+    plain = subprocess.run([sys.executable, "-m", "llamatool", "perplexity", "-m", str(f16), "-f", str(text), "-c", "128",
+                            "-b", "128", "-t", "2", "--kl-divergence-base", str(base), "--kl-divergence"],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert float(re.search(r"Mean\s+KLD:\s+(-?[\d.]+)", plain.stdout + plain.stderr).group(1)) > 100 * max(mean_kld, 1e-6)
