@@ -92,10 +92,11 @@ _LORA_SCALED = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def _lora_option():
+    # str, not Path: a list of plain strings is converted without pydantic (cli_values.py)
     return typer.Option([], "--lora", metavar="FILE", help="LoRA adapter GGUF at scale 1 (repeatable); --lora-scaled FILE SCALE gives a scale (repeatable).")
 
 
-def _adapters(ctx: typer.Context, lora: List[Path]) -> list:
+def _adapters(ctx: typer.Context, lora: List[str]) -> list:
     """--lora FILE and --lora-scaled FILE SCALE as [(path, scale)]."""
     args, scaled = list(ctx.args), []
     while args:
@@ -118,7 +119,7 @@ def _adapters(ctx: typer.Context, lora: List[Path]) -> list:
 def export_lora(
     ctx: typer.Context,
     model: Path = typer.Option(..., "-m", "--model", help="Base model GGUF."),
-    lora: List[Path] = _lora_option(),
+    lora: List[str] = _lora_option(),
     output: Path = typer.Option(..., "-o", "--output", help="Merged model GGUF to write."),
     outtype: Optional[str] = typer.Option(None, "--outtype", help="A quantize preset (q4_k_m, q8_0, ...) for the merged model. Default: merged tensors F16 (F32 if the base's is), others copied, as llama-export-lora."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads for --outtype's quantization."),
@@ -219,7 +220,7 @@ def run(
     system_prompt: Optional[str] = typer.Option(None, "-sys", "--system-prompt", help="System message for --chat."),
     no_display_prompt: bool = typer.Option(False, "--no-display-prompt", help="Do not print the prompt before the generation."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-generation tokens."),
-    lora: List[Path] = _lora_option(),
+    lora: List[str] = _lora_option(),
 ) -> None:
     """Generate text or chat with a GGUF model (like llama-cli)."""
     from .run import RunOptions, run_command
@@ -285,7 +286,7 @@ def bench(
     output: str = typer.Option("table", "-o", "--output", help="table, md, csv, json or jsonl."),
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip the untimed warm-up run."),
     progress: bool = typer.Option(False, "--progress", help="Print progress to stderr."),
-    lora: List[Path] = _lora_option(),
+    lora: List[str] = _lora_option(),
 ) -> None:
     """Measure prompt processing and generation speed (like llama-bench)."""
     from .bench import bench_command
@@ -307,7 +308,7 @@ def perplexity(
     ),
     kl_divergence: bool = typer.Option(False, "--kl-divergence", help="Compare with --kl-divergence-base FILE."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --kl-divergence-base file."),
-    lora: List[Path] = _lora_option(),
+    lora: List[str] = _lora_option(),
 ) -> None:
     """Perplexity of a text, and KL divergence against a reference model (like llama-perplexity)."""
     from .perplexity import perplexity_command
@@ -332,7 +333,7 @@ def serve(
     alias: Optional[str] = typer.Option(None, "--alias", help="Model name clients see (default: the file's name)."),
     metrics: bool = typer.Option(False, "--metrics", help="Serve Prometheus metrics at GET /metrics."),
     embeddings: bool = typer.Option(False, "--embeddings", help="Serve POST /v1/embeddings."),
-    lora: List[Path] = _lora_option(),
+    lora: List[str] = _lora_option(),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (like llama-server)."""
     from .server import ServeOptions, serve_command
