@@ -324,8 +324,10 @@ def run_benchmarks(
     warmup: bool = True,
     on_result: Callable[[BenchResult], None] | None = None,
     on_progress: Callable[[str], None] | None = None,
+    lora=(),
 ) -> list[BenchResult]:
-    """Run every test, loading each model once with a context large enough for all its tests."""
+    """Run every test, loading each model once with a context large enough for all its tests
+    (and the LoRA adapters `lora`, (path, scale) pairs, applied to every model)."""
     from .gguf_io import GGUFReader
     from .model import Model
 
@@ -338,7 +340,7 @@ def run_benchmarks(
         if on_progress:
             on_progress(f"loading {path}")
         model_type, size, n_params = model_description(GGUFReader(path))
-        model = Model.load(path, n_ctx=n_ctx, n_threads=group[0].n_threads)
+        model = Model.load(path, n_ctx=n_ctx, n_threads=group[0].n_threads, lora=lora)
         kv_type = _kv_cache_type(model)
         for i, test in enumerate(group):
             if on_progress:
@@ -432,6 +434,7 @@ def bench_command(
     n_batch: str = "2048",
     no_warmup: bool = False,
     progress: bool = False,
+    lora=(),
 ) -> None:
     """The CLI: plan, run, print (rows appear as tests finish for md and jsonl)."""
     output = output.lower()
@@ -467,7 +470,7 @@ def bench_command(
             sys.stdout.write(format_jsonl_line(result))
             sys.stdout.flush()
 
-    results = run_benchmarks(tests, reps=reps, warmup=not no_warmup, on_result=stream, on_progress=log)
+    results = run_benchmarks(tests, reps=reps, warmup=not no_warmup, on_result=stream, on_progress=log, lora=lora)
     if output == "table":
         print_rich_table(results)
     elif output == "md":

@@ -68,6 +68,69 @@ def convert(
     run_convert_command(model_dir, options)
 
 
+# --- LoRA adapters (llamatool/lora/) ---------------------------------------------------
+
+
+@app.command("convert-lora")
+def convert_lora(
+    adapter_dir: Path = typer.Argument(..., help="Folder of a PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="The base model's Hugging Face folder (only config.json is read). Default: the adapter's base_model_name_or_path when it is a local folder."),
+    outtype: str = typer.Option("f32", "--outtype", help="f32, f16, bf16, q8_0 or auto (f16 or bf16 from the weights)."),
+    outfile: Optional[Path] = typer.Option(None, "--outfile", help="Output file ({ftype} is replaced by the type) or folder. Default: a name from the adapter, in its folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write nothing."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output file if it exists."),
+) -> None:
+    """Convert a PEFT LoRA adapter to a GGUF adapter (like convert_lora_to_gguf.py)."""
+    from .lora.convert import LoraConvertOptions, run_convert_lora_command
+
+    run_convert_lora_command(adapter_dir, LoraConvertOptions(base=base, outtype=outtype, outfile=outfile, dry_run=dry_run, force=force))
+
+
+# typer has no repeatable two-value option: `--lora-scaled FILE SCALE` is read from the
+# arguments click leaves over (any other leftover is still a usage error)
+_LORA_SCALED = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _lora_option():
+    # str, not Path: a list of plain strings is converted without pydantic (cli_values.py)
+    return typer.Option([], "--lora", metavar="FILE", help="LoRA adapter GGUF at scale 1 (repeatable); --lora-scaled FILE SCALE gives a scale (repeatable).")
+
+
+def _adapters(ctx: typer.Context, lora: List[str]) -> list:
+    """--lora FILE and --lora-scaled FILE SCALE as [(path, scale)]."""
+    args, scaled = list(ctx.args), []
+    while args:
+        arg = args.pop(0)
+        if arg != "--lora-scaled":
+            raise typer.BadParameter(f"no such option: {arg}", ctx=ctx, param_hint=repr(arg))
+        if len(args) < 2:
+            raise typer.BadParameter("takes two values: FILE SCALE", ctx=ctx, param_hint="'--lora-scaled'")
+        path, scale = args.pop(0), args.pop(0)
+        try:
+            scaled.append((Path(path), float(scale)))
+        except ValueError:
+            raise typer.BadParameter(f"{path} {scale}: SCALE must be a number", ctx=ctx, param_hint="'--lora-scaled'") from None
+    from .lora.adapter import parse_lora_options
+
+    return parse_lora_options(lora, scaled)
+
+
+@app.command("export-lora", context_settings=_LORA_SCALED)
+def export_lora(
+    ctx: typer.Context,
+    model: Path = typer.Option(..., "-m", "--model", help="Base model GGUF."),
+    lora: List[str] = _lora_option(),
+    output: Path = typer.Option(..., "-o", "--output", help="Merged model GGUF to write."),
+    outtype: Optional[str] = typer.Option(None, "--outtype", help="A quantize preset (q4_k_m, q8_0, ...) for the merged model. Default: merged tensors F16 (F32 if the base's is), others copied, as llama-export-lora."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads for --outtype's quantization."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output file if it exists."),
+) -> None:
+    """Merge LoRA adapters into a base model (like llama-export-lora)."""
+    from .lora.export import run_export_lora_command
+
+    run_export_lora_command(model, _adapters(ctx, lora), output, outtype, force, threads)
+
+
 # --- quantize (llamatool/quantize.py) --------------------------------------------------
 
 
@@ -134,8 +197,9 @@ def quantize(
 # --- run and warmup (llamatool/run.py) -------------------------------------------------
 
 
-@app.command()
+@app.command(context_settings=_LORA_SCALED)
 def run(
+    ctx: typer.Context,
     model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
     prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="Prompt to continue (in --chat: the first message)."),
     file: Optional[str] = typer.Option(None, "-f", "--file", help="Read the prompt from a file ('-' for stdin)."),
@@ -156,6 +220,7 @@ def run(
     system_prompt: Optional[str] = typer.Option(None, "-sys", "--system-prompt", help="System message for --chat."),
     no_display_prompt: bool = typer.Option(False, "--no-display-prompt", help="Do not print the prompt before the generation."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-generation tokens."),
+    lora: List[str] = _lora_option(),
 ) -> None:
     """Generate text or chat with a GGUF model (like llama-cli)."""
     from .run import RunOptions, run_command
@@ -169,7 +234,7 @@ def run(
     run_command(RunOptions(
         model=model, prompt=prompt, file=file, n_predict=n_predict, ctx_size=ctx_size, threads=threads,
         batch_size=batch_size, sampling=sampling, chat=chat, system_prompt=system_prompt,
-        display_prompt=not no_display_prompt, ignore_eos=ignore_eos,
+        display_prompt=not no_display_prompt, ignore_eos=ignore_eos, lora=tuple(_adapters(ctx, lora)),
     ))
 
 
@@ -208,8 +273,9 @@ def tokenize(
 # --- bench and perplexity (llamatool/bench.py, llamatool/perplexity.py) ----------------
 
 
-@app.command()
+@app.command(context_settings=_LORA_SCALED)
 def bench(
+    ctx: typer.Context,
     model: List[Path] = typer.Option(..., "-m", "--model", help="GGUF model; repeat for several."),
     n_prompt: str = typer.Option("512", "-p", "--n-prompt", help="Prompt lengths: 512, 128,512, 64-512*2 (0: none)."),
     n_gen: str = typer.Option("128", "-n", "--n-gen", help="Generation lengths, same syntax (0: none)."),
@@ -221,15 +287,17 @@ def bench(
     output: str = typer.Option("table", "-o", "--output", help="table, md, csv, json or jsonl."),
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip the untimed warm-up run."),
     progress: bool = typer.Option(False, "--progress", help="Print progress to stderr."),
+    lora: List[str] = _lora_option(),
 ) -> None:
     """Measure prompt processing and generation speed (like llama-bench)."""
     from .bench import bench_command
 
-    bench_command(model, n_prompt, n_gen, pg, threads, reps, output, n_depth, n_batch, no_warmup, progress)
+    bench_command(model, n_prompt, n_gen, pg, threads, reps, output, n_depth, n_batch, no_warmup, progress, _adapters(ctx, lora))
 
 
-@app.command()
+@app.command(context_settings=_LORA_SCALED)
 def perplexity(
+    ctx: typer.Context,
     model: Path = typer.Option(..., "-m", "--model", help="GGUF model."),
     file: Optional[Path] = typer.Option(None, "-f", "--file", help="UTF-8 text to score."),
     ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Tokens per chunk."),
@@ -241,18 +309,21 @@ def perplexity(
     ),
     kl_divergence: bool = typer.Option(False, "--kl-divergence", help="Compare with --kl-divergence-base FILE."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --kl-divergence-base file."),
+    lora: List[str] = _lora_option(),
 ) -> None:
     """Perplexity of a text, and KL divergence against a reference model (like llama-perplexity)."""
     from .perplexity import perplexity_command
 
-    perplexity_command(model, file, ctx_size, chunks, batch_size, threads, kl_divergence_base, kl_divergence, force)
+    perplexity_command(model, file, ctx_size, chunks, batch_size, threads, kl_divergence_base, kl_divergence, force,
+                       _adapters(ctx, lora))
 
 
 # --- serve (issue 16: llamatool/server/) ------------------------------------------------
 
 
-@app.command()
+@app.command(context_settings=_LORA_SCALED)
 def serve(
+    ctx: typer.Context,
     model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="TCP port (0: any free one)."),
@@ -263,12 +334,14 @@ def serve(
     alias: Optional[str] = typer.Option(None, "--alias", help="Model name clients see (default: the file's name)."),
     metrics: bool = typer.Option(False, "--metrics", help="Serve Prometheus metrics at GET /metrics."),
     embeddings: bool = typer.Option(False, "--embeddings", help="Serve POST /v1/embeddings."),
+    lora: List[str] = _lora_option(),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (like llama-server)."""
     from .server import ServeOptions, serve_command
 
     serve_command(ServeOptions(model=model, host=host, port=port, ctx_size=ctx_size, slots=slots, threads=threads,
-                               api_key=api_key, alias=alias, metrics=metrics, embeddings=embeddings))
+                               api_key=api_key, alias=alias, metrics=metrics, embeddings=embeddings,
+                               lora=tuple(_adapters(ctx, lora))))
 
 
 # --- entry point -----------------------------------------------------------------------

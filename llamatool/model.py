@@ -287,8 +287,10 @@ def _freq_factors(reader, args: ModelArgs, n_ctx: int) -> np.ndarray:
 class Model:
     """A loaded model with its KV cache; see the module docstring."""
 
-    def __init__(self, path: Path, reader, args: ModelArgs, weights: Weights, n_ctx: int, n_threads: int, n_batch: int):
+    def __init__(self, path: Path, reader, args: ModelArgs, weights: Weights, n_ctx: int, n_threads: int, n_batch: int,
+                 lora: list | None = None):
         self.path = Path(path)
+        self.lora = lora or []  # [(llamatool.lora.adapter.Adapter, scale)]: applied at run time
         self.reader = reader
         self.args = args
         self.weights = weights
@@ -303,15 +305,22 @@ class Model:
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
-    def load(cls, path, n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_N_BATCH) -> "Model":
+    def load(cls, path, n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_N_BATCH,
+             lora=()) -> "Model":
         """Open a GGUF model. n_ctx: context size (default min(4096, trained); 0 = trained);
-        n_threads: compute threads (default: all cores)."""
+        n_threads: compute threads (default: all cores); lora: LoRA adapter files, each a
+        path or (path, scale), added at run time (llama.cpp's --lora / --lora-scaled)."""
         from .gguf_io import GGUFReader
 
         start = time.perf_counter()
         reader = GGUFReader(path)
         args = ModelArgs.from_gguf(reader)
         _check_shapes(reader, args)
+        adapters = []
+        if lora:
+            from .lora.adapter import load_adapters
+
+            adapters = load_adapters(lora, reader, args.tied_output)
         if n_ctx is None:
             n_ctx = min(DEFAULT_N_CTX, args.n_ctx_train) if args.n_ctx_train > 0 else DEFAULT_N_CTX
         elif n_ctx == 0:
@@ -322,7 +331,7 @@ class Model:
         if n_batch <= 0:
             raise LlamatoolError(f"batch size must be positive, got {n_batch}")
         threads = _thread_count(n_threads)
-        model = cls(Path(path), reader, args, weights, int(n_ctx), threads, int(min(n_batch, n_ctx)))
+        model = cls(Path(path), reader, args, weights, int(n_ctx), threads, int(min(n_batch, n_ctx)), adapters)
         model._load_tokenizer()
         model._run(np.zeros(0, np.int64), 0, model._last_logits)  # compiles or loads the forward pass now
         model.load_seconds = time.perf_counter() - start
@@ -348,7 +357,7 @@ class Model:
         fw = native_forward.driver()
         a, B, w = self.args, self.n_batch, self.weights
         rows, dequant = native_forward.kernel_tables(w.matrix_types)
-        self._net = fw.Net(w.data, w.tensors, w.layers, w.globals, rows, dequant, w.freq_factors)
+        self._net = fw.Net(w.data, w.tensors, w.layers, w.globals, rows, dequant, w.freq_factors, self._lora_tables())
         n_q, n_kv = a.n_head * a.head_dim, a.n_head_kv * a.head_dim
         max_k = max(a.n_embd, n_q, a.n_ff)
         f32 = np.float32
@@ -385,6 +394,16 @@ class Model:
         self.min_fast_tokens = kernel_api.load("gemm").MIN_TOKENS
         self._forward = fw.Forward(self.n_threads)
         self._forward_worker = fw.worker
+
+    def _lora_tables(self):
+        from . import kernel_api
+
+        Lora = kernel_api.load("lora")
+        if not self.lora:
+            return Lora.no_lora(len(self.weights.names))
+        from .lora.adapter import lora_tables
+
+        return lora_tables(self.lora, self.weights.names, self.n_batch, Lora.Lora)
 
     # -- the KV cache ------------------------------------------------------------------------
     def reset(self) -> None:

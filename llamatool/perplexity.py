@@ -396,6 +396,7 @@ def perplexity_command(
     kld_base: Path | None = None,
     kld: bool = False,
     force: bool = False,
+    lora=(),
 ) -> None:
     from .fileio import atomic_output
     from .model import Model
@@ -407,7 +408,7 @@ def perplexity_command(
         if kld_base is None:
             raise LlamatoolError("--kl-divergence needs --kl-divergence-base FILE (the reference model's saved log-probabilities)")
         base = LogitsFile.open(kld_base)
-        model = Model.load(model_path, n_ctx=base.n_ctx, n_threads=n_threads)
+        model = Model.load(model_path, n_ctx=base.n_ctx, n_threads=n_threads, lora=lora)
         log(f"kl-divergence: {base.n_chunk} chunks of {base.n_ctx} tokens from {kld_base}")
         print("chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS            Same top p")
 
@@ -431,7 +432,7 @@ def perplexity_command(
     if text_file is None:
         raise LlamatoolError("perplexity needs a text: -f FILE")
     text = _read_text(text_file)
-    model = Model.load(model_path, n_ctx=n_ctx, n_threads=n_threads)
+    model = Model.load(model_path, n_ctx=n_ctx, n_threads=n_threads, lora=lora)
     tokens = tokenize_text(model, text)
     _check_tokens(tokens, n_ctx)
     n_available = len(tokens) // n_ctx

@@ -35,6 +35,7 @@ class RunOptions:
     system_prompt: str | None = None
     display_prompt: bool = True
     ignore_eos: bool = False
+    lora: tuple = ()  # LoRA adapters: (path, scale) pairs
 
 
 def log(message: str) -> None:
@@ -77,7 +78,7 @@ def _read_prompt(opts: RunOptions) -> str | None:
 def _load(opts: RunOptions):
     from .model import Model
 
-    model = Model.load(opts.model, n_ctx=opts.ctx_size, n_threads=opts.threads, n_batch=opts.batch_size)
+    model = Model.load(opts.model, n_ctx=opts.ctx_size, n_threads=opts.threads, n_batch=opts.batch_size, lora=opts.lora)
     a = model.args
     log(f"loaded {model.path.name}: {a.name or a.architecture}, {a.n_layer} layers, n_embd {a.n_embd}, "
         f"vocab {a.n_vocab}, context {model.n_ctx} (trained {a.n_ctx_train}), {model.n_threads} threads, "

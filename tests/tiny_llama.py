@@ -381,10 +381,13 @@ def ggml_activation(x, weight_type: str):
     return _q8_k(x) if weight_type in K_QUANTS else _q8_0(x)
 
 
-def numpy_forward(spec: TinyLlama, w: dict, tokens, ggml_types: dict | None = None) -> np.ndarray:
+def numpy_forward(spec: TinyLlama, w: dict, tokens, ggml_types: dict | None = None, deltas: dict | None = None) -> np.ndarray:
     """Logits (n_tokens, vocab) of tokens at positions 0.., in float64; with ggml_types
-    (HF name -> type), with ggml's roundings (see the module docstring)."""
+    (HF name -> type), with ggml's roundings (see the module docstring). deltas (HF name ->
+    matrix of the weight's shape): LoRA terms as llama.cpp adds them at run time, a product
+    of their own with the activation as it is before ggml rounds it for the weight."""
     w = {k: v.astype(np.float64) for k, v in w.items()}
+    deltas = {k: v.astype(np.float64) for k, v in (deltas or {}).items()}
     round16 = _f16 if ggml_types else (lambda a: a)
     tokens = np.asarray(tokens)
     n, hd, g = len(tokens), spec.head_dim, spec.n_head // spec.n_head_kv
@@ -395,12 +398,15 @@ def numpy_forward(spec: TinyLlama, w: dict, tokens, ggml_types: dict | None = No
     mask = np.triu(np.full((n, n), -np.inf), 1)
 
     def lin(x, name):
+        extra = x @ deltas[name + ".weight"].T if name + ".weight" in deltas else 0.0
         if ggml_types:
             x = ggml_activation(x, ggml_types[name + ".weight"])
-        y = x @ w[name + ".weight"].T
+        y = x @ w[name + ".weight"].T + extra
         return y + w[name + ".bias"] if name + ".bias" in w else y
 
     x = w["model.embed_tokens.weight"][tokens]
+    if "model.embed_tokens.weight" in deltas:
+        x = x + deltas["model.embed_tokens.weight"][tokens]
     for i in range(spec.n_layer):
         p = f"model.layers.{i}."
         h = _rms_norm(x, w[p + "input_layernorm.weight"], spec.eps)
@@ -425,6 +431,7 @@ def numpy_forward(spec: TinyLlama, w: dict, tokens, ggml_types: dict | None = No
         x = x + lin(gate / (1 + np.exp(-gate)) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
     x = _rms_norm(x, w["model.norm.weight"], spec.eps)
     name = "model.embed_tokens.weight" if spec.tied else "lm_head.weight"
+    extra = x @ deltas[name].T if name in deltas and not spec.tied else 0.0
     if ggml_types:
         x = ggml_activation(x, ggml_types[name])
-    return x @ w[name].T
+    return x @ w[name].T + extra

@@ -29,7 +29,9 @@ def _generation_config(folder: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def load_metadata(folder: Path, model_name: str | None, total_params: int) -> gguf.Metadata:
+def load_metadata(folder: Path, model_name: str | None, total_params: int, default_name: str | None = None) -> gguf.Metadata:
+    """general.* as gguf-py's Metadata finds it in folder; default_name (else the folder's
+    name) when nothing names the model (convert-lora: the base model's folder, as the reference)."""
     import yaml
 
     logging.getLogger("metadata").setLevel(logging.ERROR)  # gguf-py's chatter about model cards
@@ -42,7 +44,7 @@ def load_metadata(folder: Path, model_name: str | None, total_params: int) -> gg
         # llama.cpp's current gguf-py also reads transformers' name for it
         meta.sampling_penalty_repeat = _generation_config(folder).get("repetition_penalty")
     if meta.name is None:
-        meta.name = folder.name
+        meta.name = default_name or folder.name
     if meta.size_label is None and total_params > 0:
         meta.size_label = gguf.size_label(total_params, total_params, 0, 0)
     return meta
@@ -84,7 +86,7 @@ def _sources(kind: str, entries: list | None) -> list[tuple[str, Any, ValueType,
     out = [(f"general.{kind}.count", len(entries), V.UINT32, None)]
     for i, entry in enumerate(entries):
         for key in _SOURCE_FIELDS:
-            if isinstance(entry, dict) and key in entry:
+            if isinstance(entry, dict) and entry.get(key):  # gguf-py's add_string skips empty values
                 out.append((f"general.{kind}.{i}.{key}", str(entry[key]), V.STRING, None))
     return out
 

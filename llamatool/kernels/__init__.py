@@ -9,6 +9,7 @@
     matmul.py     matrix-vector and matrix-matrix products straight from the mapped file
     gemm.py       prompt processing: register-tiled panels of 16 rows x 4 tokens
     norm.py       RMSNorm;  rope.py  rotary embeddings;  attention.py  attention over the cache
+    lora.py       LoRA adapters' low-rank terms, added to the products of the matrices they adapt
     vmath.py      vectorized exp / SiLU / SwiGLU
     sync.py       chunk claiming and phase barriers between threads
     forward.py    the whole forward pass as one compiled call
@@ -40,4 +41,4 @@ def versioned_cache():
 
 
 with versioned_cache():
-    from . import actquant, attention, blocks, forward, gemm, matmul, norm, rope, simd, sync, types, vmath  # noqa: F401,E402
+    from . import actquant, attention, blocks, forward, gemm, lora, matmul, norm, rope, simd, sync, types, vmath  # noqa: F401,E402

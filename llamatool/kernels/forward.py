@@ -49,7 +49,8 @@ with one row per tensor (byte offset in data, ggml type, row length, row count, 
 row); `layers` holding per layer the tensor index of each role (LAYER_* below, -1 if
 absent); `globals` (token embedding, output norm, output matrix); `rows`/`dequant`, the C
 entry points of the matmul kernels by type id (matmul.kernel_tables); `freq_factors` for
-RoPE.
+RoPE; `lora`, the low-rank terms of LoRA adapters (kernels/lora.py: the phase preparing an
+input computes the A.x of the matrices it feeds, and every product adds its B.u).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from llamatool.jit import njit
 
 from .actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
 from .attention import attend_tile, cache_positions, scratch_floats, store_key16, store_value16
+from .lora import lora_down3, lora_embed, lora_up
 from .matmul import call_dequant, call_rows
 from .norm import rmsnorm
 from .rope import rope_angles, rope_rotate, rope_rotate_neox
@@ -112,7 +114,7 @@ TOKENS_PER_ATTENTION_CHUNK = 8
 # activation formats a group of weights needs (bit flags)
 NEED_Q8_0, NEED_Q8_K, NEED_F16, NEED_BF16 = 1, 2, 4, 8
 
-Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors")
+Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors lora")
 # Dims.n_ctx is the cache's positions per layer and KV head: kv_cache_positions(context size)
 # rope_neox: 1 rotates the two halves of a head (llama.cpp's NEOX rope), 0 adjacent pairs;
 # nope_every: > 0 leaves RoPE out of layers il with (il + 1) % nope_every == 0 (SmolLM3);
@@ -212,6 +214,7 @@ def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0, n_fast):
     for g0 in range(split, t1, group):
         call_rows(net.rows, qtype, net.data, T[i, T_OFFSET], T[i, T_ROW_BYTES], T[i, T_K], r0, r1, g0,
                   min(g0 + group, t1), x, a, out, ldo, col0, out_t0)
+    lora_up(net.lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0)
 
 
 @njit(cache=True, _nrt=False)
@@ -262,6 +265,7 @@ def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, batch, s):
             break
         row = T[emb, T_OFFSET] + tokens[t] * T[emb, T_ROW_BYTES]
         call_dequant(net.dequant, T[emb, T_TYPE], net.data, row, E, s.x, t * E)
+        lora_embed(net.lora, emb, tokens[t], s.x, t * E, E)
         if fp.embd_scale != 1:
             for i in range(t * E, (t + 1) * E):
                 s.x[i] *= fp.embd_scale
@@ -277,8 +281,9 @@ def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, batch, s):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s):
-    """dst[t] = rmsnorm(src[t]) * weight, then prepared for the next matmuls (chunk = token)."""
+def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s, mats):
+    """dst[t] = rmsnorm(src[t]) * weight, then prepared for the products with the tensors
+    `mats` (their LoRA A.x too) (chunk = token)."""
     n = t1 - t0
     done = 0
     while True:
@@ -288,6 +293,7 @@ def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s):
         t = t0 + c
         rmsnorm(src, t * K, K, eps, net.data, net.tensors[norm, T_OFFSET], dst, t * K)
         _prepare(dst, t, K, flags, s)
+        lora_down3(net.lora, mats[0], mats[1], mats[2], dst, t, K)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -295,7 +301,8 @@ def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s):
 
 
 @njit(cache=True, _nrt=False)
-def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
+def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s, net, w):
+    """src[t] prepared for the product with tensor w (its LoRA A.x too) (chunk = token)."""
     n = t1 - t0
     done = 0
     while True:
@@ -303,6 +310,7 @@ def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
         if c >= n:
             break
         _prepare(src, t0 + c, K, flags, s)
+        lora_down3(net.lora, w, -1, -1, src, t0 + c, K)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -581,28 +589,33 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, batch, o
         t0 = out_t0 if layer == dims.n_layer - 1 else 0
         qkv_formats = _formats(T, L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         qkv_formats |= _formats(T, L[layer, LAYER_WQKV], -1, -1)
-        ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s)
+        fused = L[layer, LAYER_WQKV]
+        qkv = (L[layer, LAYER_WQ] if fused < 0 else fused, L[layer, LAYER_WK], L[layer, LAYER_WV])
+        ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s, qkv)
         ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv, eps, fp.q_scale)
         ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, batch, s, k_cache, v_cache, ld_qkv, fp.kq_scale,
                               fp.attn_softcap)
         wo = L[layer, LAYER_WO]
-        ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s)
+        ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s, net, wo)
         post = L[layer, LAYER_ATTN_POST_NORM]
         ph = _phase_residual(ctr, ph, net, dims, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd, batch.n_fast, post < 0)
         if post >= 0:
             ph = _phase_post_norm(ctr, ph, net, post, t0, n_tok, n_embd, eps, s.tmp, s.x)
         ffn_formats = _formats(T, L[layer, LAYER_GATE], L[layer, LAYER_UP], -1)
-        ph = _phase_norm(ctr, ph, net, L[layer, LAYER_FFN_NORM], t0, n_tok, n_embd, eps, s.x, s.xn, ffn_formats, s)
+        ffn = (L[layer, LAYER_GATE], L[layer, LAYER_UP], np.int64(-1))
+        ph = _phase_norm(ctr, ph, net, L[layer, LAYER_FFN_NORM], t0, n_tok, n_embd, eps, s.x, s.xn, ffn_formats, s, ffn)
         ph = _phase_ffn_up(ctr, ph, net, dims, layer, t0, n_tok, s.xn, s, dims.n_ff, batch.n_fast)
         down = L[layer, LAYER_DOWN]
-        ph = _phase_prepare(ctr, ph, t0, n_tok, dims.n_ff, s.gate, _formats(T, down, -1, -1), s)
+        ph = _phase_prepare(ctr, ph, t0, n_tok, dims.n_ff, s.gate, _formats(T, down, -1, -1), s, net, down)
         post = L[layer, LAYER_FFN_POST_NORM]
         ph = _phase_residual(ctr, ph, net, dims, down, L[layer, LAYER_BDOWN], t0, n_tok, s.gate, s, s.x, n_embd, batch.n_fast,
                              post < 0)
         if post >= 0:
             ph = _phase_post_norm(ctr, ph, net, post, t0, n_tok, n_embd, eps, s.tmp, s.x)
     out_formats = _formats(T, net.globals[GLOBAL_OUTPUT], -1, -1)
-    ph = _phase_norm(ctr, ph, net, net.globals[GLOBAL_OUTPUT_NORM], out_t0, n_tok, n_embd, eps, s.x, s.xn, out_formats, s)
+    out_mats = (net.globals[GLOBAL_OUTPUT], np.int64(-1), np.int64(-1))
+    ph = _phase_norm(ctr, ph, net, net.globals[GLOBAL_OUTPUT_NORM], out_t0, n_tok, n_embd, eps, s.x, s.xn, out_formats, s,
+                     out_mats)
     _phase_logits(ctr, ph, net, dims, out_t0, n_tok, s.xn, s, logits, dims.n_vocab, batch.n_fast, fp.final_softcap)
 
 

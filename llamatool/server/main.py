@@ -33,6 +33,7 @@ class ServeOptions:
     alias: str | None = None
     metrics: bool = False
     embeddings: bool = False
+    lora: tuple = ()  # LoRA adapters, (path, scale) pairs, applied to every request
 
     def check(self) -> "ServeOptions":
         if self.slots < 1:
@@ -96,7 +97,7 @@ def serve_command(opts: ServeOptions) -> None:
 
     api_key = opts.api_key or os.environ.get(API_KEY_ENV) or None
     n_ctx = _slot_context(opts, ModelArgs.from_gguf(GGUFReader(opts.model)).n_ctx_train)
-    model = Model.load(opts.model, n_ctx=n_ctx, n_threads=opts.threads)
+    model = Model.load(opts.model, n_ctx=n_ctx, n_threads=opts.threads, lora=opts.lora)
     model.tokenizer  # a server without a tokenizer cannot take text: fail now, in one line
     metrics = Metrics() if opts.metrics else None
     engine = Engine(model, opts.slots, metrics)
