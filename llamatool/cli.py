@@ -247,6 +247,28 @@ def perplexity(
     perplexity_command(model, file, ctx_size, chunks, batch_size, threads, kl_divergence_base, kl_divergence, force)
 
 
+# --- imatrix (llamatool/imatrix.py) ------------------------------------------------------
+
+
+@app.command()
+def imatrix(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="UTF-8 calibration text."),
+    output: Path = typer.Option(Path("imatrix.gguf"), "-o", "--output", help="Where to write the importance matrix."),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Tokens per chunk."),
+    chunks: int = typer.Option(-1, "--chunks", help="Use at most this many chunks (-1: all)."),
+    output_format: str = typer.Option("gguf", "--output-format", help="gguf, or dat (the legacy format)."),
+    in_file: List[Path] = typer.Option([], "--in-file", help="Add an earlier imatrix (GGUF or .dat); repeatable."),
+    process_output: bool = typer.Option(False, "--process-output", help="Also collect output.weight."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output file if it exists."),
+) -> None:
+    """Collect an importance matrix for quantize --imatrix (like llama-imatrix)."""
+    from .imatrix import imatrix_command
+
+    imatrix_command(model, file, output, ctx_size, chunks, output_format, in_file, process_output, threads, force)
+
+
 # --- serve (issue 16: llamatool/server/) ------------------------------------------------
 
 

@@ -326,6 +326,7 @@ class Model:
             ak=_activation_slot(Activation, B * max_k),
             angles=np.zeros(B * a.n_rot, f32),
             scores=np.zeros(self.n_threads * fw.attention_scratch_floats(a.n_head, a.n_head_kv, a.head_dim), f32),
+            sq=np.zeros(0, f32),
         )
         cache_positions = fw.kv_cache_positions(self.n_ctx)
         cache_len = a.n_layer * a.n_head_kv * cache_positions * a.head_dim
@@ -339,6 +340,23 @@ class Model:
         self._last_logits = np.zeros(a.n_vocab, f32)
         self._forward = fw.Forward(self.n_threads)
         self._forward_worker = fw.worker
+
+    @property
+    def input_square_sums_size(self) -> int:
+        from . import kernel_api
+
+        a = self.args
+        _, (offset, width) = kernel_api.load("forward").input_square_sums(a.n_embd, a.n_head * a.head_dim, a.n_ff, a.n_layer)
+        return offset + width
+
+    def sum_input_squares(self, sums: np.ndarray | None) -> None:
+        """From the next eval on, add the square of every input column of every matrix, token
+        by token, to sums (float32, laid out as kernels.forward.input_square_sums says); None
+        stops it. What llama-imatrix collects (llamatool.imatrix)."""
+        empty = np.zeros(0, np.float32)
+        if sums is not None and (sums.dtype != np.float32 or sums.shape != (self.input_square_sums_size,)):
+            raise LlamatoolError(f"internal error: input square sums must be {self.input_square_sums_size} float32 values")
+        self._scratch = self._scratch._replace(sq=empty if sums is None else sums)
 
     # -- the KV cache ------------------------------------------------------------------------
     def reset(self) -> None:

@@ -95,8 +95,9 @@ Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors")
 # nope_every: > 0 leaves RoPE out of layers il with (il + 1) % nope_every == 0 (SmolLM3)
 Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab n_ctx n_rot n_threads rope_neox nope_every")
 FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale")
-# a8/ak: Q8_0/Q8_K slots; scores: n_threads equal parts of attention_scratch_floats each
-Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")
+# a8/ak: Q8_0/Q8_K slots; scores: n_threads equal parts of attention_scratch_floats each;
+# sq: empty, or the running sums of squares of every matrix input (see input_square_sums)
+Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores sq")
 
 
 def kv_cache_positions(n_ctx: int) -> int:
@@ -110,8 +111,24 @@ def attention_scratch_floats(n_head: int, n_head_kv: int, head_dim: int) -> int:
 
 
 def phases_per_call(n_layer: int) -> int:
-    """Upper bound of the number of phases of one forward call (sizes the counters)."""
-    return 1 + 9 * n_layer + 2
+    """Upper bound of the number of phases of one forward call (sizes the counters): 9 per
+    layer and 3 around them, and 4 per layer and 1 more when input squares are summed."""
+    return 1 + 13 * n_layer + 3
+
+
+# Where the sums of squares of each matrix input go in Scratch.sq: per layer the input of
+# Q/K/V (n_embd), of the attention output (n_q), of gate/up (n_embd) and of down (n_ff),
+# then the input of the output matrix (n_embd).
+SQ_ATTN_IN, SQ_ATTN_OUT, SQ_FFN_IN, SQ_FFN_DOWN = 0, 1, 2, 3
+
+
+def input_square_sums(n_embd: int, n_q: int, n_ff: int, n_layer: int) -> tuple[list[list[tuple[int, int]]], tuple[int, int]]:
+    """(offset, width) in Scratch.sq of each layer's four inputs (SQ_* order) and of the
+    output matrix's input."""
+    widths = (n_embd, n_q, n_embd, n_ff)
+    stride = sum(widths)
+    layers = [[(il * stride + sum(widths[:k]), widths[k]) for k in range(4)] for il in range(n_layer)]
+    return layers, (n_layer * stride, n_embd)
 
 
 # --- pieces of a phase --------------------------------------------------------------------
@@ -233,6 +250,30 @@ def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s):
         if c >= n:
             break
         _prepare(src, t0 + c, K, flags, s)
+        done += 1
+    finish(ctr, ph, done)
+    wait(ctr, ph, n)
+    return ph + 1
+
+
+@njit(cache=True, _nrt=False)
+def _phase_square_sums(ctr, ph, t0, t1, K, src, sq, offset):
+    """sq[offset + c] += src[t, c]**2 for t0 <= t < t1, token by token in float32 (the order
+    llama-imatrix adds them in); nothing when sq is empty (chunk = 64 columns)."""
+    if sq.size == 0:
+        return ph
+    n = (K + 63) // 64
+    done = 0
+    while True:
+        c = claim(ctr, ph)
+        if c >= n:
+            break
+        c0 = c * 64
+        c1 = min(c0 + 64, K)
+        for t in range(t0, t1):
+            for j in range(c0, c1):
+                v = src[t * K + j]
+                sq[offset + j] += v * v
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -438,26 +479,33 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, pos0, ou
     n_kv = dims.n_head_kv * hd
     ld_qkv = n_q + 2 * n_kv
     eps = fp.eps
+    sq_layer = 2 * n_embd + n_q + dims.n_ff  # see input_square_sums
     ph = _phase_embed(ctr, np.int64(0), net, dims, fp, tokens, n_tok, pos0, s)
     for layer in range(dims.n_layer):
+        sq0 = layer * sq_layer
         # tokens whose hidden state still matters after this layer's attention
         t0 = out_t0 if layer == dims.n_layer - 1 else 0
         qkv_formats = _formats(T, L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
         qkv_formats |= _formats(T, L[layer, LAYER_WQKV], -1, -1)
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s)
+        ph = _phase_square_sums(ctr, ph, 0, n_tok, n_embd, s.xn, s.sq, sq0)
         ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, pos0, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv, eps)
         ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, pos0, s, k_cache, v_cache, ld_qkv, fp.kq_scale)
         wo = L[layer, LAYER_WO]
         ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s)
+        ph = _phase_square_sums(ctr, ph, t0, n_tok, n_q, s.att, s.sq, sq0 + n_embd)
         ph = _phase_residual(ctr, ph, net, dims, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd)
         ffn_formats = _formats(T, L[layer, LAYER_GATE], L[layer, LAYER_UP], -1)
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_FFN_NORM], t0, n_tok, n_embd, eps, s.x, s.xn, ffn_formats, s)
+        ph = _phase_square_sums(ctr, ph, t0, n_tok, n_embd, s.xn, s.sq, sq0 + n_embd + n_q)
         ph = _phase_ffn_up(ctr, ph, net, dims, layer, t0, n_tok, s.xn, s, dims.n_ff)
+        ph = _phase_square_sums(ctr, ph, t0, n_tok, dims.n_ff, s.gate, s.sq, sq0 + 2 * n_embd + n_q)
         down = L[layer, LAYER_DOWN]
         ph = _phase_prepare(ctr, ph, t0, n_tok, dims.n_ff, s.gate, _formats(T, down, -1, -1), s)
         ph = _phase_residual(ctr, ph, net, dims, down, L[layer, LAYER_BDOWN], t0, n_tok, s.gate, s, s.x, n_embd)
     out_formats = _formats(T, net.globals[GLOBAL_OUTPUT], -1, -1)
     ph = _phase_norm(ctr, ph, net, net.globals[GLOBAL_OUTPUT_NORM], out_t0, n_tok, n_embd, eps, s.x, s.xn, out_formats, s)
+    ph = _phase_square_sums(ctr, ph, out_t0, n_tok, n_embd, s.xn, s.sq, dims.n_layer * sq_layer)
     _phase_logits(ctr, ph, net, dims, out_t0, n_tok, s.xn, s, logits, dims.n_vocab)
 
 
