@@ -127,6 +127,7 @@ class QuantizeOptions:
     output_tensor_type: str | None = None  # explicit type for output.weight
     token_embedding_type: str | None = None  # explicit type for token_embd.weight
     allow_requantize: bool = False  # checked by the quantize command, not by the plan
+    has_imatrix: bool = False  # an importance matrix is given (some rules depend on it)
 
 
 # --- the model facts the rules depend on -----------------------------------------------
@@ -345,12 +346,15 @@ class _Recipe:
             if falcon:
                 return "Q6_K" if i < n // 16 else "Q5_K" if _use_more_bits(i, n) else "Q4_K"
             return "Q6_K" if _use_more_bits(i, n) else new
-        if ft in ("IQ4_NL", "IQ4_XS") and i < n // 8:
+        imatrix = self.options.has_imatrix
+        if ft in ("IQ4_NL", "IQ4_XS") and i < n // 8 and not imatrix:
             return "Q5_K"
         if ft == "Q5_K_M" and _use_more_bits(i, n):
             return "Q6_K"
         if ft == "Q4_K_S" and not falcon and i < n // 8:
             return "Q5_K"
+        if ft in ("Q4_0", "Q5_0") and imatrix and i < n // 8:
+            return "Q4_1" if ft == "Q4_0" else "Q5_1"  # llama-quantize's guard for the first ffn_down layers
         return new
 
 
