@@ -113,6 +113,9 @@ def quantize(
     token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", metavar="GGML_TYPE", help="Type of token_embd.weight."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (tensor, from, to, sizes) without writing."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT if it exists."),
+    imatrix: Optional[str] = typer.Option(None, "--imatrix", metavar="FILE", help="Importance matrix (llamatool/llama-imatrix, GGUF or .dat) to weight the rounding by."),
+    include_weights: List[str] = typer.Option([], "--include-weights", metavar="S", help="Use the imatrix only for tensors whose name contains S (repeatable)."),
+    exclude_weights: List[str] = typer.Option([], "--exclude-weights", metavar="S", help="Do not use the imatrix for tensors whose name contains S (repeatable)."),
 ) -> None:
     """Quantize a GGUF model to a smaller type (llama-quantize presets)."""
     with _one_shot():
@@ -128,6 +131,9 @@ def quantize(
             token_embedding_type=token_embedding_type,
             dry_run=dry_run,
             force=force,
+            imatrix=imatrix,
+            include_weights=include_weights,
+            exclude_weights=exclude_weights,
         )
 
 

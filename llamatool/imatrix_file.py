@@ -249,3 +249,60 @@ def write_dat(m: Imatrix, path: Path, *, force: bool, inputs=()) -> None:
     out.append(struct.pack("<i", int(m.chunk_count)) + struct.pack("<i", len(dataset)) + dataset)
     with atomic_output(path, force=force, inputs=inputs) as f:
         f.write(b"".join(out))
+
+
+# --- what llama-quantize --imatrix takes from a file ---------------------------------------------
+
+IMATRIX_KEYS = ("quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
+                "quantize.imatrix.chunks_count")  # fmt: skip
+_MAX_KV_STRING = 127  # llama-quantize copies its strings into char[128]
+
+
+@dataclass
+class ImportanceWeights:
+    """The per-column weights of every matrix (llama-quantize's prepare_imatrix) and what it
+    records about them in the quantized file."""
+
+    path: str
+    weights: dict[str, np.ndarray]
+    datasets: list[str]
+    chunk_count: int
+
+    def metadata(self) -> dict:
+        """quantize.imatrix.* keys, in llama-quantize's order, as (gguf type, value)."""
+        from .gguf_io import ValueType
+
+        out = {"quantize.imatrix.file": (ValueType.STRING, _clip(self.path))}
+        if self.datasets:
+            out["quantize.imatrix.dataset"] = (ValueType.STRING, _clip(self.datasets[0]))
+        out["quantize.imatrix.entries_count"] = (ValueType.UINT32, len(self.weights))
+        if self.chunk_count > 0:
+            out["quantize.imatrix.chunks_count"] = (ValueType.UINT32, self.chunk_count)
+        return out
+
+
+def _clip(s: str) -> str:
+    raw = s.encode("utf-8", "surrogateescape")[:_MAX_KV_STRING]
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def load_importance_weights(path: str | Path, include: list[str] = (), exclude: list[str] = ()) -> ImportanceWeights | None:
+    """The file's means, less the entries whose names contain an --exclude-weights string, or
+    only those containing an --include-weights one; None when nothing is left (llama-quantize
+    then quantizes as without a file)."""
+    if include and exclude:
+        raise LlamatoolError("--include-weights and --exclude-weights cannot be used together")
+    m = read_imatrix(path)
+    if not m.is_legacy and not m.has_metadata:
+        raise LlamatoolError(f"{path}: missing imatrix metadata (imatrix.datasets, chunk_count, chunk_size)")
+    weights = m.means()
+    if exclude:
+        weights = {n: w for n, w in weights.items() if not any(s in n for s in exclude)}
+    if include:
+        weights = {n: w for n, w in weights.items() if any(s in n for s in include)}
+    for name, w in weights.items():
+        if not np.isfinite(w).all():
+            raise LlamatoolError(f"{path}: imatrix contains non-finite values ({name})")
+    if not weights:
+        return None
+    return ImportanceWeights(str(path), weights, m.datasets, m.chunk_count)

@@ -13,6 +13,7 @@ fused multiply-adds: ggml-base, where they live, is built for baseline x86-64):
     Q3_K         make_qx_quants per 16, then make_qx_quants for the 6-bit scales
     Q4_K, Q5_K   make_qkx3_quants per 32, then make_qp_quants for the 6-bit scales and mins
     Q6_K         make_qx_quants per 16 with qw itself as the weights
+    IQ4_NL/XS    iquants' own search, weights qw * sqrt(sigma2 + x**2)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ggml_scalar import get_fp16, nearest_int, put_fp16
+from .iquants import iq4_nl_rows, iq4_xs_rows
 from .kquants import QK_K, _abs_max, _pack_2bit, _q3_scale, _scale_min_k4
 from .rows import kernel, run_rows
 from ..errors import LlamatoolError
@@ -31,7 +33,8 @@ _GROUP_MAX_EPS = _f32(1e-15)
 _TENTH = _f32(0.1)
 
 BLOCK = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-         "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210)}  # fmt: skip
+         "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+         "IQ4_NL": (32, 18), "IQ4_XS": (256, 136)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- ggml's searches
@@ -486,7 +489,7 @@ def _q5_k(x, qw, out):
 
 
 _KERNELS = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q2_K": _q2_k_rows, "Q3_K": _q3_k_rows,
-            "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k_rows}  # fmt: skip
+            "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k_rows, "IQ4_NL": iq4_nl_rows, "IQ4_XS": iq4_xs_rows}  # fmt: skip
 
 
 def has_weighted(type_name: str) -> bool:
