@@ -19,7 +19,7 @@ from .conftest import llama_cpp_binary, llamatool, load_script
 from .test_quantize import MODELS
 
 PRESETS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S",
-           "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS"]  # fmt: skip
+           "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]  # fmt: skip
 
 
 def synthetic_imatrix(model: Path, out: Path, seed: int = 0) -> Path:  # noqa: F821

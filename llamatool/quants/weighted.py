@@ -22,7 +22,7 @@ import numpy as np
 
 from .ggml_scalar import get_fp16, nearest_int, put_fp16
 from .iquants import iq4_nl_rows, iq4_xs_rows
-from .kquants import QK_K, _abs_max, _pack_2bit, _q3_scale, _scale_min_k4
+from .kquants import QK_K, _abs_max, _make_qkx2_quants, _pack_2bit, _q3_scale, _scale_min_k4
 from .rows import kernel, run_rows
 from ..errors import LlamatoolError
 
@@ -78,64 +78,20 @@ def _make_qx_quants(n, nmax, x, L, qw):
 
 
 @kernel
-def _make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep):
-    """make_qkx3_quants with weights and use_mad false: returns (scale, -min)."""
-    lo = x[0]
-    hi = x[0]
-    sum_w = weights[0]
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        if x[i] < lo:
-            lo = x[i]
-        if x[i] > hi:
-            hi = x[i]
-        w = weights[i]
-        sum_w += w
-        sum_x += w * x[i]
-    if lo > _F0:
-        lo = _F0
-    if hi <= lo:
-        L[:n] = 0
-        return _F0, -lo
-    iscale = _f32(nmax) / (hi - lo)
-    scale = _F1 / iscale
-    best = _F0
-    for i in range(n):
-        l = min(max(nearest_int(iscale * (x[i] - lo)), 0), nmax)
-        L[i] = l
-        diff = scale * _f32(l) + lo - x[i]
-        best += weights[i] * (diff * diff)
-    for step in range(nstep + 1):
-        iscale = (rmin + rdelta * _f32(step) + _f32(nmax)) / (hi - lo)
-        sum_l = _F0
-        sum_l2 = _F0
-        sum_xl = _F0
-        for i in range(n):
-            l = min(max(nearest_int(iscale * (x[i] - lo)), 0), nmax)
-            Laux[i] = l
-            w = weights[i]
-            fl = _f32(l)
-            sum_l += w * fl
-            sum_l2 += w * fl * fl
-            sum_xl += w * fl * x[i]
-        D = sum_w * sum_l2 - sum_l * sum_l
-        if D > _F0:
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            if this_min > _F0:
-                this_min = _F0
-                this_scale = sum_xl / sum_l2
-            mad = _F0
-            for i in range(n):
-                diff = this_scale * _f32(Laux[i]) + this_min - x[i]
-                mad += weights[i] * (diff * diff)
-            if mad < best:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best = mad
-                scale = this_scale
-                lo = this_min
-    return scale, -lo
+def _make_qkx3_quants(n, nmax, x, weights, L, Laux):
+    """make_qkx3_quants as the *_impl functions call it (weights given, rmin -0.9, rdelta
+    0.05, 36 steps, squared errors): the same search as kquants' make_qkx2_quants."""
+    return _make_qkx2_quants(n, nmax, x, weights, L, Laux, _f32(-0.9), _f32(0.05), 36, False)
+
+
+@kernel
+def _weights_sum(qw, x, sigma2, out):
+    """out = qw * sqrt(sigma2 + x**2); returns their sum (the sub-block's weight)."""
+    _block_weights(qw, x, sigma2, out)
+    total = _F0
+    for j in range(out.size):
+        total += out[j]
+    return total
 
 
 @kernel
@@ -237,7 +193,7 @@ def _legacy_rows(x, qw, out, kind):
                 put_fp16(out[r], o, d)
                 q0 = o + (2 if kind == 0 else 6)
             else:
-                d, m = _make_qkx3_quants(32, nmax, xb, weight, Lu, Laux, _f32(-0.9), _f32(0.05), 36)
+                d, m = _make_qkx3_quants(32, nmax, xb, weight, Lu, Laux)
                 put_fp16(out[r], o, d)
                 put_fp16(out[r], o + 2, -m)  # C stores -the_min
                 for j in range(32):
@@ -273,12 +229,8 @@ def _q2_k_rows(x, qw, out):
             pos = b * 84
             sigma2 = _sum_squares(xb, QK_K) / _f32(QK_K)
             for j in range(16):
-                _block_weights(qw[b * QK_K + 16 * j : b * QK_K + 16 * j + 16], xb[16 * j : 16 * j + 16], sigma2, weight)
-                sw[j] = _F0
-                for l in range(16):
-                    sw[j] += weight[l]
-                scales[j], mins[j] = _make_qkx3_quants(16, 3, xb[16 * j : 16 * j + 16], weight, L[16 * j : 16 * j + 16], Laux,
-                                                       _f32(-0.9), _f32(0.05), 36)  # fmt: skip
+                sw[j] = _weights_sum(qw[b * QK_K + 16 * j : b * QK_K + 16 * j + 16], xb[16 * j : 16 * j + 16], sigma2, weight)
+                scales[j], mins[j] = _make_qkx3_quants(16, 3, xb[16 * j : 16 * j + 16], weight, L[16 * j : 16 * j + 16], Laux)
             dm = _make_qp_quants(16, 15, scales, Ls, sw)
             mm = _make_qp_quants(16, 15, mins, Lm, sw)
             dm = put_fp16(y, pos + 80, dm)
@@ -309,11 +261,7 @@ def _q3_k_rows(x, qw, out):
             pos = b * 110
             sigma2 = _f32(2.0) * _sum_squares(xb, QK_K) / _f32(QK_K)
             for j in range(16):
-                _block_weights(qw[b * QK_K + 16 * j : b * QK_K + 16 * j + 16], xb[16 * j : 16 * j + 16], sigma2, weight)
-                sumw = _F0
-                for l in range(16):
-                    sumw += weight[l]
-                sw[j] = sumw
+                sw[j] = _weights_sum(qw[b * QK_K + 16 * j : b * QK_K + 16 * j + 16], xb[16 * j : 16 * j + 16], sigma2, weight)
                 scales[j] = _make_qx_quants(16, 4, xb[16 * j : 16 * j + 16], L[16 * j : 16 * j + 16], weight)
             sc = pos + 96
             y[sc : sc + 12] = 0
@@ -359,13 +307,8 @@ def _k4_rows(x, qw, out, nmax, block_bytes):
             pos = b * block_bytes
             sigma2 = _f32(2.0) * _sum_squares(xb, QK_K) / _f32(QK_K)
             for j in range(8):
-                _block_weights(qw[b * QK_K + 32 * j : b * QK_K + 32 * j + 32], xb[32 * j : 32 * j + 32], sigma2, weights)
-                sumw = _F0
-                for l in range(32):
-                    sumw += weights[l]
-                sw[j] = sumw
-                scales[j], mins[j] = _make_qkx3_quants(32, nmax, xb[32 * j : 32 * j + 32], weights, L[32 * j : 32 * j + 32],
-                                                       Laux, _f32(-0.9), _f32(0.05), 36)  # fmt: skip
+                sw[j] = _weights_sum(qw[b * QK_K + 32 * j : b * QK_K + 32 * j + 32], xb[32 * j : 32 * j + 32], sigma2, weights)
+                scales[j], mins[j] = _make_qkx3_quants(32, nmax, xb[32 * j : 32 * j + 32], weights, L[32 * j : 32 * j + 32], Laux)
             d_block = _make_qp_quants(8, 63, scales, Ls, sw)
             m_block = _make_qp_quants(8, 63, mins, Lm, sw)
             s = pos + 4
