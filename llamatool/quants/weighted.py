@@ -22,7 +22,7 @@ import numpy as np
 
 from .ggml_scalar import get_fp16, nearest_int, put_fp16
 from .iquants import iq4_nl_rows, iq4_xs_rows
-from .kquants import QK_K, _abs_max, _make_qkx2_quants, _pack_2bit, _q3_scale, _scale_min_k4
+from .kquants import QK_K, _abs_max, _make_qkx2_quants, _pack_2bit, _q3_scale, _scale_min_k4, store_q6_k
 from .rows import kernel, run_rows
 from ..errors import LlamatoolError
 
@@ -360,42 +360,10 @@ def _q6_k_rows(x, qw, out):
     for r in range(x.shape[0]):
         for b in range(x.shape[1] // QK_K):
             xb = x[r, b * QK_K : (b + 1) * QK_K]
-            y = out[r]
-            pos = b * 210
-            max_scale = _F0
-            max_abs_scale = _F0
             for ib in range(16):
-                scale = _make_qx_quants(16, 32, xb[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16],
-                                        qw[b * QK_K + 16 * ib : b * QK_K + 16 * ib + 16])  # fmt: skip
-                scales[ib] = scale
-                if abs(scale) > max_abs_scale:
-                    max_abs_scale = abs(scale)
-                    max_scale = scale
-            if max_abs_scale < _GROUP_MAX_EPS:
-                y[pos : pos + 210] = 0
-                continue
-            iscale = _f32(-128.0) / max_scale
-            d_all = put_fp16(y, pos + 208, _F1 / iscale)
-            for ib in range(16):
-                y[pos + 192 + ib] = min(127, nearest_int(iscale * scales[ib])) & 0xFF
-            for j in range(16):
-                s = np.int64(y[pos + 192 + j])
-                d = d_all * _f32(s - 256 if s > 127 else s)
-                if d == _F0:
-                    continue
-                for ii in range(16):
-                    L[16 * j + ii] = min(max(nearest_int(xb[16 * j + ii] / d), -32), 31) + 32
-            for half in range(2):
-                ql = pos + 64 * half
-                qh = pos + 128 + 32 * half
-                for l in range(32):
-                    a = L[128 * half + l]
-                    bb = L[128 * half + l + 32]
-                    c = L[128 * half + l + 64]
-                    e = L[128 * half + l + 96]
-                    y[ql + l] = (a & 0xF) | ((c & 0xF) << 4)
-                    y[ql + l + 32] = (bb & 0xF) | ((e & 0xF) << 4)
-                    y[qh + l] = (a >> 4) | ((bb >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6)
+                scales[ib] = _make_qx_quants(16, 32, xb[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16],
+                                             qw[b * QK_K + 16 * ib : b * QK_K + 16 * ib + 16])  # fmt: skip
+            store_q6_k(xb, L, scales, out[r], b * 210)
 
 
 # ----------------------------------------------------------------------------- public API
