@@ -172,3 +172,30 @@ def test_micro_batches_llama_imatrix_skips():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_process_output_sums_the_final_norm_of_every_token(tmp_path):
+    """--process-output on a model with its own output.weight: the sums are those of the
+    final-norm hidden states (Model.hidden_states) of each chunk's tokens, BOS first; a tied
+    output (token_embd.weight) is never collected, as llama-imatrix collects `output.weight` only."""
+    from llamatool.imatrix import collect
+    from llamatool.model import Model
+
+    from .test_quantize import MODELS
+
+    model = Model.load(MODELS["gqa4"].write(tmp_path / "gqa4.gguf"), n_ctx=64, n_threads=2)
+    tokens = np.random.default_rng(3).integers(3, 512, 3 * 64)
+    m = Imatrix()
+    collect(model, tokens, 64, 3, m, process_output=True)
+    expected = np.zeros(256)
+    for i in range(3):
+        chunk = tokens[i * 64 : (i + 1) * 64].copy()
+        chunk[0] = model.tokenizer.bos_id
+        expected += (model.hidden_states(chunk).astype(np.float64) ** 2).sum(0)
+    e = m.entries["output.weight"]
+    assert e.counts.tolist() == [192] and len(m.entries) == 8 * 7 + 1
+    np.testing.assert_allclose(e.sums, expected, rtol=1e-5)
+    plain = Imatrix()
+    collect(model, tokens, 64, 3, plain)
+    assert "output.weight" not in plain.entries
+    np.testing.assert_array_equal(plain.entries["blk.3.ffn_down.weight"].sums, m.entries["blk.3.ffn_down.weight"].sums)
