@@ -166,7 +166,7 @@ def quantize(
         metavar="IN.gguf [OUT.gguf] TYPE [NTHREADS]",
         help="As llama-quantize: without OUT, writes ggml-model-TYPE.gguf next to IN. TYPE (any case): "
         "F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K "
-        "IQ4_NL IQ4_XS, the aliases Q3_K Q4_K Q5_K, or a llama_ftype number.",
+        "IQ4_NL IQ4_XS TQ1_0 TQ2_0, the aliases Q3_K Q4_K Q5_K, or a llama_ftype number.",
     ),
     nthreads: Optional[int] = typer.Option(None, "--nthreads", "-t", help="Kernel threads (default: all cores)."),
     allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Allow requantizing tensors that are already quantized (loses quality)."),
@@ -176,6 +176,9 @@ def quantize(
     token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", metavar="GGML_TYPE", help="Type of token_embd.weight."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (tensor, from, to, sizes) without writing."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT if it exists."),
+    imatrix: Optional[str] = typer.Option(None, "--imatrix", metavar="FILE", help="Importance matrix (llamatool/llama-imatrix, GGUF or .dat) to weight the rounding by."),
+    include_weights: List[str] = typer.Option([], "--include-weights", metavar="S", help="Use the imatrix only for tensors whose name contains S (repeatable)."),
+    exclude_weights: List[str] = typer.Option([], "--exclude-weights", metavar="S", help="Do not use the imatrix for tensors whose name contains S (repeatable)."),
 ) -> None:
     """Quantize a GGUF model to a smaller type (llama-quantize presets)."""
     with _one_shot():
@@ -191,6 +194,9 @@ def quantize(
             token_embedding_type=token_embedding_type,
             dry_run=dry_run,
             force=force,
+            imatrix=imatrix,
+            include_weights=include_weights,
+            exclude_weights=exclude_weights,
         )
 
 
@@ -316,6 +322,28 @@ def perplexity(
 
     perplexity_command(model, file, ctx_size, chunks, batch_size, threads, kl_divergence_base, kl_divergence, force,
                        _adapters(ctx, lora))
+
+
+# --- imatrix (llamatool/imatrix.py) ------------------------------------------------------
+
+
+@app.command()
+def imatrix(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="UTF-8 calibration text."),
+    output: Path = typer.Option(Path("imatrix.gguf"), "-o", "--output", help="Where to write the importance matrix."),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Tokens per chunk."),
+    chunks: int = typer.Option(-1, "--chunks", help="Use at most this many chunks (-1: all)."),
+    output_format: str = typer.Option("gguf", "--output-format", help="gguf, or dat (the legacy format)."),
+    in_file: List[Path] = typer.Option([], "--in-file", help="Add an earlier imatrix (GGUF or .dat); repeatable."),
+    process_output: bool = typer.Option(False, "--process-output", help="Also collect output.weight."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the output file if it exists."),
+) -> None:
+    """Collect an importance matrix for quantize --imatrix (like llama-imatrix)."""
+    from .imatrix import imatrix_command
+
+    imatrix_command(model, file, output, ctx_size, chunks, output_format, in_file, process_output, threads, force)
 
 
 # --- serve (issue 16: llamatool/server/) ------------------------------------------------

@@ -225,7 +225,7 @@ class Weights:
             if t.type.id not in SUPPORTED:
                 raise LlamatoolError(
                     f"{reader.path}: tensor {name!r} has type {t.type.name}, which llamatool cannot run "
-                    f"(supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS)"
+                    f"(supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS TQ1_0 TQ2_0)"
                 )
             if name not in index:
                 k = ne[0]
@@ -375,6 +375,7 @@ class Model:
             ak=_activation_slot(Activation, B * max_k),
             angles=np.zeros(B * a.n_rot * (2 if _swa_rope(a) else 1), f32),
             scores=np.zeros(self.n_threads * fw.attention_scratch_floats(a.n_head, a.n_head_kv, a.head_dim), f32),
+            sq=np.zeros(0, f32),
         )
         cache_positions = fw.kv_cache_positions(self.n_ctx)
         cache_len = a.n_layer * a.n_head_kv * cache_positions * a.head_dim
@@ -404,6 +405,23 @@ class Model:
         from .lora.adapter import lora_tables
 
         return lora_tables(self.lora, self.weights.names, self.n_batch, Lora.Lora)
+
+    @property
+    def input_square_sums_size(self) -> int:
+        from . import kernel_api
+
+        a = self.args
+        _, (offset, width) = kernel_api.load("forward").input_square_sums(a.n_embd, a.n_head * a.head_dim, a.n_ff, a.n_layer)
+        return offset + width
+
+    def sum_input_squares(self, sums: np.ndarray | None) -> None:
+        """From the next eval on, add the square of every input column of every matrix, token
+        by token, to sums (float32, laid out as kernels.forward.input_square_sums says); None
+        stops it. What llama-imatrix collects (llamatool.imatrix)."""
+        empty = np.zeros(0, np.float32)
+        if sums is not None and (sums.dtype != np.float32 or sums.shape != (self.input_square_sums_size,)):
+            raise LlamatoolError(f"internal error: input square sums must be {self.input_square_sums_size} float32 values")
+        self._scratch = self._scratch._replace(sq=empty if sums is None else sums)
 
     # -- the KV cache ------------------------------------------------------------------------
     def reset(self) -> None:

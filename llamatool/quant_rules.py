@@ -16,8 +16,9 @@ Three facts shape the port:
 - Types named explicitly (--output-tensor-type, --token-embedding-type) skip the
   fallback; llama-quantize then fails mid-file, we refuse before writing anything.
 
-Only the branches reachable from the presets below are ported (the IQ1/IQ2/IQ3, TQ and
-MXFP4 recipes are not), and no importance matrix is used.
+Only the branches reachable from the presets below are ported (the IQ1/IQ2/IQ3 and MXFP4
+recipes are not); with an importance matrix (QuantizeOptions.has_imatrix) the rules that
+depend on one (IQ4 and Q4_0/Q5_0 ffn_down) follow llama-quantize's.
 """
 
 from __future__ import annotations
@@ -53,12 +54,15 @@ PRESETS: dict[str, tuple[FT, str]] = {
     "Q6_K": (FT.MOSTLY_Q6_K, "Q6_K"),
     "IQ4_NL": (FT.MOSTLY_IQ4_NL, "IQ4_NL"),
     "IQ4_XS": (FT.MOSTLY_IQ4_XS, "IQ4_XS"),
+    "TQ1_0": (FT.MOSTLY_TQ1_0, "TQ1_0"),
+    "TQ2_0": (FT.MOSTLY_TQ2_0, "TQ2_0"),
 }
 # llama-quantize's shorthands for the medium K mixes
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
 # Fallback for a type whose 256-wide blocks do not fit the rows (tensor_type_fallback)
-_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
+_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL",
+             "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}
 
 # Architectures whose 80 (jais2: 68) layer models llama.cpp calls "70B" (one attn_v rule): the
 # families llamatool runs declare it (llamatool.arch); these others can only be quantized.
@@ -127,6 +131,7 @@ class QuantizeOptions:
     output_tensor_type: str | None = None  # explicit type for output.weight
     token_embedding_type: str | None = None  # explicit type for token_embd.weight
     allow_requantize: bool = False  # checked by the quantize command, not by the plan
+    has_imatrix: bool = False  # an importance matrix is given (some rules depend on it)
 
 
 # --- the model facts the rules depend on -----------------------------------------------
@@ -288,6 +293,8 @@ class _Recipe:
             if arch == "falcon" or ne[0] % ggml_type(new).block_size:
                 return "Q8_0"
             return new if new == "Q8_0" else "Q6_K"
+        if cat == TOKEN_EMBD:  # untied embeddings
+            return "Q4_K" if ft in ("TQ1_0", "TQ2_0") else new
         if cat == ATTN_V:
             return self._attn_v(new)
         if cat == ATTN_K:
@@ -344,12 +351,15 @@ class _Recipe:
             if falcon:
                 return "Q6_K" if i < n // 16 else "Q5_K" if _use_more_bits(i, n) else "Q4_K"
             return "Q6_K" if _use_more_bits(i, n) else new
-        if ft in ("IQ4_NL", "IQ4_XS") and i < n // 8:
+        imatrix = self.options.has_imatrix
+        if ft in ("IQ4_NL", "IQ4_XS") and i < n // 8 and not imatrix:
             return "Q5_K"
         if ft == "Q5_K_M" and _use_more_bits(i, n):
             return "Q6_K"
         if ft == "Q4_K_S" and not falcon and i < n // 8:
             return "Q5_K"
+        if ft in ("Q4_0", "Q5_0") and imatrix and i < n // 8:
+            return "Q4_1" if ft == "Q4_0" else "Q5_1"  # llama-quantize's guard for the first ffn_down layers
         return new
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from .errors import LlamatoolError
 from .fileio import check_output_path
+from .imatrix_file import IMATRIX_KEYS, ImportanceWeights, load_importance_weights
 from .gguf_io import Field, GGUFReader, GGUFWriter, StringArrayField, TensorInfo, ValueType, copy_fields
 from .quant_rules import (
     QuantizeOptions,
@@ -183,17 +184,36 @@ class Kernels:
     count_nonfinite: Callable
 
 
-def load_kernels(jobs: list[TensorJob]) -> dict[str, Kernels]:
+def load_kernels(jobs: list[TensorJob], weights: dict[str, np.ndarray] | None = None) -> dict[str, Kernels]:
     """The kernels of every job that converts, by tensor name; only the types the model
-    uses are loaded. A clear error for a type without kernels, before anything is written."""
+    uses are loaded. A clear error for a type without kernels, before anything is written.
+    With importance weights (imatrix means by tensor name), the types ggml quantizes
+    differently with weights use them."""
     from .quants.native import nonfinite_counter, row_kernel
 
     kernels = {}
     for j in jobs:
         if j.converts:
             reads = None if j.src.type.name == "F32" else row_kernel(j.src.type, "dequantize")
-            kernels[j.name] = Kernels(reads, row_kernel(j.dst, "quantize"), nonfinite_counter())
+            kernels[j.name] = Kernels(reads, _quantizer(j, weights), nonfinite_counter())
     return kernels
+
+
+def _quantizer(job: TensorJob, weights: dict[str, np.ndarray] | None):
+    from .quants.native import row_kernel
+
+    qw = (weights or {}).get(job.name)
+    if qw is None:
+        return row_kernel(job.dst, "quantize")
+    from .quants.weighted import has_weighted, weighted_kernel
+
+    if qw.size != job.src.ne[0] * (job.src.ne[2] if len(job.src.ne) > 2 else 1):
+        if job.name == "token_embd.weight":  # llama-quantize ignores it there: never an input it measured
+            return row_kernel(job.dst, "quantize")
+        raise LlamatoolError(f"imatrix size {qw.size} is different from tensor size {job.src.ne[0]} for {job.name}: made for another model")
+    if len(job.src.ne) > 2 and job.src.ne[2] > 1:
+        raise LlamatoolError(f"{job.name}: importance weights for 3-D (expert) tensors are not supported")
+    return weighted_kernel(job.dst.name, qw) if has_weighted(job.dst.name) else row_kernel(job.dst, "quantize")
 
 
 def worker_count(nthreads: int | None) -> int:
@@ -428,18 +448,20 @@ class _Writer(GGUFWriter):
         return header[:4] + struct.pack("<IQQ", version, n_tensors, count + n_kv) + entries + header[_KV_START:]
 
 
-def _writer(out: Path, reader: GGUFReader, force: bool) -> GGUFWriter:
-    copied = copied_metadata(reader)
+def _writer(out: Path, reader: GGUFReader, force: bool, skip: Sequence[str] = ()) -> GGUFWriter:
+    copied = copied_metadata(reader, RESET_KEYS + tuple(skip))
     if copied is None:
         writer = GGUFWriter(out, force=force, inputs=[reader.path])
-        copy_fields(reader, writer, skip=RESET_KEYS)
+        copy_fields(reader, writer, skip=RESET_KEYS + tuple(skip))
         return writer
     return _Writer(out, copied, force=force, inputs=[reader.path])
 
 
-def _write_header(writer: GGUFWriter, jobs: list[TensorJob], preset: str) -> None:
+def _write_header(writer: GGUFWriter, jobs: list[TensorJob], preset: str, imatrix_keys: dict | None = None) -> None:
     writer.add_field("general.quantization_version", GGML_QNT_VERSION, ValueType.UINT32)
     writer.add_field("general.file_type", preset_file_type(preset), ValueType.UINT32)
+    for key, (vtype, value) in (imatrix_keys or {}).items():
+        writer.add_field(key, value, vtype)
     for j in jobs:
         writer.add_tensor_info(j.name, j.dst, j.src.ne)
 
@@ -500,8 +522,10 @@ def quantize_model(
     force: bool = False,
     dry_run: bool = False,
     progress: bool = True,
+    imatrix: ImportanceWeights | None = None,
 ) -> QuantizeResult:
-    """Quantize `inp` to `out` with a llama-quantize preset; with dry_run only plan."""
+    """Quantize `inp` to `out` with a llama-quantize preset; with dry_run only plan; with
+    imatrix (see load_importance_weights) the weighted quantization llama-quantize --imatrix does."""
     inp = Path(inp)
     preset = canonical_preset(options.preset)
     if not dry_run:
@@ -516,13 +540,13 @@ def quantize_model(
         if dry_run:
             return result
         check_requantize(reader, jobs, options)
-        kernels = load_kernels(jobs)
+        kernels = load_kernels(jobs, imatrix.weights if imatrix else None)
         result.threads = worker_count(nthreads)
         start = time.perf_counter()
         with _Converter(jobs, kernels, result.threads) as tensors:  # converting from here on
             bar, task = _progress(result.size_before, progress)
-            with bar, _writer(out, reader, force) as writer:
-                _write_tensors(reader, writer, jobs, preset, tensors, bar, task)
+            with bar, _writer(out, reader, force, skip=IMATRIX_KEYS if imatrix else ()) as writer:
+                _write_tensors(reader, writer, jobs, preset, tensors, bar, task, imatrix.metadata() if imatrix else None)
                 bar.update(task, description=f"wrote {out.name}")
         result.seconds = time.perf_counter() - start
         result.file_size = Path(out).stat().st_size
@@ -531,8 +555,9 @@ def quantize_model(
         reader.close()
 
 
-def _write_tensors(reader: GGUFReader, writer: GGUFWriter, jobs: list[TensorJob], preset: str, tensors, bar, task) -> None:
-    _write_header(writer, jobs, preset)
+def _write_tensors(reader: GGUFReader, writer: GGUFWriter, jobs: list[TensorJob], preset: str, tensors, bar, task,
+                   imatrix_keys: dict | None = None) -> None:
+    _write_header(writer, jobs, preset, imatrix_keys)
     for job, data in tensors:
         bar.update(task, description=f"{job.name} -> {job.dst.name}" if job.converts else job.name)
         writer.write_tensor(job.name, data)
@@ -626,8 +651,14 @@ def run_quantize_command(
     token_embedding_type: str | None,
     dry_run: bool,
     force: bool,
+    imatrix: str | None = None,
+    include_weights: Sequence[str] = (),
+    exclude_weights: Sequence[str] = (),
 ) -> None:
     inp, out, preset, positional_threads = parse_positional(args)
+    if (include_weights or exclude_weights) and imatrix is None:
+        raise LlamatoolError("--include-weights/--exclude-weights need --imatrix FILE")
+    weights = load_importance_weights(imatrix, list(include_weights), list(exclude_weights)) if imatrix else None
     if nthreads is not None and positional_threads is not None and nthreads != positional_threads:
         raise LlamatoolError(f"two thread counts given: --nthreads {nthreads} and {positional_threads}")
     nthreads = nthreads if nthreads is not None else positional_threads
@@ -640,8 +671,9 @@ def run_quantize_command(
         output_tensor_type=None if output_tensor_type is None else ggml_type(output_tensor_type).name,
         token_embedding_type=None if token_embedding_type is None else ggml_type(token_embedding_type).name,
         allow_requantize=allow_requantize,
+        has_imatrix=weights is not None,
     )
-    result = quantize_model(inp, out, options, nthreads=nthreads, force=force, dry_run=dry_run)
+    result = quantize_model(inp, out, options, nthreads=nthreads, force=force, dry_run=dry_run, imatrix=weights)
     warning = fallback_summary(result)
     if dry_run:
         print_plan(result)

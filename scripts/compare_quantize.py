@@ -61,14 +61,14 @@ sys.exit(rc)
 """
 
 
-def llama_quantize_command(binary: Path, model: Path, out: Path, preset: str, threads: int) -> list[str]:
-    return [str(binary), "--allow-requantize", str(model), str(out), preset, str(threads)]
+def llama_quantize_command(binary: Path, model: Path, out: Path, preset: str, threads: int, extra=()) -> list[str]:
+    return [str(binary), "--allow-requantize", *extra, str(model), str(out), preset, str(threads)]
 
 
-def binary_seconds(binary: Path, model: Path, out: Path, preset: str, threads: int) -> float:
+def binary_seconds(binary: Path, model: Path, out: Path, preset: str, threads: int, extra=()) -> float:
     """Wall time of the llama-quantize process, from start to exit."""
     start = time.perf_counter()
-    proc = subprocess.run(llama_quantize_command(binary, model, out, preset, threads), capture_output=True, text=True)
+    proc = subprocess.run(llama_quantize_command(binary, model, out, preset, threads, extra), capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{binary} failed on {preset} (exit {proc.returncode}): {proc.stderr[-2000:]}")
@@ -86,13 +86,13 @@ def library_seconds(model: Path, out: Path, preset: str, threads: int) -> float:
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def llamatool_seconds(model: Path, out: Path, preset: str, threads: int, root: Path = ROOT) -> float:
+def llamatool_seconds(model: Path, out: Path, preset: str, threads: int, root: Path = ROOT, extra=()) -> float:
     """Wall time of the whole command, from process start to exit (llamatool from root)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "llamatool", "quantize", "--allow-requantize", "--force",
-         "--nthreads", str(threads), str(model.resolve()), str(out), preset],
+         "--nthreads", str(threads), *extra, str(model.resolve()), str(out), preset],
         capture_output=True, text=True, cwd=root, env=env,
     )  # fmt: skip
     seconds = time.perf_counter() - start
@@ -101,13 +101,14 @@ def llamatool_seconds(model: Path, out: Path, preset: str, threads: int, root: P
     return seconds
 
 
-def runners(model: Path, threads: int, binary: Path | None, library: bool, baseline: Path | None) -> dict:
-    """{name: run(preset, out) -> seconds} for every engine this run compares."""
-    engines = {OURS: lambda preset, out: llamatool_seconds(model, out, preset, threads)}
+def runners(model: Path, threads: int, binary: Path | None, library: bool, baseline: Path | None, extra=()) -> dict:
+    """{name: run(preset, out) -> seconds} for every engine this run compares; extra: options
+    both command lines take (--imatrix FILE)."""
+    engines = {OURS: lambda preset, out: llamatool_seconds(model, out, preset, threads, extra=extra)}
     if baseline is not None:
-        engines[BASELINE] = lambda preset, out: llamatool_seconds(model, out, preset, threads, baseline)
+        engines[BASELINE] = lambda preset, out: llamatool_seconds(model, out, preset, threads, baseline, extra)
     if binary is not None:
-        engines[BINARY] = lambda preset, out: binary_seconds(binary, model, out, preset, threads)
+        engines[BINARY] = lambda preset, out: binary_seconds(binary, model, out, preset, threads, extra)
     if library:
         engines[LIBRARY] = lambda preset, out: library_seconds(model, out, preset, threads)
     return engines
@@ -167,10 +168,13 @@ def main(argv=None) -> int:
                         help="llama-quantize binary or its folder ('none': do not run it); default: $LLAMA_CPP_BIN, then PATH")
     parser.add_argument("--llama-cpp-python", action=argparse.BooleanOptionalAction, default=True,
                         help="also time llama-cpp-python's llama_model_quantize (when installed)")
+    parser.add_argument("--imatrix", type=Path, default=None,
+                        help="quantize with this importance matrix (llamatool and llama-quantize; not llama-cpp-python)")
     args = parser.parse_args(argv)
 
     binary = find_binary("llama-quantize", args.llama_quantize)
-    library = args.llama_cpp_python and has_llama_cpp_python()
+    library = args.llama_cpp_python and has_llama_cpp_python() and args.imatrix is None
+    extra = ("--imatrix", str(args.imatrix.resolve())) if args.imatrix else ()
     if binary is None and not library:
         print(f"error: no llama.cpp to compare with: {BUILD_HINT}, or `pip install llama-cpp-python` "
               "(or the project's `compare` extra) builds its library", file=sys.stderr)  # fmt: skip
@@ -179,9 +183,10 @@ def main(argv=None) -> int:
         print(f"error: {args.model}: no such file (scripts/fetch_model.py downloads the default model)", file=sys.stderr)
         return 1
 
-    engines = runners(args.model, args.threads, binary, library, args.baseline)
+    engines = runners(args.model, args.threads, binary, library, args.baseline, extra)
     names = list(engines)
-    print(f"{args.model.name}, {args.threads} threads, median of {args.repeats} rounds, engines in rotating order")
+    print(f"{args.model.name}, {args.threads} threads, median of {args.repeats} rounds, engines in rotating order"
+          + (f", imatrix {args.imatrix}" if args.imatrix else ""))
     print(f"  llamatool: {ROOT}" + (f"; baseline: {args.baseline}" if args.baseline else ""))
     if binary:
         print(f"  lq = llama-quantize: {binary} (process wall time, start-up included)")

@@ -14,6 +14,11 @@ writes it as Markdown and JSON, and draws size against KLD as a PNG (needs matpl
 When the source is itself quantized (like the default Q4_1 model), the reference is its
 dequantized F32 copy: every preset is then measured against that, which is what matters
 when choosing among re-quantizations of the same weights.
+
+With --imatrix FILE (from `llamatool imatrix`, made on the reference or the source) every
+preset is quantized twice, without and with the importance matrix, and both rows are shown
+(the second as "PRESET+imatrix"); the plot marks them apart. Calibrate on another text than
+the one scored, or the gain is overstated.
 """
 
 from __future__ import annotations
@@ -31,11 +36,16 @@ DEFAULT_TEXT = ROOT / "tests" / "data" / "shakespeare-sonnets.txt"
 DEFAULT_PRESETS = "Q8_0,Q6_K,Q5_K_M,Q5_0,Q4_K_M,Q4_1,Q4_0,Q3_K_M,Q2_K"
 
 
-def quantize(src: Path, dst: Path, preset: str, args) -> None:
+IMATRIX_TAG = "+imatrix"
+
+
+def quantize(src: Path, dst: Path, preset: str, args, imatrix: Path | None = None) -> None:
     """Through the command line, exactly as a user would run it."""
     if args.reuse and dst.exists():
         return
     cmd = [sys.executable, "-m", "llamatool", "quantize", str(src), str(dst), preset, "--allow-requantize", "--force"]
+    if imatrix is not None:
+        cmd += ["--imatrix", str(imatrix)]
     cmd += ["--nthreads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -128,7 +138,12 @@ def plot(rows: list[dict], path: Path, title: str) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(8, 5))
     pts = [r for r in rows if r["kld"] > 0]
-    ax.scatter([r["file_bytes"] / 2**20 for r in pts], [r["kld"] for r in pts])
+    for weighted, label in ((False, "without imatrix"), (True, "with imatrix")):
+        sel = [r for r in pts if r["preset"].endswith(IMATRIX_TAG) == weighted]
+        if sel:
+            ax.scatter([r["file_bytes"] / 2**20 for r in sel], [r["kld"] for r in sel], label=label, marker="o" if not weighted else "^")
+    if any(r["preset"].endswith(IMATRIX_TAG) for r in pts):
+        ax.legend()
     for r in pts:
         ax.annotate(r["preset"], (r["file_bytes"] / 2**20, r["kld"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("file size (MiB)")
@@ -188,6 +203,7 @@ def main() -> None:
     p.add_argument("--no-speed", action="store_true", help="skip the speed columns")
     p.add_argument("--reuse", action="store_true", help="keep model files already in OUTDIR instead of quantizing again")
     p.add_argument("--from-json", type=Path, help="render the table and plot of an earlier report.json (same -m/-f/-c/--chunks)")
+    p.add_argument("--imatrix", type=Path, help="also quantize every preset with this importance matrix (two rows per preset)")
     args = p.parse_args()
 
     from rich.console import Console
@@ -208,12 +224,14 @@ def main() -> None:
     rows = [{"preset": "F32 (reference)", **measure_reference(reference, base_file, text, args)}]
     console.print(f"reference measured in {time.perf_counter() - t0:.1f} s")
 
-    for preset in [s.strip() for s in args.presets.split(",") if s.strip()]:
-        out = args.outdir / f"{stem}.{preset.upper()}.gguf"
-        t0 = time.perf_counter()
-        quantize(reference, out, preset, args)
-        console.print(f"{preset}: quantized in {time.perf_counter() - t0:.1f} s, measuring ...")
-        rows.append({"preset": preset.upper(), **measure(out, base_file, args)})
+    for preset in [s.strip().upper() for s in args.presets.split(",") if s.strip()]:
+        for imatrix in (None, args.imatrix) if args.imatrix else (None,):
+            name = preset + (IMATRIX_TAG if imatrix else "")
+            out = args.outdir / f"{stem}.{name}.gguf"
+            t0 = time.perf_counter()
+            quantize(reference, out, preset, args, imatrix)
+            console.print(f"{name}: quantized in {time.perf_counter() - t0:.1f} s, measuring ...")
+            rows.append({"preset": name, **measure(out, base_file, args)})
 
     render(rows, args, console)
 

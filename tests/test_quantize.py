@@ -241,7 +241,7 @@ def our_plan(model: dict, preset: str, opts: dict):
 # One character per type keeps the recorded plans small: a plan is a string in llama order.
 TYPE_CODES = {"F32": "f", "F16": "h", "BF16": "b", "Q4_0": "4", "Q4_1": "5", "Q5_0": "6", "Q5_1": "7",
               "Q8_0": "8", "Q2_K": "B", "Q3_K": "C", "Q4_K": "D", "Q5_K": "E", "Q6_K": "F",
-              "IQ4_NL": "n", "IQ4_XS": "x"}  # fmt: skip
+              "IQ4_NL": "n", "IQ4_XS": "x", "TQ1_0": "t", "TQ2_0": "u"}  # fmt: skip
 
 
 def write_plans(out: Path = PLANS_JSON, workdir: Path | None = None) -> None:
@@ -380,7 +380,9 @@ def test_positional_arguments_like_llama_quantize(tmp_path):
 # Relative RMS error a type may add to Gaussian-like weights (well above what each type reaches).
 MAX_REL_ERROR = {"F32": 0.0, "F16": 1e-3, "BF16": 5e-3, "Q8_0": 0.01, "Q6_K": 0.03, "Q5_0": 0.06, "Q5_1": 0.06,
                  "Q5_K": 0.06, "Q4_0": 0.12, "Q4_1": 0.12, "Q4_K": 0.12, "IQ4_NL": 0.12, "IQ4_XS": 0.12,
-                 "Q3_K": 0.25, "Q2_K": 0.45}  # fmt: skip
+                 "Q3_K": 0.25, "Q2_K": 0.45,
+                 # ternary, for ternary-trained weights: on Gaussian ones with outliers most round to 0
+                 "TQ1_0": 1.0, "TQ2_0": 1.0}  # fmt: skip
 
 
 class Quantized:
@@ -588,7 +590,7 @@ def test_quantized_file_is_the_same_with_metadata_copied_or_encoded(tmp_path, mo
 
     model = _metadata_model(tmp_path)
     quantize_model(model, tmp_path / "fast.gguf", QuantizeOptions(preset="Q4_0"), progress=False)
-    monkeypatch.setattr(q, "copied_metadata", lambda reader: None)
+    monkeypatch.setattr(q, "copied_metadata", lambda reader, skip=(): None)
     quantize_model(model, tmp_path / "slow.gguf", QuantizeOptions(preset="Q4_0"), progress=False)
     assert (tmp_path / "fast.gguf").read_bytes() == (tmp_path / "slow.gguf").read_bytes()
 

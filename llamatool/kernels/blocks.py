@@ -38,7 +38,7 @@ from llamatool.jit import njit
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
                    interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
-from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
+from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
 from numba import float32, int32, int64, uint8, uint16, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
@@ -462,25 +462,93 @@ def iq4_xs_superblock(W, bo, dx):
             repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))  # codebook + 128
 
 
+# --- the ternary types: weights d * (q - 1), q in 0..2 -------------------------------------------
+# TQ2_0 (66 bytes: qs[64], d) packs q as Q2_K packs its levels; TQ1_0 (54 bytes: qs[48], qh[4],
+# d) as base-3 digits: digit n of byte b is ((b * 3**n) mod 256) * 3 >> 8 (see quants/ternary.py).
+
+TQ1_POW3 = np.array([1, 3, 9, 27, 81], np.uint8)
+#: chunk 7's second half, weights 240 + 4n + j: byte j of qh (at 10 + j of the 16 bytes read
+#: from bo + 38, which end with the block's d) times 3**n
+TQ1_QH_INDEX = np.array([10, 11, 12, 13] * 4, np.uint8)
+TQ1_QH_POW3 = np.array([1] * 4 + [3] * 4 + [9] * 4 + [27] * 4, np.uint8)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def tq2_0_chunk(W, bo, j):
+    d = load_f16(W, bo + 64, 1)
+    q = (load(W, bo + 32 * (j // 4), 32) >> uint8(2 * (j % 4))) & uint8(3)
+    return q, d, d, -d, -d
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def tq2_0_superblock(W, bo, dx):
+    d = load_f16(W, bo + 64, 1)
+    w0, w1 = _crumbs(W, bo)
+    w2, w3 = _crumbs(W, bo + 32)
+    sc = splat(d * dx, 16)
+    return w0, w1, w2, w3, sc, sc, sc, sc, splat(-d, 16)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _base3_digit(q):
+    """Each byte q (already times 3**n, mod 256) -> q * 3 >> 8, in 16-bit lanes."""
+    w = reinterpret(q, np.uint16)
+    low = ((w & uint16(0xFF)) * uint16(3)) >> uint16(8)
+    high = ((w >> uint16(8)) * uint16(3)) & uint16(0xFF00)
+    return reinterpret(low | high, np.uint8)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _tq1_chunk_bytes(W, bo, j):
+    """Chunk j's 32 bytes, each times the power of 3 whose digit is the chunk's weight."""
+    if j < 5:
+        return load(W, bo, 32) * splat(get(TQ1_POW3, j), 32)
+    x = load(W, bo + 32, 16)
+    if j == 5:
+        return concat(x, x * splat(uint8(3), 16))
+    if j == 6:
+        return concat(x * splat(uint8(9), 16), x * splat(uint8(27), 16))
+    qh = lookup16(load(W, bo + 38, 16), load(TQ1_QH_INDEX, 0, 16)) * load(TQ1_QH_POW3, 0, 16)
+    return concat(x * splat(uint8(81), 16), qh)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def tq1_0_chunk(W, bo, j):
+    d = load_f16(W, bo + 52, 1)
+    return _base3_digit(_tq1_chunk_bytes(W, bo, j)), d, d, -d, -d
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def tq1_0_superblock(W, bo, dx):
+    d = load_f16(W, bo + 52, 1)
+    w0 = _base3_digit(concat(_tq1_chunk_bytes(W, bo, 0), _tq1_chunk_bytes(W, bo, 1)))
+    w1 = _base3_digit(concat(_tq1_chunk_bytes(W, bo, 2), _tq1_chunk_bytes(W, bo, 3)))
+    w2 = _base3_digit(concat(_tq1_chunk_bytes(W, bo, 4), _tq1_chunk_bytes(W, bo, 5)))
+    w3 = _base3_digit(concat(_tq1_chunk_bytes(W, bo, 6), _tq1_chunk_bytes(W, bo, 7)))
+    sc = splat(d * dx, 16)
+    return w0, w1, w2, w3, sc, sc, sc, sc, splat(-d, 16)
+
+
 # --- choosing a decoder at compile time -----------------------------------------------------
 
 CHUNK_DECODERS = {
     Q4_0: q4_0_chunk, Q4_1: q4_1_chunk, Q5_0: q5_0_chunk, Q5_1: q5_1_chunk, Q8_0: q8_0_chunk,
     IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
-    Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk,
+    Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk,
 }  # fmt: skip
 #: decoders of chunk pairs, for types where decoding two chunks at once saves work
 PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
 #: bytes of a group of 8 chunks: a super-block, or 8 blocks of a 32-weight type
 GROUP_BYTES = {
     Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
-    Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136,
+    Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66,
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
 SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
-                       Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock}
+                       Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
+                       TQ2_0: tq2_0_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
-HALF_OFFSETS = (Q2_K, Q3_K, Q6_K)
+HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0)
 
 
 # --- the 32-weight types by chunk pairs, for the decode loops (matmul.py) ------------------------

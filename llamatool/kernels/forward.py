@@ -70,7 +70,7 @@ from .norm import rmsnorm
 from .rope import rope_angles, rope_rotate, rope_rotate_neox
 from .simd import load, load_f32, round_f16, store
 from .sync import claim, finish, wait
-from .types import BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
+from .types import BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 from .vmath import geglu, swiglu
 
 from numba import float32  # noqa: E402
@@ -129,8 +129,9 @@ Dims = namedtuple("Dims", "n_embd n_layer n_head n_head_kv head_dim n_ff n_vocab
 # other by family); attn_softcap / final_softcap > 0 cap scores / logits with tanh (Gemma 2)
 FloatParams = namedtuple("FloatParams", "theta_scale freq_scale ext_factor attn_factor corr0 corr1 eps kq_scale "
                                         "embd_scale q_scale attn_softcap final_softcap theta_scale_swa freq_scale_swa")
-# a8/ak: Q8_0/Q8_K slots; scores: n_threads equal parts of attention_scratch_floats each
-Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores")
+# a8/ak: Q8_0/Q8_K slots; scores: n_threads equal parts of attention_scratch_floats each;
+# sq: empty, or the running sums of squares of every matrix input (see input_square_sums)
+Scratch = namedtuple("Scratch", "x xn qkv att tmp gate up xr a8 ak angles scores sq")
 # per token t < n_tok: pos[t] its position in its sequence, kv[t] where its sequence's region
 # starts in the caches (0 for the model's own cache); tokens n_fast.. get one-token bits
 Batch = namedtuple("Batch", "pos kv n_fast")
@@ -147,8 +148,25 @@ def attention_scratch_floats(n_head: int, n_head_kv: int, head_dim: int) -> int:
 
 
 def phases_per_call(n_layer: int) -> int:
-    """Upper bound of the number of phases of one forward call (sizes the counters)."""
-    return 1 + 11 * n_layer + 2
+    """Upper bound of the number of phases of one forward call (sizes the counters): 11 per
+    layer (Gemma's two post-norms included) and 3 around them, and 4 per layer and 1 more when
+    input squares are summed."""
+    return 1 + 15 * n_layer + 3
+
+
+# Where the sums of squares of each matrix input go in Scratch.sq: per layer the input of
+# Q/K/V (n_embd), of the attention output (n_q), of gate/up (n_embd) and of down (n_ff),
+# then the input of the output matrix (n_embd).
+SQ_ATTN_IN, SQ_ATTN_OUT, SQ_FFN_IN, SQ_FFN_DOWN = 0, 1, 2, 3
+
+
+def input_square_sums(n_embd: int, n_q: int, n_ff: int, n_layer: int) -> tuple[list[list[tuple[int, int]]], tuple[int, int]]:
+    """(offset, width) in Scratch.sq of each layer's four inputs (SQ_* order) and of the
+    output matrix's input."""
+    widths = (n_embd, n_q, n_embd, n_ff)
+    stride = sum(widths)
+    layers = [[(il * stride + sum(widths[:k]), widths[k]) for k in range(4)] for il in range(n_layer)]
+    return layers, (n_layer * stride, n_embd)
 
 
 # --- pieces of a phase --------------------------------------------------------------------
@@ -166,7 +184,7 @@ def _formats(T, a, b, c):
             flags |= NEED_F16
         elif t == BF16:
             flags |= NEED_BF16
-        elif t == Q2_K or t == Q3_K or t == Q4_K or t == Q5_K or t == Q6_K or t == IQ4_XS:
+        elif t == Q2_K or t == Q3_K or t == Q4_K or t == Q5_K or t == Q6_K or t == IQ4_XS or t == TQ1_0 or t == TQ2_0:
             flags |= NEED_Q8_K
         elif t != F32:
             flags |= NEED_Q8_0
@@ -311,6 +329,30 @@ def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s, net, w):
             break
         _prepare(src, t0 + c, K, flags, s)
         lora_down3(net.lora, w, -1, -1, src, t0 + c, K)
+        done += 1
+    finish(ctr, ph, done)
+    wait(ctr, ph, n)
+    return ph + 1
+
+
+@njit(cache=True, _nrt=False)
+def _phase_square_sums(ctr, ph, t0, t1, K, src, sq, offset):
+    """sq[offset + c] += src[t, c]**2 for t0 <= t < t1, token by token in float32 (the order
+    llama-imatrix adds them in); nothing when sq is empty (chunk = 64 columns)."""
+    if sq.size == 0:
+        return ph
+    n = (K + 63) // 64
+    done = 0
+    while True:
+        c = claim(ctr, ph)
+        if c >= n:
+            break
+        c0 = c * 64
+        c1 = min(c0 + 64, K)
+        for t in range(t0, t1):
+            for j in range(c0, c1):
+                v = src[t * K + j]
+                sq[offset + j] += v * v
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -583,8 +625,10 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, batch, o
     n_kv = dims.n_head_kv * hd
     ld_qkv = n_q + 2 * n_kv
     eps = fp.eps
+    sq_layer = 2 * n_embd + n_q + dims.n_ff  # see input_square_sums
     ph = _phase_embed(ctr, np.int64(0), net, dims, fp, tokens, n_tok, batch, s)
     for layer in range(dims.n_layer):
+        sq0 = layer * sq_layer
         # tokens whose hidden state still matters after this layer's attention
         t0 = out_t0 if layer == dims.n_layer - 1 else 0
         qkv_formats = _formats(T, L[layer, LAYER_WQ], L[layer, LAYER_WK], L[layer, LAYER_WV])
@@ -592,11 +636,13 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, batch, o
         fused = L[layer, LAYER_WQKV]
         qkv = (L[layer, LAYER_WQ] if fused < 0 else fused, L[layer, LAYER_WK], L[layer, LAYER_WV])
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_ATTN_NORM], 0, n_tok, n_embd, eps, s.x, s.xn, qkv_formats, s, qkv)
+        ph = _phase_square_sums(ctr, ph, 0, n_tok, n_embd, s.xn, s.sq, sq0)
         ph = _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, s.xn, s, k_cache, v_cache, ld_qkv, n_q, n_kv, eps, fp.q_scale)
         ph = _phase_attention(ctr, ph, ith, dims, layer, t0, n_tok, batch, s, k_cache, v_cache, ld_qkv, fp.kq_scale,
                               fp.attn_softcap)
         wo = L[layer, LAYER_WO]
         ph = _phase_prepare(ctr, ph, t0, n_tok, n_q, s.att, _formats(T, wo, -1, -1), s, net, wo)
+        ph = _phase_square_sums(ctr, ph, t0, n_tok, n_q, s.att, s.sq, sq0 + n_embd)
         post = L[layer, LAYER_ATTN_POST_NORM]
         ph = _phase_residual(ctr, ph, net, dims, wo, L[layer, LAYER_BO], t0, n_tok, s.att, s, s.x, n_embd, batch.n_fast, post < 0)
         if post >= 0:
@@ -604,7 +650,9 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, batch, o
         ffn_formats = _formats(T, L[layer, LAYER_GATE], L[layer, LAYER_UP], -1)
         ffn = (L[layer, LAYER_GATE], L[layer, LAYER_UP], np.int64(-1))
         ph = _phase_norm(ctr, ph, net, L[layer, LAYER_FFN_NORM], t0, n_tok, n_embd, eps, s.x, s.xn, ffn_formats, s, ffn)
+        ph = _phase_square_sums(ctr, ph, t0, n_tok, n_embd, s.xn, s.sq, sq0 + n_embd + n_q)
         ph = _phase_ffn_up(ctr, ph, net, dims, layer, t0, n_tok, s.xn, s, dims.n_ff, batch.n_fast)
+        ph = _phase_square_sums(ctr, ph, t0, n_tok, dims.n_ff, s.gate, s.sq, sq0 + 2 * n_embd + n_q)
         down = L[layer, LAYER_DOWN]
         ph = _phase_prepare(ctr, ph, t0, n_tok, dims.n_ff, s.gate, _formats(T, down, -1, -1), s, net, down)
         post = L[layer, LAYER_FFN_POST_NORM]
@@ -616,6 +664,7 @@ def forward_worker(ith, net, dims, fp, k_cache, v_cache, tokens, n_tok, batch, o
     out_mats = (net.globals[GLOBAL_OUTPUT], np.int64(-1), np.int64(-1))
     ph = _phase_norm(ctr, ph, net, net.globals[GLOBAL_OUTPUT_NORM], out_t0, n_tok, n_embd, eps, s.x, s.xn, out_formats, s,
                      out_mats)
+    ph = _phase_square_sums(ctr, ph, out_t0, n_tok, n_embd, s.xn, s.sq, dims.n_layer * sq_layer)
     _phase_logits(ctr, ph, net, dims, out_t0, n_tok, s.xn, s, logits, dims.n_vocab, batch.n_fast, fp.final_softcap)
 
 

@@ -62,8 +62,26 @@ def _nearest_level(x):
 
 
 @inline
-def _block_scale(x, r, s, inv, sumqx, sumq2):
-    """The scale quantize_row_iq4_nl_impl settles on for the block x[r, s:s + 32].
+def _fill_weights(x, r, s, n, qw, w):
+    """The weights of the n values of the super-block x[r, s:s + n] into w: x**2, or with
+    importance weights qw (a row's worth; empty without) qw * sqrt(sigma2 + x**2), sigma2
+    being twice the mean square of the super-block (quantize_row_iq4_nl_impl)."""
+    if qw.size == 0:
+        for j in range(n):
+            w[j] = x[r, s + j] * x[r, s + j]
+        return
+    sigma2 = _ZERO
+    for j in range(n):
+        sigma2 += x[r, s + j] * x[r, s + j]
+    sigma2 *= np.float32(2.0) / np.float32(n)
+    for j in range(n):
+        w[j] = qw[s + j] * np.sqrt(sigma2 + x[r, s + j] * x[r, s + j])
+
+
+@inline
+def _block_scale(x, r, s, w, inv, sumqx, sumq2):
+    """The scale quantize_row_iq4_nl_impl settles on for the block x[r, s:s + 32], its
+    values weighted by w[0:32].
 
     The 16 candidate scales (the start max/127, then (itry - 127)/max for itry in
     -7..7) are evaluated side by side, one per SIMD lane, each lane summing in C's
@@ -83,13 +101,13 @@ def _block_scale(x, r, s, inv, sumqx, sumq2):
         inv[t] = np.float32(t - 8 - 127) / vmax
     sumqx[:] = 0
     sumq2[:] = 0
-    for j in range(s, s + 32):
-        v = x[r, j]
-        w = v * v
+    for j in range(32):
+        v = x[r, s + j]
+        wj = w[j]
         for t in range(16):
             q = _nearest_level(inv[t] * v)
-            sumqx[t] += w * q * v
-            sumq2[t] += w * q * q
+            sumqx[t] += wj * q * v
+            sumq2[t] += wj * q * q
     d = sumqx[0] / sumq2[0] if sumq2[0] > 0 else _ZERO
     best = d * sumqx[0]
     for t in range(1, 16):
@@ -109,18 +127,23 @@ def _put_levels(x, r, s, inv, out, pos):
 
 
 @kernel
-def _quantize_iq4_nl(x, out):
+def iq4_nl_rows(x, qw, out):
+    """IQ4_NL rows of x, weighted by the importance weights qw (empty: none)."""
+    w = np.empty(QK4_NL, np.float32)
     for r in range(x.shape[0]):
         inv, sumqx, sumq2 = np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.float32)
         for b in range(x.shape[1] // QK4_NL):
             s, o = b * QK4_NL, b * NL_BYTES
-            d = _block_scale(x, r, s, inv, sumqx, sumq2)
+            _fill_weights(x, r, s, QK4_NL, qw, w)
+            d = _block_scale(x, r, s, w, inv, sumqx, sumq2)
             store_fp16(out, r, o, d)
             _put_levels(x, r, s, inverse(d), out, o + 2)
 
 
 @kernel
-def _quantize_iq4_xs(x, out):
+def iq4_xs_rows(x, qw, out):
+    """IQ4_XS rows of x, weighted by the importance weights qw (empty: none)."""
+    w = np.empty(QK_K, np.float32)
     for r in range(x.shape[0]):
         inv, sumqx, sumq2 = np.empty(16, np.float32), np.empty(16, np.float32), np.empty(16, np.float32)
         scales = np.empty(QK_K // 32, np.float32)
@@ -128,8 +151,9 @@ def _quantize_iq4_xs(x, out):
             s, o = b * QK_K, b * XS_BYTES
             max_scale = _ZERO
             amax_scale = _ZERO
+            _fill_weights(x, r, s, QK_K, qw, w)
             for ib in range(QK_K // 32):
-                scales[ib] = _block_scale(x, r, s + 32 * ib, inv, sumqx, sumq2)
+                scales[ib] = _block_scale(x, r, s + 32 * ib, w[32 * ib : 32 * ib + 32], inv, sumqx, sumq2)
                 if abs(scales[ib]) > amax_scale:
                     amax_scale = abs(scales[ib])
                     max_scale = scales[ib]
@@ -176,6 +200,16 @@ def _dequantize_iq4_xs(raw, out):
             for ib in range(QK_K // 32):
                 ls = ((np.int64(raw[r, o + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4)
                 _dequantize_levels(raw, r, o + 8 + 16 * ib, d * np.float32(ls - 32), out, b * QK_K + 32 * ib)
+
+
+@kernel
+def _quantize_iq4_nl(x, out):
+    iq4_nl_rows(x, np.empty(0, np.float32), out)
+
+
+@kernel
+def _quantize_iq4_xs(x, out):
+    iq4_xs_rows(x, np.empty(0, np.float32), out)
 
 
 quantize_iq4_nl = quantizer(_quantize_iq4_nl, "IQ4_NL", QK4_NL, NL_BYTES)

@@ -566,10 +566,19 @@ def _quantize_block_q6_k(x, out, pos):
     L = np.empty(QK_K, np.int8)
     scales = np.empty(16, np.float32)
     lanes = np.empty((3, QX_LANES), np.float32)
+    for ib in range(16):
+        scales[ib] = _make_qx_quants_rmse1(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16], lanes)
+    store_q6_k(x, L, scales, out, pos)
+
+
+@kernel
+def store_q6_k(x, L, scales, out, pos):
+    """Q6_K's block from its 16 sub-block scales and first-pass levels L (0..63): the scale
+    of largest magnitude sets d, the others become int8 multiples of it, and the levels are
+    found again with the stored scales (those of a zero scale stay L's)."""
     max_scale = _F0
     max_abs_scale = _F0
     for ib in range(16):
-        scales[ib] = _make_qx_quants_rmse1(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16], lanes)
         a = abs(scales[ib])
         if a > max_abs_scale:
             max_abs_scale = a

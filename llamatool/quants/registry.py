@@ -69,6 +69,8 @@ _FAMILY = {
     "Q8_K": ("kquants", None),
     "IQ4_NL": ("iquants", "Q8_0"),
     "IQ4_XS": ("iquants", "Q8_K"),
+    "TQ1_0": ("ternary", "Q8_K"),
+    "TQ2_0": ("ternary", "Q8_K"),
 }
 
 
