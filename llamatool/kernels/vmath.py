@@ -13,7 +13,7 @@ import numpy as np
 
 from llamatool.jit import njit
 
-from .simd import as_f32, fma, fmax, fmin, load, rint, splat, store, to_i32
+from .simd import as_f32, fma, fmax, fmin, load, rint, round_f16, splat, store, to_i32
 
 from numba import float32, int32  # noqa: E402
 
@@ -65,10 +65,10 @@ _SQRT_2_OVER_PI = float32(0.79788456080286535587989211986876)
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def round_half(x):
-    """x (float32) rounded to the nearest IEEE half, ties to even, as float32 (|x| < 65504)."""
-    e = math.frexp(float(x))[1] - 1  # x = 1.m * 2^e
-    ulp = math.ldexp(1.0, max(e, -14) - 10)
-    return float32(np.rint(float(x) / ulp) * ulp)
+    """x (float32) rounded to the nearest IEEE half, ties to even, as float32 (|x| < 65504).
+    Through simd.round_f16 (a half round trip), not frexp/ldexp: those are Numba helper calls
+    the saved machine code of the forward pass cannot link (native_forward)."""
+    return round_f16(float32(x))
 
 
 @njit(cache=True, _nrt=False)
