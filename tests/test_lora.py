@@ -457,3 +457,26 @@ def test_kl_divergence_against_llama_perplexity_with_the_adapter(tmp_path):
                             "-b", "128", "-t", "2", "--kl-divergence-base", str(base), "--kl-divergence"],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert float(re.search(r"Mean\s+KLD:\s+(-?[\d.]+)", plain.stdout + plain.stderr).group(1)) > 100 * max(mean_kld, 1e-6)
+    # greedy continuations: llama-server with the adapter at 0.75 against Model.load(lora=...)
+    prompt = Model.load(f16, n_ctx=128).tokenizer.encode(CORPUS[:200])[:48]
+    theirs = _llama_server_greedy(f16, adapter, 0.75, prompt, 32)
+    model = Model.load(f16, n_ctx=128, n_threads=2, lora=[(adapter, 0.75)])
+    ours, logits = [], model.eval(prompt)
+    for _ in range(32):
+        ours.append(int(logits.argmax()))
+        logits = model.eval([ours[-1]])
+    assert ours == theirs
+
+
+def _llama_server_greedy(model, adapter, scale, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens after the prompt ids from llama.cpp's llama-server with the adapter."""
+    import httpx
+
+    from .server_harness import LlamaServerProcess
+
+    binary = llama_cpp_binary(load_script("llamacpp_bin").find_binary, "llama-server")
+    with LlamaServerProcess(binary, "-m", str(model), "--lora-scaled", f"{adapter}:{scale}", "-np", "1", "-c", "128", "-t", "2") as server:
+        reply = httpx.post(server.url + "/completion", timeout=120, json={
+            "prompt": prompt, "n_predict": n, "temperature": 0, "top_k": 1, "samplers": ["top_k"],
+            "return_tokens": True, "cache_prompt": False, "ignore_eos": True}).json()  # fmt: skip
+    return [int(t) for t in reply["tokens"]]
