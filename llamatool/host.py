@@ -84,3 +84,16 @@ def numba_target() -> tuple[str, str] | None:
     if not all(host.get(name, False) for name in _PORTABLE_X86_NEEDS):
         return None
     return PORTABLE_X86_CPU, ""
+
+
+def ggml_f32_lanes() -> int:
+    """The float32 lanes of the vectors ggml's CPU backend sums dot products in, as llama.cpp
+    builds itself for this machine (GGML_NATIVE: -march=native): 16 with AVX-512F, 8 with
+    AVX2 and FMA (also when forced portable: llama.cpp's GGML_AVX2 build), 0 where its order
+    is not modelled here (other CPUs). Summation order decides the last bit of a float32."""
+    if machine().lower() not in _X86_64:
+        return 0
+    host = _host_features()
+    if host.get("avx512f", False) and not forced_portable():
+        return 16
+    return 8 if host.get("avx2", False) and host.get("fma", False) else 0

@@ -236,7 +236,12 @@ def test_merged_then_run_equals_runtime(tiny, tmp_path):
     merged = export_lora(base.path, lora, tmp_path / "merged.gguf").output
     at_runtime = Model.load(base.path, n_threads=2, lora=lora).eval(PROMPT, all_logits=True)
     after_merge = Model.load(merged, n_threads=2).eval(PROMPT, all_logits=True)
-    assert relative_error(after_merge, at_runtime) < 1e-4
+    per_token = [relative_error(a, b) for a, b in zip(after_merge, at_runtime)]
+    # (W + BA).x and W.x + B.(A.x) differ by float32 roundings, which now and then flip the
+    # rounding of a query or a cached key/value to F16 (a step of 2^-11 of that value): on
+    # this model two merges summed in different orders differ by up to 1.2e-4 themselves.
+    # Measured: median 1.1e-5, largest 1.8e-4 (16 tokens)
+    assert np.median(per_token) < 5e-5 and max(per_token) < 5e-4, per_token
 
 
 def _adapter_gguf(path, arch="llama", tensors=()):
@@ -311,44 +316,56 @@ def _llama_export_lora(tmp_path, base, lora, out):
 
 
 @pytest.fixture(scope="module")
-def grid_adapters(tiny):
-    """Adapters whose products B.A are exact in float32 (see export.py on summation order)."""
+def general_adapters(tiny):
+    """Random adapters (products B.A not exact in float32, so the order of the sums shows) of
+    ranks that take each of ggml's paths on an AVX2 and on an AVX-512 CPU: tinyBLAS (rank a
+    multiple of the vector), ggml_vec_dot_f32's one-by-one leftovers (4, 8 on AVX-512), its
+    4-vector steps plus leftovers (72); the second also on the embeddings and output."""
     root = tiny["root"]
-    out = []
-    for name, seed, kw in (("g1", 3, {}), ("g2", 4, {"embeddings": True, "lm_head": True})):
-        lora = write_peft_adapter(root / name, SPEC, rank=8, alpha=16, seed=seed, grid=True, base=tiny["hf"], **kw)
-        out.append(_convert(lora.folder, root / f"{name}.gguf").output)
+    out = {}
+    for rank, seed, kw in ((4, 3, {}), (8, 4, {"embeddings": True, "lm_head": True}), (16, 5, {}), (72, 6, {"embeddings": True})):
+        lora = write_peft_adapter(root / f"general-{rank}", SPEC, rank=rank, alpha=16, seed=seed, base=tiny["hf"], **kw)
+        out[rank] = _convert(lora.folder, root / f"general-{rank}.gguf").output
     return out
 
 
 @pytest.mark.parametrize("base_type", ["F32", "Q8_0"])
-def test_export_lora_is_identical_to_llama_export_lora(tiny, grid_adapters, tmp_path, base_type):
+def test_export_lora_is_identical_to_llama_export_lora(tiny, general_adapters, tmp_path, base_type):
+    """Byte for byte, one adapter of each rank, and two at once (llama-export-lora merges
+    several only if they adapt the same tensors: the same file at two scales)."""
+    from llamatool.host import ggml_f32_lanes
+
+    if not ggml_f32_lanes():
+        pytest.skip("ggml's summation order is modelled for x86-64 with AVX2 or AVX-512 only")
     base = tiny["base"][base_type].path
-    for lora in ([(grid_adapters[0], 1.0)], [(grid_adapters[0], 0.5), (grid_adapters[1], 0.25)]):
-        # llama-export-lora merges several adapters only if they adapt the same tensors
-        lora = lora if len(lora) == 1 else [(grid_adapters[1], 0.5), (grid_adapters[1], 0.25)]
+    cases = [[(general_adapters[r], 1.0)] for r in general_adapters] + [[(general_adapters[8], 0.5), (general_adapters[8], 0.25)]]
+    for lora in cases:
         ref = _llama_export_lora(tmp_path, base, lora, tmp_path / "ref.gguf")
         ours = export_lora(base, lora, tmp_path / "ours.gguf", force=True).output
-        assert ours.read_bytes() == ref.read_bytes()
+        assert ours.read_bytes() == ref.read_bytes(), lora
 
 
-def test_export_lora_random_adapters_differ_at_most_in_the_last_bit(tiny, tmp_path):
-    base = tiny["base"]["Q8_0"].path  # merged tensors F16
-    lora = [(tiny["files"]["one"], 1.0)]
-    ref = GGUFReader(_llama_export_lora(tmp_path, base, lora, tmp_path / "ref.gguf"))
-    ours = GGUFReader(export_lora(base, lora, tmp_path / "ours.gguf").output)
-    assert list(ours.fields) == list(ref.fields) and [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
-    n_diff = n_all = 0
-    for a, b in zip(ours.tensors, ref.tensors):
-        assert a.type == b.type and a.ne == b.ne
-        x, y = a.data.view(np.int16).astype(np.int32), b.data.view(np.int16).astype(np.int32)
-        if a.type.name == "F16":
-            assert np.abs(x - y).max() <= 1  # one f16 step at most
-            n_diff += int((x != y).sum())
-            n_all += x.size
-        else:
-            assert bytes(a.data) == bytes(b.data)
-    assert n_diff <= 1e-3 * n_all
+def test_export_lora_products_are_summed_in_ggml_order():
+    """Without llama.cpp: the tinyBLAS path (rank a multiple of the lanes) sums each lane's
+    fused multiply-adds, then the lanes as a halving tree; vec_dot's leftovers one by one.
+    Values chosen so that other orders round differently."""
+    from llamatool.kernels.ggml_dot import ggml_f32_products
+
+    big = np.float32(2.0**24)  # big + 1 rounds back to big in float32
+    # rank 16 on 8 lanes: lane 0 holds fma(1, 1, big) = big, lane 1 holds -big; the tree adds
+    # them last: 0, where the exact sum and a sum in index order (big - big + 1) give 1
+    x = np.zeros((4, 16), np.float32)
+    x[:, 0], x[:, 1], x[:, 8] = big, -big, 1
+    y = np.ones((2, 16), np.float32)
+    out = np.empty((2, 4), np.float32)
+    ggml_f32_products(x, y, 8, out)
+    assert (out == 0).all()
+    # rank 3 (vec_dot leftovers, one by one with fma): ((big + 1) - big) in float32 = 0
+    x3 = np.array([[big, 1, -big]] * 4, np.float32)
+    y3 = np.ones((2, 3), np.float32)
+    out3 = np.empty((2, 4), np.float32)
+    ggml_f32_products(x3, y3, 8, out3)
+    assert (out3 == 0).all()  # the exact sum would be 1
 
 
 def test_export_lora_to_a_preset(tiny, tmp_path):
@@ -440,3 +457,26 @@ def test_kl_divergence_against_llama_perplexity_with_the_adapter(tmp_path):
                             "-b", "128", "-t", "2", "--kl-divergence-base", str(base), "--kl-divergence"],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert float(re.search(r"Mean\s+KLD:\s+(-?[\d.]+)", plain.stdout + plain.stderr).group(1)) > 100 * max(mean_kld, 1e-6)
+    # greedy continuations: llama-server with the adapter at 0.75 against Model.load(lora=...)
+    prompt = Model.load(f16, n_ctx=128).tokenizer.encode(CORPUS[:200])[:48]
+    theirs = _llama_server_greedy(f16, adapter, 0.75, prompt, 32)
+    model = Model.load(f16, n_ctx=128, n_threads=2, lora=[(adapter, 0.75)])
+    ours, logits = [], model.eval(prompt)
+    for _ in range(32):
+        ours.append(int(logits.argmax()))
+        logits = model.eval([ours[-1]])
+    assert ours == theirs
+
+
+def _llama_server_greedy(model, adapter, scale, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens after the prompt ids from llama.cpp's llama-server with the adapter."""
+    import httpx
+
+    from .server_harness import LlamaServerProcess
+
+    binary = llama_cpp_binary(load_script("llamacpp_bin").find_binary, "llama-server")
+    with LlamaServerProcess(binary, "-m", str(model), "--lora-scaled", f"{adapter}:{scale}", "-np", "1", "-c", "128", "-t", "2") as server:
+        reply = httpx.post(server.url + "/completion", timeout=120, json={
+            "prompt": prompt, "n_predict": n, "temperature": 0, "top_k": 1, "samplers": ["top_k"],
+            "return_tokens": True, "cache_prompt": False, "ignore_eos": True}).json()  # fmt: skip
+    return [int(t) for t in reply["tokens"]]

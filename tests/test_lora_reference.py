@@ -4,7 +4,9 @@
                      f32/f16/bf16/q8_0, on adapters of each family llamatool converts, from
                      float32 and bfloat16 adapters, with and without embedding LoRA
     at run time      logits of an F32 base + adapters equal PEFT's in transformers (scales
-                     1.0 and 0.5, two adapters at once); rsLoRA scaled as PEFT scales it
+                     1.0 and 0.5, two adapters at once); rsLoRA scaled as PEFT scales it;
+                     Gemma 2, Gemma 3 and Phi-3 (fused qkv_proj and gate_up_proj) on the
+                     checkpoints of tests/hf_factory.py, converted by llamatool
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from llamatool.lora.convert import LoraConvertOptions, convert_lora
 from llamatool.model import Model
 
 from .conftest import missing_reference
+from .hf_factory import FIXTURES, write_checkpoint
 from .test_convert import VENDOR
 from .tiny_llama import TinyLlama, write_gguf
 
@@ -203,3 +206,56 @@ def test_rslora_is_scaled_as_peft_scales_it(tmp_path, bases):
     pm.unload()
     ours = Model.load(gguf, n_threads=2, lora=[out.output]).eval(PROMPT, all_logits=True)
     assert relative_error(ours, expected) < 3e-3
+
+
+# --- the families of tests/hf_factory.py's checkpoints: convert-lora and the run time ---------------
+
+# family -> (checkpoint fixture, PEFT target modules): Phi-3's attention and gate|up are fused
+CHECKPOINT_FAMILIES = {
+    "gemma2": ("gemma2-spm", LINEAR),
+    "gemma3": ("gemma3-spm", LINEAR),
+    "phi3": ("phi3-spm", ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bases(tmp_path_factory):
+    """{family: (HF folder, transformers model, F32 GGUF converted by llamatool, targets)}."""
+    from dataclasses import replace
+
+    from llamatool.convert import ConvertOptions, convert_model
+
+    root = tmp_path_factory.mktemp("lora-families")
+    out = {}
+    for family, (key, targets) in CHECKPOINT_FAMILIES.items():
+        spec = replace(FIXTURES[key], name=FIXTURES[key].name + "-f32", dtype="float32", shards=1)
+        folder = write_checkpoint(root / "hf", spec)
+        (root / family).mkdir()
+        gguf = convert_model(folder, ConvertOptions(outtype="f32", outfile=root / family, progress=False)).output
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        out[family] = (folder, model, gguf, targets)
+    return out
+
+
+@pytest.mark.parametrize("family", list(CHECKPOINT_FAMILIES))
+def test_other_families_convert_and_run_as_peft(tmp_path, checkpoint_bases, family):
+    """convert-lora byte for byte as convert_lora_to_gguf.py (f32/f16/bf16/q8_0), then the
+    F32 base with the adapter at scale 0.5 against PEFT's model in transformers."""
+    folder, model, gguf, targets = checkpoint_bases[family]
+    adapter = make_adapter(tmp_path, model, "adapter", targets=targets, rank=8, alpha=16)
+    for outtype in OUTTYPES:
+        ref = run_reference(adapter, folder, outtype, tmp_path / f"ref-{outtype}.gguf")
+        ours = convert_lora(adapter, LoraConvertOptions(base=folder, outtype=outtype, outfile=tmp_path / f"ours-{outtype}.gguf", progress=False))
+        assert ours.output.read_bytes() == ref.read_bytes(), f"{family} {outtype}"
+    ids = np.random.default_rng(7).integers(0, model.config.vocab_size, 16).tolist()
+    with torch.no_grad():
+        base_logits = model(torch.tensor([ids])).logits[0].double().numpy()
+    pm = _peft_with(model, {"adapter": (adapter, None)}, {"adapter": 0.5})
+    with torch.no_grad():
+        expected = pm(torch.tensor([ids])).logits[0].double().numpy()
+    pm.unload()
+    # n_ctx = the prompt: Phi-3's LongRoPE takes its short factors, as transformers does for 16 tokens
+    ours = Model.load(gguf, n_threads=2, n_ctx=len(ids), lora=[(tmp_path / "ours-f32.gguf", 0.5)]).eval(ids, all_logits=True)
+    assert relative_error(ours, expected) < 3e-3, family
+    assert relative_error(base_logits, expected) > 0.05
+    assert (ours.argmax(1) == expected.argmax(1)).all()

@@ -633,31 +633,16 @@ def test_embeddings_agree_with_llama_server(default_model, http, tmp_path):
     """Our /v1/embeddings against llama.cpp's own server (--embeddings --pooling mean) on the
     same texts: the same token counts, and vectors that agree to llama.cpp's version noise."""
     import importlib.util
-    import socket
-    import subprocess
 
     from .conftest import ROOT, llama_cpp_binary
+    from .server_harness import LlamaServerProcess
 
     spec = importlib.util.spec_from_file_location("llamacpp_bin", ROOT / "scripts" / "llamacpp_bin.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     binary = llama_cpp_binary(module.find_binary, "llama-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([str(binary), "-m", str(default_model), "--host", "127.0.0.1", "--port", str(port), "-np", "1",
-                             "-c", "512", "-t", "1", "--embeddings", "--pooling", "mean"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+    with LlamaServerProcess(binary, "-m", str(default_model), "-np", "1", "-c", "512", "-t", "1", "--embeddings", "--pooling", "mean") as server:
+        url = server.url
         for text in ["The cat sat on the mat.", "Quarterly revenue grew by four percent.", "naïve café 日本語"]:
             theirs = httpx.post(url + "/v1/embeddings", json={"input": text}, timeout=60).json()
             ours = http.post("/v1/embeddings", json={"input": text}).json()
@@ -665,6 +650,3 @@ def test_embeddings_agree_with_llama_server(default_model, http, tmp_path):
             a, b = (np.array(r["data"][0]["embedding"]) for r in (ours, theirs))
             assert a.shape == b.shape
             assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

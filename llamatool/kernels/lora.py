@@ -32,7 +32,7 @@ import numpy as np
 
 from llamatool.jit import njit
 
-from .simd import hsum, load, load_f16, splat, store
+from .simd import extract, fma, hsum, load, load_f16, splat, store
 
 from numba import float32  # noqa: E402
 
@@ -60,16 +60,49 @@ def _w1(lora, half, o):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _dot(lora, half, wo, x, xo, n):
-    """weights wo..wo+n times float32 x[xo:xo+n], summed."""
-    n16 = n - n % 16
-    acc = splat(float32(0), 16)
-    for k in range(0, n16, 16):
-        acc = acc + _w16(lora, half, wo + k) * load(x, xo + k, 16)
+def _fma1(a, b, c):
+    """a*b + c rounded once on float32 scalars: what one lane of a vector fma computes."""
+    return extract(fma(splat(a, 1), splat(b, 1), splat(c, 1)), 0)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _dot_tail(lora, half, wo, x, xo, k0, K, acc):
+    """hsum(acc) plus weights wo+k0..wo+K times x[xo+k0 : xo+K], one by one."""
     total = hsum(acc)
-    for k in range(n16, n):
-        total += _w1(lora, half, wo + k) * x[xo + k]
+    for k in range(k0, K):
+        total = _fma1(_w1(lora, half, wo + k), x[xo + k], total)
     return total
+
+
+@njit(cache=True, _nrt=False)
+def _down_rows(lora, half, wo, j0, j1, K, x, xo, f, fo, u, uo):
+    """u[uo+j] = f[fo+j] * (A_j . x) for rank rows j0..j1 of A (at wo, rows of K). Four rows
+    at a time share each load of x (four independent fma chains); a row's sum is the same
+    whichever group it is in."""
+    n16 = K - K % 16
+    j = j0
+    while j + 4 <= j1:
+        a0 = splat(float32(0), 16)
+        a1, a2, a3 = a0, a0, a0
+        w0 = wo + j * K
+        for k in range(0, n16, 16):
+            xv = load(x, xo + k, 16)
+            a0 = fma(_w16(lora, half, w0 + k), xv, a0)
+            a1 = fma(_w16(lora, half, w0 + K + k), xv, a1)
+            a2 = fma(_w16(lora, half, w0 + 2 * K + k), xv, a2)
+            a3 = fma(_w16(lora, half, w0 + 3 * K + k), xv, a3)
+        u[uo + j] = f[fo + j] * _dot_tail(lora, half, w0, x, xo, n16, K, a0)
+        u[uo + j + 1] = f[fo + j + 1] * _dot_tail(lora, half, w0 + K, x, xo, n16, K, a1)
+        u[uo + j + 2] = f[fo + j + 2] * _dot_tail(lora, half, w0 + 2 * K, x, xo, n16, K, a2)
+        u[uo + j + 3] = f[fo + j + 3] * _dot_tail(lora, half, w0 + 3 * K, x, xo, n16, K, a3)
+        j += 4
+    while j < j1:
+        a0 = splat(float32(0), 16)
+        w0 = wo + j * K
+        for k in range(0, n16, 16):
+            a0 = fma(_w16(lora, half, w0 + k), load(x, xo + k, 16), a0)
+        u[uo + j] = f[fo + j] * _dot_tail(lora, half, w0, x, xo, n16, K, a0)
+        j += 1
 
 
 @njit(cache=True, _nrt=False)
@@ -81,10 +114,8 @@ def lora_down(lora, i, src, t, K):
     rank = T[i, LORA_RANK]
     if rank == 0:
         return
-    uo = t * lora.stride + T[i, LORA_U]
-    half = T[i, LORA_HALF] != 0
-    for j in range(rank):
-        lora.u[uo + j] = lora.factors[T[i, LORA_F] + j] * _dot(lora, half, T[i, LORA_A] + j * K, src, t * K, K)
+    _down_rows(lora, T[i, LORA_HALF] != 0, T[i, LORA_A], 0, rank, K, src, t * K, lora.factors, T[i, LORA_F],
+               lora.u, t * lora.stride + T[i, LORA_U])
 
 
 @njit(cache=True, _nrt=False)
@@ -97,7 +128,11 @@ def lora_down3(lora, a, b, c, src, t, K):
 
 @njit(cache=True, _nrt=False)
 def lora_up(lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0):
-    """out[(t - out_t0)*ldo + col0 + r] += (B.u_t)[r] for rows r0..r1 of tensor i, tokens t0..t1."""
+    """out[(t - out_t0)*ldo + col0 + r] += (B.u_t)[r] for rows r0..r1 of tensor i, tokens t0..t1.
+
+    Each row's B.u is summed over the rank in a register (fma, rank order), then added to
+    out once; four 16-row blocks at a time (independent chains). A row's value does not
+    depend on the block it is grouped with, nor on r0..r1."""
     rank = lora.table[i, LORA_RANK]
     if rank == 0:
         return
@@ -109,13 +144,33 @@ def lora_up(lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0):
     for t in range(t0, t1):
         uo = t * lora.stride + lora.table[i, LORA_U]
         o = (t - out_t0) * ldo + col0
-        for j in range(rank):
-            uj = lora.u[uo + j]
-            row = bt + j * N
-            for r in range(r0, r0 + n16, 16):
-                store(out, o + r, load(out, o + r, 16) + _w16(lora, half, row + r) * uj)
-            for r in range(r0 + n16, r1):
-                out[o + r] += _w1(lora, half, row + r) * uj
+        r = r0
+        while r + 64 <= r0 + n16:
+            a0 = splat(float32(0), 16)
+            a1, a2, a3 = a0, a0, a0
+            for j in range(rank):
+                uj = splat(lora.u[uo + j], 16)
+                row = bt + j * N + r
+                a0 = fma(_w16(lora, half, row), uj, a0)
+                a1 = fma(_w16(lora, half, row + 16), uj, a1)
+                a2 = fma(_w16(lora, half, row + 32), uj, a2)
+                a3 = fma(_w16(lora, half, row + 48), uj, a3)
+            store(out, o + r, load(out, o + r, 16) + a0)
+            store(out, o + r + 16, load(out, o + r + 16, 16) + a1)
+            store(out, o + r + 32, load(out, o + r + 32, 16) + a2)
+            store(out, o + r + 48, load(out, o + r + 48, 16) + a3)
+            r += 64
+        while r < r0 + n16:
+            a0 = splat(float32(0), 16)
+            for j in range(rank):
+                a0 = fma(_w16(lora, half, bt + j * N + r), splat(lora.u[uo + j], 16), a0)
+            store(out, o + r, load(out, o + r, 16) + a0)
+            r += 16
+        for r in range(r0 + n16, r1):
+            acc = float32(0)
+            for j in range(rank):
+                acc = _fma1(_w1(lora, half, bt + j * N + r), lora.u[uo + j], acc)
+            out[o + r] += acc
 
 
 @njit(cache=True, _nrt=False)

@@ -6,12 +6,15 @@ writes it.
                 tensor becomes W + sum scale*alpha/r * B.A, computed in float32 and stored
                 F32 if the base's is F32, else F16; every other tensor is copied as it is
 
-The products B.A are summed in float64 and rounded once to float32; llama-export-lora sums
-the r products in float32 in its CPU's vector order, so on adapters whose products are not
-exact, a merged value can differ from its in the last bit of a float32, and so, rarely, of
-an F16. Beyond llama-export-lora: adapters need not adapt the same tensors, Q8_0 adapters
-are accepted, and --outtype PRESET quantizes the merged model (llamatool.quantize, from a
-temporary F16/F32 merge next to the output, removed afterwards).
+llama-export-lora sums each of B.A's r products in float32 in the order of ggml's CPU
+vectors (kernels/ggml_dot.py), which decides the last bit of a float32 and so, now and then,
+an F16 step of the merged value: the products are summed in that order for the vectors of
+this CPU as llama.cpp builds itself for it (host.ggml_f32_lanes). Where that order is not
+modelled (not x86-64 with AVX2), they are summed in float64 and rounded once, which can
+differ from llama-export-lora's in the last bit. Beyond llama-export-lora: adapters need not
+adapt the same tensors, Q8_0 adapters are accepted, and --outtype PRESET quantizes the
+merged model (llamatool.quantize, from a temporary F16/F32 merge next to the output,
+removed afterwards).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 from ..errors import LlamatoolError
 from ..gguf_io import GGUFReader, GGUFWriter, ValueType
+from ..host import ggml_f32_lanes
 from .adapter import EMBEDDING, Adapter, load_adapters
 
 MOSTLY_F16 = 1  # llama_ftype LLAMA_FTYPE_MOSTLY_F16, which llama-export-lora writes
@@ -52,13 +56,23 @@ def merged_values(base: np.ndarray, name: str, adapters: list[tuple[Adapter, flo
     for adapter, scale in adapters:
         if name not in adapter.pairs:
             continue
-        a, b = adapter.matrices(name)
-        if name == EMBEDDING:  # a: (vocab, r), b: (embd, r)
-            delta = a.astype(np.float64) @ b.astype(np.float64).T
-        else:  # a: (r, K), b: (N, r)
-            delta = b.astype(np.float64) @ a.astype(np.float64)
-        cur = delta.astype(np.float32) * lora_factor(adapter, name, scale) + cur
+        cur = product(*adapter.matrices(name), name) * lora_factor(adapter, name, scale) + cur
     return cur
+
+
+def product(a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
+    """B.A (an embedding's A.B^T) in float32, as ggml_mul_mat sums it on this CPU. a: (r, K)
+    (an embedding's (vocab, r)), b: (N, r); float32."""
+    # llama-export-lora: ggml_mul_mat(cont(transpose(A)), B), an embedding's ggml_mul_mat(B, A)
+    rows, cols = (b, a) if name == EMBEDDING else (np.ascontiguousarray(a.T), b)
+    lanes = ggml_f32_lanes()
+    if not lanes:
+        return (cols.astype(np.float64) @ rows.astype(np.float64).T).astype(np.float32)
+    from ..kernels.ggml_dot import ggml_f32_products  # Numba: imported when a merge needs it
+
+    out = np.empty((cols.shape[0], rows.shape[0]), np.float32)
+    ggml_f32_products(np.ascontiguousarray(rows, np.float32), np.ascontiguousarray(cols, np.float32), lanes, out)
+    return out
 
 
 def _fields(reader: GGUFReader) -> list[tuple]:

@@ -1,0 +1,97 @@
+"""Float32 matrix products summed in the order ggml's CPU backend sums them, so that a result
+llama.cpp computes with ggml_mul_mat on F32 tensors (llama-export-lora's B.A) can be
+reproduced bit for bit.
+
+out[n, k] = x[k] . y[n] (rows of length r), as ggml_compute_forward_mul_mat computes dst
+from src0 rows x (m of them) and src1 rows y (n of them), built for the host CPU with W
+float32 lanes per vector (host.ggml_f32_lanes: 16 on AVX-512F, 8 on AVX2):
+
+- llamafile's tinyBLAS takes the product when r is a multiple of W, m of 4 and n >= 2: one
+  W-lane accumulator per output, fused multiply-adds over the chunks of W, then the lanes
+  summed as a halving tree (lane i + lane i + W/2, ..., down to one), which is what both
+  _mm512_reduce_add_ps (GCC) and tinyBLAS's hsum(__m256) do;
+- otherwise ggml_vec_dot_f32: four W-lane accumulators over steps of 4W (FMA), the four
+  added pairwise (0+2, 1+3, then 0+1), the lanes reduced (AVX-512: the halving tree; AVX2:
+  the halves added, then two horizontal adds of neighbours), and the r mod 4W leftovers
+  added one by one with a fused multiply-add (GCC contracts `sumf += x*y`).
+
+Every output is computed by one thread in that order, so threads do not change the bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llamatool.jit import njit, prange
+
+from .simd import extract, fma, splat
+
+
+@njit(cache=True, forceinline=True)
+def _fma(a, b, c):
+    """a*b + c rounded once, on float32 scalars."""
+    return extract(fma(splat(a, 1), splat(b, 1), splat(c, 1)), 0)
+
+
+@njit(cache=True, forceinline=True)
+def _halving_tree(acc, lanes):
+    """acc[0:lanes] summed as (i, i + half) pairs, half = lanes/2, lanes/4, ..., 1."""
+    half = lanes // 2
+    while half >= 1:
+        for i in range(half):
+            acc[i] = acc[i] + acc[i + half]
+        half //= 2
+    return acc[0]
+
+
+@njit(cache=True, forceinline=True)
+def _avx2_reduce(acc):
+    """GGML_F32x8_REDUCE's last step: halves added, then neighbours twice (two hadds)."""
+    t0, t1, t2, t3 = acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]
+    return (t0 + t1) + (t2 + t3)
+
+
+@njit(cache=True, forceinline=True)
+def _tinyblas_dot(x, xo, y, yo, r, lanes, acc):
+    for j in range(lanes):
+        acc[j] = np.float32(0)
+    for c in range(0, r, lanes):
+        for j in range(lanes):
+            acc[j] = _fma(x[xo + c + j], y[yo + c + j], acc[j])
+    return _halving_tree(acc, lanes)
+
+
+@njit(cache=True, forceinline=True)
+def _vec_dot(x, xo, y, yo, r, lanes, acc):
+    step = 4 * lanes
+    n_simd = r - r % step
+    for j in range(step):
+        acc[j] = np.float32(0)
+    for i in range(0, n_simd, step):
+        for j in range(step):
+            acc[j] = _fma(x[xo + i + j], y[yo + i + j], acc[j])
+    for j in range(2 * lanes):  # vectors 0, 1 += 2, 3
+        acc[j] = acc[j] + acc[j + 2 * lanes]
+    for j in range(lanes):  # vector 0 += 1
+        acc[j] = acc[j] + acc[j + lanes]
+    total = _halving_tree(acc, lanes) if lanes == 16 else _avx2_reduce(acc)
+    for i in range(n_simd, r):
+        total = _fma(x[xo + i], y[yo + i], total)
+    return total
+
+
+@njit(cache=True, parallel=True)
+def ggml_f32_products(x, y, lanes, out):
+    """out[n, k] = x[k] . y[n] in ggml's order (see the module): x (m, r), y (n, r), float32,
+    C order; out (n, m) float32."""
+    m, r = x.shape
+    n = y.shape[0]
+    tiny = r % lanes == 0 and m % 4 == 0 and n >= 2
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    for row in prange(n):
+        acc = np.empty(4 * lanes, np.float32)
+        for k in range(m):
+            if tiny:
+                out[row, k] = _tinyblas_dot(xf, k * r, yf, row * r, r, lanes, acc)
+            else:
+                out[row, k] = _vec_dot(xf, k * r, yf, row * r, r, lanes, acc)
