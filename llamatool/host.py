@@ -54,6 +54,7 @@ class Features(NamedTuple):
     f16c: bool  # hardware half <-> float conversion
     vnni_512: bool  # vpdpbusd on 64 bytes (AVX512-VNNI)
     vnni_256: bool  # vpdpbusd on 32 bytes (AVX512-VNNI with VL, or AVX-VNNI)
+    avx2: bool = False  # vpmaddubsw / vpmaddwd on 32 bytes (the byte dot products without VNNI)
 
 
 @lru_cache(maxsize=None)
@@ -71,7 +72,8 @@ def features() -> Features:
     vnni_256 = vnni_512 and host.get("avx512vl", False) or host.get("avxvnni", False)
     if forced_portable():
         vnni_512 = vnni_256 = False
-    return Features(x86=x86, f16c=host.get("f16c", False), vnni_512=vnni_512, vnni_256=vnni_256)
+    return Features(x86=x86, f16c=host.get("f16c", False), vnni_512=vnni_512, vnni_256=vnni_256,
+                    avx2=x86 and host.get("avx2", False))
 
 
 def numba_target() -> tuple[str, str] | None:

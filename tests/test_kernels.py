@@ -15,6 +15,7 @@ import pytest
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as GQ
 from gguf.quants import dequantize as gguf_dequantize
 
+from llamatool import host
 from llamatool.jit import njit
 from llamatool.kernels import simd
 from llamatool.kernels.actquant import Activation, quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
@@ -567,24 +568,38 @@ def test_simd_integer_primitives():
     np.testing.assert_array_equal(out_mask, (bits >> (np.uint64(3) + np.arange(32, dtype=np.uint64))) & np.uint64(1))
 
 
-def test_portable_byte_dot_product_without_vnni(monkeypatch):
-    """The IR used on CPUs without VNNI gives the same sums as vpdpbusd."""
+@pytest.mark.parametrize("avx2", [False, True], ids=["portable-ir", "avx2-maddubs"])
+def test_byte_dot_products_without_vnni(monkeypatch, avx2):
+    """The lowerings used on CPUs without VNNI (AVX2's vpmaddubsw + vpmaddwd, else portable IR)
+    give the same sums as vpdpbusd, at the extremes too (where an int16 product pair would
+    saturate): dot4_u8i8 for any bytes, dot4_u7i8 for weights below 128."""
+    if avx2 and not host.features().avx2:
+        pytest.skip("this CPU has no AVX2")
     monkeypatch.setattr(simd, "_VNNI_512", False)
     monkeypatch.setattr(simd, "_VNNI_256", False)
+    monkeypatch.setattr(simd, "_AVX2", avx2)
 
     @njit(cache=False)
-    def dot(a, b, out16, out8):
+    def dot(a, b, out16, out8, small16):
         simd.store(out16, 0, simd.dot4_u8i8(simd.load(out16, 0, 16), simd.load(a, 0, 64), simd.load(b, 0, 64)))
         simd.store(out8, 0, simd.dot4_u8i8(simd.load(out8, 0, 8), simd.load(a, 0, 32), simd.load(b, 0, 32)))
+        simd.store(small16, 0, simd.dot4_u7i8(simd.load(small16, 0, 16), simd.load(a, 0, 64) >> np.uint8(1),
+                                              simd.load(b, 0, 64)))
 
     rng = np.random.default_rng(15)
-    a = rng.integers(0, 256, 64).astype(np.uint8)
-    b = rng.integers(-128, 128, 64).astype(np.int8)
-    out16, out8 = np.full(16, 7, np.int32), np.full(8, -3, np.int32)
-    dot(a, b, out16, out8)
-    products = a.astype(np.int32) * b
-    np.testing.assert_array_equal(out16, 7 + products.reshape(16, 4).sum(1))
-    np.testing.assert_array_equal(out8, -3 + products[:32].reshape(8, 4).sum(1))
+    for case in range(4):
+        a = rng.integers(0, 256, 64).astype(np.uint8)
+        b = rng.integers(-128, 128, 64).astype(np.int8)
+        if case == 1:
+            a[:], b[:] = 255, -128
+        elif case == 2:
+            a[:], b[:] = 255, 127
+        out16, out8, small16 = np.full(16, 7, np.int32), np.full(8, -3, np.int32), np.full(16, 5, np.int32)
+        dot(a, b, out16, out8, small16)
+        products = a.astype(np.int32) * b
+        np.testing.assert_array_equal(out16, 7 + products.reshape(16, 4).sum(1))
+        np.testing.assert_array_equal(out8, -3 + products[:32].reshape(8, 4).sum(1))
+        np.testing.assert_array_equal(small16, 5 + ((a >> 1).astype(np.int32) * b).reshape(16, 4).sum(1))
 
 
 # --- threads ---------------------------------------------------------------------------------------

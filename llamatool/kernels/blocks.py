@@ -36,7 +36,7 @@ import numpy as np
 from llamatool.jit import njit
 
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
-from .simd import (bit_mask, concat, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
+from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
                    interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
 from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
@@ -578,6 +578,18 @@ def weight_shift(qtype):
     raise NotImplementedError("weight_shift is only callable from compiled code")
 
 
+#: Types whose decoded weight bytes are all below 128 (unsigned 2-6 bit values; Q8_0 and the
+#: IQ4 codebooks are shifted signed bytes): their dot products may take simd.dot4_u7i8.
+SMALL_WEIGHTS = frozenset({Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K})
+
+
+def weight_dot(qtype, acc, w, x):
+    """acc + the byte dot product (dot4_u8i8) of decoded weights w with activation bytes x,
+    by the cheaper dot4_u7i8 where the type's weights are below 128 (the same bits: both
+    sums are exact); compiled code only."""
+    raise NotImplementedError("weight_dot is only callable from compiled code")
+
+
 def pair_scales(qtype, W, bo, j):
     """Chunks j, j+1 of the group at bo, 32-weight types: float32 x 2 [d_j, d_j+1] for the
     types without mins, float32 x 4 [d_j, m_j, d_j+1, m_j+1] for Q4_1/Q5_1 (their d and m
@@ -669,6 +681,12 @@ def _decode_group(qtype, W, bo):
 def _weight_shift(qtype):
     value = WEIGHT_SHIFT.get(_literal_type_id(qtype), 0)
     return lambda qtype: value
+
+
+@overload(weight_dot, jit_options={"_nrt": False, "forceinline": True})
+def _weight_dot(qtype, acc, w, x):
+    dot = dot4_u7i8 if _literal_type_id(qtype) in SMALL_WEIGHTS else dot4_u8i8
+    return lambda qtype, acc, w, x: dot(acc, w, x)
 
 
 @overload(pair_scales, jit_options={"_nrt": False, "forceinline": True})

@@ -57,9 +57,9 @@ import numpy as np
 from llamatool.jit import njit
 
 from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, group_bytes, half_offsets,
-                     decode_group, is_block32, pair_scales, weight_shift,
+                     decode_group, is_block32, pair_scales, weight_dot, weight_shift,
                      weight_shift_of)
-from .simd import (dot4_u8i8, even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
+from .simd import (even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
                    load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, store, to_f32)
 from .ccall import c_signature, call_c
 from .lanes import repeat_slice
@@ -89,7 +89,7 @@ def _offset(qtype, m0, m1, s16, s32, t, K, c):
 def _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K):
     """A last chunk without a partner: 32 bytes, halves summed separately."""
     w, s0, s1, m0, m1 = decode_chunk(qtype, W, row, c)
-    p = to_f32(dot4_u8i8(splat(int32(0), 8), w, load(q, t * K + 32 * c, 32)))
+    p = to_f32(weight_dot(qtype, splat(int32(0), 8), w, load(q, t * K + 32 * c, 32)))
     dx = get(d, t * (K // 32) + c)
     return (hsum(low_half(p)) * s0 + hsum(high_half(p)) * s1) * dx + _offset(qtype, m0, m1, s16, s32, t, K, c)
 
@@ -135,7 +135,7 @@ def _x_pair(qtype, q, d, s32, t, K, c):
     xq = load(q, t * K + 32 * c, 64)
     zi = splat(int32(0), 16)
     k = weight_shift(qtype)
-    start = zi - dot4_u8i8(zi, splat(uint8(k), 64), xq) if k > 0 else zi
+    start = zi - weight_dot(qtype, zi, splat(uint8(k), 64), xq) if k > 0 else zi  # k < 128: small weights
     dx = load(d, x, 2)
     return xq, start, dx, interleave(dx, load(s32, x, 2))
 
@@ -152,24 +152,24 @@ def _x_group(qtype, q, d, s32, t, K, c):
 def _lanes_dot(qtype, W, bo, j, xp):
     """Chunks j, j+1 of the group at bo . an activation pair: 16 exact integer sums, as float32."""
     xq, start = xp[0], xp[1]
-    return to_f32(dot4_u8i8(start, decode_pair_in_group(qtype, W, bo, j)[0], xq))
+    return to_f32(weight_dot(qtype, start, decode_pair_in_group(qtype, W, bo, j)[0], xq))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _group_dots(w0, w1, w2, w3, sc, xg, acc):
+def _group_dots(qtype, w0, w1, w2, w3, sc, xg, acc):
     """The four chunk pairs of a group . an activation group, sc: the 8 blocks' scales."""
     x0, x1, x2, x3 = xg[2], xg[3], xg[4], xg[5]
-    acc = fma(to_f32(dot4_u8i8(x0[1], w0, x0[0])), repeat_slice(sc, 0, 2, 8), acc)
-    acc = fma(to_f32(dot4_u8i8(x1[1], w1, x1[0])), repeat_slice(sc, 2, 2, 8), acc)
-    acc = fma(to_f32(dot4_u8i8(x2[1], w2, x2[0])), repeat_slice(sc, 4, 2, 8), acc)
-    return fma(to_f32(dot4_u8i8(x3[1], w3, x3[0])), repeat_slice(sc, 6, 2, 8), acc)
+    acc = fma(to_f32(weight_dot(qtype, x0[1], w0, x0[0])), repeat_slice(sc, 0, 2, 8), acc)
+    acc = fma(to_f32(weight_dot(qtype, x1[1], w1, x1[0])), repeat_slice(sc, 2, 2, 8), acc)
+    acc = fma(to_f32(weight_dot(qtype, x2[1], w2, x2[0])), repeat_slice(sc, 4, 2, 8), acc)
+    return fma(to_f32(weight_dot(qtype, x3[1], w3, x3[0])), repeat_slice(sc, 6, 2, 8), acc)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _group_step_shifted(qtype, W, bo, xg, st):
     acc, offs16, offs4 = st
     w0, w1, w2, w3, dw = decode_group(qtype, W, bo)
-    return _group_dots(w0, w1, w2, w3, dw * xg[0], xg, acc), offs16, offs4
+    return _group_dots(qtype, w0, w1, w2, w3, dw * xg[0], xg, acc), offs16, offs4
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -177,7 +177,7 @@ def _group_step_with_mins(qtype, W, bo, xg, st):
     acc, offs16, offs4 = st
     w0, w1, w2, w3, dm = decode_group(qtype, W, bo)
     p = dm * interleave(xg[0], xg[1])  # [d dx, m s] of the 8 blocks
-    return _group_dots(w0, w1, w2, w3, even_lanes(p), xg, acc), offs16 + p, offs4
+    return _group_dots(qtype, w0, w1, w2, w3, even_lanes(p), xg, acc), offs16 + p, offs4
 
 
 def _group_step(qtype, W, bo, xg, st):
@@ -332,10 +332,10 @@ def _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs):
     w0, w1, w2, w3, l0, l1, l2, l3, m = decode_superblock(qtype, W, bo, get(d, t * (K // 32) + 8 * g))
     i = t * K + 256 * g
     zi = splat(int32(0), 16)
-    p0 = to_f32(dot4_u8i8(zi, w0, load(q, i, 64)))
-    p1 = to_f32(dot4_u8i8(zi, w1, load(q, i + 64, 64)))
-    p2 = to_f32(dot4_u8i8(zi, w2, load(q, i + 128, 64)))
-    p3 = to_f32(dot4_u8i8(zi, w3, load(q, i + 192, 64)))
+    p0 = to_f32(weight_dot(qtype, zi, w0, load(q, i, 64)))
+    p1 = to_f32(weight_dot(qtype, zi, w1, load(q, i + 64, 64)))
+    p2 = to_f32(weight_dot(qtype, zi, w2, load(q, i + 128, 64)))
+    p3 = to_f32(weight_dot(qtype, zi, w3, load(q, i + 192, 64)))
     acc = acc + (fma(p0, l0, p1 * l1) + fma(p2, l2, p3 * l3))  # one add on the loop-carried chain
     offs = fma(m, load(s16, t * (K // 16) + 16 * g, 16), offs)
     return acc, offs
@@ -412,13 +412,13 @@ def _pair4(qtype, W, bo, j, c, q, d, s16, s32, t, K, acc):
     nd = K // 32
     i = t * K + 32 * c
     x = t * nd + c
-    a0 = fma(to_f32(dot4_u8i8(zi, w, load(q, i, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x), a0)
+    a0 = fma(to_f32(weight_dot(qtype, zi, w, load(q, i, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x), a0)
     o0 += _offset(qtype, ma0, ma1, s16, s32, t, K, c) + _offset(qtype, mb0, mb1, s16, s32, t, K, c + 1)
-    a1 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + nd), a1)
+    a1 = fma(to_f32(weight_dot(qtype, zi, w, load(q, i + K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + nd), a1)
     o1 += _offset(qtype, ma0, ma1, s16, s32, t + 1, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 1, K, c + 1)
-    a2 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + 2 * K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + 2 * nd), a2)
+    a2 = fma(to_f32(weight_dot(qtype, zi, w, load(q, i + 2 * K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + 2 * nd), a2)
     o2 += _offset(qtype, ma0, ma1, s16, s32, t + 2, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 2, K, c + 1)
-    a3 = fma(to_f32(dot4_u8i8(zi, w, load(q, i + 3 * K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + 3 * nd), a3)
+    a3 = fma(to_f32(weight_dot(qtype, zi, w, load(q, i + 3 * K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + 3 * nd), a3)
     o3 += _offset(qtype, ma0, ma1, s16, s32, t + 3, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 3, K, c + 1)
     return a0, a1, a2, a3, o0, o1, o2, o3
 

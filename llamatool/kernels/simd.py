@@ -649,6 +649,7 @@ def get(typingctx, arr, index):
 
 _VNNI_512 = _FEATURES.vnni_512
 _VNNI_256 = _FEATURES.vnni_256
+_AVX2 = _FEATURES.avx2
 
 
 def _add_even_odd(builder, v, n: int):
@@ -660,35 +661,78 @@ def _add_even_odd(builder, v, n: int):
     return builder.add(even, odd)
 
 
-@intrinsic
-def dot4_u8i8(typingctx, acc, a, b):
-    """acc[i] + sum over k < 4 of a[4i+k] * b[4i+k]: unsigned bytes times signed bytes, summed
-    in groups of four into int32 lanes. One vpdpbusd with AVX512-VNNI / AVX-VNNI (64 or 32
-    bytes); elsewhere the same sums in portable IR (widened, multiplied, pairwise added)."""
-    if not (isinstance(acc, Vector) and acc.dtype == types.int32):
-        return None
-    if not (isinstance(a, Vector) and a.dtype == types.uint8 and isinstance(b, Vector) and b.dtype == types.int8):
-        return None
-    if a.lanes != b.lanes or a.lanes != 4 * acc.lanes:
-        return None
+def _dot4_avx2(builder, acc, a, b, n: int, below_128: bool):
+    """dot4_u8i8 by vpmaddubsw + vpmaddwd, 32 bytes at a time (AVX2 without VNNI). vpmaddubsw
+    adds two u8 x i8 products into an int16 with saturation, exact only while each byte of
+    `a` is below 128 (2 * 127 * 128 < 2**15); so a byte is split into its low 7 bits and its top
+    bit (2 * 128 * -128 = -2**15 still fits) unless the caller knows they are below 128.
+    vpmaddwd against ones then adds adjacent pairs into int32: lane i sums bytes 4i..4i+3, the
+    lanes of vpdpbusd, and every sum is exact, so the bits are vpdpbusd's."""
+    i8x32, i16x16, i32x8 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
+    maddubs = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", i16x16, [i8x32, i8x32])
+    maddwd = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
+    ones = ir.Constant(i16x16, [1] * 16)
+    low7, top = ir.Constant(i8x32, [0x7F] * 32), ir.Constant(i8x32, [0x80] * 32)
+    pieces = []
+    for p in range(n // 8):
+        sel = ir.Constant(ir.VectorType(ir.IntType(32), 32), list(range(32 * p, 32 * p + 32)))
+        ap = builder.shuffle_vector(a, ir.Constant(a.type, ir.Undefined), sel)
+        bp = builder.shuffle_vector(b, ir.Constant(b.type, ir.Undefined), sel)
+        if below_128:
+            s = builder.call(maddwd, [builder.call(maddubs, [ap, bp]), ones])
+        else:
+            s = builder.add(builder.call(maddwd, [builder.call(maddubs, [builder.and_(ap, low7), bp]), ones]),
+                            builder.call(maddwd, [builder.call(maddubs, [builder.and_(ap, top), bp]), ones]))
+        pieces.append(s)
+    while len(pieces) > 1:  # concatenate the 8-lane sums back into n lanes, in order
+        joined = []
+        for x, y in zip(pieces[::2], pieces[1::2]):
+            w = x.type.count
+            joined.append(builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(ir.IntType(32), 2 * w), list(range(2 * w)))))
+        pieces = joined
+    return builder.add(acc, pieces[0])
 
-    def codegen(context, builder, sig, args):
-        n = acc.lanes
-        i32v = ir.VectorType(ir.IntType(32), n)
-        native = (n == 16 and _VNNI_512) or (n == 8 and _VNNI_256)
-        if native:
-            name = "llvm.x86.avx512.vpdpbusd.512" if n == 16 else "llvm.x86.avx512.vpdpbusd.256"
-            fn = _intrinsic_fn(builder, name, i32v, [i32v, i32v, i32v])
-            return builder.call(fn, [args[0], builder.bitcast(args[1], i32v), builder.bitcast(args[2], i32v)])
-        # Products of 16-bit-range values, summed in even/odd pairs, twice: the first pair sum
-        # is the shape LLVM lowers to vpmaddwd (AVX2: 3x the four stride-4 shuffles it replaces
-        # on 64 bytes, measured); the sums are exact, so the bits are vpdpbusd's.
-        wide = ir.VectorType(ir.IntType(32), 4 * n)
-        p = builder.mul(builder.zext(args[1], wide), builder.sext(args[2], wide))
-        pairs = _add_even_odd(builder, p, 2 * n)
-        return builder.add(args[0], _add_even_odd(builder, pairs, n))
 
-    return acc(acc, a, b), codegen
+def _dot4_intrinsic(below_128: bool):
+    """An intrinsic f(acc, a, b) = acc[i] + sum over k < 4 of a[4i+k] * b[4i+k]: unsigned bytes
+    times signed bytes, summed in groups of four into int32 lanes (below_128: the caller
+    promises every byte of a is below 128, which lets AVX2 use half the instructions). One
+    vpdpbusd with AVX512-VNNI / AVX-VNNI (64 or 32 bytes); with AVX2 vpmaddubsw + vpmaddwd
+    (_dot4_avx2); elsewhere the same sums in portable IR (widened, multiplied, pairwise added)."""
+
+    @intrinsic
+    def dot4(typingctx, acc, a, b):
+        if not (isinstance(acc, Vector) and acc.dtype == types.int32):
+            return None
+        if not (isinstance(a, Vector) and a.dtype == types.uint8 and isinstance(b, Vector) and b.dtype == types.int8):
+            return None
+        if a.lanes != b.lanes or a.lanes != 4 * acc.lanes:
+            return None
+
+        def codegen(context, builder, sig, args):
+            n = acc.lanes
+            i32v = ir.VectorType(ir.IntType(32), n)
+            native = (n == 16 and _VNNI_512) or (n == 8 and _VNNI_256)
+            if native:
+                name = "llvm.x86.avx512.vpdpbusd.512" if n == 16 else "llvm.x86.avx512.vpdpbusd.256"
+                fn = _intrinsic_fn(builder, name, i32v, [i32v, i32v, i32v])
+                return builder.call(fn, [args[0], builder.bitcast(args[1], i32v), builder.bitcast(args[2], i32v)])
+            if _AVX2 and n % 8 == 0:
+                return _dot4_avx2(builder, args[0], args[1], args[2], n, below_128)
+            # Products of 16-bit-range values, summed in even/odd pairs, twice: the first pair sum
+            # is the shape LLVM lowers to vpmaddwd; the sums are exact, so the bits are vpdpbusd's.
+            wide = ir.VectorType(ir.IntType(32), 4 * n)
+            p = builder.mul(builder.zext(args[1], wide), builder.sext(args[2], wide))
+            pairs = _add_even_odd(builder, p, 2 * n)
+            return builder.add(args[0], _add_even_odd(builder, pairs, n))
+
+        return acc(acc, a, b), codegen
+
+    return dot4
+
+
+dot4_u8i8 = _dot4_intrinsic(below_128=False)
+dot4_u7i8 = _dot4_intrinsic(below_128=True)  # every byte of the first operand < 128
 
 
 @intrinsic
