@@ -1,0 +1,317 @@
+"""The 1-3-bit IQ types: groups of 8 (or 4) weights as indices into fixed grids of points.
+
+Each group of weights is stored as the index of a grid point (magnitudes) plus sign bits
+and a scale per 32; ggml's quantizers search the scale and, for each group, the grid point
+nearest to the scaled magnitudes. They need an importance matrix (quantize_row_*_impl
+asserts one): they exist here only as weighted kernels (quants.weighted calls them).
+
+The grids are the format's own constants, read at run time from gguf-py's dequantizer
+tables (gguf.quants.<TYPE>.grid_hex / grid_map / init_grid): each grid point becomes its
+level indices l (0..levels-1), from which the quantizer's points 2l + 1 and the stored
+magnitudes (grid_map[l]) both follow. The neighbour lists the search uses for scaled
+points that are not on the grid are computed from the grid as ggml's iq2xs_init_impl
+does: for every off-grid point, the grid points at its `nwant` smallest distinct squared
+distances, ordered by (distance, index).
+
+Block layouts (little-endian):
+  IQ2_XXS  d, qs u32[16]: per 32 weights two u32: byte k of the first is the grid index of
+           weights 8k..8k+7 (256 points of 8 magnitudes in {8, 25, 43}); the second holds
+           four 7-bit sign indices (bits 7k) and the 4-bit scale ls (bits 28-31):
+           x = d * (0.5 + ls) / 4 * grid * sign, the sign's 8th bit making the count even.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .ggml_scalar import fp16_bits_to_fp32, fp32_to_fp16_bits, load_fp16, nearest_int, store_fp16
+from .rows import dequantizer, inline, kernel
+from .weighted import _make_qp_quants
+
+QK_K = 256
+IQ2_XXS_BYTES = 66
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_HALF = np.float32(0.5)
+_TENTH = np.float32(0.1)
+_GROUP_MAX_EPS = np.float32(1e-15)
+_FLT_MAX = np.float32(np.finfo(np.float32).max)
+_KMAP_2BIT = 43692  # ggml's kmap_size: every 8-digit base-4 key up to 0b10...10 (digits 0..2)
+
+
+# ----------------------------------------------------------------------------- grids from gguf-py
+
+
+@lru_cache(maxsize=None)
+def grid_levels(type_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(levels uint8[n_points, group], magnitudes) of type_name's grid, from gguf-py:
+    point p's value i is magnitudes[levels[p, i]]."""
+    from gguf import quants
+
+    cls = getattr(quants, type_name)
+    cls.init_grid()
+    magnitudes = np.asarray(cls.grid_map, np.float32)
+    values = np.asarray(cls.grid, np.float32).reshape(cls.grid_shape)
+    levels = np.searchsorted(magnitudes, values)
+    if not np.array_equal(magnitudes[levels], values):
+        raise AssertionError(f"gguf-py's {type_name} grid holds values outside its grid_map")
+    return levels.astype(np.uint8), magnitudes
+
+
+def sign_table() -> np.ndarray:
+    """ggml's ksigns_iq2xs: 7 sign bits and, as bit 7, their parity (an even count of minus)."""
+    i = np.arange(128)
+    parity = np.array([bin(v).count("1") & 1 for v in i])
+    return (i | (parity << 7)).astype(np.uint8)
+
+
+def _keys(levels: np.ndarray, bits: int) -> np.ndarray:
+    return (levels.astype(np.int64) << (bits * np.arange(levels.shape[1]))).sum(axis=1)
+
+
+@lru_cache(maxsize=None)
+def neighbour_tables(type_name: str, nwant: int, kmap_size: int, bits: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(grid points 2l + 1 as int8[n, group], kmap int32[kmap_size], neighbours uint16[...]),
+    as iq2xs_init_impl / iq3xs_init_impl build them: kmap[key] is the grid index of a point
+    on the grid, or -(offset + 1) where neighbours[offset] is the count of its neighbours,
+    which follow."""
+    levels, _ = grid_levels(type_name)
+    points = (2 * levels.astype(np.int32) + 1).astype(np.int8)
+    kmap = np.full(kmap_size, -1, np.int32)
+    kmap[_keys(levels, bits)] = np.arange(len(levels), dtype=np.int32)
+    missing = np.flatnonzero(kmap < 0)
+    group = levels.shape[1]
+    parts, counts = [], []
+    grid = points.astype(np.int32)
+    for start in range(0, len(missing), 2048):
+        keys = missing[start : start + 2048]
+        pos = 2 * ((keys[:, None] >> (bits * np.arange(group))) & ((1 << bits) - 1)) + 1
+        d2 = ((pos[:, None, :] - grid[None, :, :]) ** 2).sum(axis=2)
+        order = np.argsort(d2, axis=1, kind="stable")  # ties by index, as ggml's comparator
+        sd = np.take_along_axis(d2, order, axis=1)
+        rank = np.concatenate([np.ones((len(keys), 1), np.int64), 1 + np.cumsum(sd[:, 1:] > sd[:, :-1], axis=1)], axis=1)
+        keep = rank <= nwant
+        count = keep.sum(axis=1)
+        table = np.concatenate([count[:, None], order], axis=1)
+        parts.append(table[np.concatenate([np.ones((len(keys), 1), bool), keep], axis=1)])
+        counts.append(count)
+    count = np.concatenate(counts)
+    offsets = np.concatenate([[0], np.cumsum(count + 1)[:-1]])
+    kmap[missing] = -(offsets + 1)
+    return points, kmap, np.concatenate(parts).astype(np.uint16)
+
+
+# ----------------------------------------------------------------------------- shared search steps
+
+
+@inline
+def _best_neighbour(neighbours, start, grid, xval, weight, o, scale, L):
+    """iq2_find_best_neighbour: of the listed neighbours, the grid point nearest (weighted)
+    to xval[o:o + 8] / scale; its levels into L[o:o + 8]; returns its index."""
+    best_d2 = _FLT_MAX
+    best = -1
+    for j in range(1, np.int64(neighbours[start]) + 1):
+        g = np.int64(neighbours[start + j])
+        d2 = _F0
+        for i in range(8):
+            diff = scale * np.float32(grid[g, i]) - xval[o + i]
+            d2 += weight[o + i] * diff * diff
+        if d2 < best_d2:
+            best_d2 = d2
+            best = g
+    for i in range(8):
+        L[o + i] = (grid[best, i] - 1) // 2
+    return best
+
+
+@inline
+def _grid_index(kmap, neighbours, grid, xval, weight, o, scale, L):
+    """The grid index of the 8 levels L[o:o + 8] (2 bits each), or of the neighbour that
+    replaces them (whose levels then overwrite L[o:o + 8])."""
+    u = 0
+    for i in range(8):
+        u |= np.int64(L[o + i]) << (2 * i)
+    index = np.int64(kmap[u])
+    if index < 0:
+        index = _best_neighbour(neighbours, -index - 1, grid, xval, weight, o, scale, L)
+    return index
+
+
+@inline
+def _flip_signs(xb, weight, xval, k):
+    """Magnitudes of xb[8k:8k + 8] into xval, and their sign bits; with an odd count of
+    negatives, the least important value (smallest weight * x**2) is flipped so that the
+    count is even (the 8th sign is implied)."""
+    nflip = 0
+    s = 0
+    for i in range(8):
+        v = xb[8 * k + i]
+        if v >= 0:
+            xval[8 * k + i] = v
+        else:
+            xval[8 * k + i] = -v
+            nflip += 1
+            s |= 1 << i
+    if nflip % 2:
+        imin = 0
+        vmin = weight[8 * k] * xb[8 * k] * xb[8 * k]
+        for i in range(1, 8):
+            ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
+            if ax < vmin:
+                vmin = ax
+                imin = i
+        xval[8 * k + imin] = -xval[8 * k + imin]
+        s ^= 1 << imin
+    return s
+
+
+@inline
+def _sums(weight, xval, L, n):
+    sumqx = _F0
+    sumq2 = _F0
+    for i in range(n):
+        w = weight[i]
+        q = np.float32(2 * L[i] + 1)
+        sumqx += w * xval[i] * q
+        sumq2 += w * q * q
+    return sumqx, sumq2
+
+
+# ----------------------------------------------------------------------------- IQ2_XXS
+
+
+@kernel
+def _iq2_xxs_scale(xval, weight, waux, L, Laux, Lqp, grid, kmap, neighbours):
+    """quantize_row_iq2_xxs_impl's search for one block of 32: (scale, found), L its levels;
+    found is False for a block ggml leaves empty (all zero, or no positive scale)."""
+    kmax = 3
+    vmax = xval[0]
+    for i in range(1, 32):
+        vmax = vmax if vmax > xval[i] else xval[i]
+    if vmax < _GROUP_MAX_EPS:
+        return _F0, False
+    scale = _make_qp_quants(32, kmax + 1, xval, Lqp, weight)
+    eff_max = scale * np.float32(kmax)
+    if eff_max <= 0:
+        return _F0, False
+    best = _F0
+    for step in range(-6, 7):
+        id_ = (np.float32(2 * kmax - 1) + np.float32(step) * _TENTH) / eff_max
+        this_scale = _F1 / id_
+        for k in range(4):
+            for i in range(8):
+                l = nearest_int(_HALF * (id_ * xval[8 * k + i] - _F1))
+                Laux[8 * k + i] = max(0, min(kmax - 1, l))
+            _grid_index(kmap, neighbours, grid, xval, waux, 8 * k, this_scale, Laux)
+        sumqx, sumq2 = _sums(weight, xval, Laux, 32)
+        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+            scale = sumqx / sumq2
+            best = scale * sumqx
+            L[:] = Laux
+    if scale > 0:
+        id_ = _F1 / scale
+        for k in range(4):
+            for i in range(8):
+                l = nearest_int(_HALF * (id_ * xval[8 * k + i] - _F1))
+                L[8 * k + i] = max(0, min(kmax - 1, l))
+            g = _grid_index(kmap, neighbours, grid, xval, waux, 8 * k, scale, L)
+            for i in range(8):
+                L[8 * k + i] = (grid[g, i] - 1) // 2
+        sumqx, sumq2 = _sums(weight, xval, L, 32)
+        if sumq2 > 0:
+            scale = sumqx / sumq2
+    return scale, True
+
+
+@kernel
+def _iq2_xxs_rows(x, qw, out, grid, kmap, neighbours):
+    weight = np.empty(32, np.float32)
+    waux = np.empty(32, np.float32)
+    xval = np.empty(32, np.float32)
+    L = np.zeros(32, np.int64)
+    Laux = np.zeros(32, np.int64)
+    Lqp = np.zeros(32, np.uint8)
+    scales = np.empty(8, np.float32)
+    q2 = np.zeros(16, np.uint32)
+    signs = np.zeros(4, np.int64)
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // QK_K):
+            s, o = b * QK_K, b * IQ2_XXS_BYTES
+            q2[:] = 0
+            sumx2 = _F0
+            for i in range(QK_K):
+                sumx2 += x[r, s + i] * x[r, s + i]
+            sigma2 = sumx2 / np.float32(QK_K)
+            max_scale = _F0
+            for ib in range(8):
+                xb = x[r, s + 32 * ib : s + 32 * ib + 32]
+                for i in range(32):
+                    weight[i] = qw[s + 32 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+                for i in range(32):
+                    waux[i] = np.sqrt(weight[i])
+                for k in range(4):
+                    signs[k] = _flip_signs(xb, weight, xval, k) & 127
+                scale, found = _iq2_xxs_scale(xval, weight, waux, L, Laux, Lqp, grid, kmap, neighbours)
+                scales[ib] = _F0
+                if not found:  # its words stay 0
+                    continue
+                if scale < 0:  # ggml guards against it (and never sees it): flip the signs
+                    scale = -scale
+                    for k in range(4):
+                        signs[k] = (~signs[k]) & 127
+                for k in range(4):
+                    u = 0
+                    for i in range(8):
+                        u |= L[8 * k + i] << (2 * i)
+                    q2[2 * ib] |= np.uint32(np.int64(kmap[u]) << (8 * k))
+                    q2[2 * ib + 1] |= np.uint32(signs[k] << (7 * k))
+                scales[ib] = scale
+                max_scale = max(max_scale, scale)
+            for i in range(o, o + IQ2_XXS_BYTES):
+                out[r, i] = 0
+            if max_scale == 0:
+                continue
+            d = max_scale / np.float32(31)
+            store_fp16(out, r, o, d)
+            id_ = _F1 / d
+            for ib in range(8):
+                l = max(0, min(15, nearest_int(_HALF * (id_ * scales[ib] - _F1))))
+                q2[2 * ib + 1] |= np.uint32(l << 28)
+            for w in range(16):
+                for byte in range(4):
+                    out[r, o + 2 + 4 * w + byte] = (q2[w] >> np.uint32(8 * byte)) & np.uint32(0xFF)
+
+
+def iq2_xxs_weighted(x: np.ndarray, qw: np.ndarray, out: np.ndarray) -> None:
+    """IQ2_XXS rows of x weighted by qw (quantize_iq2_xxs with quant_weights)."""
+    _iq2_xxs_rows(x, qw, out, *neighbour_tables("IQ2_XXS", 2, _KMAP_2BIT))
+
+
+# ----------------------------------------------------------------------------- dequantizers
+
+_IQ2_XXS_LEVELS, _IQ2_MAGNITUDES = grid_levels("IQ2_XXS")
+IQ2_XXS_GRID = _IQ2_MAGNITUDES[_IQ2_XXS_LEVELS].astype(np.uint8)  # magnitudes: 8, 25, 43
+KSIGNS = sign_table()
+
+
+@kernel
+def _dequantize_iq2_xxs(raw, out):
+    for r in range(raw.shape[0]):
+        for b in range(raw.shape[1] // IQ2_XXS_BYTES):
+            o, s = b * IQ2_XXS_BYTES, b * QK_K
+            d = load_fp16(raw, r, o)
+            for ib in range(8):
+                p = o + 2 + 8 * ib
+                aux1 = np.int64(raw[r, p + 4]) | (np.int64(raw[r, p + 5]) << 8) | (np.int64(raw[r, p + 6]) << 16) | (np.int64(raw[r, p + 7]) << 24)
+                db = d * (_HALF + np.float32(aux1 >> 28)) * np.float32(0.25)
+                for k in range(4):
+                    g = np.int64(raw[r, p + k])
+                    signs = np.int64(KSIGNS[(aux1 >> (7 * k)) & 127])
+                    for i in range(8):
+                        v = db * np.float32(IQ2_XXS_GRID[g, i])
+                        out[r, s + 32 * ib + 8 * k + i] = -v if (signs >> i) & 1 else v
+
+
+dequantize_iq2_xxs = dequantizer(_dequantize_iq2_xxs, "IQ2_XXS", QK_K, IQ2_XXS_BYTES)
