@@ -5,10 +5,8 @@ and a scale per 32; ggml's quantizers search the scale and, for each group, the 
 nearest to the scaled magnitudes. They need an importance matrix (quantize_row_*_impl
 asserts one): they exist here only as weighted kernels (quants.weighted calls them).
 
-The grids are the format's own constants, read at run time from gguf-py's dequantizer
-tables (gguf.quants.<TYPE>.grid_hex / grid_map / init_grid): each grid point becomes its
-level indices l (0..levels-1), from which the quantizer's points 2l + 1 and the stored
-magnitudes (grid_map[l]) both follow. The neighbour lists the search uses for scaled
+The grids come from gguf-py (quants.grids): the quantizer's points are 2l + 1 for a
+point's level indices l. The neighbour lists the search uses for scaled
 points that are not on the grid are computed from the grid as ggml's iq2xs_init_impl
 does: for every off-grid point, the grid points at its `nwant` smallest distinct squared
 distances, ordered by (distance, index).
@@ -26,7 +24,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .ggml_scalar import fp16_bits_to_fp32, fp32_to_fp16_bits, load_fp16, nearest_int, store_fp16
+from .ggml_scalar import load_fp16, nearest_int, store_fp16
+from .grids import IQ2_XXS_GRID, KSIGNS, grid_levels
 from .rows import dequantizer, inline, kernel
 from .weighted import _make_qp_quants
 
@@ -42,29 +41,6 @@ _KMAP_2BIT = 43692  # ggml's kmap_size: every 8-digit base-4 key up to 0b10...10
 
 
 # ----------------------------------------------------------------------------- grids from gguf-py
-
-
-@lru_cache(maxsize=None)
-def grid_levels(type_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(levels uint8[n_points, group], magnitudes) of type_name's grid, from gguf-py:
-    point p's value i is magnitudes[levels[p, i]]."""
-    from gguf import quants
-
-    cls = getattr(quants, type_name)
-    cls.init_grid()
-    magnitudes = np.asarray(cls.grid_map, np.float32)
-    values = np.asarray(cls.grid, np.float32).reshape(cls.grid_shape)
-    levels = np.searchsorted(magnitudes, values)
-    if not np.array_equal(magnitudes[levels], values):
-        raise AssertionError(f"gguf-py's {type_name} grid holds values outside its grid_map")
-    return levels.astype(np.uint8), magnitudes
-
-
-def sign_table() -> np.ndarray:
-    """ggml's ksigns_iq2xs: 7 sign bits and, as bit 7, their parity (an even count of minus)."""
-    i = np.arange(128)
-    parity = np.array([bin(v).count("1") & 1 for v in i])
-    return (i | (parity << 7)).astype(np.uint8)
 
 
 def _keys(levels: np.ndarray, bits: int) -> np.ndarray:
@@ -290,11 +266,6 @@ def iq2_xxs_weighted(x: np.ndarray, qw: np.ndarray, out: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- dequantizers
-
-_IQ2_XXS_LEVELS, _IQ2_MAGNITUDES = grid_levels("IQ2_XXS")
-IQ2_XXS_GRID = _IQ2_MAGNITUDES[_IQ2_XXS_LEVELS].astype(np.uint8)  # magnitudes: 8, 25, 43
-KSIGNS = sign_table()
-
 
 @kernel
 def _dequantize_iq2_xxs(raw, out):

@@ -71,6 +71,7 @@ _FAMILY = {
     "IQ4_XS": ("iquants", "Q8_K"),
     "TQ1_0": ("ternary", "Q8_K"),
     "TQ2_0": ("ternary", "Q8_K"),
+    "IQ2_XXS": ("lowbit", "Q8_K"),
 }
 
 
