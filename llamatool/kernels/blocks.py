@@ -36,11 +36,13 @@ import numpy as np
 from llamatool.jit import njit
 
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
-from .simd import (bit_mask, concat, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
+from .simd import (bit_mask, concat, pack2, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
                    interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
-from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
+from .types import IQ2_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
-from numba import float32, int32, int64, uint8, uint16, uint64  # noqa: E402  (numba is already imported by .simd)
+from llamatool.quants.grids import IQ2_XXS_GRID, KSIGNS  # noqa: E402
+
+from numba import float32, int32, int64, uint8, uint16, uint32, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
@@ -529,24 +531,88 @@ def tq1_0_superblock(W, bo, dx):
     return w0, w1, w2, w3, sc, sc, sc, sc, splat(-d, 16)
 
 
+# --- the grid types: 8 weights = a grid point's magnitudes, with signs ---------------------------
+# IQ2_XXS (66 bytes: d, then per 32 weights 4 grid-index bytes and a u32 of four 7-bit sign
+# indices and the 4-bit scale ls in bits 28-31): weight = d * (2 ls + 1) / 8 * magnitude * sign,
+# magnitudes in {8, 25, 43}. As unsigned bytes: 128 +- magnitude, the -128 in the offset.
+
+#: the grid's points one after another, 8 magnitudes each
+IQ2_XXS_POINTS = np.ascontiguousarray(IQ2_XXS_GRID.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _signed_u8(g, signs):
+    """128 + g or 128 - g per byte, as bit i of signs (a uint32) says: (g ^ m) - m with m
+    0 or 0xFF is g or -g in two's complement."""
+    m = splat(uint8(0), 32) - bit_mask(signs, 32, 0)
+    return ((g ^ m) - m) + splat(uint8(128), 32)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xxs_scale_word(W, bo, j):
+    return uint32(load_u32(W, bo + 6 + 8 * j, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xxs_weights(W, bo, j, aux):
+    o = bo + 2 + 8 * j
+    g = concat(concat(load(IQ2_XXS_POINTS, 8 * _b(W, o), 8), load(IQ2_XXS_POINTS, 8 * _b(W, o + 1), 8)),
+               concat(load(IQ2_XXS_POINTS, 8 * _b(W, o + 2), 8), load(IQ2_XXS_POINTS, 8 * _b(W, o + 3), 8)))
+    signs = (uint32(get(KSIGNS, aux & 127)) | (uint32(get(KSIGNS, (aux >> 7) & 127)) << 8)
+             | (uint32(get(KSIGNS, (aux >> 14) & 127)) << 16) | (uint32(get(KSIGNS, (aux >> 21) & 127)) << 24))
+    return _signed_u8(g, signs)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xxs_dl(W, bo, j, aux):
+    return load_f16(W, bo, 1) * float32(2 * int32(aux >> 28) + 1) * float32(0.125)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_xxs_chunk(W, bo, j):
+    aux = _iq2_xxs_scale_word(W, bo, j)
+    dl = _iq2_xxs_dl(W, bo, j, aux)
+    m = float32(-128) * dl
+    return _iq2_xxs_weights(W, bo, j, aux), dl, dl, m, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xxs_pair(W, bo, p):
+    a, b = _iq2_xxs_scale_word(W, bo, 2 * p), _iq2_xxs_scale_word(W, bo, 2 * p + 1)
+    return concat(_iq2_xxs_weights(W, bo, 2 * p, a), _iq2_xxs_weights(W, bo, 2 * p + 1, b)), pack2(
+        _iq2_xxs_dl(W, bo, 2 * p, a), _iq2_xxs_dl(W, bo, 2 * p + 1, b))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_xxs_superblock(W, bo, dx):
+    w0, s0 = _iq2_xxs_pair(W, bo, 0)
+    w1, s1 = _iq2_xxs_pair(W, bo, 1)
+    w2, s2 = _iq2_xxs_pair(W, bo, 2)
+    w3, s3 = _iq2_xxs_pair(W, bo, 3)
+    dl = concat(concat(s0, s1), concat(s2, s3))  # float32 x 8: one scale per chunk
+    sc = dl * dx
+    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
+            repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
+
+
 # --- choosing a decoder at compile time -----------------------------------------------------
 
 CHUNK_DECODERS = {
     Q4_0: q4_0_chunk, Q4_1: q4_1_chunk, Q5_0: q5_0_chunk, Q5_1: q5_1_chunk, Q8_0: q8_0_chunk,
     IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
-    Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk,
+    Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk, IQ2_XXS: iq2_xxs_chunk,
 }  # fmt: skip
 #: decoders of chunk pairs, for types where decoding two chunks at once saves work
 PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
 #: bytes of a group of 8 chunks: a super-block, or 8 blocks of a 32-weight type
 GROUP_BYTES = {
     Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
-    Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66,
+    Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66, IQ2_XXS: 66,
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
 SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
                        Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
-                       TQ2_0: tq2_0_superblock}
+                       TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0)
 
