@@ -25,12 +25,13 @@ from functools import lru_cache
 import numpy as np
 
 from .ggml_scalar import load_fp16, nearest_int, store_fp16
-from .grids import IQ2_XXS_GRID, KSIGNS, grid_levels
-from .rows import dequantizer, inline, kernel
+from .grids import IQ2_XXS_GRID, IQ3_S_GRID, KSIGNS, grid_levels
+from .rows import dequantizer, inline, kernel, quantizer
 from .weighted import _make_qp_quants
 
 QK_K = 256
 IQ2_XXS_BYTES = 66
+IQ3_S_BYTES = 110
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
@@ -84,34 +85,42 @@ def neighbour_tables(type_name: str, nwant: int, kmap_size: int, bits: int = 2) 
 
 @inline
 def _best_neighbour(neighbours, start, grid, xval, weight, o, scale, L):
-    """iq2_find_best_neighbour: of the listed neighbours, the grid point nearest (weighted)
-    to xval[o:o + 8] / scale; its levels into L[o:o + 8]; returns its index."""
+    """iq2_find_best_neighbour / iq3_find_best_neighbour: of the listed neighbours, the grid
+    point nearest (weighted) to xval[o:o + group] / scale; its levels into L[o:o + group];
+    returns its index."""
+    group = grid.shape[1]
     best_d2 = _FLT_MAX
     best = -1
     for j in range(1, np.int64(neighbours[start]) + 1):
         g = np.int64(neighbours[start + j])
         d2 = _F0
-        for i in range(8):
+        for i in range(group):
             diff = scale * np.float32(grid[g, i]) - xval[o + i]
             d2 += weight[o + i] * diff * diff
         if d2 < best_d2:
             best_d2 = d2
             best = g
-    for i in range(8):
+    for i in range(group):
         L[o + i] = (grid[best, i] - 1) // 2
     return best
 
 
 @inline
-def _grid_index(kmap, neighbours, grid, xval, weight, o, scale, L):
-    """The grid index of the 8 levels L[o:o + 8] (2 bits each), or of the neighbour that
-    replaces them (whose levels then overwrite L[o:o + 8])."""
+def _key(L, o, group, bits):
     u = 0
-    for i in range(8):
-        u |= np.int64(L[o + i]) << (2 * i)
-    index = np.int64(kmap[u])
+    for i in range(group):
+        u |= np.int64(L[o + i]) << (bits * i)
+    return u
+
+
+@inline
+def _grid_index(kmap, neighbours, grid, xval, weight, o, scale, L, bits):
+    """The grid index of the levels L[o:o + group] (`bits` bits each), or of the neighbour
+    that replaces them (whose levels then overwrite L[o:o + group]); negative (-1 - index)
+    when it is a neighbour."""
+    index = np.int64(kmap[_key(L, o, grid.shape[1], bits)])
     if index < 0:
-        index = _best_neighbour(neighbours, -index - 1, grid, xval, weight, o, scale, L)
+        index = -1 - _best_neighbour(neighbours, -index - 1, grid, xval, weight, o, scale, L)
     return index
 
 
@@ -180,7 +189,7 @@ def _iq2_xxs_scale(xval, weight, waux, L, Laux, Lqp, grid, kmap, neighbours):
             for i in range(8):
                 l = nearest_int(_HALF * (id_ * xval[8 * k + i] - _F1))
                 Laux[8 * k + i] = max(0, min(kmax - 1, l))
-            _grid_index(kmap, neighbours, grid, xval, waux, 8 * k, this_scale, Laux)
+            _grid_index(kmap, neighbours, grid, xval, waux, 8 * k, this_scale, Laux, 2)
         sumqx, sumq2 = _sums(weight, xval, Laux, 32)
         if sumq2 > 0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
@@ -192,7 +201,8 @@ def _iq2_xxs_scale(xval, weight, waux, L, Laux, Lqp, grid, kmap, neighbours):
             for i in range(8):
                 l = nearest_int(_HALF * (id_ * xval[8 * k + i] - _F1))
                 L[8 * k + i] = max(0, min(kmax - 1, l))
-            g = _grid_index(kmap, neighbours, grid, xval, waux, 8 * k, scale, L)
+            g = _grid_index(kmap, neighbours, grid, xval, waux, 8 * k, scale, L, 2)
+            g = g if g >= 0 else -1 - g
             for i in range(8):
                 L[8 * k + i] = (grid[g, i] - 1) // 2
         sumqx, sumq2 = _sums(weight, xval, L, 32)
@@ -286,3 +296,164 @@ def _dequantize_iq2_xxs(raw, out):
 
 
 dequantize_iq2_xxs = dequantizer(_dequantize_iq2_xxs, "IQ2_XXS", QK_K, IQ2_XXS_BYTES)
+
+
+# ----------------------------------------------------------------------------- IQ3_S
+
+
+@kernel
+def _iq3_s_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours):
+    """quantize_row_iq3_s_impl's search for one block of 32 magnitudes xval: the scale, L
+    its levels (0..7 per value, 4 values per grid point)."""
+    kmax = 8
+    vmax = xval[0]
+    for i in range(1, 32):
+        vmax = vmax if vmax > xval[i] else xval[i]
+    L[:] = 0
+    if vmax == 0:
+        return _F0, False
+    best = _F0
+    scale = vmax / np.float32(2 * kmax - 1)
+    on_grid[:] = False
+    for step in range(-9, 10):
+        id_ = (np.float32(2 * kmax - 1) + np.float32(step) * np.float32(0.2)) / vmax
+        this_scale = _F1 / id_
+        for k in range(8):
+            for i in range(4):
+                l = nearest_int(_HALF * (id_ * xval[4 * k + i] - _F1))
+                Laux[4 * k + i] = max(0, min(kmax - 1, l))
+            on_grid_aux[k] = _grid_index(kmap, neighbours, grid, xval, waux, 4 * k, this_scale, Laux, 3) >= 0
+        sumqx, sumq2 = _sums(weight, xval, Laux, 32)
+        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+            scale = sumqx / sumq2
+            best = scale * sumqx
+            L[:] = Laux
+            on_grid[:] = on_grid_aux
+    n_off_grid = 0
+    for k in range(8):
+        n_off_grid += not on_grid[k]
+    if n_off_grid > 0 and scale > 0:
+        id_ = _F1 / scale
+        for k in range(8):
+            for i in range(4):
+                l = nearest_int(_HALF * (id_ * xval[4 * k + i] - _F1))
+                L[4 * k + i] = max(0, min(kmax - 1, l))
+            g = _grid_index(kmap, neighbours, grid, xval, waux, 4 * k, scale, L, 3)
+            g = g if g >= 0 else -1 - g
+            for i in range(4):
+                L[4 * k + i] = (grid[g, i] - 1) // 2
+        sumqx, sumq2 = _sums(weight, xval, L, 32)
+        if sumq2 > 0:
+            scale = sumqx / sumq2
+    return scale, True
+
+
+@kernel
+def iq3_s_rows(x, qw, out, grid, kmap, neighbours):
+    """IQ3_S rows of x (quantize_iq3_s), weighted by qw (empty: by x**2).
+
+    Layout (110 bytes): d, qs[64] (low 8 bits of each grid index), qh[8] (their 9th bits),
+    signs[32] (a bit per weight), scales[4] (4 bits per 32). d is stored times 1.033.
+    ggml's quirk kept: a block of 32 zeros leaves its qs and signs slots to the next block
+    (their write positions only advance for blocks that are not all zero).
+    """
+    weight = np.empty(32, np.float32)
+    waux = np.empty(32, np.float32)
+    xval = np.empty(32, np.float32)
+    L = np.zeros(32, np.int64)
+    Laux = np.zeros(32, np.int64)
+    on_grid = np.zeros(8, np.bool_)
+    on_grid_aux = np.zeros(8, np.bool_)
+    scales = np.empty(8, np.float32)
+    signs = np.zeros(4, np.int64)
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // QK_K):
+            s, o = b * QK_K, b * IQ3_S_BYTES
+            out[r, o : o + IQ3_S_BYTES] = 0
+            qs, qh, sg = o + 2, o + 66, o + 74
+            sumx2 = _F0
+            for i in range(QK_K):
+                sumx2 += x[r, s + i] * x[r, s + i]
+            sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
+            max_scale = _F0
+            for ib in range(8):
+                xb = x[r, s + 32 * ib : s + 32 * ib + 32]
+                for i in range(32):
+                    if qw.size:
+                        weight[i] = qw[s + 32 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+                    else:
+                        weight[i] = xb[i] * xb[i]
+                for i in range(32):
+                    waux[i] = np.sqrt(weight[i])
+                for k in range(4):
+                    bits = 0
+                    for i in range(8):
+                        v = xb[8 * k + i]
+                        if v >= 0:
+                            xval[8 * k + i] = v
+                        else:
+                            xval[8 * k + i] = -v
+                            bits |= 1 << i
+                    signs[k] = bits
+                scale, found = _iq3_s_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours)
+                scales[ib] = _F0
+                if not found:
+                    continue
+                if scale < 0:  # ggml guards against it (and never sees it): flip the signs
+                    scale = -scale
+                    for k in range(4):
+                        signs[k] = (~signs[k]) & 0xFF
+                for k in range(8):
+                    g = np.int64(kmap[_key(L, 4 * k, 4, 3)])
+                    out[r, qs + k] = g & 255
+                    out[r, qh + (8 * ib + k) // 8] |= (g >> 8) << ((8 * ib + k) % 8)
+                qs += 8
+                for k in range(4):
+                    out[r, sg + k] = signs[k]
+                sg += 4
+                scales[ib] = scale
+                max_scale = max(max_scale, scale)
+            if max_scale == 0:
+                continue
+            d = max_scale / np.float32(31)
+            store_fp16(out, r, o, d * np.float32(1.033))
+            id_ = _F1 / d
+            for ib in range(0, 8, 2):
+                l1 = max(0, min(15, nearest_int(_HALF * (id_ * scales[ib] - _F1))))
+                l2 = max(0, min(15, nearest_int(_HALF * (id_ * scales[ib + 1] - _F1))))
+                out[r, o + 106 + ib // 2] = l1 | (l2 << 4)
+
+
+IQ3_S_POINTS, IQ3_S_KMAP, IQ3_S_NEIGHBOURS = neighbour_tables("IQ3_S", 3, 4096, 3)
+
+
+@kernel
+def _quantize_iq3_s(x, out):
+    iq3_s_rows(x, np.empty(0, np.float32), out, IQ3_S_POINTS, IQ3_S_KMAP, IQ3_S_NEIGHBOURS)
+
+
+def iq3_s_weighted(x: np.ndarray, qw: np.ndarray, out: np.ndarray) -> None:
+    """IQ3_S rows of x weighted by qw (quantize_iq3_s with quant_weights)."""
+    iq3_s_rows(x, qw, out, IQ3_S_POINTS, IQ3_S_KMAP, IQ3_S_NEIGHBOURS)
+
+
+@kernel
+def _dequantize_iq3_s(raw, out):
+    for r in range(raw.shape[0]):
+        for b in range(raw.shape[1] // IQ3_S_BYTES):
+            o, s = b * IQ3_S_BYTES, b * QK_K
+            d = load_fp16(raw, r, o)
+            for ib in range(8):
+                ls = (np.int64(raw[r, o + 106 + ib // 2]) >> (4 * (ib % 2))) & 15
+                db = d * np.float32(1 + 2 * ls)
+                qh = np.int64(raw[r, o + 66 + ib])
+                for k in range(8):
+                    g = np.int64(raw[r, o + 2 + 8 * ib + k]) | (((qh >> k) & 1) << 8)
+                    signs = np.int64(raw[r, o + 74 + 4 * ib + k // 2])
+                    for i in range(4):
+                        v = db * np.float32(IQ3_S_GRID[g, i])
+                        out[r, s + 32 * ib + 4 * k + i] = -v if (signs >> (4 * (k % 2) + i)) & 1 else v
+
+
+quantize_iq3_s = quantizer(_quantize_iq3_s, "IQ3_S", QK_K, IQ3_S_BYTES)
+dequantize_iq3_s = dequantizer(_dequantize_iq3_s, "IQ3_S", QK_K, IQ3_S_BYTES)

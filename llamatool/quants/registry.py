@@ -72,6 +72,7 @@ _FAMILY = {
     "TQ1_0": ("ternary", "Q8_K"),
     "TQ2_0": ("ternary", "Q8_K"),
     "IQ2_XXS": ("lowbit", "Q8_K"),
+    "IQ3_S": ("lowbit", "Q8_K"),
 }
 
 
