@@ -38,9 +38,9 @@ from llamatool.jit import njit
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, pack2, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
                    interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
-from .types import IQ2_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
+from .types import IQ2_XXS, IQ3_S, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
-from llamatool.quants.grids import IQ2_XXS_GRID, KSIGNS  # noqa: E402
+from llamatool.quants.grids import IQ2_XXS_GRID, IQ3_S_GRID, KSIGNS  # noqa: E402
 
 from numba import float32, int32, int64, uint8, uint16, uint32, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
@@ -595,12 +595,59 @@ def iq2_xxs_superblock(W, bo, dx):
             repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
 
 
+# IQ3_S (110 bytes: d, qs[64], qh[8], signs[32], scales[4]): per 32 weights (chunk j) 8 grid
+# points of 4 magnitudes in {1, 3, ..., 15}, point k's index qs[8j + k] | bit k of qh[j] << 8,
+# the signs one bit per weight in the u32 at signs[4j], weight = d * (1 + 2 ls) * magnitude * sign.
+
+IQ3_S_POINTS = np.ascontiguousarray(IQ3_S_GRID.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_point(W, qs, high, k):
+    return load(IQ3_S_POINTS, 4 * (_b(W, qs + k) | (((high >> k) & 1) << 8)), 4)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_s_weights(W, bo, j):
+    qs = bo + 2 + 8 * j
+    high = _b(W, bo + 66 + j)
+    g = concat(concat(concat(_iq3_point(W, qs, high, 0), _iq3_point(W, qs, high, 1)),
+                      concat(_iq3_point(W, qs, high, 2), _iq3_point(W, qs, high, 3))),
+               concat(concat(_iq3_point(W, qs, high, 4), _iq3_point(W, qs, high, 5)),
+                      concat(_iq3_point(W, qs, high, 6), _iq3_point(W, qs, high, 7))))
+    return _signed_u8(g, uint32(load_u32(W, bo + 74 + 4 * j, 1)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_s_dl(W, bo, j):
+    return load_f16(W, bo, 1) * float32(1 + 2 * ((_b(W, bo + 106 + j // 2) >> (4 * (j % 2))) & 15))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq3_s_chunk(W, bo, j):
+    dl = _iq3_s_dl(W, bo, j)
+    m = float32(-128) * dl
+    return _iq3_s_weights(W, bo, j), dl, dl, m, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq3_s_superblock(W, bo, dx):
+    dl = concat(concat(pack2(_iq3_s_dl(W, bo, 0), _iq3_s_dl(W, bo, 1)), pack2(_iq3_s_dl(W, bo, 2), _iq3_s_dl(W, bo, 3))),
+                concat(pack2(_iq3_s_dl(W, bo, 4), _iq3_s_dl(W, bo, 5)), pack2(_iq3_s_dl(W, bo, 6), _iq3_s_dl(W, bo, 7))))
+    sc = dl * dx
+    return (concat(_iq3_s_weights(W, bo, 0), _iq3_s_weights(W, bo, 1)), concat(_iq3_s_weights(W, bo, 2), _iq3_s_weights(W, bo, 3)),
+            concat(_iq3_s_weights(W, bo, 4), _iq3_s_weights(W, bo, 5)), concat(_iq3_s_weights(W, bo, 6), _iq3_s_weights(W, bo, 7)),
+            repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
+            repeat_slice(dl * float32(-128), 0, 8, 2))
+
+
 # --- choosing a decoder at compile time -----------------------------------------------------
 
 CHUNK_DECODERS = {
     Q4_0: q4_0_chunk, Q4_1: q4_1_chunk, Q5_0: q5_0_chunk, Q5_1: q5_1_chunk, Q8_0: q8_0_chunk,
     IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
     Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk, IQ2_XXS: iq2_xxs_chunk,
+    IQ3_S: iq3_s_chunk,
 }  # fmt: skip
 #: decoders of chunk pairs, for types where decoding two chunks at once saves work
 PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
@@ -608,11 +655,12 @@ PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
 GROUP_BYTES = {
     Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
     Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66, IQ2_XXS: 66,
+    IQ3_S: 110,
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
 SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
                        Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
-                       TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock}
+                       TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock, IQ3_S: iq3_s_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0)
 
