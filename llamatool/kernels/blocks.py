@@ -38,9 +38,9 @@ from llamatool.jit import njit
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, pack2, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
                    interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
-from .types import IQ2_XXS, IQ3_S, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
+from .types import IQ2_XS, IQ2_XXS, IQ3_S, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
-from llamatool.quants.grids import IQ2_XXS_GRID, IQ3_S_GRID, KSIGNS  # noqa: E402
+from llamatool.quants.grids import IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, KSIGNS  # noqa: E402
 
 from numba import float32, int32, int64, uint8, uint16, uint32, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
@@ -595,6 +595,60 @@ def iq2_xxs_superblock(W, bo, dx):
             repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
 
 
+# IQ2_XS (74 bytes: d, qs u16[32], scales[8]): per 8 weights a u16 of a 9-bit grid index (512
+# points, magnitudes as IQ2_XXS) and a 7-bit sign index; a 4-bit scale per 16 weights:
+# weight = d * (2 ls + 1) / 8 * magnitude * sign.
+
+IQ2_XS_POINTS = np.ascontiguousarray(IQ2_XS_GRID.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xs_group(W, o):
+    """(8 magnitudes, 8 sign bits) of the u16 at o."""
+    q = int64(load_u16(W, o, 1))
+    return load(IQ2_XS_POINTS, 8 * (q & 511), 8), uint32(get(KSIGNS, q >> 9))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xs_weights(W, bo, j):
+    o = bo + 2 + 8 * j
+    g0, s0 = _iq2_xs_group(W, o)
+    g1, s1 = _iq2_xs_group(W, o + 2)
+    g2, s2 = _iq2_xs_group(W, o + 4)
+    g3, s3 = _iq2_xs_group(W, o + 6)
+    return _signed_u8(concat(concat(g0, g1), concat(g2, g3)), s0 | (s1 << 8) | (s2 << 16) | (s3 << 24))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xs_dl(W, bo, j, half):
+    ls = (_b(W, bo + 66 + j) >> (4 * half)) & 15
+    return load_f16(W, bo, 1) * float32(2 * ls + 1) * float32(0.125)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_xs_chunk(W, bo, j):
+    s0, s1 = _iq2_xs_dl(W, bo, j, 0), _iq2_xs_dl(W, bo, j, 1)
+    return _iq2_xs_weights(W, bo, j), s0, s1, float32(-128) * s0, float32(-128) * s1
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xs_scales4(W, bo, j):
+    """float32 x 4: the scales of the halves of chunks j and j + 1."""
+    return concat(pack2(_iq2_xs_dl(W, bo, j, 0), _iq2_xs_dl(W, bo, j, 1)),
+                  pack2(_iq2_xs_dl(W, bo, j + 1, 0), _iq2_xs_dl(W, bo, j + 1, 1)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_xs_superblock(W, bo, dx):
+    dl = concat(concat(_iq2_xs_scales4(W, bo, 0), _iq2_xs_scales4(W, bo, 2)),
+                concat(_iq2_xs_scales4(W, bo, 4), _iq2_xs_scales4(W, bo, 6)))  # float32 x 16: one per 16 weights
+    sc = dl * dx
+    return (concat(_iq2_xs_weights(W, bo, 0), _iq2_xs_weights(W, bo, 1)), concat(_iq2_xs_weights(W, bo, 2), _iq2_xs_weights(W, bo, 3)),
+            concat(_iq2_xs_weights(W, bo, 4), _iq2_xs_weights(W, bo, 5)), concat(_iq2_xs_weights(W, bo, 6), _iq2_xs_weights(W, bo, 7)),
+            repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
+            dl * float32(-128))
+
+
 # IQ3_S (110 bytes: d, qs[64], qh[8], signs[32], scales[4]): per 32 weights (chunk j) 8 grid
 # points of 4 magnitudes in {1, 3, ..., 15}, point k's index qs[8j + k] | bit k of qh[j] << 8,
 # the signs one bit per weight in the u32 at signs[4j], weight = d * (1 + 2 ls) * magnitude * sign.
@@ -647,7 +701,7 @@ CHUNK_DECODERS = {
     Q4_0: q4_0_chunk, Q4_1: q4_1_chunk, Q5_0: q5_0_chunk, Q5_1: q5_1_chunk, Q8_0: q8_0_chunk,
     IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
     Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk, IQ2_XXS: iq2_xxs_chunk,
-    IQ3_S: iq3_s_chunk,
+    IQ3_S: iq3_s_chunk, IQ2_XS: iq2_xs_chunk,
 }  # fmt: skip
 #: decoders of chunk pairs, for types where decoding two chunks at once saves work
 PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
@@ -655,14 +709,15 @@ PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
 GROUP_BYTES = {
     Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
     Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66, IQ2_XXS: 66,
-    IQ3_S: 110,
+    IQ3_S: 110, IQ2_XS: 74,
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
 SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
                        Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
-                       TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock, IQ3_S: iq3_s_superblock}
+                       TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock, IQ3_S: iq3_s_superblock,
+                       IQ2_XS: iq2_xs_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
-HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0)
+HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS)
 
 
 # --- the 32-weight types by chunk pairs, for the decode loops (matmul.py) ------------------------

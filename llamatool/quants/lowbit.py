@@ -25,13 +25,14 @@ from functools import lru_cache
 import numpy as np
 
 from .ggml_scalar import load_fp16, nearest_int, store_fp16
-from .grids import IQ2_XXS_GRID, IQ3_S_GRID, KSIGNS, grid_levels
+from .grids import IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, KSIGNS, grid_levels
 from .rows import dequantizer, inline, kernel, quantizer
 from .weighted import _make_qp_quants
 
 QK_K = 256
 IQ2_XXS_BYTES = 66
 IQ3_S_BYTES = 110
+IQ2_XS_BYTES = 74
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
@@ -296,6 +297,133 @@ def _dequantize_iq2_xxs(raw, out):
 
 
 dequantize_iq2_xxs = dequantizer(_dequantize_iq2_xxs, "IQ2_XXS", QK_K, IQ2_XXS_BYTES)
+
+
+# ----------------------------------------------------------------------------- IQ2_XS
+
+
+@kernel
+def _iq2_xs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours):
+    """quantize_row_iq2_xs_impl's search for one block of 16 magnitudes xval: (scale, found),
+    L its levels (0..2, 8 values per grid point)."""
+    kmax = 3
+    vmax = xval[0]
+    for i in range(1, 16):
+        vmax = vmax if vmax > xval[i] else xval[i]
+    L[:] = 0
+    if vmax < _GROUP_MAX_EPS:
+        return _F0, False
+    best = _F0
+    scale = vmax / np.float32(2 * kmax - 1)
+    on_grid[:] = True
+    for step in range(-9, 10):
+        id_ = (np.float32(2 * kmax - 1) + np.float32(step) * _TENTH) / vmax
+        this_scale = _F1 / id_
+        for k in range(2):
+            for i in range(8):
+                l = nearest_int(_HALF * (id_ * xval[8 * k + i] - _F1))
+                Laux[8 * k + i] = max(0, min(kmax - 1, l))
+            on_grid_aux[k] = _grid_index(kmap, neighbours, grid, xval, waux, 8 * k, this_scale, Laux, 2) >= 0
+        sumqx, sumq2 = _sums(weight, xval, Laux, 16)
+        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+            scale = sumqx / sumq2
+            best = scale * sumqx
+            L[:] = Laux
+            on_grid[:] = on_grid_aux
+    if (not on_grid[0] or not on_grid[1]) and scale > 0:
+        id_ = _F1 / scale
+        for k in range(2):
+            if on_grid[k]:
+                continue
+            for i in range(8):
+                l = nearest_int(_HALF * (id_ * xval[8 * k + i] - _F1))
+                L[8 * k + i] = max(0, min(kmax - 1, l))
+            _grid_index(kmap, neighbours, grid, xval, waux, 8 * k, scale, L, 2)
+        sumqx, sumq2 = _sums(weight, xval, L, 16)
+        if sumq2 > 0:
+            scale = sumqx / sumq2
+    return scale, True
+
+
+@kernel
+def _iq2_xs_rows(x, qw, out, grid, kmap, neighbours):
+    """Layout (74 bytes): d, qs u16[32] (per 8 weights a 9-bit grid index and 7 sign bits
+    above it), scales[8] (4 bits per 16 weights)."""
+    weight = np.empty(16, np.float32)
+    waux = np.empty(16, np.float32)
+    xval = np.empty(16, np.float32)
+    L = np.zeros(16, np.int64)
+    Laux = np.zeros(16, np.int64)
+    on_grid = np.zeros(2, np.bool_)
+    on_grid_aux = np.zeros(2, np.bool_)
+    scales = np.empty(16, np.float32)
+    q2 = np.zeros(32, np.int64)
+    signs = np.zeros(2, np.int64)
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // QK_K):
+            s, o = b * QK_K, b * IQ2_XS_BYTES
+            out[r, o : o + IQ2_XS_BYTES] = 0
+            q2[:] = 0
+            sumx2 = _F0
+            for i in range(QK_K):
+                sumx2 += x[r, s + i] * x[r, s + i]
+            sigma2 = sumx2 / np.float32(QK_K)
+            max_scale = _F0
+            for ib in range(16):
+                xb = x[r, s + 16 * ib : s + 16 * ib + 16]
+                for i in range(16):
+                    weight[i] = qw[s + 16 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+                for i in range(16):
+                    waux[i] = np.sqrt(weight[i])
+                for k in range(2):
+                    signs[k] = _flip_signs(xb, weight, xval, k) & 127
+                scale, found = _iq2_xs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours)
+                scales[ib] = _F0
+                if not found:
+                    continue
+                if scale < 0:  # ggml guards against it (and never sees it): flip the signs
+                    scale = -scale
+                    for k in range(2):
+                        signs[k] = (~signs[k]) & 127
+                for k in range(2):
+                    q2[2 * ib + k] = np.int64(kmap[_key(L, 8 * k, 8, 2)]) | (signs[k] << 9)
+                scales[ib] = scale
+                max_scale = max(max_scale, scale)
+            if max_scale == 0:
+                continue
+            d = max_scale / np.float32(31)
+            store_fp16(out, r, o, d)
+            id_ = _F1 / d
+            for ib in range(16):
+                l = max(0, min(15, nearest_int(_HALF * (id_ * scales[ib] - _F1))))
+                out[r, o + 66 + ib // 2] |= l << (4 * (ib % 2))
+            for w in range(32):
+                out[r, o + 2 + 2 * w] = q2[w] & 0xFF
+                out[r, o + 3 + 2 * w] = (q2[w] >> 8) & 0xFF
+
+
+def iq2_xs_weighted(x: np.ndarray, qw: np.ndarray, out: np.ndarray) -> None:
+    """IQ2_XS rows of x weighted by qw (quantize_iq2_xs with quant_weights)."""
+    _iq2_xs_rows(x, qw, out, *neighbour_tables("IQ2_XS", 2, _KMAP_2BIT))
+
+
+@kernel
+def _dequantize_iq2_xs(raw, out):
+    for r in range(raw.shape[0]):
+        for b in range(raw.shape[1] // IQ2_XS_BYTES):
+            o, s = b * IQ2_XS_BYTES, b * QK_K
+            d = load_fp16(raw, r, o)
+            for g in range(32):
+                ls = (np.int64(raw[r, o + 66 + g // 4]) >> (4 * ((g // 2) % 2))) & 15
+                db = d * (_HALF + np.float32(ls)) * np.float32(0.25)
+                q = np.int64(raw[r, o + 2 + 2 * g]) | (np.int64(raw[r, o + 3 + 2 * g]) << 8)
+                signs = np.int64(KSIGNS[q >> 9])
+                for i in range(8):
+                    v = db * np.float32(IQ2_XS_GRID[q & 511, i])
+                    out[r, s + 8 * g + i] = -v if (signs >> i) & 1 else v
+
+
+dequantize_iq2_xs = dequantizer(_dequantize_iq2_xs, "IQ2_XS", QK_K, IQ2_XS_BYTES)
 
 
 # ----------------------------------------------------------------------------- IQ3_S

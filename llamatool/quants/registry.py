@@ -73,6 +73,7 @@ _FAMILY = {
     "TQ2_0": ("ternary", "Q8_K"),
     "IQ2_XXS": ("lowbit", "Q8_K"),
     "IQ3_S": ("lowbit", "Q8_K"),
+    "IQ2_XS": ("lowbit", "Q8_K"),
 }
 
 
