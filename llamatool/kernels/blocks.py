@@ -38,9 +38,9 @@ from llamatool.jit import njit
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, pack2, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
                    interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
-from .types import IQ2_XS, IQ2_XXS, IQ3_S, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
+from .types import IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
-from llamatool.quants.grids import IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, KSIGNS  # noqa: E402
+from llamatool.quants.grids import IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS  # noqa: E402
 
 from numba import float32, int32, int64, uint8, uint16, uint32, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
@@ -554,13 +554,18 @@ def _iq2_xxs_scale_word(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _sign_bits(aux):
+    """The 32 sign bits of four 7-bit ksigns indices at bits 0, 7, 14, 21 of aux."""
+    return (uint32(get(KSIGNS, aux & 127)) | (uint32(get(KSIGNS, (aux >> 7) & 127)) << 8)
+            | (uint32(get(KSIGNS, (aux >> 14) & 127)) << 16) | (uint32(get(KSIGNS, (aux >> 21) & 127)) << 24))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _iq2_xxs_weights(W, bo, j, aux):
     o = bo + 2 + 8 * j
     g = concat(concat(load(IQ2_XXS_POINTS, 8 * _b(W, o), 8), load(IQ2_XXS_POINTS, 8 * _b(W, o + 1), 8)),
                concat(load(IQ2_XXS_POINTS, 8 * _b(W, o + 2), 8), load(IQ2_XXS_POINTS, 8 * _b(W, o + 3), 8)))
-    signs = (uint32(get(KSIGNS, aux & 127)) | (uint32(get(KSIGNS, (aux >> 7) & 127)) << 8)
-             | (uint32(get(KSIGNS, (aux >> 14) & 127)) << 16) | (uint32(get(KSIGNS, (aux >> 21) & 127)) << 24))
-    return _signed_u8(g, signs)
+    return _signed_u8(g, _sign_bits(aux))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -649,6 +654,65 @@ def iq2_xs_superblock(W, bo, dx):
             dl * float32(-128))
 
 
+# IQ3_XXS (98 bytes: d, qs[64], then per 32 weights a u32 as IQ2_XXS's second word): per 32
+# weights (chunk j) 8 grid indices qs[8j + k] of 4 magnitudes in {4, 12, ..., 62};
+# weight = d * (2 ls + 1) / 4 * magnitude * sign.
+
+IQ3_XXS_POINTS = np.ascontiguousarray(IQ3_XXS_GRID.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_xxs_point(W, qs, k):
+    return load(IQ3_XXS_POINTS, 4 * _b(W, qs + k), 4)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_xxs_weights(W, bo, j, aux):
+    qs = bo + 2 + 8 * j
+    g = concat(concat(concat(_iq3_xxs_point(W, qs, 0), _iq3_xxs_point(W, qs, 1)),
+                      concat(_iq3_xxs_point(W, qs, 2), _iq3_xxs_point(W, qs, 3))),
+               concat(concat(_iq3_xxs_point(W, qs, 4), _iq3_xxs_point(W, qs, 5)),
+                      concat(_iq3_xxs_point(W, qs, 6), _iq3_xxs_point(W, qs, 7))))
+    return _signed_u8(g, _sign_bits(aux))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_xxs_word(W, bo, j):
+    return uint32(load_u32(W, bo + 66 + 4 * j, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_xxs_dl(W, bo, aux):
+    return load_f16(W, bo, 1) * float32(2 * int32(aux >> 28) + 1) * float32(0.25)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq3_xxs_chunk(W, bo, j):
+    aux = _iq3_xxs_word(W, bo, j)
+    dl = _iq3_xxs_dl(W, bo, aux)
+    m = float32(-128) * dl
+    return _iq3_xxs_weights(W, bo, j, aux), dl, dl, m, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_xxs_pair(W, bo, p):
+    a, b = _iq3_xxs_word(W, bo, 2 * p), _iq3_xxs_word(W, bo, 2 * p + 1)
+    return (concat(_iq3_xxs_weights(W, bo, 2 * p, a), _iq3_xxs_weights(W, bo, 2 * p + 1, b)),
+            pack2(_iq3_xxs_dl(W, bo, a), _iq3_xxs_dl(W, bo, b)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq3_xxs_superblock(W, bo, dx):
+    w0, s0 = _iq3_xxs_pair(W, bo, 0)
+    w1, s1 = _iq3_xxs_pair(W, bo, 1)
+    w2, s2 = _iq3_xxs_pair(W, bo, 2)
+    w3, s3 = _iq3_xxs_pair(W, bo, 3)
+    dl = concat(concat(s0, s1), concat(s2, s3))
+    sc = dl * dx
+    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
+            repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
+
+
 # IQ3_S (110 bytes: d, qs[64], qh[8], signs[32], scales[4]): per 32 weights (chunk j) 8 grid
 # points of 4 magnitudes in {1, 3, ..., 15}, point k's index qs[8j + k] | bit k of qh[j] << 8,
 # the signs one bit per weight in the u32 at signs[4j], weight = d * (1 + 2 ls) * magnitude * sign.
@@ -701,7 +765,7 @@ CHUNK_DECODERS = {
     Q4_0: q4_0_chunk, Q4_1: q4_1_chunk, Q5_0: q5_0_chunk, Q5_1: q5_1_chunk, Q8_0: q8_0_chunk,
     IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
     Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk, IQ2_XXS: iq2_xxs_chunk,
-    IQ3_S: iq3_s_chunk, IQ2_XS: iq2_xs_chunk,
+    IQ3_S: iq3_s_chunk, IQ2_XS: iq2_xs_chunk, IQ3_XXS: iq3_xxs_chunk,
 }  # fmt: skip
 #: decoders of chunk pairs, for types where decoding two chunks at once saves work
 PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
@@ -709,13 +773,13 @@ PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
 GROUP_BYTES = {
     Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
     Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66, IQ2_XXS: 66,
-    IQ3_S: 110, IQ2_XS: 74,
+    IQ3_S: 110, IQ2_XS: 74, IQ3_XXS: 98,
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
 SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
                        Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
                        TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock, IQ3_S: iq3_s_superblock,
-                       IQ2_XS: iq2_xs_superblock}
+                       IQ2_XS: iq2_xs_superblock, IQ3_XXS: iq3_xxs_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS)
 

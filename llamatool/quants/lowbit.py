@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 
 from .ggml_scalar import load_fp16, nearest_int, store_fp16
-from .grids import IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, KSIGNS, grid_levels
+from .grids import IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS, grid_levels
 from .rows import dequantizer, inline, kernel, quantizer
 from .weighted import _make_qp_quants
 
@@ -33,11 +33,13 @@ QK_K = 256
 IQ2_XXS_BYTES = 66
 IQ3_S_BYTES = 110
 IQ2_XS_BYTES = 74
+IQ3_XXS_BYTES = 98
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
 _TENTH = np.float32(0.1)
 _GROUP_MAX_EPS = np.float32(1e-15)
+_GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _KMAP_2BIT = 43692  # ggml's kmap_size: every 8-digit base-4 key up to 0b10...10 (digits 0..2)
 
@@ -585,3 +587,154 @@ def _dequantize_iq3_s(raw, out):
 
 quantize_iq3_s = quantizer(_quantize_iq3_s, "IQ3_S", QK_K, IQ3_S_BYTES)
 dequantize_iq3_s = dequantizer(_dequantize_iq3_s, "IQ3_S", QK_K, IQ3_S_BYTES)
+
+
+# ----------------------------------------------------------------------------- IQ3_XXS
+
+
+@kernel
+def _iq3_xxs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours):
+    """quantize_row_iq3_xxs_impl's search for one block of 32 magnitudes xval: (scale,
+    found), L its levels (0..7, 4 values per grid point)."""
+    kmax = 8
+    vmax = xval[0]
+    for i in range(1, 32):
+        vmax = vmax if vmax > xval[i] else xval[i]
+    L[:] = 0
+    if vmax < _GROUP_MAX_EPS_IQ3_XXS:
+        return _F0, False
+    best = _F0
+    scale = vmax / np.float32(2 * kmax - 1)
+    on_grid[:] = True
+    for step in range(-15, 16):
+        id_ = (np.float32(2 * kmax - 1) + np.float32(step) * np.float32(0.2)) / vmax
+        this_scale = _F1 / id_
+        for k in range(8):
+            for i in range(4):
+                l = nearest_int(_HALF * (id_ * xval[4 * k + i] - _F1))
+                Laux[4 * k + i] = max(0, min(kmax - 1, l))
+            on_grid_aux[k] = _grid_index(kmap, neighbours, grid, xval, waux, 4 * k, this_scale, Laux, 3) >= 0
+        sumqx, sumq2 = _sums(weight, xval, Laux, 32)
+        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+            scale = sumqx / sumq2
+            best = scale * sumqx
+            L[:] = Laux
+            on_grid[:] = on_grid_aux
+    n_off_grid = 0
+    for k in range(8):
+        n_off_grid += not on_grid[k]
+    if n_off_grid > 0 and scale > 0:
+        id_ = _F1 / scale
+        for k in range(8):
+            if on_grid[k]:
+                continue
+            for i in range(4):
+                l = nearest_int(_HALF * (id_ * xval[4 * k + i] - _F1))
+                L[4 * k + i] = max(0, min(kmax - 1, l))
+            g = _grid_index(kmap, neighbours, grid, xval, waux, 4 * k, scale, L, 3)
+            g = g if g >= 0 else -1 - g
+            for i in range(4):
+                L[4 * k + i] = (grid[g, i] - 1) // 2
+        sumqx, sumq2 = _sums(weight, xval, L, 32)
+        if sumq2 > 0:
+            scale = sumqx / sumq2
+    return scale, True
+
+
+@kernel
+def iq3_xxs_rows(x, qw, out, grid, kmap, neighbours):
+    """IQ3_XXS rows of x (quantize_iq3_xxs), weighted by qw (empty: by x**2).
+
+    Layout (98 bytes): d (stored times 1.0125), qs[64] (a grid index per 4 weights), then per
+    32 weights a u32 of four 7-bit sign indices (bits 7k) and the 4-bit scale (bits 28-31).
+    """
+    weight = np.empty(32, np.float32)
+    waux = np.empty(32, np.float32)
+    xval = np.empty(32, np.float32)
+    L = np.zeros(32, np.int64)
+    Laux = np.zeros(32, np.int64)
+    on_grid = np.zeros(8, np.bool_)
+    on_grid_aux = np.zeros(8, np.bool_)
+    scales = np.empty(8, np.float32)
+    words = np.zeros(8, np.int64)
+    signs = np.zeros(4, np.int64)
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // QK_K):
+            s, o = b * QK_K, b * IQ3_XXS_BYTES
+            out[r, o : o + IQ3_XXS_BYTES] = 0
+            words[:] = 0
+            sumx2 = _F0
+            for i in range(QK_K):
+                sumx2 += x[r, s + i] * x[r, s + i]
+            sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
+            max_scale = _F0
+            for ib in range(8):
+                xb = x[r, s + 32 * ib : s + 32 * ib + 32]
+                for i in range(32):
+                    if qw.size:
+                        weight[i] = qw[s + 32 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+                    else:
+                        weight[i] = xb[i] * xb[i]
+                for i in range(32):
+                    waux[i] = np.sqrt(weight[i])
+                for k in range(4):
+                    signs[k] = _flip_signs(xb, weight, xval, k) & 127
+                scale, found = _iq3_xxs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours)
+                scales[ib] = _F0
+                if not found:
+                    continue
+                if scale < 0:  # ggml guards against it (and never sees it): flip the signs
+                    scale = -scale
+                    for k in range(4):
+                        signs[k] = (~signs[k]) & 127
+                for k in range(8):
+                    out[r, o + 2 + 8 * ib + k] = kmap[_key(L, 4 * k, 4, 3)]
+                words[ib] = signs[0] | (signs[1] << 7) | (signs[2] << 14) | (signs[3] << 21)
+                scales[ib] = scale
+                max_scale = max(max_scale, scale)
+            if max_scale == 0:
+                out[r, o + 2 : o + IQ3_XXS_BYTES] = 0
+                continue
+            d = max_scale / np.float32(31)
+            store_fp16(out, r, o, d * np.float32(1.0125))
+            id_ = _F1 / d
+            for ib in range(8):
+                l = max(0, min(15, nearest_int(_HALF * (id_ * scales[ib] - _F1))))
+                w = words[ib] | (l << 28)
+                for byte in range(4):
+                    out[r, o + 66 + 4 * ib + byte] = (w >> (8 * byte)) & 0xFF
+
+
+IQ3_XXS_POINTS, IQ3_XXS_KMAP, IQ3_XXS_NEIGHBOURS = neighbour_tables("IQ3_XXS", 2, 4096, 3)
+
+
+@kernel
+def _quantize_iq3_xxs(x, out):
+    iq3_xxs_rows(x, np.empty(0, np.float32), out, IQ3_XXS_POINTS, IQ3_XXS_KMAP, IQ3_XXS_NEIGHBOURS)
+
+
+def iq3_xxs_weighted(x: np.ndarray, qw: np.ndarray, out: np.ndarray) -> None:
+    """IQ3_XXS rows of x weighted by qw (quantize_iq3_xxs with quant_weights)."""
+    iq3_xxs_rows(x, qw, out, IQ3_XXS_POINTS, IQ3_XXS_KMAP, IQ3_XXS_NEIGHBOURS)
+
+
+@kernel
+def _dequantize_iq3_xxs(raw, out):
+    for r in range(raw.shape[0]):
+        for b in range(raw.shape[1] // IQ3_XXS_BYTES):
+            o, s = b * IQ3_XXS_BYTES, b * QK_K
+            d = load_fp16(raw, r, o)
+            for ib in range(8):
+                p = o + 66 + 4 * ib
+                aux = np.int64(raw[r, p]) | (np.int64(raw[r, p + 1]) << 8) | (np.int64(raw[r, p + 2]) << 16) | (np.int64(raw[r, p + 3]) << 24)
+                db = d * (_HALF + np.float32(aux >> 28)) * _HALF
+                for k in range(8):
+                    g = np.int64(raw[r, o + 2 + 8 * ib + k])
+                    signs = np.int64(KSIGNS[(aux >> (7 * (k // 2))) & 127])
+                    for i in range(4):
+                        v = db * np.float32(IQ3_XXS_GRID[g, i])
+                        out[r, s + 32 * ib + 4 * k + i] = -v if (signs >> (4 * (k % 2) + i)) & 1 else v
+
+
+quantize_iq3_xxs = quantizer(_quantize_iq3_xxs, "IQ3_XXS", QK_K, IQ3_XXS_BYTES)
+dequantize_iq3_xxs = dequantizer(_dequantize_iq3_xxs, "IQ3_XXS", QK_K, IQ3_XXS_BYTES)

@@ -74,6 +74,7 @@ _FAMILY = {
     "IQ2_XXS": ("lowbit", "Q8_K"),
     "IQ3_S": ("lowbit", "Q8_K"),
     "IQ2_XS": ("lowbit", "Q8_K"),
+    "IQ3_XXS": ("lowbit", "Q8_K"),
 }
 
 
