@@ -47,6 +47,8 @@ def magnitudes(type_name: str) -> np.ndarray:
 IQ2_XXS_GRID = magnitudes("IQ2_XXS")
 #: IQ2_XS: 512 points of 8 magnitudes (8, 25 or 43)
 IQ2_XS_GRID = magnitudes("IQ2_XS")
+#: IQ2_S: 1024 points of 8 magnitudes (8, 25 or 43)
+IQ2_S_GRID = magnitudes("IQ2_S")
 #: IQ3_XXS: 256 points of 4 magnitudes (4, 12, ..., 62)
 IQ3_XXS_GRID = magnitudes("IQ3_XXS")
 #: IQ3_S: 512 points of 4 magnitudes (1, 3, ..., 15)

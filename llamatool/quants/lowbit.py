@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 
 from .ggml_scalar import load_fp16, nearest_int, store_fp16
-from .grids import IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS, grid_levels
+from .grids import IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS, grid_levels
 from .rows import dequantizer, inline, kernel, quantizer
 from .weighted import _make_qp_quants
 
@@ -34,12 +34,14 @@ IQ2_XXS_BYTES = 66
 IQ3_S_BYTES = 110
 IQ2_XS_BYTES = 74
 IQ3_XXS_BYTES = 98
+IQ2_S_BYTES = 82
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
 _TENTH = np.float32(0.1)
 _GROUP_MAX_EPS = np.float32(1e-15)
 _GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
+_GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _KMAP_2BIT = 43692  # ggml's kmap_size: every 8-digit base-4 key up to 0b10...10 (digits 0..2)
 
@@ -65,8 +67,9 @@ def neighbour_tables(type_name: str, nwant: int, kmap_size: int, bits: int = 2) 
     group = levels.shape[1]
     parts, counts = [], []
     grid = points.astype(np.int32)
-    for start in range(0, len(missing), 2048):
-        keys = missing[start : start + 2048]
+    step = max(64, (1 << 22) // (len(levels) * group))  # bounds the distance table's size
+    for start in range(0, len(missing), step):
+        keys = missing[start : start + step]
         pos = 2 * ((keys[:, None] >> (bits * np.arange(group))) & ((1 << bits) - 1)) + 1
         d2 = ((pos[:, None, :] - grid[None, :, :]) ** 2).sum(axis=2)
         order = np.argsort(d2, axis=1, kind="stable")  # ties by index, as ggml's comparator
@@ -305,15 +308,15 @@ dequantize_iq2_xxs = dequantizer(_dequantize_iq2_xxs, "IQ2_XXS", QK_K, IQ2_XXS_B
 
 
 @kernel
-def _iq2_xs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours):
-    """quantize_row_iq2_xs_impl's search for one block of 16 magnitudes xval: (scale, found),
-    L its levels (0..2, 8 values per grid point)."""
+def _iq2_xs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours, eps):
+    """quantize_row_iq2_xs_impl's (and iq2_s's) search for one block of 16 magnitudes xval:
+    (scale, found), L its levels (0..2, 8 values per grid point)."""
     kmax = 3
     vmax = xval[0]
     for i in range(1, 16):
         vmax = vmax if vmax > xval[i] else xval[i]
     L[:] = 0
-    if vmax < _GROUP_MAX_EPS:
+    if vmax < eps:
         return _F0, False
     best = _F0
     scale = vmax / np.float32(2 * kmax - 1)
@@ -379,7 +382,8 @@ def _iq2_xs_rows(x, qw, out, grid, kmap, neighbours):
                     waux[i] = np.sqrt(weight[i])
                 for k in range(2):
                     signs[k] = _flip_signs(xb, weight, xval, k) & 127
-                scale, found = _iq2_xs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours)
+                scale, found = _iq2_xs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours,
+                                             _GROUP_MAX_EPS)
                 scales[ib] = _F0
                 if not found:
                     continue
@@ -426,6 +430,120 @@ def _dequantize_iq2_xs(raw, out):
 
 
 dequantize_iq2_xs = dequantizer(_dequantize_iq2_xs, "IQ2_XS", QK_K, IQ2_XS_BYTES)
+
+
+# ----------------------------------------------------------------------------- IQ2_S
+
+
+@kernel
+def iq2_s_rows(x, qw, out, grid, kmap, neighbours):
+    """IQ2_S rows of x (quantize_iq2_s), weighted by qw (empty: by sigma2 / 4 + x**2).
+
+    Layout (82 bytes): d (stored times 0.9875), qs[32] (low 8 bits of a 10-bit grid index
+    per 8 weights), signs[32] (a bit per weight), qh[8] (the top 2 bits, 4 groups per
+    byte), scales[8] (4 bits per 16 weights).
+    """
+    weight = np.empty(16, np.float32)
+    waux = np.empty(16, np.float32)
+    xval = np.empty(16, np.float32)
+    L = np.zeros(16, np.int64)
+    Laux = np.zeros(16, np.int64)
+    on_grid = np.zeros(2, np.bool_)
+    on_grid_aux = np.zeros(2, np.bool_)
+    scales = np.empty(16, np.float32)
+    signs = np.zeros(2, np.int64)
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // QK_K):
+            s, o = b * QK_K, b * IQ2_S_BYTES
+            out[r, o : o + IQ2_S_BYTES] = 0
+            sumx2 = _F0
+            for i in range(QK_K):
+                sumx2 += x[r, s + i] * x[r, s + i]
+            sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
+            max_scale = _F0
+            for ib in range(16):
+                xb = x[r, s + 16 * ib : s + 16 * ib + 16]
+                for i in range(16):
+                    if qw.size:
+                        weight[i] = qw[s + 16 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+                    else:
+                        weight[i] = np.float32(0.25) * sigma2 + xb[i] * xb[i]
+                for i in range(16):
+                    waux[i] = np.sqrt(weight[i])
+                for k in range(2):
+                    bits = 0
+                    for i in range(8):
+                        v = xb[8 * k + i]
+                        if v >= 0:
+                            xval[8 * k + i] = v
+                        else:
+                            xval[8 * k + i] = -v
+                            bits |= 1 << i
+                    signs[k] = bits
+                scale, found = _iq2_xs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours,
+                                             _GROUP_MAX_EPS_IQ2_S)
+                scales[ib] = _F0
+                if not found:
+                    continue
+                if scale < 0:  # ggml guards against it (and never sees it): flip the signs
+                    scale = -scale
+                    for k in range(2):
+                        signs[k] = (~signs[k]) & 0xFF
+                for k in range(2):
+                    g = np.int64(kmap[_key(L, 8 * k, 8, 2)])
+                    i8 = 2 * ib + k
+                    out[r, o + 2 + i8] = g & 255
+                    out[r, o + 66 + i8 // 4] |= (g >> 8) << (2 * (i8 % 4))
+                    out[r, o + 34 + i8] = signs[k]
+                scales[ib] = scale
+                max_scale = max(max_scale, scale)
+            if max_scale == 0:
+                continue
+            d = max_scale / np.float32(31)
+            store_fp16(out, r, o, d * np.float32(0.9875))
+            id_ = _F1 / d
+            for ib in range(16):
+                l = max(0, min(15, nearest_int(_HALF * (id_ * scales[ib] - _F1))))
+                out[r, o + 74 + ib // 2] |= l << (4 * (ib % 2))
+
+
+def _iq2_s_tables():
+    return neighbour_tables("IQ2_S", 1, _KMAP_2BIT)
+
+
+@kernel
+def _quantize_iq2_s_with(x, out, grid, kmap, neighbours):
+    iq2_s_rows(x, np.empty(0, np.float32), out, grid, kmap, neighbours)
+
+
+def _quantize_iq2_s(x: np.ndarray, out: np.ndarray) -> None:
+    """quantize_iq2_s without weights (the tables are arguments: too big for constants)."""
+    _quantize_iq2_s_with(x, out, *_iq2_s_tables())
+
+
+def iq2_s_weighted(x: np.ndarray, qw: np.ndarray, out: np.ndarray) -> None:
+    """IQ2_S rows of x weighted by qw (quantize_iq2_s with quant_weights)."""
+    iq2_s_rows(x, qw, out, *_iq2_s_tables())
+
+
+@kernel
+def _dequantize_iq2_s(raw, out):
+    for r in range(raw.shape[0]):
+        for b in range(raw.shape[1] // IQ2_S_BYTES):
+            o, s = b * IQ2_S_BYTES, b * QK_K
+            d = load_fp16(raw, r, o)
+            for g in range(32):
+                ls = (np.int64(raw[r, o + 74 + g // 4]) >> (4 * ((g // 2) % 2))) & 15
+                db = d * (_HALF + np.float32(ls)) * np.float32(0.25)
+                index = np.int64(raw[r, o + 2 + g]) | (((np.int64(raw[r, o + 66 + g // 4]) >> (2 * (g % 4))) & 3) << 8)
+                signs = np.int64(raw[r, o + 34 + g])
+                for i in range(8):
+                    v = db * np.float32(IQ2_S_GRID[index, i])
+                    out[r, s + 8 * g + i] = -v if (signs >> i) & 1 else v
+
+
+quantize_iq2_s = quantizer(_quantize_iq2_s, "IQ2_S", QK_K, IQ2_S_BYTES)
+dequantize_iq2_s = dequantizer(_dequantize_iq2_s, "IQ2_S", QK_K, IQ2_S_BYTES)
 
 
 # ----------------------------------------------------------------------------- IQ3_S

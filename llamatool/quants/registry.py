@@ -75,6 +75,7 @@ _FAMILY = {
     "IQ3_S": ("lowbit", "Q8_K"),
     "IQ2_XS": ("lowbit", "Q8_K"),
     "IQ3_XXS": ("lowbit", "Q8_K"),
+    "IQ2_S": ("lowbit", "Q8_K"),
 }
 
 
