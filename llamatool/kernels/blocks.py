@@ -38,9 +38,9 @@ from llamatool.jit import njit
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, pack2, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
                    interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
-from .types import IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
+from .types import IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
-from llamatool.quants.grids import IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS  # noqa: E402
+from llamatool.quants.grids import IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS  # noqa: E402
 
 from numba import float32, int32, int64, uint8, uint16, uint32, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
@@ -625,31 +625,73 @@ def _iq2_xs_weights(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _iq2_xs_dl(W, bo, j, half):
-    ls = (_b(W, bo + 66 + j) >> (4 * half)) & 15
+def _half_scale16(W, bo, at, j, half):
+    """IQ2_XS/IQ2_S: d * (2 ls + 1) / 8 for the 4-bit ls of half `half` of chunk j, nibble
+    `half` of byte at + j."""
+    ls = (_b(W, bo + at + j) >> (4 * half)) & 15
     return load_f16(W, bo, 1) * float32(2 * ls + 1) * float32(0.125)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _scales4(W, bo, at, j):
+    """float32 x 4: the scales of the halves of chunks j and j + 1."""
+    return concat(pack2(_half_scale16(W, bo, at, j, 0), _half_scale16(W, bo, at, j, 1)),
+                  pack2(_half_scale16(W, bo, at, j + 1, 0), _half_scale16(W, bo, at, j + 1, 1)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _scales16(W, bo, at):
+    """float32 x 16: the super-block's scales, one per 16 weights."""
+    return concat(concat(_scales4(W, bo, at, 0), _scales4(W, bo, at, 2)), concat(_scales4(W, bo, at, 4), _scales4(W, bo, at, 6)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def iq2_xs_chunk(W, bo, j):
-    s0, s1 = _iq2_xs_dl(W, bo, j, 0), _iq2_xs_dl(W, bo, j, 1)
+    s0, s1 = _half_scale16(W, bo, 66, j, 0), _half_scale16(W, bo, 66, j, 1)
     return _iq2_xs_weights(W, bo, j), s0, s1, float32(-128) * s0, float32(-128) * s1
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _iq2_xs_scales4(W, bo, j):
-    """float32 x 4: the scales of the halves of chunks j and j + 1."""
-    return concat(pack2(_iq2_xs_dl(W, bo, j, 0), _iq2_xs_dl(W, bo, j, 1)),
-                  pack2(_iq2_xs_dl(W, bo, j + 1, 0), _iq2_xs_dl(W, bo, j + 1, 1)))
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
 def iq2_xs_superblock(W, bo, dx):
-    dl = concat(concat(_iq2_xs_scales4(W, bo, 0), _iq2_xs_scales4(W, bo, 2)),
-                concat(_iq2_xs_scales4(W, bo, 4), _iq2_xs_scales4(W, bo, 6)))  # float32 x 16: one per 16 weights
+    dl = _scales16(W, bo, 66)
     sc = dl * dx
     return (concat(_iq2_xs_weights(W, bo, 0), _iq2_xs_weights(W, bo, 1)), concat(_iq2_xs_weights(W, bo, 2), _iq2_xs_weights(W, bo, 3)),
             concat(_iq2_xs_weights(W, bo, 4), _iq2_xs_weights(W, bo, 5)), concat(_iq2_xs_weights(W, bo, 6), _iq2_xs_weights(W, bo, 7)),
+            repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
+            dl * float32(-128))
+
+
+# IQ2_S (82 bytes: d, qs[32], signs[32], qh[8], scales[8]): per 8 weights a 10-bit grid index
+# (1024 points, magnitudes as IQ2_XXS), qs[g] | bits 2(g % 4) of qh[g // 4] << 8, and a sign byte.
+
+IQ2_S_POINTS = np.ascontiguousarray(IQ2_S_GRID.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_s_point(W, bo, j, high, l):
+    return load(IQ2_S_POINTS, 8 * (_b(W, bo + 2 + 4 * j + l) | (((high >> (2 * l)) & 3) << 8)), 8)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_s_weights(W, bo, j):
+    high = _b(W, bo + 66 + j)
+    g = concat(concat(_iq2_s_point(W, bo, j, high, 0), _iq2_s_point(W, bo, j, high, 1)),
+               concat(_iq2_s_point(W, bo, j, high, 2), _iq2_s_point(W, bo, j, high, 3)))
+    return _signed_u8(g, uint32(load_u32(W, bo + 34 + 4 * j, 1)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_s_chunk(W, bo, j):
+    s0, s1 = _half_scale16(W, bo, 74, j, 0), _half_scale16(W, bo, 74, j, 1)
+    return _iq2_s_weights(W, bo, j), s0, s1, float32(-128) * s0, float32(-128) * s1
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_s_superblock(W, bo, dx):
+    dl = _scales16(W, bo, 74)
+    sc = dl * dx
+    return (concat(_iq2_s_weights(W, bo, 0), _iq2_s_weights(W, bo, 1)), concat(_iq2_s_weights(W, bo, 2), _iq2_s_weights(W, bo, 3)),
+            concat(_iq2_s_weights(W, bo, 4), _iq2_s_weights(W, bo, 5)), concat(_iq2_s_weights(W, bo, 6), _iq2_s_weights(W, bo, 7)),
             repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
             dl * float32(-128))
 
@@ -766,6 +808,7 @@ CHUNK_DECODERS = {
     IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
     Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk, IQ2_XXS: iq2_xxs_chunk,
     IQ3_S: iq3_s_chunk, IQ2_XS: iq2_xs_chunk, IQ3_XXS: iq3_xxs_chunk,
+    IQ2_S: iq2_s_chunk,
 }  # fmt: skip
 #: decoders of chunk pairs, for types where decoding two chunks at once saves work
 PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
@@ -773,15 +816,16 @@ PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
 GROUP_BYTES = {
     Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
     Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66, IQ2_XXS: 66,
-    IQ3_S: 110, IQ2_XS: 74, IQ3_XXS: 98,
+    IQ3_S: 110, IQ2_XS: 74, IQ3_XXS: 98, IQ2_S: 82,
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
 SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
                        Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
                        TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock, IQ3_S: iq3_s_superblock,
-                       IQ2_XS: iq2_xs_superblock, IQ3_XXS: iq3_xxs_superblock}
+                       IQ2_XS: iq2_xs_superblock, IQ3_XXS: iq3_xxs_superblock,
+                       IQ2_S: iq2_s_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
-HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS)
+HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS, IQ2_S)
 
 
 # --- the 32-weight types by chunk pairs, for the decode loops (matmul.py) ------------------------
