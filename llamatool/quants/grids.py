@@ -53,5 +53,7 @@ IQ2_S_GRID = magnitudes("IQ2_S")
 IQ3_XXS_GRID = magnitudes("IQ3_XXS")
 #: IQ3_S: 512 points of 4 magnitudes (1, 3, ..., 15)
 IQ3_S_GRID = magnitudes("IQ3_S")
+#: IQ1_S and IQ1_M: 2048 points of 8 levels 0, 1, 2 (values -1, 0, 1)
+IQ1_S_LEVELS = grid_levels("IQ1_S")[0]
 #: ksigns_iq2xs
 KSIGNS = sign_table()

@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 
 from .ggml_scalar import load_fp16, nearest_int, store_fp16
-from .grids import IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS, grid_levels
+from .grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS, grid_levels
 from .rows import dequantizer, inline, kernel, quantizer
 from .weighted import _make_qp_quants
 
@@ -35,6 +35,7 @@ IQ3_S_BYTES = 110
 IQ2_XS_BYTES = 74
 IQ3_XXS_BYTES = 98
 IQ2_S_BYTES = 82
+IQ1_S_BYTES = 50
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
@@ -42,6 +43,8 @@ _TENTH = np.float32(0.1)
 _GROUP_MAX_EPS = np.float32(1e-15)
 _GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
 _GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
+_GROUP_MAX_EPS_IQ1_S = np.float32(1e-12)
+_IQ1_DELTA = np.float32(0.125)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _KMAP_2BIT = 43692  # ggml's kmap_size: every 8-digit base-4 key up to 0b10...10 (digits 0..2)
 
@@ -856,3 +859,197 @@ def _dequantize_iq3_xxs(raw, out):
 
 quantize_iq3_xxs = quantizer(_quantize_iq3_xxs, "IQ3_XXS", QK_K, IQ3_XXS_BYTES)
 dequantize_iq3_xxs = dequantizer(_dequantize_iq3_xxs, "IQ3_XXS", QK_K, IQ3_XXS_BYTES)
+
+
+# ----------------------------------------------------------------------------- IQ1_S
+# Values -1, 0, 1 plus a shift of +-IQ1S_DELTA per 32: the three levels of a block are
+# (-1, 0, 1) + delta (shift 1) or - delta (shift -1). The grid points are 2l + 1 as above.
+
+
+@inline
+def _sorted_order(xb, order):
+    """The indices of xb in ascending order, equal values in their original order (glibc's
+    qsort, a merge sort for arrays this small, keeps them so)."""
+    n = xb.size
+    for j in range(n):
+        order[j] = j
+    for j in range(1, n):
+        v = order[j]
+        i = j - 1
+        while i >= 0 and xb[v] < xb[order[i]]:
+            order[i + 1] = order[i]
+            i -= 1
+        order[i + 1] = v
+
+
+@inline
+def _split_score(sumx, sumw, i1, i2, n, levels):
+    sumqx = (sumx[i1] - sumx[0]) * levels[0] + (sumx[i2] - sumx[i1]) * levels[1] + (sumx[n] - sumx[i2]) * levels[2]
+    sumq2 = ((sumw[i1] - sumw[0]) * levels[0] * levels[0] + (sumw[i2] - sumw[i1]) * levels[1] * levels[1]
+             + (sumw[n] - sumw[i2]) * levels[2] * levels[2])
+    return sumqx, sumq2
+
+
+@inline
+def _best_neighbour2(neighbours, start, grid, xb, weight, o, scale, levels, L):
+    """iq1_find_best_neighbour2: the listed neighbour nearest (weighted) to xb[o:o + 8] /
+    scale, its levels meaning levels[l]; a full search of the grid if none is (only
+    non-finite input gets there; ggml's reads x at the grid index there, out of range)."""
+    best_d2 = _FLT_MAX
+    best = -1
+    for j in range(1, np.int64(neighbours[start]) + 1):
+        g = np.int64(neighbours[start + j])
+        d2 = _F0
+        for i in range(8):
+            diff = scale * levels[(grid[g, i] - 1) // 2] - xb[o + i]
+            d2 += weight[o + i] * diff * diff
+        if d2 < best_d2:
+            best_d2 = d2
+            best = g
+    if best < 0:
+        for g in range(grid.shape[0]):
+            d2 = _F0
+            for i in range(8):
+                diff = scale * levels[(grid[g, i] - 1) // 2] - xb[o + i]
+                d2 += weight[o + i] * diff * diff
+            if d2 < best_d2:
+                best_d2 = d2
+                best = g
+    for i in range(8):
+        L[o + i] = (grid[best, i] - 1) // 2
+    return best
+
+
+@kernel
+def _iq1_s_rows(x, qw, out, grid, kmap, neighbours):
+    """Layout (50 bytes): d (stored times 1.125), qs[32] (low 8 bits of an 11-bit grid index
+    per 8 weights), qh u16[8] per 32 weights: the 3 top bits of its 4 indices (bits 3k),
+    the 3-bit scale (bits 12-14) and the shift's sign (bit 15: -delta)."""
+    n = 32
+    x_p = np.array([-1 + _IQ1_DELTA, _IQ1_DELTA, 1 + _IQ1_DELTA], np.float32)
+    x_m = np.array([-1 - _IQ1_DELTA, -_IQ1_DELTA, 1 - _IQ1_DELTA], np.float32)
+    weight = np.empty(n, np.float32)
+    sumx = np.empty(n + 1, np.float32)
+    sumw = np.empty(n + 1, np.float32)
+    order = np.empty(n, np.int64)
+    L = np.zeros(n, np.int64)
+    index = np.zeros(4, np.int64)
+    scales = np.empty(8, np.float32)
+    shifts = np.empty(8, np.int64)
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // QK_K):
+            s, o = b * QK_K, b * IQ1_S_BYTES
+            out[r, o : o + IQ1_S_BYTES] = 0
+            sumx2 = _F0
+            for i in range(QK_K):
+                sumx2 += x[r, s + i] * x[r, s + i]
+            sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
+            max_scale = _F0
+            qh = np.zeros(8, np.int64)
+            for ib in range(8):
+                xb = x[r, s + n * ib : s + n * ib + n]
+                for i in range(n):
+                    weight[i] = qw[s + n * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+                vmax = abs(xb[0])
+                for i in range(1, n):
+                    vmax = vmax if vmax > abs(xb[i]) else abs(xb[i])
+                scales[ib] = _F0
+                shifts[ib] = 1
+                if vmax < _GROUP_MAX_EPS_IQ1_S:
+                    continue
+                _sorted_order(xb, order)
+                sumx[0] = _F0
+                sumw[0] = _F0
+                for j in range(n):
+                    i = order[j]
+                    sumx[j + 1] = sumx[j] + weight[i] * xb[i]
+                    sumw[j + 1] = sumw[j] + weight[i]
+                best_score = -_FLT_MAX
+                scale = vmax
+                besti1 = -1
+                besti2 = -1
+                best_shift = 0
+                for i1 in range(n + 1):
+                    for i2 in range(i1, n + 1):
+                        sumqx, sumq2 = _split_score(sumx, sumw, i1, i2, n, x_p)
+                        if sumq2 > 0 and sumqx * sumqx > best_score * sumq2:
+                            scale = sumqx / sumq2
+                            best_score = scale * sumqx
+                            besti1, besti2, best_shift = i1, i2, 1
+                        sumqx, sumq2 = _split_score(sumx, sumw, i1, i2, n, x_m)
+                        if sumq2 > 0 and sumqx * sumqx > best_score * sumq2:
+                            scale = sumqx / sumq2
+                            best_score = scale * sumqx
+                            besti1, besti2, best_shift = i1, i2, -1
+                if besti1 < 0 or besti2 < 0 or best_shift == 0:
+                    continue
+                for j in range(n):
+                    L[order[j]] = 0 if j < besti1 else 1 if j < besti2 else 2
+                if scale < 0:
+                    for j in range(n):
+                        L[j] = 2 - L[j]
+                    scale = -scale
+                    best_shift = -best_shift
+                levels = x_p if best_shift == 1 else x_m
+                all_on_grid = True
+                for k in range(4):
+                    g = np.int64(kmap[_key(L, 8 * k, 8, 2)])
+                    if g < 0:
+                        all_on_grid = False
+                        g = _best_neighbour2(neighbours, -g - 1, grid, xb, weight, 8 * k, scale, levels, L)
+                    index[k] = g
+                if not all_on_grid:
+                    sumqx = _F0
+                    sumq2 = _F0
+                    for k in range(4):
+                        for j in range(8):
+                            w = weight[8 * k + j]
+                            q = levels[(grid[index[k], j] - 1) // 2]
+                            sumqx += w * q * xb[8 * k + j]
+                            sumq2 += w * q * q
+                    if sumqx > 0 and sumq2 > 0:
+                        scale = sumqx / sumq2
+                h = 0
+                for k in range(4):
+                    out[r, o + 2 + 4 * ib + k] = index[k] & 255
+                    h |= (index[k] >> 8) << (3 * k)
+                qh[ib] = h
+                scales[ib] = scale
+                shifts[ib] = best_shift
+                max_scale = max(max_scale, scale)
+            if max_scale == 0:
+                continue
+            d = max_scale / np.float32(15)
+            store_fp16(out, r, o, d * np.float32(1.125))
+            id_ = _F1 / d
+            for ib in range(8):
+                l = max(0, min(7, nearest_int(_HALF * (id_ * scales[ib] - _F1))))
+                if shifts[ib] == -1:
+                    l |= 8
+                h = qh[ib] | (l << 12)
+                out[r, o + 34 + 2 * ib] = h & 0xFF
+                out[r, o + 35 + 2 * ib] = (h >> 8) & 0xFF
+
+
+def iq1_s_weighted(x: np.ndarray, qw: np.ndarray, out: np.ndarray) -> None:
+    """IQ1_S rows of x weighted by qw (quantize_iq1_s)."""
+    _iq1_s_rows(x, qw, out, *neighbour_tables("IQ1_S", 3, _KMAP_2BIT))
+
+
+@kernel
+def _dequantize_iq1_s(raw, out):
+    for r in range(raw.shape[0]):
+        for b in range(raw.shape[1] // IQ1_S_BYTES):
+            o, s = b * IQ1_S_BYTES, b * QK_K
+            d = load_fp16(raw, r, o)
+            for ib in range(8):
+                qh = np.int64(raw[r, o + 34 + 2 * ib]) | (np.int64(raw[r, o + 35 + 2 * ib]) << 8)
+                dl = d * np.float32(2 * ((qh >> 12) & 7) + 1)
+                delta = -_IQ1_DELTA if qh & 0x8000 else _IQ1_DELTA
+                for k in range(4):
+                    g = np.int64(raw[r, o + 2 + 4 * ib + k]) | (((qh >> (3 * k)) & 7) << 8)
+                    for i in range(8):
+                        out[r, s + 32 * ib + 8 * k + i] = dl * (np.float32(np.int64(IQ1_S_LEVELS[g, i]) - 1) + delta)
+
+
+dequantize_iq1_s = dequantizer(_dequantize_iq1_s, "IQ1_S", QK_K, IQ1_S_BYTES)

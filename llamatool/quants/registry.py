@@ -76,6 +76,7 @@ _FAMILY = {
     "IQ2_XS": ("lowbit", "Q8_K"),
     "IQ3_XXS": ("lowbit", "Q8_K"),
     "IQ2_S": ("lowbit", "Q8_K"),
+    "IQ1_S": ("lowbit", "Q8_K"),
 }
 
 
