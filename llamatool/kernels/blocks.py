@@ -38,9 +38,9 @@ from llamatool.jit import njit
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, pack2, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
                    interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
-from .types import IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
+from .types import IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
-from llamatool.quants.grids import IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS  # noqa: E402
+from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS  # noqa: E402
 
 from numba import float32, int32, int64, uint8, uint16, uint32, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
@@ -755,6 +755,64 @@ def iq3_xxs_superblock(W, bo, dx):
             repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
 
 
+# IQ1_S (50 bytes: d, qs[32], qh u16[8]): per 32 weights (chunk j) 4 11-bit grid indices of 8
+# levels l in 0..2 (qs[4j + k] | bits 3k of qh[j] << 8), a 3-bit scale ls (bits 12-14) and the
+# sign of delta (bit 15): weight = d (2 ls + 1) (l - 1 + delta), delta = +-1/8. q is l itself,
+# the rest an offset.
+
+IQ1_S_POINTS = np.ascontiguousarray(IQ1_S_LEVELS.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_s_point(W, bo, j, qh, k):
+    return load(IQ1_S_POINTS, 8 * (_b(W, bo + 2 + 4 * j + k) | (((qh >> (3 * k)) & 7) << 8)), 8)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_s_qh(W, bo, j):
+    return int64(load_u16(W, bo + 34 + 2 * j, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_s_weights(W, bo, j, qh):
+    return concat(concat(_iq1_s_point(W, bo, j, qh, 0), _iq1_s_point(W, bo, j, qh, 1)),
+                  concat(_iq1_s_point(W, bo, j, qh, 2), _iq1_s_point(W, bo, j, qh, 3)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_s_scale_offset(W, bo, qh):
+    dl = load_f16(W, bo, 1) * float32(2 * ((qh >> 12) & 7) + 1)
+    delta = float32(-0.125) if qh & 0x8000 else float32(0.125)
+    return dl, dl * (delta - float32(1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq1_s_chunk(W, bo, j):
+    qh = _iq1_s_qh(W, bo, j)
+    dl, m = _iq1_s_scale_offset(W, bo, qh)
+    return _iq1_s_weights(W, bo, j, qh), dl, dl, m, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_s_pair(W, bo, p):
+    qa, qb = _iq1_s_qh(W, bo, 2 * p), _iq1_s_qh(W, bo, 2 * p + 1)
+    da, ma = _iq1_s_scale_offset(W, bo, qa)
+    db, mb = _iq1_s_scale_offset(W, bo, qb)
+    return concat(_iq1_s_weights(W, bo, 2 * p, qa), _iq1_s_weights(W, bo, 2 * p + 1, qb)), pack2(da, db), pack2(ma, mb)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq1_s_superblock(W, bo, dx):
+    w0, d0, m0 = _iq1_s_pair(W, bo, 0)
+    w1, d1, m1 = _iq1_s_pair(W, bo, 1)
+    w2, d2, m2 = _iq1_s_pair(W, bo, 2)
+    w3, d3, m3 = _iq1_s_pair(W, bo, 3)
+    sc = concat(concat(d0, d1), concat(d2, d3)) * dx
+    m = concat(concat(m0, m1), concat(m2, m3))
+    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
+            repeat_slice(sc, 6, 2, 8), repeat_slice(m, 0, 8, 2))
+
+
 # IQ3_S (110 bytes: d, qs[64], qh[8], signs[32], scales[4]): per 32 weights (chunk j) 8 grid
 # points of 4 magnitudes in {1, 3, ..., 15}, point k's index qs[8j + k] | bit k of qh[j] << 8,
 # the signs one bit per weight in the u32 at signs[4j], weight = d * (1 + 2 ls) * magnitude * sign.
@@ -808,7 +866,7 @@ CHUNK_DECODERS = {
     IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
     Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk, IQ2_XXS: iq2_xxs_chunk,
     IQ3_S: iq3_s_chunk, IQ2_XS: iq2_xs_chunk, IQ3_XXS: iq3_xxs_chunk,
-    IQ2_S: iq2_s_chunk,
+    IQ2_S: iq2_s_chunk, IQ1_S: iq1_s_chunk,
 }  # fmt: skip
 #: decoders of chunk pairs, for types where decoding two chunks at once saves work
 PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
@@ -816,14 +874,14 @@ PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
 GROUP_BYTES = {
     Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
     Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66, IQ2_XXS: 66,
-    IQ3_S: 110, IQ2_XS: 74, IQ3_XXS: 98, IQ2_S: 82,
+    IQ3_S: 110, IQ2_XS: 74, IQ3_XXS: 98, IQ2_S: 82, IQ1_S: 50,
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
 SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
                        Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
                        TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock, IQ3_S: iq3_s_superblock,
                        IQ2_XS: iq2_xs_superblock, IQ3_XXS: iq3_xxs_superblock,
-                       IQ2_S: iq2_s_superblock}
+                       IQ2_S: iq2_s_superblock, IQ1_S: iq1_s_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS, IQ2_S)
 
