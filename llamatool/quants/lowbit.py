@@ -307,50 +307,65 @@ def _dequantize_iq2_xxs(raw, out):
 dequantize_iq2_xxs = dequantizer(_dequantize_iq2_xxs, "IQ2_XXS", QK_K, IQ2_XXS_BYTES)
 
 
-# ----------------------------------------------------------------------------- IQ2_XS
+# ----------------------------------------------------------------------------- IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S search
 
 
 @kernel
-def _iq2_xs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours, eps):
-    """quantize_row_iq2_xs_impl's (and iq2_s's) search for one block of 16 magnitudes xval:
-    (scale, found), L its levels (0..2, 8 values per grid point)."""
-    kmax = 3
+def _grid_search(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours, bits, kmax, n_steps, step_size,
+                 eps, iq3_s):
+    """The scale search of quantize_row_iq2_xs_impl, iq2_s, iq3_xxs and iq3_s for one block
+    of magnitudes xval: (scale, found), L its levels (0..kmax-1, grid.shape[1] values per grid
+    point, `bits` bits each in the keys). Scales (2 kmax - 1 + step * step_size) / max for
+    step in -n_steps..n_steps, the best by sumqx**2 / sumq2; then the groups found off the
+    grid are placed again at the chosen scale (IQ3_S: every group) and the scale refitted.
+    found is False for a block ggml leaves empty: max < eps (IQ3_S, eps 0: max == 0)."""
+    n = xval.size
+    group = grid.shape[1]
     vmax = xval[0]
-    for i in range(1, 16):
+    for i in range(1, n):
         vmax = vmax if vmax > xval[i] else xval[i]
     L[:] = 0
-    if vmax < eps:
+    if (vmax == 0) if eps == 0 else (vmax < eps):
         return _F0, False
     best = _F0
     scale = vmax / np.float32(2 * kmax - 1)
-    on_grid[:] = True
-    for step in range(-9, 10):
-        id_ = (np.float32(2 * kmax - 1) + np.float32(step) * _TENTH) / vmax
+    on_grid[:] = not iq3_s
+    for step in range(-n_steps, n_steps + 1):
+        id_ = (np.float32(2 * kmax - 1) + np.float32(step) * step_size) / vmax
         this_scale = _F1 / id_
-        for k in range(2):
-            for i in range(8):
-                l = nearest_int(_HALF * (id_ * xval[8 * k + i] - _F1))
-                Laux[8 * k + i] = max(0, min(kmax - 1, l))
-            on_grid_aux[k] = _grid_index(kmap, neighbours, grid, xval, waux, 8 * k, this_scale, Laux, 2) >= 0
-        sumqx, sumq2 = _sums(weight, xval, Laux, 16)
+        for k in range(n // group):
+            for i in range(group):
+                l = nearest_int(_HALF * (id_ * xval[group * k + i] - _F1))
+                Laux[group * k + i] = max(0, min(kmax - 1, l))
+            on_grid_aux[k] = _grid_index(kmap, neighbours, grid, xval, waux, group * k, this_scale, Laux, bits) >= 0
+        sumqx, sumq2 = _sums(weight, xval, Laux, n)
         if sumq2 > 0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
             best = scale * sumqx
             L[:] = Laux
             on_grid[:] = on_grid_aux
-    if (not on_grid[0] or not on_grid[1]) and scale > 0:
+    n_off_grid = 0
+    for k in range(n // group):
+        n_off_grid += not on_grid[k]
+    if n_off_grid > 0 and scale > 0:
         id_ = _F1 / scale
-        for k in range(2):
-            if on_grid[k]:
+        for k in range(n // group):
+            if on_grid[k] and not iq3_s:
                 continue
-            for i in range(8):
-                l = nearest_int(_HALF * (id_ * xval[8 * k + i] - _F1))
-                L[8 * k + i] = max(0, min(kmax - 1, l))
-            _grid_index(kmap, neighbours, grid, xval, waux, 8 * k, scale, L, 2)
-        sumqx, sumq2 = _sums(weight, xval, L, 16)
+            for i in range(group):
+                l = nearest_int(_HALF * (id_ * xval[group * k + i] - _F1))
+                L[group * k + i] = max(0, min(kmax - 1, l))
+            g = _grid_index(kmap, neighbours, grid, xval, waux, group * k, scale, L, bits)
+            g = g if g >= 0 else -1 - g
+            for i in range(group):
+                L[group * k + i] = (grid[g, i] - 1) // 2
+        sumqx, sumq2 = _sums(weight, xval, L, n)
         if sumq2 > 0:
             scale = sumqx / sumq2
     return scale, True
+
+
+# ----------------------------------------------------------------------------- IQ2_XS
 
 
 @kernel
@@ -385,8 +400,8 @@ def _iq2_xs_rows(x, qw, out, grid, kmap, neighbours):
                     waux[i] = np.sqrt(weight[i])
                 for k in range(2):
                     signs[k] = _flip_signs(xb, weight, xval, k) & 127
-                scale, found = _iq2_xs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours,
-                                             _GROUP_MAX_EPS)
+                scale, found = _grid_search(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours,
+                                            2, 3, 9, _TENTH, _GROUP_MAX_EPS, False)
                 scales[ib] = _F0
                 if not found:
                     continue
@@ -483,8 +498,8 @@ def iq2_s_rows(x, qw, out, grid, kmap, neighbours):
                             xval[8 * k + i] = -v
                             bits |= 1 << i
                     signs[k] = bits
-                scale, found = _iq2_xs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours,
-                                             _GROUP_MAX_EPS_IQ2_S)
+                scale, found = _grid_search(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours,
+                                            2, 3, 9, _TENTH, _GROUP_MAX_EPS_IQ2_S, False)
                 scales[ib] = _F0
                 if not found:
                     continue
@@ -553,53 +568,6 @@ dequantize_iq2_s = dequantizer(_dequantize_iq2_s, "IQ2_S", QK_K, IQ2_S_BYTES)
 
 
 @kernel
-def _iq3_s_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours):
-    """quantize_row_iq3_s_impl's search for one block of 32 magnitudes xval: the scale, L
-    its levels (0..7 per value, 4 values per grid point)."""
-    kmax = 8
-    vmax = xval[0]
-    for i in range(1, 32):
-        vmax = vmax if vmax > xval[i] else xval[i]
-    L[:] = 0
-    if vmax == 0:
-        return _F0, False
-    best = _F0
-    scale = vmax / np.float32(2 * kmax - 1)
-    on_grid[:] = False
-    for step in range(-9, 10):
-        id_ = (np.float32(2 * kmax - 1) + np.float32(step) * np.float32(0.2)) / vmax
-        this_scale = _F1 / id_
-        for k in range(8):
-            for i in range(4):
-                l = nearest_int(_HALF * (id_ * xval[4 * k + i] - _F1))
-                Laux[4 * k + i] = max(0, min(kmax - 1, l))
-            on_grid_aux[k] = _grid_index(kmap, neighbours, grid, xval, waux, 4 * k, this_scale, Laux, 3) >= 0
-        sumqx, sumq2 = _sums(weight, xval, Laux, 32)
-        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
-            scale = sumqx / sumq2
-            best = scale * sumqx
-            L[:] = Laux
-            on_grid[:] = on_grid_aux
-    n_off_grid = 0
-    for k in range(8):
-        n_off_grid += not on_grid[k]
-    if n_off_grid > 0 and scale > 0:
-        id_ = _F1 / scale
-        for k in range(8):
-            for i in range(4):
-                l = nearest_int(_HALF * (id_ * xval[4 * k + i] - _F1))
-                L[4 * k + i] = max(0, min(kmax - 1, l))
-            g = _grid_index(kmap, neighbours, grid, xval, waux, 4 * k, scale, L, 3)
-            g = g if g >= 0 else -1 - g
-            for i in range(4):
-                L[4 * k + i] = (grid[g, i] - 1) // 2
-        sumqx, sumq2 = _sums(weight, xval, L, 32)
-        if sumq2 > 0:
-            scale = sumqx / sumq2
-    return scale, True
-
-
-@kernel
 def iq3_s_rows(x, qw, out, grid, kmap, neighbours):
     """IQ3_S rows of x (quantize_iq3_s), weighted by qw (empty: by x**2).
 
@@ -646,7 +614,8 @@ def iq3_s_rows(x, qw, out, grid, kmap, neighbours):
                             xval[8 * k + i] = -v
                             bits |= 1 << i
                     signs[k] = bits
-                scale, found = _iq3_s_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours)
+                scale, found = _grid_search(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours,
+                                            3, 8, 9, np.float32(0.2), _F0, True)
                 scales[ib] = _F0
                 if not found:
                     continue
@@ -714,55 +683,6 @@ dequantize_iq3_s = dequantizer(_dequantize_iq3_s, "IQ3_S", QK_K, IQ3_S_BYTES)
 
 
 @kernel
-def _iq3_xxs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours):
-    """quantize_row_iq3_xxs_impl's search for one block of 32 magnitudes xval: (scale,
-    found), L its levels (0..7, 4 values per grid point)."""
-    kmax = 8
-    vmax = xval[0]
-    for i in range(1, 32):
-        vmax = vmax if vmax > xval[i] else xval[i]
-    L[:] = 0
-    if vmax < _GROUP_MAX_EPS_IQ3_XXS:
-        return _F0, False
-    best = _F0
-    scale = vmax / np.float32(2 * kmax - 1)
-    on_grid[:] = True
-    for step in range(-15, 16):
-        id_ = (np.float32(2 * kmax - 1) + np.float32(step) * np.float32(0.2)) / vmax
-        this_scale = _F1 / id_
-        for k in range(8):
-            for i in range(4):
-                l = nearest_int(_HALF * (id_ * xval[4 * k + i] - _F1))
-                Laux[4 * k + i] = max(0, min(kmax - 1, l))
-            on_grid_aux[k] = _grid_index(kmap, neighbours, grid, xval, waux, 4 * k, this_scale, Laux, 3) >= 0
-        sumqx, sumq2 = _sums(weight, xval, Laux, 32)
-        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
-            scale = sumqx / sumq2
-            best = scale * sumqx
-            L[:] = Laux
-            on_grid[:] = on_grid_aux
-    n_off_grid = 0
-    for k in range(8):
-        n_off_grid += not on_grid[k]
-    if n_off_grid > 0 and scale > 0:
-        id_ = _F1 / scale
-        for k in range(8):
-            if on_grid[k]:
-                continue
-            for i in range(4):
-                l = nearest_int(_HALF * (id_ * xval[4 * k + i] - _F1))
-                L[4 * k + i] = max(0, min(kmax - 1, l))
-            g = _grid_index(kmap, neighbours, grid, xval, waux, 4 * k, scale, L, 3)
-            g = g if g >= 0 else -1 - g
-            for i in range(4):
-                L[4 * k + i] = (grid[g, i] - 1) // 2
-        sumqx, sumq2 = _sums(weight, xval, L, 32)
-        if sumq2 > 0:
-            scale = sumqx / sumq2
-    return scale, True
-
-
-@kernel
 def iq3_xxs_rows(x, qw, out, grid, kmap, neighbours):
     """IQ3_XXS rows of x (quantize_iq3_xxs), weighted by qw (empty: by x**2).
 
@@ -800,7 +720,8 @@ def iq3_xxs_rows(x, qw, out, grid, kmap, neighbours):
                     waux[i] = np.sqrt(weight[i])
                 for k in range(4):
                     signs[k] = _flip_signs(xb, weight, xval, k) & 127
-                scale, found = _iq3_xxs_block(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours)
+                scale, found = _grid_search(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours,
+                                            3, 8, 15, np.float32(0.2), _GROUP_MAX_EPS_IQ3_XXS, False)
                 scales[ib] = _F0
                 if not found:
                     continue
