@@ -16,9 +16,10 @@ Three facts shape the port:
 - Types named explicitly (--output-tensor-type, --token-embedding-type) skip the
   fallback; llama-quantize then fails mid-file, we refuse before writing anything.
 
-Only the branches reachable from the presets below are ported (the IQ1/IQ2/IQ3 and MXFP4
-recipes are not); with an importance matrix (QuantizeOptions.has_imatrix) the rules that
-depend on one (IQ4 and Q4_0/Q5_0 ffn_down) follow llama-quantize's.
+Only the branches reachable from the presets below are ported (the MXFP4 recipe is not);
+with an importance matrix (QuantizeOptions.has_imatrix) the rules that depend on one (IQ3_XXS
+attn_v and ffn_down, IQ4 and Q4_0/Q5_0 ffn_down) follow llama-quantize's. The 1-3-bit presets
+put types on some tensors that cannot be made without one (`requires_imatrix`).
 """
 
 from __future__ import annotations
@@ -56,13 +57,32 @@ PRESETS: dict[str, tuple[FT, str]] = {
     "IQ4_XS": (FT.MOSTLY_IQ4_XS, "IQ4_XS"),
     "TQ1_0": (FT.MOSTLY_TQ1_0, "TQ1_0"),
     "TQ2_0": (FT.MOSTLY_TQ2_0, "TQ2_0"),
+    "Q2_K_S": (FT.MOSTLY_Q2_K_S, "Q2_K"),
+    "IQ2_XXS": (FT.MOSTLY_IQ2_XXS, "IQ2_XXS"),
+    "IQ2_XS": (FT.MOSTLY_IQ2_XS, "IQ2_XS"),
+    "IQ2_S": (FT.MOSTLY_IQ2_S, "IQ2_XS"),
+    "IQ2_M": (FT.MOSTLY_IQ2_M, "IQ2_S"),
+    "IQ3_XXS": (FT.MOSTLY_IQ3_XXS, "IQ3_XXS"),
+    "IQ3_XS": (FT.MOSTLY_IQ3_XS, "IQ3_S"),
+    "IQ3_S": (FT.MOSTLY_IQ3_S, "IQ3_S"),
+    "IQ3_M": (FT.MOSTLY_IQ3_M, "IQ3_S"),
+    "IQ1_S": (FT.MOSTLY_IQ1_S, "IQ1_S"),
+    "IQ1_M": (FT.MOSTLY_IQ1_M, "IQ1_M"),
 }
+# The presets whose recipe uses types that need an importance matrix (all but the IQ3_S mixes)
+LOW_BIT_PRESETS = ("Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ1_S", "IQ1_M")
+# Types ggml can only make with an importance matrix (tensor_requires_imatrix)
+_NEED_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S")
+# The 2-bit recipes (one branch of llama_tensor_get_type_impl), and the ones of them on IQ2_S/IQ3_S
+_IQ2_RECIPES = ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M")
+_IQ2_S_RECIPES = ("IQ2_S", "IQ2_M")
 # llama-quantize's shorthands for the medium K mixes
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
 # Fallback for a type whose 256-wide blocks do not fit the rows (tensor_type_fallback)
 _FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL",
-             "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}
+             "TQ1_0": "Q4_0", "TQ2_0": "Q4_0", "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL",
+             "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL"}
 
 # Architectures whose 80 (jais2: 68) layer models llama.cpp calls "70B" (one attn_v rule): the
 # families llamatool runs declare it (llamatool.arch); these others can only be quantized.
@@ -114,6 +134,14 @@ def is_preset(text: str) -> bool:
     except LlamatoolError:
         return False
     return True
+
+
+def requires_imatrix(name: str, type_name: str, preset: str) -> bool:
+    """tensor_requires_imatrix: the types ggml cannot make without quantization weights
+    (and Q2_K in a Q2_K_S file), except on the embeddings and the output matrix."""
+    if name in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"):
+        return False
+    return type_name in _NEED_IMATRIX or (type_name == "Q2_K" and canonical_preset(preset) == "Q2_K_S")
 
 
 def preset_file_type(preset: str | int) -> int:
@@ -292,13 +320,23 @@ class _Recipe:
                 return ggml_type(self.options.output_tensor_type).name
             if arch == "falcon" or ne[0] % ggml_type(new).block_size:
                 return "Q8_0"
+            if ft in ("IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"):
+                return "Q5_K"
             return new if new == "Q8_0" else "Q6_K"
         if cat == TOKEN_EMBD:  # untied embeddings
+            if ft in ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"):
+                return "Q2_K"
+            if ft in ("IQ2_S", "IQ2_M", "IQ3_XXS"):
+                return "IQ3_S"
             return "Q4_K" if ft in ("TQ1_0", "TQ2_0") else new
+        if ft in _IQ2_RECIPES:
+            return self._iq2(name, cat, new)
         if cat == ATTN_V:
             return self._attn_v(new)
         if cat == ATTN_K:
-            return "Q8_0" if f.n_expert == 8 else new
+            return "Q8_0" if f.n_expert == 8 else {"IQ3_XS": "IQ3_XXS", "IQ3_XXS": "IQ2_S"}.get(ft, new)
+        if cat == ATTN_Q:
+            return {"IQ3_XS": "IQ3_XXS", "IQ3_XXS": "IQ2_S"}.get(ft, new)
         if cat == FFN_DOWN:
             i_layer, n_layer = self._layer(self.c.i_ffn_down, name)
             self.c.i_ffn_down += 1
@@ -307,20 +345,49 @@ class _Recipe:
             if arch == "falcon":
                 return "Q4_K" if ft == "Q3_K_L" else new
             if f.n_expert == 8:
-                return "Q5_K" if ft in ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS") else new
-            return {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(ft, new)
-        if cat == FFN_GATE:
-            self._layer(self.c.i_ffn_gate, name)  # validates the layer, as llama.cpp does
-            self.c.i_ffn_gate += 1
-        elif cat == FFN_UP:
-            self._layer(self.c.i_ffn_up, name)
-            self.c.i_ffn_up += 1
+                return "Q5_K" if ft in ("Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M",
+                                        "IQ3_S", "IQ3_M", "IQ4_XS") else new  # fmt: skip
+            return {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}.get(ft, new)
+        if cat in (FFN_GATE, FFN_UP):
+            counter = "i_ffn_gate" if cat == FFN_GATE else "i_ffn_up"
+            i, n = self._layer(getattr(self.c, counter), name)  # validates the layer, as llama.cpp does
+            setattr(self.c, counter, getattr(self.c, counter) + 1)
+            if ft == "IQ3_XS" and n // 8 <= i < 7 * n // 8:
+                return "IQ3_XXS"
+        return new
+
+    def _iq2(self, name: str, cat: int, new: str) -> str:
+        """The 1-2-bit recipes: a few more bits on attn_v, the first ffn_down and attn_output;
+        the ffn_down counter runs over tensors, without the layer check of the others."""
+        f, ft = self.facts, self.ftype
+        richer = "IQ3_S" if ft in _IQ2_S_RECIPES else "Q2_K"
+        if cat == ATTN_V:
+            self.c.i_attention_wv += 1
+            return "Q4_K" if f.n_gqa >= 4 or f.n_expert >= 4 else richer
+        if cat == ATTN_K and f.n_expert == 8:
+            return "Q4_K"
+        if cat == FFN_DOWN:
+            i = self.c.i_ffn_down
+            self.c.i_ffn_down += 1
+            return richer if i < f.n_layer_all // 8 else new
+        if cat == ATTN_OUTPUT:
+            if f.n_expert == 8:
+                return "Q5_K"
+            return {"IQ1_S": "IQ2_XXS", "IQ1_M": "IQ2_XXS", "IQ2_S": "IQ3_S", "IQ2_M": "IQ3_S"}.get(ft, new)
         return new
 
     def _attn_v(self, new: str) -> str:
         f, ft, i, n = self.facts, self.ftype, self.c.i_attention_wv, self.c.n_attention_wv
         if ft == "Q2_K":
             new = "Q4_K" if f.n_gqa >= 4 else "Q3_K"
+        elif ft == "Q2_K_S" and f.n_gqa >= 4:
+            new = "Q4_K"
+        elif ft == "IQ3_XXS":
+            new = "Q4_K" if f.n_gqa >= 4 else "IQ3_XXS" if self.options.has_imatrix else "IQ3_S"
+        elif ft in ("IQ3_XS", "IQ3_S") and f.n_gqa >= 4:
+            new = "Q4_K"
+        elif ft == "IQ3_M":
+            new = "Q4_K"
         elif ft == "Q3_K_M":
             new = "Q5_K" if i < 2 else "Q4_K"
         elif ft == "Q3_K_L":
@@ -340,18 +407,23 @@ class _Recipe:
         return new
 
     def _ffn_down(self, new: str, i: int, n: int) -> str:
-        ft, falcon = self.ftype, self.facts.arch == "falcon"
+        ft, falcon, imatrix = self.ftype, self.facts.arch == "falcon", self.options.has_imatrix
         if ft == "Q2_K":
             return "Q3_K"
+        if ft == "Q2_K_S":
+            return "Q4_K" if i < n // 8 else new
+        if ft == "IQ3_XXS" and not imatrix:
+            return "Q4_K" if i < n // 8 else "Q3_K"
         if ft == "Q3_K_M":
             return "Q5_K" if i < n // 16 else "Q4_K" if not falcon or _use_more_bits(i, n) else "Q3_K"
+        if ft == "IQ3_M" and (i < n // 8 or (self.facts.n_expert == 8 and _use_more_bits(i, n))):
+            return "Q4_K"
         if ft == "Q3_K_L":
             return "Q4_K" if falcon else "Q5_K"
         if ft == "Q4_K_M":
             if falcon:
                 return "Q6_K" if i < n // 16 else "Q5_K" if _use_more_bits(i, n) else "Q4_K"
             return "Q6_K" if _use_more_bits(i, n) else new
-        imatrix = self.options.has_imatrix
         if ft in ("IQ4_NL", "IQ4_XS") and i < n // 8 and not imatrix:
             return "Q5_K"
         if ft == "Q5_K_M" and _use_more_bits(i, n):

@@ -42,6 +42,7 @@ from .quant_rules import (
     plan_types,
     preset_file_type,
     preset_names,
+    requires_imatrix,
     tensor_types,
 )
 from .quants.registry import GGMLType, ggml_type
@@ -173,6 +174,18 @@ def check_requantize(reader: GGUFReader, jobs: list[TensorJob], options: Quantiz
             f"{reader.path}: already quantized ({len(requant)} tensors are {'/'.join(types)}); requantizing "
             f"loses quality compared with quantizing from F32/F16/BF16 - pass --allow-requantize to do it anyway"
         )
+
+
+def check_imatrix(plan: TypePlan, preset: str, weights: dict[str, np.ndarray] | None) -> None:
+    """llama-quantize's refusals: the 1-3-bit types are garbage without importance weights."""
+    for name, t in plan.types.items():
+        if name not in plan.quantizable or not requires_imatrix(name, t.name, preset):
+            continue
+        if weights is None:
+            raise LlamatoolError(f"this quantization requires an imatrix! (offending tensor: {name}, target type: "
+                                 f"{t.name}): make one with `llamatool imatrix` and pass --imatrix FILE")
+        if name not in weights:
+            raise LlamatoolError(f"Missing importance matrix for tensor {name} in a very low-bit quantization")
 
 
 @dataclass(frozen=True)
@@ -540,6 +553,7 @@ def quantize_model(
         if dry_run:
             return result
         check_requantize(reader, jobs, options)
+        check_imatrix(plan, preset, imatrix.weights if imatrix else None)
         kernels = load_kernels(jobs, imatrix.weights if imatrix else None)
         result.threads = worker_count(nthreads)
         start = time.perf_counter()

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from llamatool.quant_rules import LOW_BIT_PRESETS
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_TEXT = ROOT / "tests" / "data" / "shakespeare-sonnets.txt"
@@ -226,6 +228,9 @@ def main() -> None:
 
     for preset in [s.strip().upper() for s in args.presets.split(",") if s.strip()]:
         for imatrix in (None, args.imatrix) if args.imatrix else (None,):
+            if imatrix is None and args.imatrix and preset in LOW_BIT_PRESETS:
+                console.print(f"{preset}: made only with the imatrix (llama-quantize refuses it without)")
+                continue
             name = preset + (IMATRIX_TAG if imatrix else "")
             out = args.outdir / f"{stem}.{name}.gguf"
             t0 = time.perf_counter()

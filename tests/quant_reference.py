@@ -77,8 +77,9 @@ class GGMLReference:
         qtype = int(GGMLQuantizationType[type_name])
         return self.lib.ggml_blck_size(qtype), self.lib.ggml_type_size(qtype)
 
-    def quantize(self, type_name: str, x: np.ndarray) -> np.ndarray:
-        """Quantize float32 rows (n_rows, n_per_row) as llama-quantize does without an imatrix."""
+    def quantize(self, type_name: str, x: np.ndarray, quant_weights: np.ndarray | None = None) -> np.ndarray:
+        """Quantize float32 rows (n_rows, n_per_row) as llama-quantize does, without an imatrix
+        or with quant_weights (float32[n_per_row], an imatrix's row)."""
         block_size, type_size = self.block_geometry(type_name)
         x = np.ascontiguousarray(x, dtype=np.float32)
         n_rows, n_per_row = x.shape
@@ -87,7 +88,9 @@ class GGMLReference:
             getattr(self.lib, _ROW_REF_ONLY[type_name])(x.ctypes.data_as(_f32p), out.ctypes.data, x.size)
         else:
             qtype = int(GGMLQuantizationType[type_name])
-            self.lib.ggml_quantize_chunk(qtype, x.ctypes.data_as(_f32p), out.ctypes.data, 0, n_rows, n_per_row, None)
+            qw = None if quant_weights is None else np.ascontiguousarray(quant_weights, dtype=np.float32)
+            self.lib.ggml_quantize_chunk(qtype, x.ctypes.data_as(_f32p), out.ctypes.data, 0, n_rows, n_per_row,
+                                         None if qw is None else qw.ctypes.data_as(_f32p))
         return out
 
     def dequantize(self, type_name: str, raw: np.ndarray) -> np.ndarray:

@@ -31,10 +31,10 @@ from tests.conftest import llama_cpp_lib
 F16_FIELDS = {
     "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0],
     "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_XS": [0],
-    "TQ1_0": [52], "TQ2_0": [64],
+    "TQ1_0": [52], "TQ2_0": [64], "IQ2_XXS": [0], "IQ3_S": [0], "IQ2_XS": [0], "IQ3_XXS": [0], "IQ2_S": [0], "IQ1_S": [0],
 }
 QUANT_TYPES = list(F16_FIELDS)
-K_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "TQ1_0", "TQ2_0"}
+K_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ3_S", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ1_S"}
 FLOAT_TYPES = ["F32", "F16", "BF16"]
 
 

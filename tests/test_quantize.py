@@ -25,6 +25,7 @@ import pytest
 from llamatool.errors import LlamatoolError
 from llamatool.gguf_io import GGUFReader, ValueType
 from llamatool.quant_rules import (
+    LOW_BIT_PRESETS,
     PRESETS,
     QuantizeOptions,
     canonical_preset,
@@ -40,7 +41,9 @@ from tests.gguf_factory import write_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS_JSON = Path(__file__).parent / "data" / "quantize_plans.json"
-ALL_PRESETS = list(PRESETS)
+# The 1-3-bit presets (most need an imatrix) are compared with llama-quantize --imatrix in
+# test_quantize_imatrix.py; their plans are not recorded here yet.
+ALL_PRESETS = [p for p in PRESETS if p not in (*LOW_BIT_PRESETS, "IQ3_S", "IQ3_M")]
 V = ValueType
 
 

@@ -19,7 +19,8 @@ from .conftest import llama_cpp_binary, llamatool, load_script
 from .test_quantize import MODELS
 
 PRESETS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S",
-           "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]  # fmt: skip
+           "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0",
+           "Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S"]  # fmt: skip
 
 
 def synthetic_imatrix(model: Path, out: Path, seed: int = 0) -> Path:  # noqa: F821
@@ -107,3 +108,22 @@ def test_include_and_exclude_together_are_refused(models, tmp_path):
     model, imatrix = models["gqa4"]
     r = llamatool("quantize", "--imatrix", imatrix, "--include-weights", "a", "--exclude-weights", "b", model, tmp_path / "q.gguf", "Q4_0")
     assert r.returncode == 1 and "cannot be used together" in r.stderr
+
+
+@pytest.mark.parametrize("preset", ["IQ2_XXS", "IQ3_XXS", "Q2_K_S"])
+def test_low_bit_presets_without_an_imatrix_are_refused_as_llama_quantize_does(models, tmp_path, preset):
+    model, _ = models["gqa4"]
+    r = llamatool("quantize", model, tmp_path / "q.gguf", preset)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 1 and len(errors) == 1 and "requires an imatrix" in errors[0], r.stderr
+    assert not (tmp_path / "q.gguf").exists()
+
+
+def test_iq3_s_presets_need_no_imatrix_and_match_llama_quantize(models, llama_quantize, tmp_path):
+    model, _ = models["gqa4"]
+    for preset in ("IQ3_S", "IQ3_M"):
+        ours, theirs = tmp_path / f"ours-{preset}.gguf", tmp_path / f"theirs-{preset}.gguf"
+        assert llamatool("quantize", model, ours, preset).returncode == 0
+        ref = subprocess.run([llama_quantize, str(model), str(theirs), preset], capture_output=True, text=True, timeout=1800)
+        assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-2000:]
+        assert ours.read_bytes() == theirs.read_bytes(), preset

@@ -36,11 +36,14 @@ import numpy as np
 from llamatool.jit import njit
 
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
-from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16, load_f16, load_f16_pair,
+from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, pack2, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16,
+                   load_f16, load_f16_pair,
                    interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
-from .types import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
+from .types import IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
-from numba import float32, int32, int64, uint8, uint16, uint64  # noqa: E402  (numba is already imported by .simd)
+from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS  # noqa: E402
+
+from numba import float32, int32, int64, uint8, uint16, uint32, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
@@ -529,26 +532,359 @@ def tq1_0_superblock(W, bo, dx):
     return w0, w1, w2, w3, sc, sc, sc, sc, splat(-d, 16)
 
 
+# --- the grid types: 8 weights = a grid point's magnitudes, with signs ---------------------------
+# IQ2_XXS (66 bytes: d, then per 32 weights 4 grid-index bytes and a u32 of four 7-bit sign
+# indices and the 4-bit scale ls in bits 28-31): weight = d * (2 ls + 1) / 8 * magnitude * sign,
+# magnitudes in {8, 25, 43}. As unsigned bytes: 128 +- magnitude, the -128 in the offset.
+
+#: the grid's points one after another, 8 magnitudes each
+IQ2_XXS_POINTS = np.ascontiguousarray(IQ2_XXS_GRID.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _signed_u8(g, signs):
+    """128 + g or 128 - g per byte, as bit i of signs (a uint32) says: (g ^ m) - m with m
+    0 or 0xFF is g or -g in two's complement."""
+    m = splat(uint8(0), 32) - bit_mask(signs, 32, 0)
+    return ((g ^ m) - m) + splat(uint8(128), 32)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xxs_scale_word(W, bo, j):
+    return uint32(load_u32(W, bo + 6 + 8 * j, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _sign_bits(aux):
+    """The 32 sign bits of four 7-bit ksigns indices at bits 0, 7, 14, 21 of aux."""
+    return (uint32(get(KSIGNS, aux & 127)) | (uint32(get(KSIGNS, (aux >> 7) & 127)) << 8)
+            | (uint32(get(KSIGNS, (aux >> 14) & 127)) << 16) | (uint32(get(KSIGNS, (aux >> 21) & 127)) << 24))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xxs_weights(W, bo, j, aux):
+    o = bo + 2 + 8 * j
+    g = concat(concat(load(IQ2_XXS_POINTS, 8 * _b(W, o), 8), load(IQ2_XXS_POINTS, 8 * _b(W, o + 1), 8)),
+               concat(load(IQ2_XXS_POINTS, 8 * _b(W, o + 2), 8), load(IQ2_XXS_POINTS, 8 * _b(W, o + 3), 8)))
+    return _signed_u8(g, _sign_bits(aux))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xxs_dl(W, bo, j, aux):
+    return load_f16(W, bo, 1) * float32(2 * int32(aux >> 28) + 1) * float32(0.125)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_xxs_chunk(W, bo, j):
+    aux = _iq2_xxs_scale_word(W, bo, j)
+    dl = _iq2_xxs_dl(W, bo, j, aux)
+    m = float32(-128) * dl
+    return _iq2_xxs_weights(W, bo, j, aux), dl, dl, m, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xxs_pair(W, bo, p):
+    a, b = _iq2_xxs_scale_word(W, bo, 2 * p), _iq2_xxs_scale_word(W, bo, 2 * p + 1)
+    return concat(_iq2_xxs_weights(W, bo, 2 * p, a), _iq2_xxs_weights(W, bo, 2 * p + 1, b)), pack2(
+        _iq2_xxs_dl(W, bo, 2 * p, a), _iq2_xxs_dl(W, bo, 2 * p + 1, b))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_xxs_superblock(W, bo, dx):
+    w0, s0 = _iq2_xxs_pair(W, bo, 0)
+    w1, s1 = _iq2_xxs_pair(W, bo, 1)
+    w2, s2 = _iq2_xxs_pair(W, bo, 2)
+    w3, s3 = _iq2_xxs_pair(W, bo, 3)
+    dl = concat(concat(s0, s1), concat(s2, s3))  # float32 x 8: one scale per chunk
+    sc = dl * dx
+    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
+            repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
+
+
+# IQ2_XS (74 bytes: d, qs u16[32], scales[8]): per 8 weights a u16 of a 9-bit grid index (512
+# points, magnitudes as IQ2_XXS) and a 7-bit sign index; a 4-bit scale per 16 weights:
+# weight = d * (2 ls + 1) / 8 * magnitude * sign.
+
+IQ2_XS_POINTS = np.ascontiguousarray(IQ2_XS_GRID.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xs_group(W, o):
+    """(8 magnitudes, 8 sign bits) of the u16 at o."""
+    q = int64(load_u16(W, o, 1))
+    return load(IQ2_XS_POINTS, 8 * (q & 511), 8), uint32(get(KSIGNS, q >> 9))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xs_weights(W, bo, j):
+    o = bo + 2 + 8 * j
+    g0, s0 = _iq2_xs_group(W, o)
+    g1, s1 = _iq2_xs_group(W, o + 2)
+    g2, s2 = _iq2_xs_group(W, o + 4)
+    g3, s3 = _iq2_xs_group(W, o + 6)
+    return _signed_u8(concat(concat(g0, g1), concat(g2, g3)), s0 | (s1 << 8) | (s2 << 16) | (s3 << 24))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _half_scale16(W, bo, at, j, half):
+    """IQ2_XS/IQ2_S: d * (2 ls + 1) / 8 for the 4-bit ls of half `half` of chunk j, nibble
+    `half` of byte at + j."""
+    ls = (_b(W, bo + at + j) >> (4 * half)) & 15
+    return load_f16(W, bo, 1) * float32(2 * ls + 1) * float32(0.125)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _scales4(W, bo, at, j):
+    """float32 x 4: the scales of the halves of chunks j and j + 1."""
+    return concat(pack2(_half_scale16(W, bo, at, j, 0), _half_scale16(W, bo, at, j, 1)),
+                  pack2(_half_scale16(W, bo, at, j + 1, 0), _half_scale16(W, bo, at, j + 1, 1)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _scales16(W, bo, at):
+    """float32 x 16: the super-block's scales, one per 16 weights."""
+    return concat(concat(_scales4(W, bo, at, 0), _scales4(W, bo, at, 2)), concat(_scales4(W, bo, at, 4), _scales4(W, bo, at, 6)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_xs_chunk(W, bo, j):
+    s0, s1 = _half_scale16(W, bo, 66, j, 0), _half_scale16(W, bo, 66, j, 1)
+    return _iq2_xs_weights(W, bo, j), s0, s1, float32(-128) * s0, float32(-128) * s1
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_xs_superblock(W, bo, dx):
+    dl = _scales16(W, bo, 66)
+    sc = dl * dx
+    return (concat(_iq2_xs_weights(W, bo, 0), _iq2_xs_weights(W, bo, 1)), concat(_iq2_xs_weights(W, bo, 2), _iq2_xs_weights(W, bo, 3)),
+            concat(_iq2_xs_weights(W, bo, 4), _iq2_xs_weights(W, bo, 5)), concat(_iq2_xs_weights(W, bo, 6), _iq2_xs_weights(W, bo, 7)),
+            repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
+            dl * float32(-128))
+
+
+# IQ2_S (82 bytes: d, qs[32], signs[32], qh[8], scales[8]): per 8 weights a 10-bit grid index
+# (1024 points, magnitudes as IQ2_XXS), qs[g] | bits 2(g % 4) of qh[g // 4] << 8, and a sign byte.
+
+IQ2_S_POINTS = np.ascontiguousarray(IQ2_S_GRID.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_s_point(W, bo, j, high, l):
+    return load(IQ2_S_POINTS, 8 * (_b(W, bo + 2 + 4 * j + l) | (((high >> (2 * l)) & 3) << 8)), 8)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_s_weights(W, bo, j):
+    high = _b(W, bo + 66 + j)
+    g = concat(concat(_iq2_s_point(W, bo, j, high, 0), _iq2_s_point(W, bo, j, high, 1)),
+               concat(_iq2_s_point(W, bo, j, high, 2), _iq2_s_point(W, bo, j, high, 3)))
+    return _signed_u8(g, uint32(load_u32(W, bo + 34 + 4 * j, 1)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_s_chunk(W, bo, j):
+    s0, s1 = _half_scale16(W, bo, 74, j, 0), _half_scale16(W, bo, 74, j, 1)
+    return _iq2_s_weights(W, bo, j), s0, s1, float32(-128) * s0, float32(-128) * s1
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq2_s_superblock(W, bo, dx):
+    dl = _scales16(W, bo, 74)
+    sc = dl * dx
+    return (concat(_iq2_s_weights(W, bo, 0), _iq2_s_weights(W, bo, 1)), concat(_iq2_s_weights(W, bo, 2), _iq2_s_weights(W, bo, 3)),
+            concat(_iq2_s_weights(W, bo, 4), _iq2_s_weights(W, bo, 5)), concat(_iq2_s_weights(W, bo, 6), _iq2_s_weights(W, bo, 7)),
+            repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
+            dl * float32(-128))
+
+
+# IQ3_XXS (98 bytes: d, qs[64], then per 32 weights a u32 as IQ2_XXS's second word): per 32
+# weights (chunk j) 8 grid indices qs[8j + k] of 4 magnitudes in {4, 12, ..., 62};
+# weight = d * (2 ls + 1) / 4 * magnitude * sign.
+
+IQ3_XXS_POINTS = np.ascontiguousarray(IQ3_XXS_GRID.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_xxs_point(W, qs, k):
+    return load(IQ3_XXS_POINTS, 4 * _b(W, qs + k), 4)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_xxs_weights(W, bo, j, aux):
+    qs = bo + 2 + 8 * j
+    g = concat(concat(concat(_iq3_xxs_point(W, qs, 0), _iq3_xxs_point(W, qs, 1)),
+                      concat(_iq3_xxs_point(W, qs, 2), _iq3_xxs_point(W, qs, 3))),
+               concat(concat(_iq3_xxs_point(W, qs, 4), _iq3_xxs_point(W, qs, 5)),
+                      concat(_iq3_xxs_point(W, qs, 6), _iq3_xxs_point(W, qs, 7))))
+    return _signed_u8(g, _sign_bits(aux))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_xxs_word(W, bo, j):
+    return uint32(load_u32(W, bo + 66 + 4 * j, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_xxs_dl(W, bo, aux):
+    return load_f16(W, bo, 1) * float32(2 * int32(aux >> 28) + 1) * float32(0.25)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq3_xxs_chunk(W, bo, j):
+    aux = _iq3_xxs_word(W, bo, j)
+    dl = _iq3_xxs_dl(W, bo, aux)
+    m = float32(-128) * dl
+    return _iq3_xxs_weights(W, bo, j, aux), dl, dl, m, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_xxs_pair(W, bo, p):
+    a, b = _iq3_xxs_word(W, bo, 2 * p), _iq3_xxs_word(W, bo, 2 * p + 1)
+    return (concat(_iq3_xxs_weights(W, bo, 2 * p, a), _iq3_xxs_weights(W, bo, 2 * p + 1, b)),
+            pack2(_iq3_xxs_dl(W, bo, a), _iq3_xxs_dl(W, bo, b)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq3_xxs_superblock(W, bo, dx):
+    w0, s0 = _iq3_xxs_pair(W, bo, 0)
+    w1, s1 = _iq3_xxs_pair(W, bo, 1)
+    w2, s2 = _iq3_xxs_pair(W, bo, 2)
+    w3, s3 = _iq3_xxs_pair(W, bo, 3)
+    dl = concat(concat(s0, s1), concat(s2, s3))
+    sc = dl * dx
+    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
+            repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
+
+
+# IQ1_S (50 bytes: d, qs[32], qh u16[8]): per 32 weights (chunk j) 4 11-bit grid indices of 8
+# levels l in 0..2 (qs[4j + k] | bits 3k of qh[j] << 8), a 3-bit scale ls (bits 12-14) and the
+# sign of delta (bit 15): weight = d (2 ls + 1) (l - 1 + delta), delta = +-1/8. q is l itself,
+# the rest an offset.
+
+IQ1_S_POINTS = np.ascontiguousarray(IQ1_S_LEVELS.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_s_point(W, bo, j, qh, k):
+    return load(IQ1_S_POINTS, 8 * (_b(W, bo + 2 + 4 * j + k) | (((qh >> (3 * k)) & 7) << 8)), 8)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_s_qh(W, bo, j):
+    return int64(load_u16(W, bo + 34 + 2 * j, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_s_weights(W, bo, j, qh):
+    return concat(concat(_iq1_s_point(W, bo, j, qh, 0), _iq1_s_point(W, bo, j, qh, 1)),
+                  concat(_iq1_s_point(W, bo, j, qh, 2), _iq1_s_point(W, bo, j, qh, 3)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_s_scale_offset(W, bo, qh):
+    dl = load_f16(W, bo, 1) * float32(2 * ((qh >> 12) & 7) + 1)
+    delta = float32(-0.125) if qh & 0x8000 else float32(0.125)
+    return dl, dl * (delta - float32(1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq1_s_chunk(W, bo, j):
+    qh = _iq1_s_qh(W, bo, j)
+    dl, m = _iq1_s_scale_offset(W, bo, qh)
+    return _iq1_s_weights(W, bo, j, qh), dl, dl, m, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_s_pair(W, bo, p):
+    qa, qb = _iq1_s_qh(W, bo, 2 * p), _iq1_s_qh(W, bo, 2 * p + 1)
+    da, ma = _iq1_s_scale_offset(W, bo, qa)
+    db, mb = _iq1_s_scale_offset(W, bo, qb)
+    return concat(_iq1_s_weights(W, bo, 2 * p, qa), _iq1_s_weights(W, bo, 2 * p + 1, qb)), pack2(da, db), pack2(ma, mb)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq1_s_superblock(W, bo, dx):
+    w0, d0, m0 = _iq1_s_pair(W, bo, 0)
+    w1, d1, m1 = _iq1_s_pair(W, bo, 1)
+    w2, d2, m2 = _iq1_s_pair(W, bo, 2)
+    w3, d3, m3 = _iq1_s_pair(W, bo, 3)
+    sc = concat(concat(d0, d1), concat(d2, d3)) * dx
+    m = concat(concat(m0, m1), concat(m2, m3))
+    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
+            repeat_slice(sc, 6, 2, 8), repeat_slice(m, 0, 8, 2))
+
+
+# IQ3_S (110 bytes: d, qs[64], qh[8], signs[32], scales[4]): per 32 weights (chunk j) 8 grid
+# points of 4 magnitudes in {1, 3, ..., 15}, point k's index qs[8j + k] | bit k of qh[j] << 8,
+# the signs one bit per weight in the u32 at signs[4j], weight = d * (1 + 2 ls) * magnitude * sign.
+
+IQ3_S_POINTS = np.ascontiguousarray(IQ3_S_GRID.reshape(-1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_point(W, qs, high, k):
+    return load(IQ3_S_POINTS, 4 * (_b(W, qs + k) | (((high >> k) & 1) << 8)), 4)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_s_weights(W, bo, j):
+    qs = bo + 2 + 8 * j
+    high = _b(W, bo + 66 + j)
+    g = concat(concat(concat(_iq3_point(W, qs, high, 0), _iq3_point(W, qs, high, 1)),
+                      concat(_iq3_point(W, qs, high, 2), _iq3_point(W, qs, high, 3))),
+               concat(concat(_iq3_point(W, qs, high, 4), _iq3_point(W, qs, high, 5)),
+                      concat(_iq3_point(W, qs, high, 6), _iq3_point(W, qs, high, 7))))
+    return _signed_u8(g, uint32(load_u32(W, bo + 74 + 4 * j, 1)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_s_dl(W, bo, j):
+    return load_f16(W, bo, 1) * float32(1 + 2 * ((_b(W, bo + 106 + j // 2) >> (4 * (j % 2))) & 15))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq3_s_chunk(W, bo, j):
+    dl = _iq3_s_dl(W, bo, j)
+    m = float32(-128) * dl
+    return _iq3_s_weights(W, bo, j), dl, dl, m, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq3_s_superblock(W, bo, dx):
+    dl = concat(concat(pack2(_iq3_s_dl(W, bo, 0), _iq3_s_dl(W, bo, 1)), pack2(_iq3_s_dl(W, bo, 2), _iq3_s_dl(W, bo, 3))),
+                concat(pack2(_iq3_s_dl(W, bo, 4), _iq3_s_dl(W, bo, 5)), pack2(_iq3_s_dl(W, bo, 6), _iq3_s_dl(W, bo, 7))))
+    sc = dl * dx
+    return (concat(_iq3_s_weights(W, bo, 0), _iq3_s_weights(W, bo, 1)), concat(_iq3_s_weights(W, bo, 2), _iq3_s_weights(W, bo, 3)),
+            concat(_iq3_s_weights(W, bo, 4), _iq3_s_weights(W, bo, 5)), concat(_iq3_s_weights(W, bo, 6), _iq3_s_weights(W, bo, 7)),
+            repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
+            repeat_slice(dl * float32(-128), 0, 8, 2))
+
+
 # --- choosing a decoder at compile time -----------------------------------------------------
 
 CHUNK_DECODERS = {
     Q4_0: q4_0_chunk, Q4_1: q4_1_chunk, Q5_0: q5_0_chunk, Q5_1: q5_1_chunk, Q8_0: q8_0_chunk,
     IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
-    Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk,
+    Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk, IQ2_XXS: iq2_xxs_chunk,
+    IQ3_S: iq3_s_chunk, IQ2_XS: iq2_xs_chunk, IQ3_XXS: iq3_xxs_chunk,
+    IQ2_S: iq2_s_chunk, IQ1_S: iq1_s_chunk,
 }  # fmt: skip
 #: decoders of chunk pairs, for types where decoding two chunks at once saves work
 PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
 #: bytes of a group of 8 chunks: a super-block, or 8 blocks of a 32-weight type
 GROUP_BYTES = {
     Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
-    Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66,
+    Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66, IQ2_XXS: 66,
+    IQ3_S: 110, IQ2_XS: 74, IQ3_XXS: 98, IQ2_S: 82, IQ1_S: 50,
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
 SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
                        Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
-                       TQ2_0: tq2_0_superblock}
+                       TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock, IQ3_S: iq3_s_superblock,
+                       IQ2_XS: iq2_xs_superblock, IQ3_XXS: iq3_xxs_superblock,
+                       IQ2_S: iq2_s_superblock, IQ1_S: iq1_s_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
-HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0)
+HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS, IQ2_S)
 
 
 # --- the 32-weight types by chunk pairs, for the decode loops (matmul.py) ------------------------

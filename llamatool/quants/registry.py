@@ -71,6 +71,12 @@ _FAMILY = {
     "IQ4_XS": ("iquants", "Q8_K"),
     "TQ1_0": ("ternary", "Q8_K"),
     "TQ2_0": ("ternary", "Q8_K"),
+    "IQ2_XXS": ("lowbit", "Q8_K"),
+    "IQ3_S": ("lowbit", "Q8_K"),
+    "IQ2_XS": ("lowbit", "Q8_K"),
+    "IQ3_XXS": ("lowbit", "Q8_K"),
+    "IQ2_S": ("lowbit", "Q8_K"),
+    "IQ1_S": ("lowbit", "Q8_K"),
 }
 
 
