@@ -64,6 +64,7 @@ from llamatool.jit import njit
 
 from .actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
 from .attention import attend_tile, cache_positions, scratch_floats, store_key16, store_value16
+from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS
 from .lora import lora_down3, lora_embed, lora_up
 from .matmul import call_dequant, call_rows
 from .norm import rmsnorm
@@ -207,12 +208,13 @@ def _prepare(src, t, K, flags, s):
 @njit(cache=True, _nrt=False, forceinline=True)
 def _exact_group(qtype):
     """Tokens one rows() call may take while giving each token the bits of a one-token call:
-    the four-token tile of the 32-weight types walks a row by the one-token steps, float rows
-    go token by token; the K-quants' tile decodes differently from their one-token loop."""
+    below gemm.MIN_TOKENS the 32-weight types take every token of a call by the one-token
+    steps (matmul._small_batch), float rows go token by token; the K-quants' tile decodes
+    differently from their one-token loop."""
     if qtype == F32 or qtype == F16 or qtype == BF16 or qtype == Q4_0 or qtype == Q4_1 or qtype == Q5_0:
-        return 4
+        return GEMM_MIN_TOKENS - 1
     if qtype == Q5_1 or qtype == Q8_0 or qtype == IQ4_NL:
-        return 4
+        return GEMM_MIN_TOKENS - 1
     return 1
 
 
