@@ -37,10 +37,11 @@ llama.cpp does.
 
 Batch invariance: the products of many tokens (gemm.py, from gemm.MIN_TOKENS tokens up)
 sum in another order than those of one token, so a token's bits would depend on how many
-tokens share its call. Tokens Batch.n_fast.. therefore go through the one-token loops only
-(in groups whose result is bit for bit each token's alone: four tokens for the 32-weight
-and float types, whose four-token tile takes the one-token steps, one for the K-quants):
-a server's slot gets the same logits alone or beside others. Tokens ..n_fast share the
+tokens share its call. Tokens Batch.n_fast.. therefore go through the one-token steps only
+(in groups whose result is bit for bit each token's alone: up to gemm.MIN_TOKENS - 1 tokens
+for the 32-weight types, whose small batches decode the weights once and run every token
+by the one-token steps, and for the float types; one for the K-quants): a server's slot
+gets the same logits alone or beside others. Tokens ..n_fast share the
 fast products (prompts; Model.eval uses them for every token); with gemm.MIN_TOKENS of them
 or more, a token's result there does not depend on the others either (gemm.py).
 

@@ -11,8 +11,12 @@ Loop shapes:
                    the 32-weight types go four rows per pass (each activation pair is read
                    and prepared once for four rows; four independent FMA chains) and ask
                    for the rows of a later pass meanwhile (software prefetch)
-    four tokens    a few tokens: each decoded weight chunk feeds four tokens, so the
-                   unpacking is paid once per four products (tile, not stream)
+    a few tokens   fewer than gemm.MIN_TOKENS (a server's decode step: one token per
+                   slot): the 32-weight types decode four rows once into a stack buffer
+                   and run the one-token steps of every token on it, so each token gets
+                   the bits of a one-token call (batch invariance) while the weights are
+                   read and decoded once per call; the K-quants take tiles of four tokens,
+                   each decoded chunk feeding four (tile, not stream)
     many tokens    prompt processing (gemm.py, from gemm.MIN_TOKENS tokens up): panels of
                    16 rows decoded once per call into a transposed stack buffer, 16 rows x
                    4 tokens per register tile
@@ -59,8 +63,8 @@ from llamatool.jit import njit
 from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, group_bytes, half_offsets,
                      decode_group, is_block32, pair_scales, weight_shift,
                      weight_shift_of)
-from .simd import (stack_array, dot4_u8i8, even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
-                   load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, store, to_f32)
+from .simd import (dot4_u8i8, even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
+                   load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, stack_array, store, to_f32)
 from .ccall import c_signature, call_c
 from .lanes import repeat_slice
 from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS, quant_gemm
@@ -304,34 +308,6 @@ def _dot1_block32(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _dot4_block32(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    """One row . activation rows t..t+3 (32-weight types), by the steps of _dot1_block32 (the
-    weights of a group are read once: the four steps share them)."""
-    s0 = s1 = s2 = s3 = _start()
-    n_groups = n_chunks // 8
-    for g in range(n_groups):
-        bo = row + g * group_bytes(qtype)
-        c = 8 * g
-        s0 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t, K, c), s0)
-        s1 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t + 1, K, c), s1)
-        s2 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t + 2, K, c), s2)
-        s3 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t + 3, K, c), s3)
-    bo = row + n_groups * group_bytes(qtype)
-    c = 8 * n_groups
-    while c + 2 <= n_chunks:
-        j = c - 8 * n_groups
-        s0 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t, K, c), s0)
-        s1 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t + 1, K, c), s1)
-        s2 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t + 2, K, c), s2)
-        s3 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t + 3, K, c), s3)
-        c += 2
-    return (_total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, s0),
-            _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t + 1, K, s1),
-            _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t + 2, K, s2),
-            _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t + 3, K, s3))
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
 def _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs):
     """Super-block g of a row (at byte offset bo) . activation row t, into acc/offs. Q8_K has
     one activation scale per super-block, so every scale is a lane vector made once here."""
@@ -366,17 +342,6 @@ def _dot1_superblocks(qtype, W, row, n_chunks, q, d, s16, s32, t, K, ahead=0):
             _prefetch_group(qtype, W, bo + ahead)
         acc, offs = _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs)
     return hsum(acc + offs)
-
-
-def _dot4(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    """One row . activation rows t..t+3; compiled code only."""
-    raise NotImplementedError("_dot4 is only callable from compiled code")
-
-
-@overload(_dot4, jit_options={"_nrt": False, "forceinline": True})
-def _dot4_for_type(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    dot = _dot4_block32 if is_block32(qtype) else _dot4_chunks
-    return lambda qtype, W, row, n_chunks, q, d, s16, s32, t, K: dot(qtype, W, row, n_chunks, q, d, s16, s32, t, K)
 
 
 def _decode_rows(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
@@ -546,6 +511,16 @@ def _rows4_decoded(qtype, W, row, rb, n_chunks, wbuf, sbuf, q, d, s16, s32, t, K
             _total(qtype, W, row + 3 * rb, n_chunks, c, q, d, s16, s32, t, K, s3))
 
 
+@njit(cache=True, _nrt=False, forceinline=True)
+def _row_blocks_token_by_token(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
+    """Rows r0..r1 . tokens t0..t1 by the one-token loop, SMALL_BATCH_ROWS rows at a time (while
+    they are in L1, every token meets them)."""
+    for b0 in range(r0, r1, SMALL_BATCH_ROWS):
+        for t in range(t0, t1):
+            _decode_rows(qtype, W, w_off, row_bytes, K // 32, b0, min(b0 + SMALL_BATCH_ROWS, r1), q, d, s16, s32, t, K,
+                         out, (t - out_t0) * ldo + col0)
+
+
 def _small_batch(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
     """Rows r0..r1 . tokens t0..t1 (fewer than gemm.MIN_TOKENS, more than one); compiled code only."""
     raise NotImplementedError("_small_batch is only callable from compiled code")
@@ -589,7 +564,7 @@ def _small_batch_for_type(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s
             t = t0
             while t + 4 <= t1:
                 for r in range(b0, b1):
-                    y0, y1, y2, y3 = _dot4(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K)
+                    y0, y1, y2, y3 = _dot4_chunks(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K)
                     o = (t - out_t0) * ldo + col0 + r
                     out[o] = y0
                     out[o + ldo] = y1
@@ -774,12 +749,3 @@ def call_dequant(table, qtype, W, row, K, out, oo):
     """dequant() of type qtype through its C entry point in table (see kernel_tables)."""
     call_c(table[qtype], (W, row, K, out, oo))
 
-
-@njit(cache=True, _nrt=False)
-def _row_blocks_token_by_token(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
-    """Rows r0..r1 . tokens t0..t1 by the one-token loop, SMALL_BATCH_ROWS rows at a time (while
-    they are in L1, every token meets them)."""
-    for b0 in range(r0, r1, SMALL_BATCH_ROWS):
-        for t in range(t0, t1):
-            _decode_rows(qtype, W, w_off, row_bytes, K // 32, b0, min(b0 + SMALL_BATCH_ROWS, r1), q, d, s16, s32, t, K,
-                         out, (t - out_t0) * ldo + col0)
