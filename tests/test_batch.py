@@ -62,19 +62,17 @@ def test_sequences_in_one_call_get_their_logits_alone(tmp_path, qtype):
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q6_K"])
 def test_prompt_pieces_in_a_batch_get_model_eval_bits(tmp_path, qtype):
-    """Fast parts (prompt pieces of gemm.MIN_TOKENS tokens or more) get the bits Model.eval
-    gives the whole prompt in one call, however the prompt is cut and whatever shares the
-    calls: what the server's prompt-cache reuse relies on."""
+    """Fast parts (prompt pieces of 8 tokens or more) get the bits Model.eval gives the whole
+    prompt in one call, however the prompt is cut and whatever shares the calls: what the
+    server's prompt-cache reuse relies on."""
     model = tiny(tmp_path, qtype)
-    tail = PROMPTS[1] + PROMPTS[1]  # a piece just above the fast products' minimum
-    assert model.min_fast_tokens <= len(tail) < 2 * model.min_fast_tokens
-    prompt = BLOCK + tail
+    prompt = BLOCK + PROMPTS[1]
     reference = model.eval(prompt)
     after = model.eval([7])
     pool = model.new_caches(3)
     a, b, c = pool.states
     model.eval_many(pool, [Part(a, PROMPTS[0]), Part(b, BLOCK, exact=False, logits=False)])
-    first, _ = model.eval_many(pool, [Part(b, tail, exact=False), Part(c, BLOCK[:20], exact=False, logits=False),
+    first, _ = model.eval_many(pool, [Part(b, PROMPTS[1], exact=False), Part(c, BLOCK[:20], exact=False, logits=False),
                                       Part(a, PROMPTS[2])])
     assert np.array_equal(first, reference)
     assert np.array_equal(model.eval_many(pool, [Part(a, [9]), Part(b, [7])])[1], after)
@@ -89,6 +87,6 @@ def test_eval_many_refuses_what_it_cannot_do(tmp_path):
         model.eval_many(pool, [Part(a, [1] * 257)])
     with pytest.raises(LlamatoolError, match="outside the vocabulary"):
         model.eval_many(pool, [Part(a, [1]), Part(b, [10_000])])
-    with pytest.raises(LlamatoolError, match=f"fast part needs at least {model.min_fast_tokens} tokens"):
-        model.eval_many(pool, [Part(a, BLOCK[:model.min_fast_tokens - 1], exact=False)])
+    with pytest.raises(LlamatoolError, match="fast part needs at least 8 tokens"):
+        model.eval_many(pool, [Part(a, BLOCK[:7], exact=False)])
     assert a.n_past == b.n_past == 0 and a.history == b.history == []

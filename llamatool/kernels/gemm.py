@@ -53,7 +53,7 @@ BLOCK_K = 2048
 #: tokens per register tile
 TILE = 4
 #: calls with fewer tokens keep the one-row loops (packing would cost more than it saves)
-MIN_TOKENS = 16
+MIN_TOKENS = 8
 
 _WORDS = BLOCK_K // 4 * PANEL  # uint32 words of a packed block
 _UNITS = BLOCK_K // 16 * PANEL  # scale slots of a packed block (16-weight units at most)
