@@ -25,7 +25,7 @@ import pytest
 
 from llamatool import arch
 from llamatool.convert import ConvertOptions, convert_model
-from llamatool.model import Model
+from llamatool.model import Model, Part
 from tests.hf_factory import FIXTURES, CheckpointSpec, random_weights, write_checkpoint
 
 from .conftest import llama_cpp_binary
@@ -155,6 +155,62 @@ def test_end_of_generation_and_chat_template(family, f32_models):
 
 def _cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def _greedy(model, pool, parts_of_step, steps: int, n_seq: int) -> list[list[np.ndarray]]:
+    """Logits of each of n_seq sequences after its prompt and after each of `steps` greedy
+    tokens, the sequences' parts sharing one eval_many call per step; parts_of_step(step,
+    last logits of each) gives that step's parts, the sequences' first (their logits)."""
+    out = [[] for _ in range(n_seq)]
+    for step in range(steps + 1):
+        got = model.eval_many(pool, parts_of_step(step, [o[-1] if o else None for o in out]))
+        for i in range(n_seq):
+            out[i].append(got[i].copy())
+    return out
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "phi3"])
+def test_sequences_in_one_call_get_their_logits_alone_past_the_window(family, f32_models):
+    """Several sequences at different positions in one forward call (the server's batching):
+    Gemma 2/3's 16-position sliding window, Gemma 3's own rope base on its sliding layers and
+    Phi-3's long RoPE factors (n_ctx 64 > its 32 original positions). Each sequence gets bit
+    for bit the logits it gets alone, which are Model.eval's token by token, while the
+    sequences pass the window at different steps and a fourth one reads prompt blocks
+    through the fast products in the same calls (Model.eval's bits for those blocks)."""
+    _, _, gguf = f32_models[family]
+    model = Model.load(gguf, n_threads=2, n_ctx=64)
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(0, model.args.n_vocab, n).tolist() for n in (21, 3, 12)]
+    blocks = [rng.integers(0, model.args.n_vocab, 20).tolist() for _ in range(2)]
+    steps = 14  # positions up to 34, 16 and 25: past the window, one sequence not yet
+
+    def step_parts(seqs, with_blocks):
+        def parts(step, last):
+            out = [Part(pool.states[i], prompts[i] if step == 0 else [int(last[k].argmax())]) for k, i in enumerate(seqs)]
+            if with_blocks and step < len(blocks):
+                out.append(Part(pool.states[3], blocks[step], exact=False))
+            return out
+        return parts
+
+    pool = model.new_caches(4)
+    alone = [_greedy(model, pool, step_parts([i], False), steps, 1)[0] for i in range(len(prompts))]
+    for state in pool.states:
+        state.truncate(0)
+    together = _greedy(model, pool, step_parts([0, 1, 2], True), steps, 3)
+    for i in range(len(prompts)):
+        assert all(np.array_equal(a, b) for a, b in zip(alone[i], together[i])), (family, i)
+        model.reset()
+        sequence = pool.states[i].history
+        one_by_one = [model.eval([t]) for t in sequence]
+        assert all(np.array_equal(one_by_one[len(prompts[i]) - 1 + k], alone[i][k]) for k in range(steps + 1)), (family, i)
+    assert pool.states[3].history == blocks[0] + blocks[1]
+    model.reset()
+    model.eval(blocks[0])
+    fast_second = model.eval(blocks[1])
+    pool.states[3].truncate(0)
+    model.eval_many(pool, [Part(pool.states[3], blocks[0], exact=False, logits=False)])
+    assert np.array_equal(model.eval_many(pool, [Part(pool.states[3], blocks[1], exact=False), Part(pool.states[0], [5])])[0],
+                          fast_second)
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3"])
