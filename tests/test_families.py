@@ -1,5 +1,5 @@
-"""The model families beyond LLaMA (llamatool.arch): Qwen2, Qwen3, SmolLM3, Gemma 2 and Phi-3 on
-tiny seeded checkpoints.
+"""The model families beyond LLaMA (llamatool.arch): Qwen2, Qwen3, SmolLM3, Gemma 2, Gemma 3 and
+Phi-3 on tiny seeded checkpoints.
 
 Convert is checked byte for byte against the vendored converter in test_convert.py (the
 *-bpe and *-spm fixtures); here:
@@ -8,6 +8,7 @@ Convert is checked byte for byte against the vendored converter in test_convert.
   model (Hugging Face's math: rotate-half RoPE, biases, per-head Q/K norms, NoPE layers) with
   ggml's roundings, on the converted F32 file (Gemma 2 and Phi-3 are held to transformers
   and to llama.cpp below instead);
+- several sequences in one forward call past the sliding window (bit for bit each alone);
 - end-of-generation tokens, chat template, and the commands (run, bench, perplexity, tokenize);
 - quantize against the llama-quantize binary (when there is one), byte for byte;
 - reference tier: logits against transformers over 64 tokens.
