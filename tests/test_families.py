@@ -339,7 +339,7 @@ def _transformers_logits(folder: Path, ids: list[int], attention: str | None = N
 
 # Gemma 3's logits are 2.0e-3 (max abs; max |logit| about 4) from the rounded transformers run:
 # more than the bar, because the bar is below that reference's own spread. The F16 cache rounds
-# keys, values and queries to halves, where a step is 2^-11 of the value: a difference of one
+# keys, values and queries to halves, whose step is about 1/1000 of the value: a difference of one
 # float32 ulp before the rounding (another order of the same sums) moves an element by a whole
 # step now and then, and Gemma's post-attention norm rescales the small attention output back to
 # full size. The same transformers run with its sums in float64 (the roundings unchanged) is
