@@ -462,6 +462,28 @@ def test_refuses_unsupported_feature(victim, tmp_path, change, what):
     assert "\n" not in msg
 
 
+# checkpoints people try that llamatool (and this llama.cpp's text families) do not convert
+REFUSED_CHECKPOINTS = [
+    ("gemma3-spm", {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+                    "vision_config": {"hidden_size": 32}}, r"'Gemma3ForConditionalGeneration' is not supported \(.*Gemma3ForCausalLM"),
+    ("gemma3-spm", {"vision_config": {"hidden_size": 32}}, "a vision tower"),
+    ("qwen2-bpe", {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "num_experts": 4},
+     r"'Qwen2MoeForCausalLM' is not supported \(.*Qwen2ForCausalLM"),
+    ("qwen3-bpe", {"num_experts": 8}, "mixture-of-experts"),
+    ("phi3-spm", {"rope_scaling": {"type": "dynamic", "factor": 2.0}}, r"rope_scaling 'dynamic' is not supported for phi3 \(longrope\)"),
+    ("phi3-spm", {"rope_scaling": {"type": "yarn", "factor": 2.0, "long_factor": [1.0] * 8, "short_factor": [1.0] * 8}},
+     r"rope_scaling 'yarn' with long/short factors is not supported \(longrope, su\)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("key, change, match", REFUSED_CHECKPOINTS)
+def test_refuses_vision_moe_and_unsupported_rope_of_the_families(key, change, match, tmp_path):
+    """One line naming what is supported, nothing written, the checkpoint untouched."""
+    folder = write_checkpoint(tmp_path / "in", FIXTURES[key])
+    _edit_json(folder / "config.json", **change)
+    _refused(folder, tmp_path, match)
+
+
 def test_refuses_pickles_without_loading_them(tmp_path):
     folder = write_checkpoint(tmp_path / "in", FIXTURES["llama2-spm"])
     (folder / "model.safetensors").unlink()

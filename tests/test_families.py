@@ -1,5 +1,5 @@
-"""The model families beyond LLaMA (llamatool.arch): Qwen2, Qwen3, SmolLM3, Gemma 2 and Phi-3 on
-tiny seeded checkpoints.
+"""The model families beyond LLaMA (llamatool.arch): Qwen2, Qwen3, SmolLM3, Gemma 2, Gemma 3 and
+Phi-3 on tiny seeded checkpoints.
 
 Convert is checked byte for byte against the vendored converter in test_convert.py (the
 *-bpe and *-spm fixtures); here:
@@ -8,6 +8,7 @@ Convert is checked byte for byte against the vendored converter in test_convert.
   model (Hugging Face's math: rotate-half RoPE, biases, per-head Q/K norms, NoPE layers) with
   ggml's roundings, on the converted F32 file (Gemma 2 and Phi-3 are held to transformers
   and to llama.cpp below instead);
+- several sequences in one forward call past the sliding window (bit for bit each alone);
 - end-of-generation tokens, chat template, and the commands (run, bench, perplexity, tokenize);
 - quantize against the llama-quantize binary (when there is one), byte for byte;
 - reference tier: logits against transformers over 64 tokens.
@@ -25,10 +26,10 @@ import pytest
 
 from llamatool import arch
 from llamatool.convert import ConvertOptions, convert_model
-from llamatool.model import Model
+from llamatool.model import Model, Part
 from tests.hf_factory import FIXTURES, CheckpointSpec, random_weights, write_checkpoint
 
-from .conftest import llama_cpp_binary
+from .conftest import llama_cpp_binary, llama_cpp_module
 from .tiny_llama import TinyLlama, numpy_forward
 
 FAMILY_FIXTURES = {"qwen2": "qwen2-bpe", "qwen3": "qwen3-bpe", "smollm3": "smollm3-bpe", "gemma2": "gemma2-spm",
@@ -157,6 +158,62 @@ def _cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llamatool", *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
+def _greedy(model, pool, parts_of_step, steps: int, n_seq: int) -> list[list[np.ndarray]]:
+    """Logits of each of n_seq sequences after its prompt and after each of `steps` greedy
+    tokens, the sequences' parts sharing one eval_many call per step; parts_of_step(step,
+    last logits of each) gives that step's parts, the sequences' first (their logits)."""
+    out = [[] for _ in range(n_seq)]
+    for step in range(steps + 1):
+        got = model.eval_many(pool, parts_of_step(step, [o[-1] if o else None for o in out]))
+        for i in range(n_seq):
+            out[i].append(got[i].copy())
+    return out
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "phi3"])
+def test_sequences_in_one_call_get_their_logits_alone_past_the_window(family, f32_models):
+    """Several sequences at different positions in one forward call (the server's batching):
+    Gemma 2/3's 16-position sliding window, Gemma 3's own rope base on its sliding layers and
+    Phi-3's long RoPE factors (n_ctx 64 > its 32 original positions). Each sequence gets bit
+    for bit the logits it gets alone, which are Model.eval's token by token, while the
+    sequences pass the window at different steps and a fourth one reads prompt blocks
+    through the fast products in the same calls (Model.eval's bits for those blocks)."""
+    _, _, gguf = f32_models[family]
+    model = Model.load(gguf, n_threads=2, n_ctx=64)
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(0, model.args.n_vocab, n).tolist() for n in (21, 3, 12)]
+    blocks = [rng.integers(0, model.args.n_vocab, 20).tolist() for _ in range(2)]
+    steps = 14  # positions up to 34, 16 and 25: past the window, one sequence not yet
+
+    def step_parts(seqs, with_blocks):
+        def parts(step, last):
+            out = [Part(pool.states[i], prompts[i] if step == 0 else [int(last[k].argmax())]) for k, i in enumerate(seqs)]
+            if with_blocks and step < len(blocks):
+                out.append(Part(pool.states[3], blocks[step], exact=False))
+            return out
+        return parts
+
+    pool = model.new_caches(4)
+    alone = [_greedy(model, pool, step_parts([i], False), steps, 1)[0] for i in range(len(prompts))]
+    for state in pool.states:
+        state.truncate(0)
+    together = _greedy(model, pool, step_parts([0, 1, 2], True), steps, 3)
+    for i in range(len(prompts)):
+        assert all(np.array_equal(a, b) for a, b in zip(alone[i], together[i])), (family, i)
+        model.reset()
+        sequence = pool.states[i].history
+        one_by_one = [model.eval([t]) for t in sequence]
+        assert all(np.array_equal(one_by_one[len(prompts[i]) - 1 + k], alone[i][k]) for k in range(steps + 1)), (family, i)
+    assert pool.states[3].history == blocks[0] + blocks[1]
+    model.reset()
+    model.eval(blocks[0])
+    fast_second = model.eval(blocks[1])
+    pool.states[3].truncate(0)
+    model.eval_many(pool, [Part(pool.states[3], blocks[0], exact=False, logits=False)])
+    assert np.array_equal(model.eval_many(pool, [Part(pool.states[3], blocks[1], exact=False), Part(pool.states[0], [5])])[0],
+                          fast_second)
+
+
 @pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3"])
 def test_commands_run_the_model(family, f32_models, tmp_path):
     """run, bench, perplexity and tokenize take the family's GGUF like a llama one."""
@@ -232,7 +289,7 @@ def _ggml_f16_attention(module, query, key, value, attention_mask, scaling=None,
     import torch
 
     def f16(x):
-        return x.to(torch.float16).to(torch.float32)
+        return x.to(torch.float16).to(x.dtype)
 
     n_rep = query.shape[1] // key.shape[1]
     k = f16(key).repeat_interleave(n_rep, dim=1)
@@ -257,51 +314,88 @@ def _ggml_gelu(x):
     import torch
 
     def f16(t):
-        return t.to(torch.float16).to(torch.float32)
+        return t.to(torch.float16).to(t.dtype)
 
     table = f16(torch.nn.functional.gelu(f16(x), approximate="tanh"))
     return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, table))
 
 
-def _transformers_logits(folder: Path, ids: list[int], attention: str | None = None) -> np.ndarray:
+def _transformers_logits(folder: Path, ids: list[int], attention: str | None = None, float64: bool = False) -> np.ndarray:
+    """float32 logits of transformers (its sums in float64 with float64, the roundings kept)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     if attention == "ggml_f16":
         transformers.AttentionInterface.register("ggml_f16", _ggml_f16_attention)
     kwargs = {"attn_implementation": attention} if attention else {}
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    dtype = torch.float64 if float64 else torch.float32
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     if attention == "ggml_f16" and model.config.model_type.startswith("gemma"):
         gelu = type("GgmlGelu", (torch.nn.Module,), {"forward": lambda self, x: _ggml_gelu(x)})()
         for layer in model.model.layers:
             layer.mlp.act_fn = gelu
     with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()
+        return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
-# Gemma 3 (7 layers, each with four norms and a GELU read from a table of halves) is 2.0e-3
-# (max abs; max |logit| about 4) from the rounded transformers run, from position 1 on: a gap
-# not yet explained (against llama.cpp the teacher-forced KLD is below 1e-6, the same top token
-# everywhere, and the top token agrees with transformers everywhere).
-_LOGITS_GAP = {"gemma3": "gemma3 logits 2.0e-3 from transformers: open"}
+# Gemma 3's logits are 2.0e-3 (max abs; max |logit| about 4) from the rounded transformers run:
+# more than the bar, because the bar is below that reference's own spread. The F16 cache rounds
+# keys, values and queries to halves, whose step is about 1/1000 of the value: a difference of one
+# float32 ulp before the rounding (another order of the same sums) moves an element by a whole
+# step now and then, and Gemma's post-attention norm rescales the small attention output back to
+# full size. The same transformers run with its sums in float64 (the roundings unchanged) is
+# 1.3e-3 from the float32 one. Tracing it layer by layer (the GGUF cut to its first k layers
+# against transformers with k layers): one layer already gives 7.7e-4, on positions 45..60, the
+# 16 positions that see key/value 45 through the window, and up to 5e-5 on a few single
+# positions (a query); such flips, not a systematic error (elsewhere the difference is 2e-6).
+# llama.cpp itself is 4.1e-3 from this reference on the same file (and 1.2e-3 to 2.2e-3 for the
+# other families: test_logits_no_further_from_transformers_than_llama_cpp). For these families
+# the bar is twice the reference's measured spread, and the test checks that spread is above
+# 1e-3 (else the plain bar applies again).
+REFERENCE_SPREAD_BAR = ("gemma3",)
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.xfail(reason=_LOGITS_GAP[f], strict=True))
-                                    if f in _LOGITS_GAP else f for f in FAMILY_FIXTURES])
+@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
 def test_logits_match_transformers(family, f32_models):
     """64 tokens, F32 GGUF: within 1e-3 (max abs) of transformers run with the F16 cache's
     roundings (and ggml's half-table GELU), and the same top token as plain transformers
     everywhere. 64 tokens are past Gemma 2's and Gemma 3's 16-position windows and Phi-3's
-    32-position original context (its long RoPE factors: n_ctx 64 > 32 here as in transformers)."""
+    32-position original context (its long RoPE factors: n_ctx 64 > 32 here as in transformers).
+    Gemma 3: within twice the reference's own spread (see REFERENCE_SPREAD_BAR)."""
     _, folder, gguf = f32_models[family]
     model = Model.load(gguf, n_threads=2, n_ctx=N_TOKENS)
     ids = _tokens(model.args.n_vocab)
     got = model.eval(ids, all_logits=True)
     rounded = _transformers_logits(folder, ids, "ggml_f16")
-    assert np.abs(got - rounded).max() <= 1e-3
+    bar = 1e-3
+    if family in REFERENCE_SPREAD_BAR:
+        spread = np.abs(rounded - _transformers_logits(folder, ids, "ggml_f16", float64=True)).max()
+        assert spread > 1e-3, f"the reference's spread is {spread:.1e} now: hold {family} to 1e-3"
+        bar = 2 * spread
+    assert np.abs(got - rounded).max() <= bar
     plain = _transformers_logits(folder, ids)
     assert (got.argmax(1) == plain.argmax(1)).all()
     np.testing.assert_allclose(got, plain, rtol=1e-3, atol=2e-3 * np.abs(plain).max())
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("family", list(FAMILY_FIXTURES))
+def test_logits_no_further_from_transformers_than_llama_cpp(family, f32_models):
+    """llama.cpp as the yardstick of "close": on the same F32 GGUF (llama-cpp-python, every
+    token's logits) it is 1.2e-3 to 4.1e-3 from the rounded transformers run (Gemma 3: 4.1e-3),
+    ours no further, with llama.cpp's top token everywhere."""
+    llama_cpp = llama_cpp_module()
+    _, folder, gguf = f32_models[family]
+    model = Model.load(gguf, n_threads=2, n_ctx=N_TOKENS)
+    ids = _tokens(model.args.n_vocab)
+    got = model.eval(ids, all_logits=True)
+    llm = llama_cpp.Llama(str(gguf), n_ctx=N_TOKENS, n_batch=N_TOKENS, n_ubatch=N_TOKENS, logits_all=True, n_threads=2,
+                          verbose=False)
+    llm.eval(ids)
+    theirs = np.array(llm.scores[:N_TOKENS], dtype=np.float32)
+    rounded = _transformers_logits(folder, ids, "ggml_f16")
+    assert np.abs(got - rounded).max() <= np.abs(theirs - rounded).max()
+    assert (got.argmax(1) == theirs.argmax(1)).all()
 
 
 def test_smollm3_other_nope_pattern_is_refused(tmp_path):
