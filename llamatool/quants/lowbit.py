@@ -162,6 +162,27 @@ def _flip_signs(xb, weight, xval, k):
 
 
 @inline
+def _sigma2(x, r, s, factor):
+    """factor * the mean square of the super-block x[r, s:s + QK_K]: the sigma2 of ggml's
+    weighted searches."""
+    sumx2 = _F0
+    for i in range(QK_K):
+        sumx2 += x[r, s + i] * x[r, s + i]
+    return factor * sumx2 / np.float32(QK_K)
+
+
+@inline
+def _importance(qw, q0, xb, sigma2, offset, weight):
+    """How much each weight of the block xb counts in the search, into weight: with an
+    imatrix qw[q0:] * sqrt(sigma2 + x**2), without one offset + x**2 (ggml's fallbacks)."""
+    for i in range(xb.size):
+        if qw.size:
+            weight[i] = qw[q0 + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+        else:
+            weight[i] = offset + xb[i] * xb[i]
+
+
+@inline
 def _sums(weight, xval, L, n):
     sumqx = _F0
     sumq2 = _F0
@@ -235,15 +256,11 @@ def _iq2_xxs_rows(x, qw, out, grid, kmap, neighbours):
         for b in range(x.shape[1] // QK_K):
             s, o = b * QK_K, b * IQ2_XXS_BYTES
             q2[:] = 0
-            sumx2 = _F0
-            for i in range(QK_K):
-                sumx2 += x[r, s + i] * x[r, s + i]
-            sigma2 = sumx2 / np.float32(QK_K)
+            sigma2 = _sigma2(x, r, s, _F1)
             max_scale = _F0
             for ib in range(8):
                 xb = x[r, s + 32 * ib : s + 32 * ib + 32]
-                for i in range(32):
-                    weight[i] = qw[s + 32 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+                _importance(qw, s + 32 * ib, xb, sigma2, _F0, weight)
                 for i in range(32):
                     waux[i] = np.sqrt(weight[i])
                 for k in range(4):
@@ -387,15 +404,11 @@ def _iq2_xs_rows(x, qw, out, grid, kmap, neighbours):
             s, o = b * QK_K, b * IQ2_XS_BYTES
             out[r, o : o + IQ2_XS_BYTES] = 0
             q2[:] = 0
-            sumx2 = _F0
-            for i in range(QK_K):
-                sumx2 += x[r, s + i] * x[r, s + i]
-            sigma2 = sumx2 / np.float32(QK_K)
+            sigma2 = _sigma2(x, r, s, _F1)
             max_scale = _F0
             for ib in range(16):
                 xb = x[r, s + 16 * ib : s + 16 * ib + 16]
-                for i in range(16):
-                    weight[i] = qw[s + 16 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+                _importance(qw, s + 16 * ib, xb, sigma2, _F0, weight)
                 for i in range(16):
                     waux[i] = np.sqrt(weight[i])
                 for k in range(2):
@@ -474,18 +487,11 @@ def iq2_s_rows(x, qw, out, grid, kmap, neighbours):
         for b in range(x.shape[1] // QK_K):
             s, o = b * QK_K, b * IQ2_S_BYTES
             out[r, o : o + IQ2_S_BYTES] = 0
-            sumx2 = _F0
-            for i in range(QK_K):
-                sumx2 += x[r, s + i] * x[r, s + i]
-            sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
+            sigma2 = _sigma2(x, r, s, np.float32(2))
             max_scale = _F0
             for ib in range(16):
                 xb = x[r, s + 16 * ib : s + 16 * ib + 16]
-                for i in range(16):
-                    if qw.size:
-                        weight[i] = qw[s + 16 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-                    else:
-                        weight[i] = np.float32(0.25) * sigma2 + xb[i] * xb[i]
+                _importance(qw, s + 16 * ib, xb, sigma2, np.float32(0.25) * sigma2, weight)
                 for i in range(16):
                     waux[i] = np.sqrt(weight[i])
                 for k in range(2):
@@ -590,18 +596,11 @@ def iq3_s_rows(x, qw, out, grid, kmap, neighbours):
             s, o = b * QK_K, b * IQ3_S_BYTES
             out[r, o : o + IQ3_S_BYTES] = 0
             qs, qh, sg = o + 2, o + 66, o + 74
-            sumx2 = _F0
-            for i in range(QK_K):
-                sumx2 += x[r, s + i] * x[r, s + i]
-            sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
+            sigma2 = _sigma2(x, r, s, np.float32(2))
             max_scale = _F0
             for ib in range(8):
                 xb = x[r, s + 32 * ib : s + 32 * ib + 32]
-                for i in range(32):
-                    if qw.size:
-                        weight[i] = qw[s + 32 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-                    else:
-                        weight[i] = xb[i] * xb[i]
+                _importance(qw, s + 32 * ib, xb, sigma2, _F0, weight)
                 for i in range(32):
                     waux[i] = np.sqrt(weight[i])
                 for k in range(4):
@@ -704,18 +703,11 @@ def iq3_xxs_rows(x, qw, out, grid, kmap, neighbours):
             s, o = b * QK_K, b * IQ3_XXS_BYTES
             out[r, o : o + IQ3_XXS_BYTES] = 0
             words[:] = 0
-            sumx2 = _F0
-            for i in range(QK_K):
-                sumx2 += x[r, s + i] * x[r, s + i]
-            sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
+            sigma2 = _sigma2(x, r, s, np.float32(2))
             max_scale = _F0
             for ib in range(8):
                 xb = x[r, s + 32 * ib : s + 32 * ib + 32]
-                for i in range(32):
-                    if qw.size:
-                        weight[i] = qw[s + 32 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-                    else:
-                        weight[i] = xb[i] * xb[i]
+                _importance(qw, s + 32 * ib, xb, sigma2, _F0, weight)
                 for i in range(32):
                     waux[i] = np.sqrt(weight[i])
                 for k in range(4):
@@ -861,16 +853,12 @@ def _iq1_s_rows(x, qw, out, grid, kmap, neighbours):
         for b in range(x.shape[1] // QK_K):
             s, o = b * QK_K, b * IQ1_S_BYTES
             out[r, o : o + IQ1_S_BYTES] = 0
-            sumx2 = _F0
-            for i in range(QK_K):
-                sumx2 += x[r, s + i] * x[r, s + i]
-            sigma2 = np.float32(2) * sumx2 / np.float32(QK_K)
+            sigma2 = _sigma2(x, r, s, np.float32(2))
             max_scale = _F0
             qh = np.zeros(8, np.int64)
             for ib in range(8):
                 xb = x[r, s + n * ib : s + n * ib + n]
-                for i in range(n):
-                    weight[i] = qw[s + n * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+                _importance(qw, s + n * ib, xb, sigma2, _F0, weight)
                 vmax = abs(xb[0])
                 for i in range(1, n):
                     vmax = vmax if vmax > abs(xb[i]) else abs(xb[i])
