@@ -19,8 +19,11 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 cache=${1:?usage: build_llama_cpp_python.sh CACHE_DIR}
 
-# llama-cpp-python's own build otherwise (ggml for this CPU), as `pip install` would make it
-CMAKE_ARGS="-DLLAVA_BUILD=OFF"
+# llama-cpp-python's own build otherwise (ggml for this CPU), as `pip install` would make it,
+# but without ggml's AMX kernels (SIGILL where the VM does not enable AMX: llamacpp_common.sh)
+no_amx=$(llamacpp_no_amx_flags)
+CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+CMAKE_ARGS+=" -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"
 key=$(llamacpp_build_key "$CMAKE_ARGS")
 out="$cache/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-$key"
 

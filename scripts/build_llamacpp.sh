@@ -24,14 +24,7 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 TOOLS=(llama-bench llama-quantize llama-perplexity llama-server llama-imatrix llama-export-lora)
 
-# GGML_NATIVE compiles for this CPU with -march=native, which on a CPU with AMX also
-# compiles ggml's AMX kernels; where the hypervisor does not enable AMX state (as on this
-# project's VMs) the first `tileloadd` kills llama-bench with SIGILL. Explicit -mno-amx-*
-# win over -march=native in GCC and Clang.
-no_amx=""
-if echo | ${CC:-cc} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -E - >/dev/null 2>&1; then
-    no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-fi
+no_amx=$(llamacpp_no_amx_flags)  # ggml's AMX kernels off: see llamacpp_common.sh
 CMAKE_FLAGS=(
     -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_OPENSSL=OFF

@@ -33,6 +33,16 @@ llamacpp_unpacked() {
     echo "$tree"
 }
 
+# GGML_NATIVE compiles for this CPU with -march=native, which on a CPU with AMX also compiles
+# ggml's AMX kernels; where the hypervisor does not enable AMX state (as on this project's
+# Intel VMs) the first `tileloadd` kills the process with SIGILL. Explicit -mno-amx-* win over
+# -march=native in GCC and Clang. Prints the flags (nothing where the compiler knows no AMX).
+llamacpp_no_amx_flags() {
+    if echo | ${CC:-cc} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -E - >/dev/null 2>&1; then
+        echo "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    fi
+}
+
 # A short hash of everything a build's result depends on: the version, the build's own
 # settings (arguments), the compilers and cmake, and the CPU (ggml builds with -march=native).
 llamacpp_build_key() {
