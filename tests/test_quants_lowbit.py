@@ -94,7 +94,8 @@ def test_round_trip_error_falls_with_the_bits(name):
 
 
 @pytest.mark.parametrize("name,nwant,kmap_size,bits", [("IQ2_XXS", 2, 43692, 2), ("IQ3_S", 3, 4096, 3),
-                                                       ("IQ2_XS", 2, 43692, 2), ("IQ3_XXS", 2, 4096, 3)])
+                                                       ("IQ2_XS", 2, 43692, 2), ("IQ3_XXS", 2, 4096, 3),
+                                                       ("IQ2_S", 1, 43692, 2), ("IQ1_S", 3, 43692, 2)])
 def test_neighbour_lists_hold_the_nearest_grid_points(name, nwant, kmap_size, bits):
     """For sampled off-grid keys: the grid points at the nwant smallest distinct squared
     distances, by (distance, index) - iq2xs_init_impl's lists - computed by brute force."""

@@ -69,26 +69,46 @@ def neighbour_tables(type_name: str, nwant: int, kmap_size: int, bits: int = 2) 
     kmap = np.full(kmap_size, -1, np.int32)
     kmap[_keys(levels, bits)] = np.arange(len(levels), dtype=np.int32)
     missing = np.flatnonzero(kmap < 0)
-    group = levels.shape[1]
+    group, n = levels.shape[1], len(levels)
+    grid = points.astype(np.float32)  # whole numbers below 2**24: the distances are exact
+    norms = (grid * grid).sum(axis=1)
     parts, counts = [], []
-    grid = points.astype(np.int32)
-    step = max(64, (1 << 22) // (len(levels) * group))  # bounds the distance table's size
+    step = max(64, (1 << 22) // n)  # bounds the distance table's size
     for start in range(0, len(missing), step):
         keys = missing[start : start + step]
-        pos = 2 * ((keys[:, None] >> (bits * np.arange(group))) & ((1 << bits) - 1)) + 1
-        d2 = ((pos[:, None, :] - grid[None, :, :]) ** 2).sum(axis=2)
-        order = np.argsort(d2, axis=1, kind="stable")  # ties by index, as ggml's comparator
-        sd = np.take_along_axis(d2, order, axis=1)
-        rank = np.concatenate([np.ones((len(keys), 1), np.int64), 1 + np.cumsum(sd[:, 1:] > sd[:, :-1], axis=1)], axis=1)
-        keep = rank <= nwant
-        count = keep.sum(axis=1)
-        table = np.concatenate([count[:, None], order], axis=1)
-        parts.append(table[np.concatenate([np.ones((len(keys), 1), bool), keep], axis=1)])
+        pos = (2 * ((keys[:, None] >> (bits * np.arange(group))) & ((1 << bits) - 1)) + 1).astype(np.float32)
+        d2 = (pos * pos).sum(axis=1)[:, None] - 2 * (pos @ grid.T) + norms
+        table, count = _nearest_lists(d2, nwant)
+        parts.append(table)
         counts.append(count)
     count = np.concatenate(counts)
     offsets = np.concatenate([[0], np.cumsum(count + 1)[:-1]])
     kmap[missing] = -(offsets + 1)
     return points, kmap, np.concatenate(parts).astype(np.uint16)
+
+
+def _nearest_lists(d2: np.ndarray, nwant: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of squared distances d2[keys, points] (whole numbers): the points at its
+    nwant smallest distinct distances, by (distance, index) as ggml's comparator orders
+    them, each list led by its count; (the lists one after another, the counts). Only the
+    points kept are sorted: a full sort of every row cost 5 times as much (IQ1_S: 2048
+    points for each of 41,644 keys)."""
+    rows, n = d2.shape
+    limit = d2.min(axis=1)
+    for _ in range(nwant - 1):  # the next distinct distance (none left: every point)
+        limit = np.where(d2 > limit[:, None], d2, np.inf).min(axis=1)
+    keep = d2 <= limit[:, None]
+    count = keep.sum(axis=1)
+    r, c = np.nonzero(keep)
+    distance = d2[r, c].astype(np.int64)
+    order = np.sort((r * (distance.max() + 1) + distance) * n + c) % n
+    starts = np.concatenate([[0], np.cumsum(count + 1)[:-1]])
+    table = np.empty(len(order) + rows, np.int64)
+    is_count = np.zeros(len(table), bool)
+    is_count[starts] = True
+    table[starts] = count
+    table[~is_count] = order
+    return table, count
 
 
 # ----------------------------------------------------------------------------- shared search steps
