@@ -167,7 +167,7 @@ def quantize(
         help="As llama-quantize: without OUT, writes ggml-model-TYPE.gguf next to IN. TYPE (any case): "
         "F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K "
         "IQ4_NL IQ4_XS TQ1_0 TQ2_0 IQ3_S IQ3_M, with --imatrix also Q2_K_S IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ3_XXS "
-        "IQ3_XS IQ1_S, the aliases Q3_K Q4_K Q5_K, or a llama_ftype number.",
+        "IQ3_XS IQ1_S IQ1_M, the aliases Q3_K Q4_K Q5_K, or a llama_ftype number.",
     ),
     nthreads: Optional[int] = typer.Option(None, "--nthreads", "-t", help="Kernel threads (default: all cores)."),
     allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Allow requantizing tensors that are already quantized (loses quality)."),

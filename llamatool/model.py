@@ -225,7 +225,7 @@ class Weights:
             if t.type.id not in SUPPORTED:
                 raise LlamatoolError(
                     f"{reader.path}: tensor {name!r} has type {t.type.name}, which llamatool cannot run "
-                    f"(supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS TQ1_0 TQ2_0 IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S)"
+                    f"(supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS TQ1_0 TQ2_0 IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M)"
                 )
             if name not in index:
                 k = ne[0]

@@ -8,10 +8,21 @@ from pathlib import Path
 import numpy as np
 
 VECTORS_LOWBIT = Path(__file__).resolve().parent / "data" / "quant_vectors_lowbit_ggml.npz"
-#: the types, in the order of issue 18 (IQ1_M not yet)
-LOWBIT_TYPES = ["IQ2_XXS", "IQ3_S", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ1_S"]
+#: the types, in the order of issue 18
+LOWBIT_TYPES = ["IQ2_XXS", "IQ3_S", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ1_S", "IQ1_M"]
 #: the ones ggml also quantizes without weights
-UNWEIGHTED_TYPES = ["IQ3_S", "IQ3_XXS", "IQ2_S"]
+UNWEIGHTED_TYPES = ["IQ3_S", "IQ3_XXS", "IQ2_S", "IQ1_M"]
+#: IQ1_M's byte offset of its four u16 scales, whose top nibbles hold the fp16 super-block scale
+IQ1_M_SCALES = 48
+
+
+def put_iq1_m_scale(blocks: np.ndarray, d: np.ndarray) -> None:
+    """Write the fp16 super-block scales d (shape blocks.shape[:-1]) into IQ1_M blocks
+    (uint8[..., 56]): nibble i of d's bits is the top nibble of the scales' u16 i."""
+    bits = np.asarray(d, np.float16).view(np.uint16)
+    for i in range(4):
+        at = IQ1_M_SCALES + 2 * i + 1
+        blocks[..., at] = (blocks[..., at] & 0x0F) | (((bits >> (4 * i)) & 0xF) << 4).astype(np.uint8)
 
 
 def lowbit_rows(n: int = 512, seed: int = 5) -> dict[str, np.ndarray]:

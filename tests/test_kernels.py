@@ -26,15 +26,17 @@ from llamatool.kernels.rope import rope_angles, rope_rotate
 from llamatool.kernels.sync import claim, counters_size, finish, wait
 from llamatool.kernels.vmath import geglu, round_half, swiglu, vexp
 from tests.conftest import llama_cpp_lib
+from tests.lowbit_cases import put_iq1_m_scale
 
 # byte offsets of the f16 scale fields of each block type (ggml-common.h)
 F16_FIELDS = {
     "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0],
     "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_XS": [0],
     "TQ1_0": [52], "TQ2_0": [64], "IQ2_XXS": [0], "IQ3_S": [0], "IQ2_XS": [0], "IQ3_XXS": [0], "IQ2_S": [0], "IQ1_S": [0],
+    "IQ1_M": [],  # its d: in the scales' top nibbles (put_iq1_m_scale)
 }
 QUANT_TYPES = list(F16_FIELDS)
-K_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ3_S", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ1_S"}
+K_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ3_S", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ1_S", "IQ1_M"}
 FLOAT_TYPES = ["F32", "F16", "BF16"]
 
 
@@ -46,6 +48,8 @@ def random_blocks(name: str, rows: int, k: int, rng) -> np.ndarray:
     for o in F16_FIELDS[name]:
         scales = rng.uniform(0.001, 0.05, (rows, k // block)).astype(np.float16)
         raw[:, :, o : o + 2] = scales.view(np.uint8).reshape(rows, k // block, 2)
+    if name == "IQ1_M":
+        put_iq1_m_scale(raw, rng.uniform(0.001, 0.05, (rows, k // block)))
     return raw.reshape(rows, -1)
 
 

@@ -20,7 +20,7 @@ from .test_quantize import MODELS
 
 PRESETS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S",
            "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0",
-           "Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S"]  # fmt: skip
+           "Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S", "IQ1_M"]  # fmt: skip
 
 
 def synthetic_imatrix(model: Path, out: Path, seed: int = 0) -> Path:  # noqa: F821
@@ -110,7 +110,7 @@ def test_include_and_exclude_together_are_refused(models, tmp_path):
     assert r.returncode == 1 and "cannot be used together" in r.stderr
 
 
-@pytest.mark.parametrize("preset", ["IQ2_XXS", "IQ3_XXS", "Q2_K_S"])
+@pytest.mark.parametrize("preset", ["IQ2_XXS", "IQ3_XXS", "Q2_K_S", "IQ1_M"])
 def test_low_bit_presets_without_an_imatrix_are_refused_as_llama_quantize_does(models, tmp_path, preset):
     model, _ = models["gqa4"]
     r = llamatool("quantize", model, tmp_path / "q.gguf", preset)

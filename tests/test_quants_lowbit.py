@@ -19,7 +19,7 @@ from llamatool.errors import LlamatoolError
 from llamatool.quants import lowbit, registry
 from llamatool.quants.grids import grid_levels
 from llamatool.quants.weighted import BLOCK, quantize_weighted
-from tests.lowbit_cases import LOWBIT_TYPES, UNWEIGHTED_TYPES, VECTORS_LOWBIT, lowbit_rows, lowbit_weights
+from tests.lowbit_cases import LOWBIT_TYPES, UNWEIGHTED_TYPES, VECTORS_LOWBIT, lowbit_rows, lowbit_weights, put_iq1_m_scale
 from tests.quant_reference import first_difference, ggml  # noqa: F401  (ggml: a fixture)
 
 
@@ -72,7 +72,11 @@ def test_dequantize_matches_gguf_py_on_random_blocks(name):
     rng = np.random.default_rng(3)
     block, size = BLOCK[name]
     raw = rng.integers(0, 256, (5, 4, size), dtype=np.uint8)
-    raw[:, :, 0:2] = rng.uniform(-2, 2, (5, 4)).astype(np.float16).view(np.uint8).reshape(5, 4, 2)
+    d = rng.uniform(-2, 2, (5, 4)).astype(np.float16)
+    if name == "IQ1_M":  # no d field: its bits are spread over the scales
+        put_iq1_m_scale(raw, d)
+    else:
+        raw[:, :, 0:2] = d.view(np.uint8).reshape(5, 4, 2)
     raw = raw.reshape(5, -1)
     assert np.array_equal(registry.dequantize(name, raw), gguf_dequantize(raw, GGMLQuantizationType[name]))
 
@@ -85,12 +89,13 @@ def test_round_trip_error_falls_with_the_bits(name):
     x = rng.standard_normal((16, 1024)).astype(np.float32)
     back = registry.dequantize(name, quantize_weighted(name, x, np.ones(1024, np.float32)))
     err = np.sqrt(np.mean((back - x) ** 2) / np.mean(x**2))
-    bound = {"IQ1_S": 0.62, "IQ2_XXS": 0.5, "IQ2_XS": 0.45, "IQ2_S": 0.42, "IQ3_XXS": 0.3, "IQ3_S": 0.28}[name]
+    bound = {"IQ1_S": 0.62, "IQ1_M": 0.55, "IQ2_XXS": 0.5, "IQ2_XS": 0.45, "IQ2_S": 0.42, "IQ3_XXS": 0.3, "IQ3_S": 0.28}[name]
     assert err < bound, err
 
 
 @pytest.mark.parametrize("name,nwant,kmap_size,bits", [("IQ2_XXS", 2, 43692, 2), ("IQ3_S", 3, 4096, 3),
-                                                       ("IQ2_XS", 2, 43692, 2), ("IQ3_XXS", 2, 4096, 3)])
+                                                       ("IQ2_XS", 2, 43692, 2), ("IQ3_XXS", 2, 4096, 3),
+                                                       ("IQ2_S", 1, 43692, 2), ("IQ1_S", 3, 43692, 2)])
 def test_neighbour_lists_hold_the_nearest_grid_points(name, nwant, kmap_size, bits):
     """For sampled off-grid keys: the grid points at the nwant smallest distinct squared
     distances, by (distance, index) - iq2xs_init_impl's lists - computed by brute force."""

@@ -367,7 +367,7 @@ def _q8_k(x):
     return (q * d.astype(np.float64)).reshape(x.shape)
 
 
-K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "TQ1_0", "TQ2_0")
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ1_M")
 
 
 def ggml_activation(x, weight_type: str):

@@ -36,10 +36,10 @@ import numpy as np
 from llamatool.jit import njit
 
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
-from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, pack2, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16,
+from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, pack2, f16_bits_to_f32, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16,
                    load_f16, load_f16_pair,
                    interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
-from .types import IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
+from .types import IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
 from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS  # noqa: E402
 
@@ -814,6 +814,71 @@ def iq1_s_superblock(W, bo, dx):
             repeat_slice(sc, 6, 2, 8), repeat_slice(m, 0, 8, 2))
 
 
+# IQ1_M (56 bytes: qs[32], qh[16], scales u16[4]): per 16 weights (block b = 2j + h, half h of
+# chunk j) 2 11-bit grid indices of 8 levels l in 0..2 (qs[2b + k] | bits 4k..4k+2 of qh[b] << 8),
+# the sign of each one's delta (bit 4k + 3: -1/8) and a 3-bit scale ls (bits 3(b % 4) of
+# scales[b // 4]); the fp16 d is in the scales' top nibbles. weight = d (2 ls + 1) (l - 1 + delta)
+# = d (2 ls + 1) / 8 * (q - 16) with q = 8 l + 8 + 8 delta (7..25): a delta per 8 weights fits in
+# q, and the scale and offset are per half, as IQ2_XS's.
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_m_scale_word(W, bo):
+    """The four u16 scales as one 64-bit word."""
+    return int64(load_u32(W, bo + 48, 1)) | (int64(load_u32(W, bo + 52, 1)) << 32)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_m_d(u):
+    return f16_bits_to_f32(((u >> 12) & 0xF) | ((u >> 24) & 0xF0) | ((u >> 36) & 0xF00) | ((u >> 48) & 0xF000))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_m_dl(d, u, b):
+    """d (2 ls + 1) / 8 of block b (16 weights)."""
+    return d * float32(2 * ((u >> (16 * (b // 4) + 3 * (b % 4))) & 7) + 1) * float32(0.125)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_m_group(W, bo, b, k):
+    """8 weights q = 8 l + 8 +- 1 of group k of block b."""
+    qh = _b(W, bo + 32 + b) >> (4 * k)
+    g = load(IQ1_S_POINTS, 8 * (_b(W, bo + 2 * b + k) | ((qh & 7) << 8)), 8)
+    return g * splat(uint8(8), 8) + splat(uint8(7 if qh & 8 else 9), 8)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_m_weights(W, bo, j):
+    return concat(concat(_iq1_m_group(W, bo, 2 * j, 0), _iq1_m_group(W, bo, 2 * j, 1)),
+                  concat(_iq1_m_group(W, bo, 2 * j + 1, 0), _iq1_m_group(W, bo, 2 * j + 1, 1)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq1_m_chunk(W, bo, j):
+    u = _iq1_m_scale_word(W, bo)
+    d = _iq1_m_d(u)
+    s0, s1 = _iq1_m_dl(d, u, 2 * j), _iq1_m_dl(d, u, 2 * j + 1)
+    return _iq1_m_weights(W, bo, j), s0, s1, float32(-16) * s0, float32(-16) * s1
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq1_m_dl4(d, u, b):
+    """float32 x 4: the scales of blocks b..b+3."""
+    return concat(pack2(_iq1_m_dl(d, u, b), _iq1_m_dl(d, u, b + 1)), pack2(_iq1_m_dl(d, u, b + 2), _iq1_m_dl(d, u, b + 3)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def iq1_m_superblock(W, bo, dx):
+    u = _iq1_m_scale_word(W, bo)
+    d = _iq1_m_d(u)
+    dl = concat(concat(_iq1_m_dl4(d, u, 0), _iq1_m_dl4(d, u, 4)), concat(_iq1_m_dl4(d, u, 8), _iq1_m_dl4(d, u, 12)))
+    sc = dl * dx
+    return (concat(_iq1_m_weights(W, bo, 0), _iq1_m_weights(W, bo, 1)), concat(_iq1_m_weights(W, bo, 2), _iq1_m_weights(W, bo, 3)),
+            concat(_iq1_m_weights(W, bo, 4), _iq1_m_weights(W, bo, 5)), concat(_iq1_m_weights(W, bo, 6), _iq1_m_weights(W, bo, 7)),
+            repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
+            dl * float32(-16))
+
+
 # IQ3_S (110 bytes: d, qs[64], qh[8], signs[32], scales[4]): per 32 weights (chunk j) 8 grid
 # points of 4 magnitudes in {1, 3, ..., 15}, point k's index qs[8j + k] | bit k of qh[j] << 8,
 # the signs one bit per weight in the u32 at signs[4j], weight = d * (1 + 2 ls) * magnitude * sign.
@@ -867,7 +932,7 @@ CHUNK_DECODERS = {
     IQ4_NL: iq4_nl_chunk, Q2_K: q2_k_chunk, Q3_K: q3_k_chunk, Q4_K: q4_k_chunk, Q5_K: q5_k_chunk,
     Q6_K: q6_k_chunk, IQ4_XS: iq4_xs_chunk, TQ1_0: tq1_0_chunk, TQ2_0: tq2_0_chunk, IQ2_XXS: iq2_xxs_chunk,
     IQ3_S: iq3_s_chunk, IQ2_XS: iq2_xs_chunk, IQ3_XXS: iq3_xxs_chunk,
-    IQ2_S: iq2_s_chunk, IQ1_S: iq1_s_chunk,
+    IQ2_S: iq2_s_chunk, IQ1_S: iq1_s_chunk, IQ1_M: iq1_m_chunk,
 }  # fmt: skip
 #: decoders of chunk pairs, for types where decoding two chunks at once saves work
 PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
@@ -875,16 +940,16 @@ PAIR_DECODERS = {Q4_0: q4_0_pair, Q4_1: q4_1_pair}
 GROUP_BYTES = {
     Q4_0: 8 * 18, Q4_1: 8 * 20, Q5_0: 8 * 22, Q5_1: 8 * 24, Q8_0: 8 * 34, IQ4_NL: 8 * 18,
     Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66, IQ2_XXS: 66,
-    IQ3_S: 110, IQ2_XS: 74, IQ3_XXS: 98, IQ2_S: 82, IQ1_S: 50,
+    IQ3_S: 110, IQ2_XS: 74, IQ3_XXS: 98, IQ2_S: 82, IQ1_S: 50, IQ1_M: 56,
 }  # fmt: skip
 #: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
 SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
                        Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
                        TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock, IQ3_S: iq3_s_superblock,
                        IQ2_XS: iq2_xs_superblock, IQ3_XXS: iq3_xxs_superblock,
-                       IQ2_S: iq2_s_superblock, IQ1_S: iq1_s_superblock}
+                       IQ2_S: iq2_s_superblock, IQ1_S: iq1_s_superblock, IQ1_M: iq1_m_superblock}
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
-HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS, IQ2_S)
+HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS, IQ2_S, IQ1_M)
 
 
 # --- the 32-weight types by chunk pairs, for the decode loops (matmul.py) ------------------------

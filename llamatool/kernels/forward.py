@@ -70,7 +70,7 @@ from .norm import rmsnorm
 from .rope import rope_angles, rope_rotate, rope_rotate_neox
 from .simd import load, load_f32, round_f16, store
 from .sync import claim, finish, wait
-from .types import BF16, F16, F32, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
+from .types import BF16, F16, F32, IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 from .vmath import geglu, swiglu
 
 from numba import float32  # noqa: E402
@@ -184,7 +184,7 @@ def _formats(T, a, b, c):
             flags |= NEED_F16
         elif t == BF16:
             flags |= NEED_BF16
-        elif t == Q2_K or t == Q3_K or t == Q4_K or t == Q5_K or t == Q6_K or t == IQ4_XS or t == TQ1_0 or t == TQ2_0 or t == IQ2_XXS or t == IQ3_S or t == IQ2_XS or t == IQ3_XXS or t == IQ2_S or t == IQ1_S:
+        elif t == Q2_K or t == Q3_K or t == Q4_K or t == Q5_K or t == Q6_K or t == IQ4_XS or t == TQ1_0 or t == TQ2_0 or t == IQ2_XXS or t == IQ3_S or t == IQ2_XS or t == IQ3_XXS or t == IQ2_S or t == IQ1_S or t == IQ1_M:
             flags |= NEED_Q8_K
         elif t != F32:
             flags |= NEED_Q8_0

@@ -584,6 +584,24 @@ as_f32 = _bitcaster(types.float32)
 
 
 @intrinsic
+def f16_bits_to_f32(typingctx, bits):
+    """The float32 value of IEEE half bits held in an integer scalar's low 16 bits (a half
+    put together from pieces, as IQ1_M stores its scale)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        raw = args[0]
+        if bits.bitwidth > 16:
+            raw = builder.trunc(raw, ir.IntType(16))
+        elif bits.bitwidth < 16:
+            raw = builder.zext(raw, ir.IntType(16))
+        return _f32_of_f16_bits(builder, raw, 1)
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
 def round_f16(typingctx, x):
     """x rounded to the nearest IEEE half (ties to even), returned as float32 (scalar or vector).
 

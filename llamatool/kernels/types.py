@@ -24,6 +24,7 @@ IQ4_NL = 20
 IQ3_S = 21
 IQ2_S = 22
 IQ4_XS = 23
+IQ1_M = 29
 BF16 = 30
 TQ1_0 = 34
 TQ2_0 = 35
@@ -31,7 +32,7 @@ TQ2_0 = 35
 #: types whose weights meet an activation quantized in 32-value blocks (ggml's Q8_0 / Q8_1)
 Q8_0_ACTIVATION = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL)
 #: types whose weights meet an activation quantized in 256-value blocks (ggml's Q8_K)
-Q8_K_ACTIVATION = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, TQ1_0, TQ2_0, IQ2_XXS, IQ3_S, IQ2_XS, IQ3_XXS, IQ2_S, IQ1_S)
+Q8_K_ACTIVATION = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, TQ1_0, TQ2_0, IQ2_XXS, IQ3_S, IQ2_XS, IQ3_XXS, IQ2_S, IQ1_S, IQ1_M)
 #: types read as floats (ggml rounds the activation to the weight's type first)
 FLOAT_TYPES = (F32, F16, BF16)
 #: every type the forward pass can multiply by

@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .ggml_scalar import load_fp16, nearest_int, store_fp16
+from .ggml_scalar import fp16_bits_to_fp32, fp32_to_fp16_bits, load_fp16, nearest_int, store_fp16
 from .grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS, grid_levels
 from .rows import dequantizer, inline, kernel, quantizer
 from .weighted import _make_qp_quants
@@ -36,6 +36,7 @@ IQ2_XS_BYTES = 74
 IQ3_XXS_BYTES = 98
 IQ2_S_BYTES = 82
 IQ1_S_BYTES = 50
+IQ1_M_BYTES = 56
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF = np.float32(0.5)
@@ -44,6 +45,7 @@ _GROUP_MAX_EPS = np.float32(1e-15)
 _GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
 _GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 _GROUP_MAX_EPS_IQ1_S = np.float32(1e-12)
+_GROUP_MAX_EPS_IQ1_M = np.float32(1e-7)
 _IQ1_DELTA = np.float32(0.125)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 _KMAP_2BIT = 43692  # ggml's kmap_size: every 8-digit base-4 key up to 0b10...10 (digits 0..2)
@@ -67,26 +69,46 @@ def neighbour_tables(type_name: str, nwant: int, kmap_size: int, bits: int = 2) 
     kmap = np.full(kmap_size, -1, np.int32)
     kmap[_keys(levels, bits)] = np.arange(len(levels), dtype=np.int32)
     missing = np.flatnonzero(kmap < 0)
-    group = levels.shape[1]
+    group, n = levels.shape[1], len(levels)
+    grid = points.astype(np.float32)  # whole numbers below 2**24: the distances are exact
+    norms = (grid * grid).sum(axis=1)
     parts, counts = [], []
-    grid = points.astype(np.int32)
-    step = max(64, (1 << 22) // (len(levels) * group))  # bounds the distance table's size
+    step = max(64, (1 << 22) // n)  # bounds the distance table's size
     for start in range(0, len(missing), step):
         keys = missing[start : start + step]
-        pos = 2 * ((keys[:, None] >> (bits * np.arange(group))) & ((1 << bits) - 1)) + 1
-        d2 = ((pos[:, None, :] - grid[None, :, :]) ** 2).sum(axis=2)
-        order = np.argsort(d2, axis=1, kind="stable")  # ties by index, as ggml's comparator
-        sd = np.take_along_axis(d2, order, axis=1)
-        rank = np.concatenate([np.ones((len(keys), 1), np.int64), 1 + np.cumsum(sd[:, 1:] > sd[:, :-1], axis=1)], axis=1)
-        keep = rank <= nwant
-        count = keep.sum(axis=1)
-        table = np.concatenate([count[:, None], order], axis=1)
-        parts.append(table[np.concatenate([np.ones((len(keys), 1), bool), keep], axis=1)])
+        pos = (2 * ((keys[:, None] >> (bits * np.arange(group))) & ((1 << bits) - 1)) + 1).astype(np.float32)
+        d2 = (pos * pos).sum(axis=1)[:, None] - 2 * (pos @ grid.T) + norms
+        table, count = _nearest_lists(d2, nwant)
+        parts.append(table)
         counts.append(count)
     count = np.concatenate(counts)
     offsets = np.concatenate([[0], np.cumsum(count + 1)[:-1]])
     kmap[missing] = -(offsets + 1)
     return points, kmap, np.concatenate(parts).astype(np.uint16)
+
+
+def _nearest_lists(d2: np.ndarray, nwant: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of squared distances d2[keys, points] (whole numbers): the points at its
+    nwant smallest distinct distances, by (distance, index) as ggml's comparator orders
+    them, each list led by its count; (the lists one after another, the counts). Only the
+    points kept are sorted: a full sort of every row cost 5 times as much (IQ1_S: 2048
+    points for each of 41,644 keys)."""
+    rows, n = d2.shape
+    limit = d2.min(axis=1)
+    for _ in range(nwant - 1):  # the next distinct distance (none left: every point)
+        limit = np.where(d2 > limit[:, None], d2, np.inf).min(axis=1)
+    keep = d2 <= limit[:, None]
+    count = keep.sum(axis=1)
+    r, c = np.nonzero(keep)
+    distance = d2[r, c].astype(np.int64)
+    order = np.sort((r * (distance.max() + 1) + distance) * n + c) % n
+    starts = np.concatenate([[0], np.cumsum(count + 1)[:-1]])
+    table = np.empty(len(order) + rows, np.int64)
+    is_count = np.zeros(len(table), bool)
+    is_count[starts] = True
+    table[starts] = count
+    table[~is_count] = order
+    return table, count
 
 
 # ----------------------------------------------------------------------------- shared search steps
@@ -833,6 +855,43 @@ def _best_neighbour2(neighbours, start, grid, xb, weight, o, scale, levels, L):
     return best
 
 
+@inline
+def _abs_max(xb):
+    vmax = abs(xb[0])
+    for i in range(1, xb.size):
+        vmax = vmax if vmax > abs(xb[i]) else abs(xb[i])
+    return vmax
+
+
+@inline
+def _iq1_grid_points(xb, weight, L, scale, minus, index, grid, kmap, neighbours, x_p, x_m):
+    """The grid index of each group of 8 levels L into index[k]; where the levels are off
+    the grid, the listed neighbour nearest at this scale (iq1_find_best_neighbour2), group
+    k's three values being x_m if minus[k] else x_p. If any group was off the grid, the
+    scale refitted to the points chosen (when the fit is positive). Returns the scale."""
+    all_on_grid = True
+    for k in range(xb.size // 8):
+        g = np.int64(kmap[_key(L, 8 * k, 8, 2)])
+        if g < 0:
+            all_on_grid = False
+            g = _best_neighbour2(neighbours, -g - 1, grid, xb, weight, 8 * k, scale, x_m if minus[k] else x_p, L)
+        index[k] = g
+    if all_on_grid:
+        return scale
+    sumqx = _F0
+    sumq2 = _F0
+    for k in range(xb.size // 8):
+        levels = x_m if minus[k] else x_p
+        for j in range(8):
+            w = weight[8 * k + j]
+            q = levels[(grid[index[k], j] - 1) // 2]
+            sumqx += w * q * xb[8 * k + j]
+            sumq2 += w * q * q
+    if sumqx > 0 and sumq2 > 0:
+        return sumqx / sumq2
+    return scale
+
+
 @kernel
 def _iq1_s_rows(x, qw, out, grid, kmap, neighbours):
     """Layout (50 bytes): d (stored times 1.125), qs[32] (low 8 bits of an 11-bit grid index
@@ -847,6 +906,7 @@ def _iq1_s_rows(x, qw, out, grid, kmap, neighbours):
     order = np.empty(n, np.int64)
     L = np.zeros(n, np.int64)
     index = np.zeros(4, np.int64)
+    minus = np.zeros(4, np.bool_)
     scales = np.empty(8, np.float32)
     shifts = np.empty(8, np.int64)
     for r in range(x.shape[0]):
@@ -859,9 +919,7 @@ def _iq1_s_rows(x, qw, out, grid, kmap, neighbours):
             for ib in range(8):
                 xb = x[r, s + n * ib : s + n * ib + n]
                 _importance(qw, s + n * ib, xb, sigma2, _F0, weight)
-                vmax = abs(xb[0])
-                for i in range(1, n):
-                    vmax = vmax if vmax > abs(xb[i]) else abs(xb[i])
+                vmax = _abs_max(xb)
                 scales[ib] = _F0
                 shifts[ib] = 1
                 if vmax < _GROUP_MAX_EPS_IQ1_S:
@@ -899,25 +957,8 @@ def _iq1_s_rows(x, qw, out, grid, kmap, neighbours):
                         L[j] = 2 - L[j]
                     scale = -scale
                     best_shift = -best_shift
-                levels = x_p if best_shift == 1 else x_m
-                all_on_grid = True
-                for k in range(4):
-                    g = np.int64(kmap[_key(L, 8 * k, 8, 2)])
-                    if g < 0:
-                        all_on_grid = False
-                        g = _best_neighbour2(neighbours, -g - 1, grid, xb, weight, 8 * k, scale, levels, L)
-                    index[k] = g
-                if not all_on_grid:
-                    sumqx = _F0
-                    sumq2 = _F0
-                    for k in range(4):
-                        for j in range(8):
-                            w = weight[8 * k + j]
-                            q = levels[(grid[index[k], j] - 1) // 2]
-                            sumqx += w * q * xb[8 * k + j]
-                            sumq2 += w * q * q
-                    if sumqx > 0 and sumq2 > 0:
-                        scale = sumqx / sumq2
+                minus[:] = best_shift == -1
+                scale = _iq1_grid_points(xb, weight, L, scale, minus, index, grid, kmap, neighbours, x_p, x_m)
                 h = 0
                 for k in range(4):
                     out[r, o + 2 + 4 * ib + k] = index[k] & 255
@@ -962,3 +1003,194 @@ def _dequantize_iq1_s(raw, out):
 
 
 dequantize_iq1_s = dequantizer(_dequantize_iq1_s, "IQ1_S", QK_K, IQ1_S_BYTES)
+
+
+# ----------------------------------------------------------------------------- IQ1_M
+# IQ1_S's grid, levels and neighbour lists, in blocks of 16 whose two groups of 8 each have
+# their own shift: the split search scores the 4 combinations (shifts of the first half,
+# second half: ++, +-, -+, --) at once, from prefix sums kept per half.
+
+#: qh bits of the shifts of a block of 16 by combination (bit 3: first group -delta, bit 7: second)
+_IQ1_M_SHIFT_BITS = np.array([0x00, 0x80, 0x08, 0x88], np.int64)
+
+
+@inline
+def _iq1_m_split(xb, weight, order, px, pw, x_p, x_m, scale):
+    """quantize_row_iq1_m_impl's exhaustive search of a block of 16 sorted by order:
+    (scale, i1, i2, k) of the best split into levels 0 | 1 | 2 at sorted positions i1, i2
+    and shift combination k, i1 = -1 if none scores. As ggml sums it: with v0 - v1 = v1 - v2
+    = -1 for either shift, a half's sum over a split is its total times v2 less the prefix
+    sums at i1 and i2."""
+    n = 16
+    for h in range(2):
+        px[h, 0] = _F0
+        pw[h, 0] = _F0
+    for j in range(n):
+        i = order[j]
+        h = 0 if i < n // 2 else 1
+        px[h, j + 1] = px[h, j] + weight[i] * xb[i]
+        px[1 - h, j + 1] = px[1 - h, j]
+        pw[h, j + 1] = pw[h, j] + weight[i]
+        pw[1 - h, j + 1] = pw[1 - h, j]
+    p2 = x_p[2]
+    m2 = x_m[2]
+    cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1]
+    cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2]
+    cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1]
+    cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2]
+    best_score = -_FLT_MAX
+    best_i1 = -1
+    best_i2 = -1
+    best_k = -1
+    for i1 in range(n + 1):
+        for i2 in range(i1, n + 1):
+            sx0 = px[0, i1] + px[0, i2]
+            sx1 = px[1, i1] + px[1, i2]
+            qx_p0 = px[0, n] * p2 - sx0
+            qx_p1 = px[1, n] * p2 - sx1
+            qx_m0 = px[0, n] * m2 - sx0
+            qx_m1 = px[1, n] * m2 - sx1
+            q2_p0 = pw[0, n] * p2 * p2 + pw[0, i1] * cp1 + pw[0, i2] * cp2
+            q2_p1 = pw[1, n] * p2 * p2 + pw[1, i1] * cp1 + pw[1, i2] * cp2
+            q2_m0 = pw[0, n] * m2 * m2 + pw[0, i1] * cm1 + pw[0, i2] * cm2
+            q2_m1 = pw[1, n] * m2 * m2 + pw[1, i1] * cm1 + pw[1, i2] * cm2
+            for k in range(4):
+                sumqx = (qx_m0 if k >= 2 else qx_p0) + (qx_m1 if k % 2 else qx_p1)
+                sumq2 = (q2_m0 if k >= 2 else q2_p0) + (q2_m1 if k % 2 else q2_p1)
+                if sumq2 > 0 and sumqx * sumqx > best_score * sumq2:
+                    scale = sumqx / sumq2
+                    best_score = scale * sumqx
+                    best_i1, best_i2, best_k = i1, i2, k
+    return scale, best_i1, best_i2, best_k
+
+
+@inline
+def _iq1_m_point(out, r, o, ib, k):
+    """The grid index of group k (0, 1) of block ib, as stored: qs[2 ib + k] and 3 bits of qh[ib]."""
+    return np.int64(out[r, o + 2 * ib + k]) | ((np.int64(out[r, o + 32 + ib]) >> (4 * k)) & 7) << 8
+
+
+@kernel
+def _iq1_m_rows(x, qw, out, grid, kmap, neighbours):
+    """IQ1_M rows of x (quantize_iq1_m), weighted by qw (empty: by x**2).
+
+    Layout (56 bytes): qs[32] (low 8 bits of an 11-bit grid index per 8 weights), qh[16]
+    per 16 weights: the top 3 bits of its 2 indices (bits 0-2, 4-6) and their shifts' signs
+    (bits 3, 7: -delta), scales u16[4]: 3-bit scales per 16 weights (bits 3i, i < 4) and the
+    fp16 super-block scale (times 1.1125) in their top nibbles, low nibble first."""
+    n = 16
+    x_p = np.array([-1 + _IQ1_DELTA, _IQ1_DELTA, 1 + _IQ1_DELTA], np.float32)
+    x_m = np.array([-1 - _IQ1_DELTA, -_IQ1_DELTA, 1 - _IQ1_DELTA], np.float32)
+    weight = np.empty(n, np.float32)
+    px = np.empty((2, n + 1), np.float32)
+    pw = np.empty((2, n + 1), np.float32)
+    order = np.empty(n, np.int64)
+    L = np.zeros(n, np.int64)
+    index = np.zeros(2, np.int64)
+    minus = np.zeros(2, np.bool_)
+    scales = np.empty(16, np.float32)
+    shifts = np.empty(16, np.int64)
+    sc = np.zeros(4, np.int64)
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // QK_K):
+            s, o = b * QK_K, b * IQ1_M_BYTES
+            out[r, o : o + IQ1_M_BYTES] = 0
+            sigma2 = _sigma2(x, r, s, np.float32(2))
+            max_scale = _F0
+            for ib in range(16):
+                xb = x[r, s + n * ib : s + n * ib + n]
+                _importance(qw, s + n * ib, xb, sigma2, _F0, weight)
+                vmax = _abs_max(xb)
+                scales[ib] = _F0
+                shifts[ib] = 0
+                if vmax < _GROUP_MAX_EPS_IQ1_M:
+                    continue
+                _sorted_order(xb, order)
+                scale, i1, i2, k = _iq1_m_split(xb, weight, order, px, pw, x_p, x_m, vmax)
+                if i1 < 0 or i2 < 0 or k < 0:
+                    continue
+                for j in range(n):
+                    L[order[j]] = 0 if j < i1 else 1 if j < i2 else 2
+                if scale < 0:
+                    for j in range(n):
+                        L[j] = 2 - L[j]
+                    scale = -scale
+                    k = 3 - k
+                minus[0] = k >= 2
+                minus[1] = k % 2 == 1
+                scale = _iq1_grid_points(xb, weight, L, scale, minus, index, grid, kmap, neighbours, x_p, x_m)
+                out[r, o + 2 * ib] = index[0] & 255
+                out[r, o + 2 * ib + 1] = index[1] & 255
+                out[r, o + 32 + ib] = (index[0] >> 8) | ((index[1] >> 8) << 4)
+                scales[ib] = scale
+                shifts[ib] = k
+                max_scale = max(max_scale, scale)
+            if max_scale == 0:
+                continue
+            # The 3-bit scales, then d refitted to them over the whole super-block.
+            d = max_scale / np.float32(15)
+            id_ = _F1 / d
+            sumqx = _F0
+            sumq2 = _F0
+            sc[:] = 0
+            for ib in range(16):
+                l = max(0, min(7, nearest_int(_HALF * (id_ * scales[ib] - _F1))))
+                sc[ib // 4] |= l << (3 * (ib % 4))
+                out[r, o + 32 + ib] |= _IQ1_M_SHIFT_BITS[shifts[ib]]
+                xb = x[r, s + n * ib : s + n * ib + n]
+                _importance(qw, s + n * ib, xb, sigma2, _F0, weight)
+                for k in range(2):
+                    levels = x_m if (shifts[ib] >= 2 if k == 0 else shifts[ib] % 2 == 1) else x_p
+                    g = _iq1_m_point(out, r, o, ib, k)
+                    for j in range(8):
+                        w = weight[8 * k + j]
+                        q = levels[(grid[g, j] - 1) // 2] * np.float32(2 * l + 1)
+                        sumqx += w * q * xb[8 * k + j]
+                        sumq2 += w * q * q
+            if sumq2 > 0:
+                d = sumqx / sumq2
+            h = fp32_to_fp16_bits(d * np.float32(1.1125))
+            for i in range(4):
+                v = sc[i] | (((h >> (4 * i)) & 15) << 12)
+                out[r, o + 48 + 2 * i] = v & 0xFF
+                out[r, o + 49 + 2 * i] = (v >> 8) & 0xFF
+
+
+def _quantize_iq1_m(x: np.ndarray, out: np.ndarray) -> None:
+    """quantize_iq1_m without weights (the tables are arguments: too big for constants)."""
+    _iq1_m_rows(x, np.empty(0, np.float32), out, *neighbour_tables("IQ1_S", 3, _KMAP_2BIT))
+
+
+def iq1_m_weighted(x: np.ndarray, qw: np.ndarray, out: np.ndarray) -> None:
+    """IQ1_M rows of x weighted by qw (quantize_iq1_m with quant_weights)."""
+    _iq1_m_rows(x, qw, out, *neighbour_tables("IQ1_S", 3, _KMAP_2BIT))
+
+
+@inline
+def _iq1_m_scale(raw, r, o):
+    """The fp16 super-block scale of the IQ1_M block at o, from the scales' top nibbles."""
+    h = 0
+    for i in range(4):
+        h |= (np.int64(raw[r, o + 49 + 2 * i]) >> 4) << (4 * i)
+    return fp16_bits_to_fp32(h)
+
+
+@kernel
+def _dequantize_iq1_m(raw, out):
+    for r in range(raw.shape[0]):
+        for b in range(raw.shape[1] // IQ1_M_BYTES):
+            o, s = b * IQ1_M_BYTES, b * QK_K
+            d = _iq1_m_scale(raw, r, o)
+            for ib in range(16):
+                sc = np.int64(raw[r, o + 48 + 2 * (ib // 4)]) | (np.int64(raw[r, o + 49 + 2 * (ib // 4)]) << 8)
+                dl = d * np.float32(2 * ((sc >> (3 * (ib % 4))) & 7) + 1)
+                qh = np.int64(raw[r, o + 32 + ib])
+                for k in range(2):
+                    g = np.int64(raw[r, o + 2 * ib + k]) | (((qh >> (4 * k)) & 7) << 8)
+                    delta = -_IQ1_DELTA if (qh >> (4 * k + 3)) & 1 else _IQ1_DELTA
+                    for i in range(8):
+                        out[r, s + 16 * ib + 8 * k + i] = dl * (np.float32(np.int64(IQ1_S_LEVELS[g, i]) - 1) + delta)
+
+
+quantize_iq1_m = quantizer(_quantize_iq1_m, "IQ1_M", QK_K, IQ1_M_BYTES)
+dequantize_iq1_m = dequantizer(_dequantize_iq1_m, "IQ1_M", QK_K, IQ1_M_BYTES)

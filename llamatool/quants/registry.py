@@ -77,6 +77,7 @@ _FAMILY = {
     "IQ3_XXS": ("lowbit", "Q8_K"),
     "IQ2_S": ("lowbit", "Q8_K"),
     "IQ1_S": ("lowbit", "Q8_K"),
+    "IQ1_M": ("lowbit", "Q8_K"),
 }
 
 

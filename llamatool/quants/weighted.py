@@ -34,7 +34,7 @@ _TENTH = _f32(0.1)
 
 BLOCK = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
          "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
-         "IQ4_NL": (32, 18), "IQ4_XS": (256, 136), "IQ2_XXS": (256, 66), "IQ3_S": (256, 110), "IQ2_XS": (256, 74), "IQ3_XXS": (256, 98), "IQ2_S": (256, 82), "IQ1_S": (256, 50)}  # fmt: skip
+         "IQ4_NL": (32, 18), "IQ4_XS": (256, 136), "IQ2_XXS": (256, 66), "IQ3_S": (256, 110), "IQ2_XS": (256, 74), "IQ3_XXS": (256, 98), "IQ2_S": (256, 82), "IQ1_S": (256, 50), "IQ1_M": (256, 56)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- ggml's searches
@@ -405,7 +405,8 @@ _KERNELS = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q2_K": 
 
 # The 1-3-bit IQ types (quants.lowbit, which imports this module): ggml quantizes them only
 # with weights. Their kernels take the grid tables, which their wrappers pass.
-_LOWBIT = {"IQ2_XXS": "iq2_xxs_weighted", "IQ3_S": "iq3_s_weighted", "IQ2_XS": "iq2_xs_weighted", "IQ3_XXS": "iq3_xxs_weighted", "IQ2_S": "iq2_s_weighted", "IQ1_S": "iq1_s_weighted"}
+_LOWBIT = {"IQ2_XXS": "iq2_xxs_weighted", "IQ3_S": "iq3_s_weighted", "IQ2_XS": "iq2_xs_weighted", "IQ3_XXS": "iq3_xxs_weighted", "IQ2_S": "iq2_s_weighted", "IQ1_S": "iq1_s_weighted",
+           "IQ1_M": "iq1_m_weighted"}
 
 
 def has_weighted(type_name: str) -> bool:
