@@ -217,6 +217,8 @@ def run_matmul(name: str, raw: np.ndarray, k: int, x: np.ndarray, act=None, r0=0
     rows = raw.shape[0]
     r1 = rows if r1 is None else r1
     t1 = x.shape[0] if t1 is None else t1
+    # the kernel does not check its ranges (a token past x would write past out)
+    assert 0 <= r0 <= r1 <= rows and 0 <= t0 <= t1 <= x.shape[0], "rows or tokens outside the operands"
     a = act if act is not None else activation("Q8_K" if name in K_TYPES else "Q8_0", x)[0]
     out = np.full(x.shape[0] * rows, np.nan, np.float32)
     kernels(GQ[name])[0](raw.reshape(-1), 0, raw.shape[1], k, r0, r1, t0, t1,
@@ -366,6 +368,32 @@ def test_decode_by_four_rows_gives_the_numbers_of_one_row(name):
         part = run_matmul(name, raw, k, x, act=a, r0=3, r1=10)[0]
         np.testing.assert_array_equal(part[3:10], full[3:10])
         assert np.isnan(part[:3]).all() and np.isnan(part[10:]).all()
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"])
+def test_small_batches_give_every_token_its_one_token_bits(name):
+    """A call of 2 .. gemm.MIN_TOKENS - 1 tokens of a 32-weight type (a server's decode step:
+    matmul._small_batch decodes four rows once for all the tokens) gives each token, bit for
+    bit, what a call of that token alone gives, whatever its place in the call and whichever
+    rows (passes of four and rows left over), for rows of whole groups, with a partial group
+    and with an odd last block. What batch invariance (kernels/forward.py) rests on."""
+    from llamatool.kernels.gemm import MIN_TOKENS
+
+    rng = np.random.default_rng(37)
+    for k in (512, 576, 544, 96):
+        rows = 11
+        raw = random_blocks(name, rows, k, rng)
+        x = rng.standard_normal((MIN_TOKENS - 1, k)).astype(np.float32)
+        a = activation("Q8_0", x)[0]
+        alone = np.stack([run_matmul(name, raw, k, x, act=a, t0=t, t1=t + 1)[t] for t in range(len(x))])
+        n = len(x)
+        for t0, t1 in ((0, 2), (1, 5), (0, n), (3, n)):
+            np.testing.assert_array_equal(run_matmul(name, raw, k, x, act=a, t0=t0, t1=t1)[t0:t1], alone[t0:t1])
+        # tokens and rows inside the call, with tokens and rows outside it on both sides
+        part = run_matmul(name, raw, k, x, act=a, r0=2, r1=9, t0=1, t1=n - 1)
+        np.testing.assert_array_equal(part[1 : n - 1, 2:9], alone[1 : n - 1, 2:9])
+        assert np.isnan(part[:, :2]).all() and np.isnan(part[:, 9:]).all()
+        assert np.isnan(part[:1]).all() and np.isnan(part[n - 1 :]).all()
+
 
 def test_kernel_tables_hold_entry_points_of_the_requested_types_only():
     rows, dequant = kernel_tables([GQ.Q4_1, GQ.Q8_0])

@@ -37,10 +37,11 @@ llama.cpp does.
 
 Batch invariance: the products of many tokens (gemm.py, from gemm.MIN_TOKENS tokens up)
 sum in another order than those of one token, so a token's bits would depend on how many
-tokens share its call. Tokens Batch.n_fast.. therefore go through the one-token loops only
-(in groups whose result is bit for bit each token's alone: four tokens for the 32-weight
-and float types, whose four-token tile takes the one-token steps, one for the K-quants):
-a server's slot gets the same logits alone or beside others. Tokens ..n_fast share the
+tokens share its call. Tokens Batch.n_fast.. therefore go through the one-token steps only
+(in groups whose result is bit for bit each token's alone: up to gemm.MIN_TOKENS - 1 tokens
+for the 32-weight types, whose small batches decode the weights once and run every token
+by the one-token steps, and for the float types; one for the K-quants): a server's slot
+gets the same logits alone or beside others. Tokens ..n_fast share the
 fast products (prompts; Model.eval uses them for every token); with gemm.MIN_TOKENS of them
 or more, a token's result there does not depend on the others either (gemm.py).
 
@@ -64,6 +65,7 @@ from llamatool.jit import njit
 
 from .actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
 from .attention import attend_tile, cache_positions, scratch_floats, store_key16, store_value16
+from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS
 from .lora import lora_down3, lora_embed, lora_up
 from .matmul import call_dequant, call_rows
 from .norm import rmsnorm
@@ -207,12 +209,13 @@ def _prepare(src, t, K, flags, s):
 @njit(cache=True, _nrt=False, forceinline=True)
 def _exact_group(qtype):
     """Tokens one rows() call may take while giving each token the bits of a one-token call:
-    the four-token tile of the 32-weight types walks a row by the one-token steps, float rows
-    go token by token; the K-quants' tile decodes differently from their one-token loop."""
+    below gemm.MIN_TOKENS the 32-weight types take every token of a call by the one-token
+    steps (matmul._small_batch), float rows go token by token; the K-quants' tile decodes
+    differently from their one-token loop."""
     if qtype == F32 or qtype == F16 or qtype == BF16 or qtype == Q4_0 or qtype == Q4_1 or qtype == Q5_0:
-        return 4
+        return GEMM_MIN_TOKENS - 1
     if qtype == Q5_1 or qtype == Q8_0 or qtype == IQ4_NL:
-        return 4
+        return GEMM_MIN_TOKENS - 1
     return 1
 
 

@@ -24,7 +24,8 @@ multiply-adds, ports 0 and 5 saturated (the one-row loop: ~33).
 
 Packing costs about one decode of the panel per call (one scalar store per 4 weights),
 so it pays from a few tokens up; calls with fewer than MIN_TOKENS tokens keep the one-row
-loops anyway, so that a short batch gives the same numbers as decoding token by token.
+loops anyway, so that a short batch (a server's decode step: one token of each slot) gives
+the same numbers as decoding token by token.
 A row's arithmetic does not depend on its lane, its panel, the K blocking or which tile
 its token falls in, so results do not change with thread count, row chunking or batch
 split, as long as the tokens take this path (they differ from the one-row loops by float

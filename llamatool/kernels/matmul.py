@@ -11,8 +11,12 @@ Loop shapes:
                    the 32-weight types go four rows per pass (each activation pair is read
                    and prepared once for four rows; four independent FMA chains) and ask
                    for the rows of a later pass meanwhile (software prefetch)
-    four tokens    a few tokens: each decoded weight chunk feeds four tokens, so the
-                   unpacking is paid once per four products (tile, not stream)
+    a few tokens   fewer than gemm.MIN_TOKENS (a server's decode step: one token per
+                   slot): the 32-weight types decode four rows once into a stack buffer
+                   and run the one-token steps of every token on it, so each token gets
+                   the bits of a one-token call (batch invariance) while the weights are
+                   read and decoded once per call; the K-quants take tiles of four tokens,
+                   each decoded chunk feeding four (tile, not stream)
     many tokens    prompt processing (gemm.py, from gemm.MIN_TOKENS tokens up): panels of
                    16 rows decoded once per call into a transposed stack buffer, 16 rows x
                    4 tokens per register tile
@@ -60,7 +64,7 @@ from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, grou
                      decode_group, is_block32, pair_scales, weight_dot, weight_shift,
                      weight_shift_of)
 from .simd import (even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
-                   load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, store, to_f32)
+                   load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, stack_array, store, to_f32)
 from .ccall import c_signature, call_c
 from .lanes import repeat_slice
 from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS, quant_gemm
@@ -166,30 +170,36 @@ def _group_dots(qtype, w0, w1, w2, w3, sc, xg, acc):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _group_step_shifted(qtype, W, bo, xg, st):
+def _decoded_step_shifted(qtype, group, xg, st):
     acc, offs16, offs4 = st
-    w0, w1, w2, w3, dw = decode_group(qtype, W, bo)
+    w0, w1, w2, w3, dw = group
     return _group_dots(qtype, w0, w1, w2, w3, dw * xg[0], xg, acc), offs16, offs4
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _group_step_with_mins(qtype, W, bo, xg, st):
+def _decoded_step_with_mins(qtype, group, xg, st):
     acc, offs16, offs4 = st
-    w0, w1, w2, w3, dm = decode_group(qtype, W, bo)
+    w0, w1, w2, w3, dm = group
     p = dm * interleave(xg[0], xg[1])  # [d dx, m s] of the 8 blocks
     return _group_dots(qtype, w0, w1, w2, w3, even_lanes(p), xg, acc), offs16 + p, offs4
 
 
+def _decoded_step(qtype, group, xg, st):
+    """A decoded group of 8 blocks (decode_group's result) . an activation group (_x_group),
+    into a row's state st (the offsets of a group: lanes 1, 3, .. of offs16); compiled code only."""
+    raise NotImplementedError("_decoded_step is only callable from compiled code")
+
+
+@overload(_decoded_step, jit_options={"_nrt": False, "forceinline": True})
+def _decoded_step_for_type(qtype, group, xg, st):
+    step = _decoded_step_shifted if weight_shift_of(qtype) else _decoded_step_with_mins
+    return lambda qtype, group, xg, st: step(qtype, group, xg, st)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _group_step(qtype, W, bo, xg, st):
-    """The group of 8 blocks at bo . an activation group (_x_group), into a row's state st
-    (the offsets of a group: lanes 1, 3, .. of offs16); compiled code only."""
-    raise NotImplementedError("_group_step is only callable from compiled code")
-
-
-@overload(_group_step, jit_options={"_nrt": False, "forceinline": True})
-def _group_step_for_type(qtype, W, bo, xg, st):
-    step = _group_step_shifted if weight_shift_of(qtype) else _group_step_with_mins
-    return lambda qtype, W, bo, xg, st: step(qtype, W, bo, xg, st)
+    """The group of 8 blocks at bo . an activation group (_x_group), into a row's state st."""
+    return _decoded_step(qtype, decode_group(qtype, W, bo), xg, st)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -298,34 +308,6 @@ def _dot1_block32(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _dot4_block32(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    """One row . activation rows t..t+3 (32-weight types), by the steps of _dot1_block32 (the
-    weights of a group are read once: the four steps share them)."""
-    s0 = s1 = s2 = s3 = _start()
-    n_groups = n_chunks // 8
-    for g in range(n_groups):
-        bo = row + g * group_bytes(qtype)
-        c = 8 * g
-        s0 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t, K, c), s0)
-        s1 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t + 1, K, c), s1)
-        s2 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t + 2, K, c), s2)
-        s3 = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t + 3, K, c), s3)
-    bo = row + n_groups * group_bytes(qtype)
-    c = 8 * n_groups
-    while c + 2 <= n_chunks:
-        j = c - 8 * n_groups
-        s0 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t, K, c), s0)
-        s1 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t + 1, K, c), s1)
-        s2 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t + 2, K, c), s2)
-        s3 = _pair_step(qtype, W, bo, j, _x_pair(qtype, q, d, s32, t + 3, K, c), s3)
-        c += 2
-    return (_total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, s0),
-            _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t + 1, K, s1),
-            _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t + 2, K, s2),
-            _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t + 3, K, s3))
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
 def _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs):
     """Super-block g of a row (at byte offset bo) . activation row t, into acc/offs. Q8_K has
     one activation scale per super-block, so every scale is a lane vector made once here."""
@@ -360,17 +342,6 @@ def _dot1_superblocks(qtype, W, row, n_chunks, q, d, s16, s32, t, K, ahead=0):
             _prefetch_group(qtype, W, bo + ahead)
         acc, offs = _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs)
     return hsum(acc + offs)
-
-
-def _dot4(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    """One row . activation rows t..t+3; compiled code only."""
-    raise NotImplementedError("_dot4 is only callable from compiled code")
-
-
-@overload(_dot4, jit_options={"_nrt": False, "forceinline": True})
-def _dot4_for_type(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    dot = _dot4_block32 if is_block32(qtype) else _dot4_chunks
-    return lambda qtype, W, row, n_chunks, q, d, s16, s32, t, K: dot(qtype, W, row, n_chunks, q, d, s16, s32, t, K)
 
 
 def _decode_rows(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
@@ -459,19 +430,152 @@ def quant_rows(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32,
     if t1 - t0 >= GEMM_MIN_TOKENS:
         quant_gemm(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0)
         return
-    n_chunks = K // 32
-    t = t0
-    while t + 4 <= t1:
-        for r in range(r0, r1):
-            y0, y1, y2, y3 = _dot4(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K)
-            o = (t - out_t0) * ldo + col0 + r
-            out[o] = y0
-            out[o + ldo] = y1
-            out[o + 2 * ldo] = y2
-            out[o + 3 * ldo] = y3
-        t += 4
-    for tt in range(t, t1):
-        _decode_rows(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, tt, K, out, (tt - out_t0) * ldo + col0)
+    if t1 - t0 == 1:
+        _decode_rows(qtype, W, w_off, row_bytes, K // 32, r0, r1, q, d, s16, s32, t0, K, out, (t0 - out_t0) * ldo + col0)
+        return
+    _small_batch(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0)
+
+
+#: A call of a few tokens goes SMALL_BATCH_ROWS rows at a time, every token meeting them while
+#: they are in L1: the weights come from memory once per call, not once per token or tile.
+SMALL_BATCH_ROWS = 16
+#: Four rows of up to SMALL_BATCH_K weights are decoded once into a stack buffer for all the
+#: tokens of a small batch (longer rows go row block by row block, token by token)
+SMALL_BATCH_K = 16384
+_DECODED_BYTES = 4 * SMALL_BATCH_K  # weight bytes of four decoded rows
+_DECODED_SCALES = 4 * SMALL_BATCH_K // 16  # their scales (and mins): 16 floats per group of 256
+
+
+def _group_scales(qtype, buf, o):
+    """The scales decode_group gives a group (8 floats, or 16 with mins), from buf at o;
+    compiled code only."""
+    raise NotImplementedError("_group_scales is only callable from compiled code")
+
+
+@overload(_group_scales, jit_options={"_nrt": False, "forceinline": True})
+def _group_scales_for_type(qtype, buf, o):
+    if weight_shift_of(qtype):
+        return lambda qtype, buf, o: load(buf, o, 8)
+    return lambda qtype, buf, o: load(buf, o, 16)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _decode_rows4(qtype, W, row, rb, n_groups, wbuf, sbuf):
+    """The whole groups of the rows at row, row + rb, row + 2 rb, row + 3 rb as decode_group
+    gives them: group g of row i at wbuf[256 (4 g + i)], its scales at sbuf[16 (4 g + i)]."""
+    for g in range(n_groups):
+        bo = row + g * group_bytes(qtype)
+        _prefetch_rows4(qtype, W, bo, rb)
+        for i in range(4):
+            w0, w1, w2, w3, sc = decode_group(qtype, W, bo + i * rb)
+            o = 256 * (4 * g + i)
+            store(wbuf, o, w0)
+            store(wbuf, o + 64, w1)
+            store(wbuf, o + 128, w2)
+            store(wbuf, o + 192, w3)
+            store(sbuf, 16 * (4 * g + i), sc)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _decoded(qtype, wbuf, sbuf, g, i):
+    o = 256 * (4 * g + i)
+    return (load(wbuf, o, 64), load(wbuf, o + 64, 64), load(wbuf, o + 128, 64), load(wbuf, o + 192, 64),
+            _group_scales(qtype, sbuf, 16 * (4 * g + i)))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _rows4_decoded(qtype, W, row, rb, n_chunks, wbuf, sbuf, q, d, s16, s32, t, K):
+    """_rows4_block32 with the rows' whole groups read from _decode_rows4's buffers: the same
+    steps, so the same bits."""
+    s0 = s1 = s2 = s3 = _start()
+    n_groups = n_chunks // 8
+    for g in range(n_groups):
+        xg = _x_group(qtype, q, d, s32, t, K, 8 * g)
+        s0 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, 0), xg, s0)
+        s1 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, 1), xg, s1)
+        s2 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, 2), xg, s2)
+        s3 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, 3), xg, s3)
+    bo = row + n_groups * group_bytes(qtype)
+    c = 8 * n_groups
+    while c + 2 <= n_chunks:
+        xp = _x_pair(qtype, q, d, s32, t, K, c)
+        j = c - 8 * n_groups
+        s0 = _pair_step(qtype, W, bo, j, xp, s0)
+        s1 = _pair_step(qtype, W, bo + rb, j, xp, s1)
+        s2 = _pair_step(qtype, W, bo + 2 * rb, j, xp, s2)
+        s3 = _pair_step(qtype, W, bo + 3 * rb, j, xp, s3)
+        c += 2
+    return (_total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, s0),
+            _total(qtype, W, row + rb, n_chunks, c, q, d, s16, s32, t, K, s1),
+            _total(qtype, W, row + 2 * rb, n_chunks, c, q, d, s16, s32, t, K, s2),
+            _total(qtype, W, row + 3 * rb, n_chunks, c, q, d, s16, s32, t, K, s3))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _row_blocks_token_by_token(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
+    """Rows r0..r1 . tokens t0..t1 by the one-token loop, SMALL_BATCH_ROWS rows at a time (while
+    they are in L1, every token meets them)."""
+    for b0 in range(r0, r1, SMALL_BATCH_ROWS):
+        for t in range(t0, t1):
+            _decode_rows(qtype, W, w_off, row_bytes, K // 32, b0, min(b0 + SMALL_BATCH_ROWS, r1), q, d, s16, s32, t, K,
+                         out, (t - out_t0) * ldo + col0)
+
+
+def _small_batch(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
+    """Rows r0..r1 . tokens t0..t1 (fewer than gemm.MIN_TOKENS, more than one); compiled code only."""
+    raise NotImplementedError("_small_batch is only callable from compiled code")
+
+
+@overload(_small_batch, jit_options={"_nrt": False})
+def _small_batch_for_type(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
+    if is_block32(qtype):
+        def four_rows_all_tokens(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
+            """One-token bits: four rows are decoded once, then meet every token."""
+            if K > SMALL_BATCH_K:
+                _row_blocks_token_by_token(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0,
+                                           out_t0)
+                return
+            wbuf = stack_array(_DECODED_BYTES, np.uint8)
+            sbuf = stack_array(_DECODED_SCALES, np.float32)
+            n_chunks = K // 32
+            r = r0
+            while r + 4 <= r1:
+                row = w_off + r * row_bytes
+                _decode_rows4(qtype, W, row, row_bytes, n_chunks // 8, wbuf, sbuf)
+                for t in range(t0, t1):
+                    y0, y1, y2, y3 = _rows4_decoded(qtype, W, row, row_bytes, n_chunks, wbuf, sbuf, q, d, s16, s32, t, K)
+                    o = (t - out_t0) * ldo + col0 + r
+                    out[o] = y0
+                    out[o + 1] = y1
+                    out[o + 2] = y2
+                    out[o + 3] = y3
+                r += 4
+            for t in range(t0, t1):
+                _decode_rows(qtype, W, w_off, row_bytes, n_chunks, r, r1, q, d, s16, s32, t, K, out,
+                             (t - out_t0) * ldo + col0)
+
+        return four_rows_all_tokens
+
+    def tiles_then_tokens(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
+        """SMALL_BATCH_ROWS rows at a time: tiles of four tokens, then the others one by one."""
+        n_chunks = K // 32
+        for b0 in range(r0, r1, SMALL_BATCH_ROWS):
+            b1 = min(b0 + SMALL_BATCH_ROWS, r1)
+            t = t0
+            while t + 4 <= t1:
+                for r in range(b0, b1):
+                    y0, y1, y2, y3 = _dot4_chunks(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K)
+                    o = (t - out_t0) * ldo + col0 + r
+                    out[o] = y0
+                    out[o + ldo] = y1
+                    out[o + 2 * ldo] = y2
+                    out[o + 3 * ldo] = y3
+                t += 4
+            for tt in range(t, t1):
+                _decode_rows(qtype, W, w_off, row_bytes, n_chunks, b0, b1, q, d, s16, s32, tt, K, out,
+                             (tt - out_t0) * ldo + col0)
+
+    return tiles_then_tokens
 
 
 @njit(cache=True, _nrt=False)
@@ -644,3 +748,4 @@ def call_rows(table, qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, x, a, out, l
 def call_dequant(table, qtype, W, row, K, out, oo):
     """dequant() of type qtype through its C entry point in table (see kernel_tables)."""
     call_c(table[qtype], (W, row, K, out, oo))
+
