@@ -87,6 +87,16 @@ ok:
   ret ptr %mi
 }
 
+define ptr @NRT_MemInfo_alloc(i64 %size) {
+  %mi = call ptr @NRT_MemInfo_alloc_aligned(i64 %size, i32 0)
+  ret ptr %mi
+}
+
+define ptr @NRT_Allocate(i64 %size) {
+  %p = call ptr @malloc(i64 %size)
+  ret ptr %p
+}
+
 define void @NRT_MemInfo_call_dtor(ptr %mi) {
   call void @free(ptr %mi)
   ret void
@@ -124,6 +134,8 @@ define void @numba_do_raise(ptr %exc) {
 """
 _RUNTIME_SYMBOLS = {
     "NRT_MemInfo_alloc_aligned",
+    "NRT_MemInfo_alloc",
+    "NRT_Allocate",
     "NRT_MemInfo_call_dtor",
     "NRT_Free",
     "numba_gil_ensure",
