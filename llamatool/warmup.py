@@ -10,6 +10,7 @@ knows, as jobs shared between one process per core (llamatool.precompile).
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -53,17 +54,24 @@ def compile_forward(threads: int | None = None) -> tuple[float, bool]:
     """Compile (or load from the cache) the forward pass and save its machine code (see
     native_forward); returns the seconds it took and whether the machine code is saved."""
     from .model import Model
-    from .native_forward import forget_failures
+    from .native_forward import BACKEND_ENV, forget_failures
 
     start = time.perf_counter()
     forget_failures()
-    with tempfile.TemporaryDirectory(prefix="llamatool-warmup-") as tmp:
-        path = write_tiny_model(Path(tmp) / "tiny.gguf")
-        model = Model.load(path, n_ctx=64, n_threads=threads)
-        model.eval([1, 2, 3])
-        model.eval([4])
-        saved = model._forward_worker.saved
-        del model
+    # compiled to be saved, whatever LLAMATOOL_FORWARD asks of the runs that will load it
+    # (=native would refuse to run the pass before its machine code exists)
+    requested = os.environ.pop(BACKEND_ENV, None)
+    try:
+        with tempfile.TemporaryDirectory(prefix="llamatool-warmup-") as tmp:
+            path = write_tiny_model(Path(tmp) / "tiny.gguf")
+            model = Model.load(path, n_ctx=64, n_threads=threads)
+            model.eval([1, 2, 3])
+            model.eval([4])
+            saved = model._forward_worker.saved
+            del model
+    finally:
+        if requested is not None:
+            os.environ[BACKEND_ENV] = requested
     return time.perf_counter() - start, saved
 
 
