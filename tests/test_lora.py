@@ -366,6 +366,18 @@ def test_export_lora_products_are_summed_in_ggml_order():
     out3 = np.empty((2, 4), np.float32)
     ggml_f32_products(x3, y3, 8, out3)
     assert (out3 == 0).all()  # the exact sum would be 1
+    # AVX-512's leftovers: 8 of them are a vectorized epilogue (rounded products added in
+    # order), fewer are fused multiply-adds. (1 + 2^-12)^2 rounds to 1 + 2^-11, so after
+    # -(1 + 2^-11) the rounded product leaves 0 and the fused one the 2^-24 it dropped
+    e = np.float32(1 + 2.0**-12)
+    for rank, expected in ((8, 0.0), (7, 2.0**-24)):
+        x8 = np.zeros((4, rank), np.float32)
+        x8[:, 0], x8[:, 1] = -(1 + 2.0**-11), e
+        y8 = np.zeros((2, rank), np.float32)
+        y8[:, 0], y8[:, 1] = 1, e
+        out8 = np.empty((2, 4), np.float32)
+        ggml_f32_products(x8, y8, 16, out8)
+        assert (out8 == np.float32(expected)).all(), rank
 
 
 def test_export_lora_to_a_preset(tiny, tmp_path):

@@ -13,7 +13,8 @@ float32 lanes per vector (host.ggml_f32_lanes: 16 on AVX-512F, 8 on AVX2):
 - otherwise ggml_vec_dot_f32: four W-lane accumulators over steps of 4W (FMA), the four
   added pairwise (0+2, 1+3, then 0+1), the lanes reduced (AVX-512: the halving tree; AVX2:
   the halves added, then two horizontal adds of neighbours), and the r mod 4W leftovers
-  added one by one with a fused multiply-add (GCC contracts `sumf += x*y`).
+  added one by one: GCC vectorizes that loop, so whole vectors of leftovers are rounded
+  products (W wide, then 8 wide on AVX-512) and only the last few are fused multiply-adds.
 
 Every output is computed by one thread in that order, so threads do not change the bits.
 """
@@ -75,8 +76,24 @@ def _vec_dot(x, xo, y, yo, r, lanes, acc):
     for j in range(lanes):  # vector 0 += 1
         acc[j] = acc[j] + acc[j + lanes]
     total = _halving_tree(acc, lanes) if lanes == 16 else _avx2_reduce(acc)
-    for i in range(n_simd, r):
-        total = _fma(x[xo + i], y[yo + i], total)
+    return _leftovers(x, xo, y, yo, n_simd, r, lanes, total)
+
+
+@njit(cache=True, forceinline=True)
+def _leftovers(x, xo, y, yo, i, r, lanes, total):
+    """vec_dot's `sumf += x[i]*y[i]` loop as GCC vectorizes it: products of whole vectors
+    rounded, then added one by one; with AVX-512 an 8-wide vector epilogue after the 16-wide
+    loop; the last few fused multiply-adds (seen in llama.cpp's AVX-512 build)."""
+    while r - i >= lanes:
+        for j in range(lanes):
+            total = total + x[xo + i + j] * y[yo + i + j]
+        i += lanes
+    if lanes == 16 and r - i >= 8:
+        for j in range(8):
+            total = total + x[xo + i + j] * y[yo + i + j]
+        i += 8
+    for k in range(i, r):
+        total = _fma(x[xo + k], y[yo + k], total)
     return total
 
 
