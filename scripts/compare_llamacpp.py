@@ -11,7 +11,7 @@ made on first use): weights that do not fit in the caches, where decode is bound
 -d fills the context with that many tokens before each test (not timed), as llama-bench -d.
 For generation the report adds the bandwidth each engine reached (bytes one token reads: every
 weight once plus the KV cache up to its position, times t/s) next to the machine's read
-bandwidth, measured here after the speed tests (numpy sums over 1 GiB on -t threads, best of 5).
+bandwidth, measured here after the speed tests (1 GiB read once on -t threads, best of 5).
 
 Speed: llamatool against llama.cpp's own llama-bench binary when there is one
 (--llama-bench PATH, else $LLAMA_CPP_BIN/llama-bench, else llama-bench on PATH;
@@ -46,6 +46,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -247,17 +248,36 @@ def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, 
 # --- memory bandwidth -------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=None)
+def _streaming_sum():
+    """A loop that only reads: integer adds, which the compiler splits over several vector
+    accumulators, so the loads, not the adds, set its speed (numpy's float32 sum is pairwise
+    and ran at half the rate the decode loops themselves reached)."""
+    from numba import njit
+
+    @njit(nogil=True, cache=False)
+    def streaming_sum(words):
+        total = np.uint64(0)
+        for i in range(words.size):
+            total += words[i]
+        return total
+
+    return streaming_sum
+
+
 def read_bandwidth(n_threads: int, nbytes: int = 1 << 30, repeats: int = 5) -> float:
-    """The machine's read bandwidth in GB/s: numpy sums over nbytes of float32 (far larger than
-    the caches), split between n_threads threads (numpy's reductions release the GIL), best of
+    """The machine's read bandwidth in GB/s: nbytes (far larger than the caches) read once
+    by n_threads threads, each summing its contiguous share as 64-bit integers, best of
     repeats: the rate decode would reach if it only streamed its weights."""
-    data = np.ones(nbytes // 4, np.float32)
+    data = np.ones(nbytes // 8, np.uint64)
     parts = np.array_split(data, n_threads)
+    streaming_sum = _streaming_sum()
+    streaming_sum(parts[0][:8])  # compiled before the clock starts
     best = float("inf")
     with ThreadPoolExecutor(n_threads) as pool:
         for _ in range(repeats):
             start = time.perf_counter()
-            list(pool.map(np.sum, parts))
+            list(pool.map(streaming_sum, parts))
             best = min(best, time.perf_counter() - start)
     return data.nbytes / best / 1e9
 
