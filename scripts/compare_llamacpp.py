@@ -452,7 +452,7 @@ def print_report(report: dict) -> None:
         print(f"\nllama.cpp: {report['llama.cpp']}")
         read = report.get("read_gbps")
         if read:
-            print(f"read bandwidth ({report['threads']} threads, numpy sum over 1 GiB, best of 5): {read:.1f} GB/s")
+            print(f"read bandwidth ({report['threads']} threads, 1 GiB read once, best of 5): {read:.1f} GB/s")
         print("| test | llamatool t/s | llama.cpp t/s | ratio | per CPU-s: llamatool | llama.cpp | ratio "
               "| GB/s: llamatool | llama.cpp | % of read: llamatool | llama.cpp |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
