@@ -313,8 +313,11 @@ def _k4_rows(x, qw, out, nmax, block_bytes):
             m_block = _make_qp_quants(8, 63, mins, Lm, sw)
             s = pos + 4
             for j in range(8):
-                ls = min(63, Ls[j])
-                lm = min(63, Lm[j])
+                ls = Ls[j]
+                lm = Lm[j]
+                if nmax == 31:  # only ggml's Q5_K clamps them: Q4_K stores a wrapped level as is
+                    ls = min(63, ls)
+                    lm = min(63, lm)
                 if j < 4:
                     y[s + j] = ls
                     y[s + j + 4] = lm
