@@ -16,6 +16,7 @@ from llamatool.imatrix_file import Entry, Imatrix, write_gguf
 from llamatool.quants.weighted import BLOCK, quantize_weighted
 
 from .conftest import llama_cpp_binary, llamatool, load_script
+from .quant_reference import finite_rows, first_difference, ggml  # noqa: F401  (ggml: a fixture)
 from .test_quantize import MODELS
 
 PRESETS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S",
@@ -93,6 +94,18 @@ def test_the_weights_change_the_bytes():
         a = quantize_weighted(name, x, np.ones(512, np.float32))
         b = quantize_weighted(name, x, rng.gamma(0.3, 3.0, 512).astype(np.float32))
         assert a.shape == b.shape and not np.array_equal(a, b), name
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"])
+def test_weighted_kernels_match_ggml_c_on_edge_rows(ggml, name):  # noqa: F811
+    """Kernel by kernel, on every finite edge case (zeros, ties, subnormals, huge values),
+    with weights that vary over four decades and include zeros."""
+    rng = np.random.default_rng(2)
+    qw = (rng.gamma(0.5, 2.0, 512) * 10.0 ** rng.integers(-2, 2, 512)).astype(np.float32)
+    qw[::37] = 0
+    for case, x in finite_rows(512).items():
+        ours, theirs = quantize_weighted(name, x, qw), ggml.quantize(name, x, qw)
+        assert np.array_equal(ours, theirs), f"{case}: " + first_difference(ours, theirs, BLOCK[name][1])
 
 
 def test_an_imatrix_for_another_model_is_a_one_line_error(models, tmp_path):

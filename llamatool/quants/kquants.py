@@ -141,15 +141,16 @@ def _qx_level(iscale, v, nmax):
 
 
 @kernel
-def _make_qx_quants_rmse1(n, nmax, x, L, lanes):
-    """ggml's make_qx_quants with rmse_type 1 and no importance weights (Q6_K's path):
-    symmetric levels, weights x**2, then a search over 18 nearby scales.
-    Returns the scale; L gets levels 0..2*nmax-1.
+def _make_qx_quants(n, nmax, x, weights, L, lanes):
+    """ggml's make_qx_quants with rmse_type 1: symmetric levels, then a search over 18
+    nearby scales, the error weighted by weights (x**2 without an importance matrix, as
+    Q6_K's path gives them; derived from it with one). Returns the scale; L gets levels
+    0..2*nmax-1.
 
     The 19 scales (C's first pass, then its steps -9..9 without 0) do not depend on each
     other, so they are tried at once, one per lane of lanes[3, QX_LANES] (scales, sums of
     l*x*w, sums of l*l*w); each lane adds its terms in C's order. C's choice among them
-    is then made in its order."""
+    is then made in its order, and only the chosen scale's levels are written."""
     vmax, amax = _abs_max(n, x)
     if amax < _GROUP_MAX_EPS:
         L[:n] = 0
@@ -163,7 +164,7 @@ def _make_qx_quants_rmse1(n, nmax, x, L, lanes):
     suml2[:] = _F0
     for i in range(n):
         xi = x[i]
-        w = xi * xi
+        w = weights[i]
         for k in range(QX_LANES):
             fl = _f32(_qx_level(iscales[k], xi, nmax))
             sumlx[k] += w * xi * fl
@@ -565,9 +566,13 @@ def _dequantize_rows_q5_k(raw, y):
 def _quantize_block_q6_k(x, out, pos):
     L = np.empty(QK_K, np.int8)
     scales = np.empty(16, np.float32)
+    weights = np.empty(16, np.float32)
     lanes = np.empty((3, QX_LANES), np.float32)
     for ib in range(16):
-        scales[ib] = _make_qx_quants_rmse1(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16], lanes)
+        xs = x[16 * ib : 16 * ib + 16]
+        for l in range(16):
+            weights[l] = xs[l] * xs[l]  # rmse_type 1's weights
+        scales[ib] = _make_qx_quants(16, 32, xs, weights, L[16 * ib : 16 * ib + 16], lanes)
     store_q6_k(x, L, scales, out, pos)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .ggml_scalar import get_fp16, nearest_int, put_fp16
 from .iquants import iq4_nl_rows, iq4_xs_rows
-from .kquants import QK_K, _abs_max, _make_qkx2_quants, _pack_2bit, _q3_scale, _scale_min_k4, store_q6_k
+from .kquants import QK_K, QX_LANES, _make_qkx2_quants, _make_qx_quants, _pack_2bit, _q3_scale, _scale_min_k4, store_q6_k
 from .rows import kernel, run_rows
 from ..errors import LlamatoolError
 
@@ -38,43 +38,6 @@ BLOCK = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
 
 
 # ----------------------------------------------------------------------------- ggml's searches
-
-
-@kernel
-def _make_qx_quants(n, nmax, x, L, qw):
-    """make_qx_quants with rmse_type 1 and weights qw: L gets l + nmax; returns the scale."""
-    vmax, amax = _abs_max(n, x)
-    if amax < _GROUP_MAX_EPS:
-        L[:n] = 0
-        return _F0
-    iscale = _f32(-nmax) / vmax
-    sumlx = _F0
-    suml2 = _F0
-    for i in range(n):
-        l = min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
-        L[i] = l + nmax
-        w = qw[i]
-        sumlx += w * x[i] * _f32(l)
-        suml2 += w * _f32(l) * _f32(l)
-    scale = sumlx / suml2 if suml2 != _F0 else _F0
-    best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = -(_f32(nmax) + _TENTH * _f32(step)) / vmax
-        sumlx = _F0
-        suml2 = _F0
-        for i in range(n):
-            l = min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
-            w = qw[i]
-            sumlx += w * x[i] * _f32(l)
-            suml2 += w * _f32(l) * _f32(l)
-        if suml2 > _F0 and sumlx * sumlx > best * suml2:
-            for i in range(n):
-                L[i] = nmax + min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
-            scale = sumlx / suml2
-            best = scale * sumlx
-    return scale
 
 
 @kernel
@@ -181,6 +144,7 @@ def _legacy_rows(x, qw, out, kind):
     L = np.empty(32, np.int64)
     Lu = np.empty(32, np.uint8)
     Laux = np.empty(32, np.uint8)
+    lanes = np.empty((3, QX_LANES), np.float32)
     for r in range(x.shape[0]):
         row = x[r]
         sigma2 = _sum_squares(row, n) / _f32(n)
@@ -189,7 +153,7 @@ def _legacy_rows(x, qw, out, kind):
             _block_weights(qw[32 * b : 32 * b + 32], xb, sigma2, weight)
             o = b * block_bytes
             if kind == 0 or kind == 2:
-                d = _make_qx_quants(32, nmax, xb, L, weight)
+                d = _make_qx_quants(32, nmax, xb, weight, L, lanes)
                 put_fp16(out[r], o, d)
                 q0 = o + (2 if kind == 0 else 6)
             else:
@@ -254,6 +218,7 @@ def _q3_k_rows(x, qw, out):
     weight = np.empty(16, np.float32)
     sw = np.empty(16, np.float32)
     Ls = np.empty(16, np.int64)
+    lanes = np.empty((3, QX_LANES), np.float32)
     for r in range(x.shape[0]):
         for b in range(x.shape[1] // QK_K):
             xb = x[r, b * QK_K : (b + 1) * QK_K]
@@ -262,10 +227,10 @@ def _q3_k_rows(x, qw, out):
             sigma2 = _f32(2.0) * _sum_squares(xb, QK_K) / _f32(QK_K)
             for j in range(16):
                 sw[j] = _weights_sum(qw[b * QK_K + 16 * j : b * QK_K + 16 * j + 16], xb[16 * j : 16 * j + 16], sigma2, weight)
-                scales[j] = _make_qx_quants(16, 4, xb[16 * j : 16 * j + 16], L[16 * j : 16 * j + 16], weight)
+                scales[j] = _make_qx_quants(16, 4, xb[16 * j : 16 * j + 16], weight, L[16 * j : 16 * j + 16], lanes)
             sc = pos + 96
             y[sc : sc + 12] = 0
-            d_block = _make_qx_quants(16, 32, scales, Ls, sw)
+            d_block = _make_qx_quants(16, 32, scales, sw, Ls, lanes)
             for j in range(16):
                 l = Ls[j]
                 if j < 8:
@@ -313,8 +278,11 @@ def _k4_rows(x, qw, out, nmax, block_bytes):
             m_block = _make_qp_quants(8, 63, mins, Lm, sw)
             s = pos + 4
             for j in range(8):
-                ls = min(63, Ls[j])
-                lm = min(63, Lm[j])
+                ls = Ls[j]
+                lm = Lm[j]
+                if nmax == 31:  # only ggml's Q5_K clamps them: Q4_K stores a wrapped level as is
+                    ls = min(63, ls)
+                    lm = min(63, lm)
                 if j < 4:
                     y[s + j] = ls
                     y[s + j + 4] = lm
@@ -357,12 +325,13 @@ def _k4_rows(x, qw, out, nmax, block_bytes):
 def _q6_k_rows(x, qw, out):
     L = np.empty(QK_K, np.int64)
     scales = np.empty(16, np.float32)
+    lanes = np.empty((3, QX_LANES), np.float32)
     for r in range(x.shape[0]):
         for b in range(x.shape[1] // QK_K):
             xb = x[r, b * QK_K : (b + 1) * QK_K]
             for ib in range(16):
-                scales[ib] = _make_qx_quants(16, 32, xb[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16],
-                                             qw[b * QK_K + 16 * ib : b * QK_K + 16 * ib + 16])  # fmt: skip
+                scales[ib] = _make_qx_quants(16, 32, xb[16 * ib : 16 * ib + 16], qw[b * QK_K + 16 * ib : b * QK_K + 16 * ib + 16],
+                                             L[16 * ib : 16 * ib + 16], lanes)  # fmt: skip
             store_q6_k(xb, L, scales, out[r], b * 210)
 
 
