@@ -36,9 +36,9 @@ import numpy as np
 from llamatool.jit import njit
 
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
-from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, pack2, f16_bits_to_f32, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16,
-                   load_f16, load_f16_pair,
-                   interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
+from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, even_lanes, extract, pack2, f16_bits_to_f32, f16_lanes, f16_pairs2, gather, get,
+                   high_half, load, low_half, odd_lanes, zip16, load_f16, load_f16_pair, interleave, load_u16, load_u32, load_u64,
+                   lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32, where_bits)
 from .types import IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
 from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS  # noqa: E402
@@ -539,14 +539,15 @@ def tq1_0_superblock(W, bo, dx):
 
 #: the grid's points one after another, 8 magnitudes each
 IQ2_XXS_POINTS = np.ascontiguousarray(IQ2_XXS_GRID.reshape(-1))
+#: the same, one 64-bit word per point (gather's elements)
+IQ2_XXS_WORDS = IQ2_XXS_POINTS.view(np.uint64)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _signed_u8(g, signs):
-    """128 + g or 128 - g per byte, as bit i of signs (a uint32) says: (g ^ m) - m with m
-    0 or 0xFF is g or -g in two's complement."""
-    m = splat(uint8(0), 32) - bit_mask(signs, 32, 0)
-    return ((g ^ m) - m) + splat(uint8(128), 32)
+    """128 + g or 128 - g per byte of g, as bit i of the integer signs says (one masked
+    subtract with AVX-512)."""
+    return where_bits(signs, uint8(128) - g, uint8(128) + g)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -555,10 +556,22 @@ def _iq2_xxs_scale_word(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _ksigns(x):
+    """ggml's ksigns_iq2xs of each byte of x (uint32, scalar or vector; every byte a 7-bit index):
+    the index with its parity as bit 7 (quants.grids.sign_table), computed, not looked up: the
+    parity of a byte folded into its bit 0 by three shifts within the byte."""
+    t = x ^ (x >> uint32(4))
+    t = t ^ (t >> uint32(2))
+    t = t ^ (t >> uint32(1))
+    return x | ((t & uint32(0x01010101)) << uint32(7))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _sign_bits(aux):
-    """The 32 sign bits of four 7-bit ksigns indices at bits 0, 7, 14, 21 of aux."""
-    return (uint32(get(KSIGNS, aux & 127)) | (uint32(get(KSIGNS, (aux >> 7) & 127)) << 8)
-            | (uint32(get(KSIGNS, (aux >> 14) & 127)) << 16) | (uint32(get(KSIGNS, (aux >> 21) & 127)) << 24))
+    """The 32 sign bits of four 7-bit ksigns indices at bits 0, 7, 14, 21 of aux (uint32, scalar
+    or vector): the indices spread to one byte each, then their ksigns."""
+    return _ksigns((aux & uint32(0x7F)) | ((aux << uint32(1)) & uint32(0x7F00)) | ((aux << uint32(2)) & uint32(0x7F0000))
+                   | ((aux << uint32(3)) & uint32(0x7F000000)))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -583,22 +596,25 @@ def iq2_xxs_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _iq2_xxs_pair(W, bo, p):
-    a, b = _iq2_xxs_scale_word(W, bo, 2 * p), _iq2_xxs_scale_word(W, bo, 2 * p + 1)
-    return concat(_iq2_xxs_weights(W, bo, 2 * p, a), _iq2_xxs_weights(W, bo, 2 * p + 1, b)), pack2(
-        _iq2_xxs_dl(W, bo, 2 * p, a), _iq2_xxs_dl(W, bo, 2 * p + 1, b))
+def _iq2_xxs_pair(indices, signs):
+    """A chunk pair's weights from its 8 grid indices (uint8 x 8) and 64 sign bits: the
+    points in one gather, signed."""
+    return _signed_u8(reinterpret(gather(IQ2_XXS_WORDS, to_i32(indices)), np.uint8), signs)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq2_xxs_superblock(W, bo, dx):
-    w0, s0 = _iq2_xxs_pair(W, bo, 0)
-    w1, s1 = _iq2_xxs_pair(W, bo, 1)
-    w2, s2 = _iq2_xxs_pair(W, bo, 2)
-    w3, s3 = _iq2_xxs_pair(W, bo, 3)
-    dl = concat(concat(s0, s1), concat(s2, s3))  # float32 x 8: one scale per chunk
+    # the 64 bytes after d as 16 words: per chunk 4 grid indices, then its aux word
+    words = reinterpret(load(W, bo + 2, 64), np.uint32)
+    aux = odd_lanes(words)
+    ix = reinterpret(even_lanes(words), np.uint8)
+    signs = reinterpret(_sign_bits(aux), np.uint64)  # a chunk pair's 64 sign bits per lane
+    dl = splat(load_f16(W, bo, 1), 8) * to_f32(reinterpret((aux >> uint32(28)) * uint32(2) + uint32(1), np.int32)) * float32(0.125)
     sc = dl * dx
-    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
-            repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
+    return (_iq2_xxs_pair(repeat_slice(ix, 0, 8, 1), extract(signs, 0)), _iq2_xxs_pair(repeat_slice(ix, 8, 8, 1), extract(signs, 1)),
+            _iq2_xxs_pair(repeat_slice(ix, 16, 8, 1), extract(signs, 2)), _iq2_xxs_pair(repeat_slice(ix, 24, 8, 1), extract(signs, 3)),
+            repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
+            repeat_slice(dl * float32(-128), 0, 8, 2))
 
 
 # IQ2_XS (74 bytes: d, qs u16[32], scales[8]): per 8 weights a u16 of a 9-bit grid index (512
@@ -884,6 +900,10 @@ def iq1_m_superblock(W, bo, dx):
 # the signs one bit per weight in the u32 at signs[4j], weight = d * (1 + 2 ls) * magnitude * sign.
 
 IQ3_S_POINTS = np.ascontiguousarray(IQ3_S_GRID.reshape(-1))
+#: the same, one 32-bit word per point (gather's elements)
+IQ3_S_WORDS = IQ3_S_POINTS.view(np.uint32)
+#: chunk j's 4-bit scale: nibble j of the little-endian u32 of the four scale bytes
+IQ3_S_SCALE_SHIFTS = np.arange(0, 32, 4, dtype=np.uint32)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -915,12 +935,20 @@ def iq3_s_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_s_pair(W, bo, p):
+    """Chunk pair p's weights: 16 grid indices (qs bytes, the 9th bit from the pair's two qh
+    bytes) in one gather, signed by the pair's 64 sign bits."""
+    high = where_bits(load_u16(W, bo + 66 + 2 * p, 1), splat(int32(256), 16), splat(int32(0), 16))
+    g = reinterpret(gather(IQ3_S_WORDS, to_i32(load(W, bo + 2 + 16 * p, 16)) | high), np.uint8)
+    return _signed_u8(g, load_u64(W, bo + 74 + 8 * p, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def iq3_s_superblock(W, bo, dx):
-    dl = concat(concat(pack2(_iq3_s_dl(W, bo, 0), _iq3_s_dl(W, bo, 1)), pack2(_iq3_s_dl(W, bo, 2), _iq3_s_dl(W, bo, 3))),
-                concat(pack2(_iq3_s_dl(W, bo, 4), _iq3_s_dl(W, bo, 5)), pack2(_iq3_s_dl(W, bo, 6), _iq3_s_dl(W, bo, 7))))
+    ls = (splat(load_u32(W, bo + 106, 1), 8) >> load(IQ3_S_SCALE_SHIFTS, 0, 8)) & uint32(15)
+    dl = splat(load_f16(W, bo, 1), 8) * to_f32(reinterpret(ls * uint32(2) + uint32(1), np.int32))
     sc = dl * dx
-    return (concat(_iq3_s_weights(W, bo, 0), _iq3_s_weights(W, bo, 1)), concat(_iq3_s_weights(W, bo, 2), _iq3_s_weights(W, bo, 3)),
-            concat(_iq3_s_weights(W, bo, 4), _iq3_s_weights(W, bo, 5)), concat(_iq3_s_weights(W, bo, 6), _iq3_s_weights(W, bo, 7)),
+    return (_iq3_s_pair(W, bo, 0), _iq3_s_pair(W, bo, 1), _iq3_s_pair(W, bo, 2), _iq3_s_pair(W, bo, 3),
             repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
             repeat_slice(dl * float32(-128), 0, 8, 2))
 
