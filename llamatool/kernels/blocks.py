@@ -41,7 +41,7 @@ from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, even_lanes, extract, 
                    lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32, where_bits)
 from .types import IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
-from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS  # noqa: E402
+from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID  # noqa: E402
 
 from numba import float32, int32, int64, uint8, uint16, uint32, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
@@ -622,13 +622,15 @@ def iq2_xxs_superblock(W, bo, dx):
 # weight = d * (2 ls + 1) / 8 * magnitude * sign.
 
 IQ2_XS_POINTS = np.ascontiguousarray(IQ2_XS_GRID.reshape(-1))
+#: the same, one 64-bit word per point (gather's elements)
+IQ2_XS_WORDS = IQ2_XS_POINTS.view(np.uint64)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _iq2_xs_group(W, o):
     """(8 magnitudes, 8 sign bits) of the u16 at o."""
     q = int64(load_u16(W, o, 1))
-    return load(IQ2_XS_POINTS, 8 * (q & 511), 8), uint32(get(KSIGNS, q >> 9))
+    return load(IQ2_XS_POINTS, 8 * (q & 511), 8), _ksigns(uint32(q >> 9))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -650,16 +652,12 @@ def _half_scale16(W, bo, at, j, half):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _scales4(W, bo, at, j):
-    """float32 x 4: the scales of the halves of chunks j and j + 1."""
-    return concat(pack2(_half_scale16(W, bo, at, j, 0), _half_scale16(W, bo, at, j, 1)),
-                  pack2(_half_scale16(W, bo, at, j + 1, 0), _half_scale16(W, bo, at, j + 1, 1)))
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
 def _scales16(W, bo, at):
-    """float32 x 16: the super-block's scales, one per 16 weights."""
-    return concat(concat(_scales4(W, bo, at, 0), _scales4(W, bo, at, 2)), concat(_scales4(W, bo, at, 4), _scales4(W, bo, at, 6)))
+    """float32 x 16: the super-block's scales, one per 16 weights (the 16 nibbles of the 8 bytes
+    at `at`, low one first), as _half_scale16 computes each."""
+    b = load(W, bo + at, 8)
+    ls = to_i32(interleave(b & uint8(15), b >> uint8(4)))
+    return splat(load_f16(W, bo, 1), 16) * to_f32(ls * int32(2) + int32(1)) * float32(0.125)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -669,11 +667,19 @@ def iq2_xs_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xs_pair(q, signs):
+    """A chunk pair's weights from its 8 u16 (uint16 x 8) and 64 sign bits."""
+    return _signed_u8(reinterpret(gather(IQ2_XS_WORDS, to_i32(q & uint16(511))), np.uint8), signs)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def iq2_xs_superblock(W, bo, dx):
+    q = reinterpret(load(W, bo + 2, 64), np.uint16)  # per 8 weights: grid index | sign index << 9
+    signs = reinterpret(reinterpret(to_i8(_ksigns(q >> uint16(9))), np.uint8), np.uint64)
     dl = _scales16(W, bo, 66)
     sc = dl * dx
-    return (concat(_iq2_xs_weights(W, bo, 0), _iq2_xs_weights(W, bo, 1)), concat(_iq2_xs_weights(W, bo, 2), _iq2_xs_weights(W, bo, 3)),
-            concat(_iq2_xs_weights(W, bo, 4), _iq2_xs_weights(W, bo, 5)), concat(_iq2_xs_weights(W, bo, 6), _iq2_xs_weights(W, bo, 7)),
+    return (_iq2_xs_pair(repeat_slice(q, 0, 8, 1), extract(signs, 0)), _iq2_xs_pair(repeat_slice(q, 8, 8, 1), extract(signs, 1)),
+            _iq2_xs_pair(repeat_slice(q, 16, 8, 1), extract(signs, 2)), _iq2_xs_pair(repeat_slice(q, 24, 8, 1), extract(signs, 3)),
             repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
             dl * float32(-128))
 
@@ -682,6 +688,10 @@ def iq2_xs_superblock(W, bo, dx):
 # (1024 points, magnitudes as IQ2_XXS), qs[g] | bits 2(g % 4) of qh[g // 4] << 8, and a sign byte.
 
 IQ2_S_POINTS = np.ascontiguousarray(IQ2_S_GRID.reshape(-1))
+#: the same, one 64-bit word per point (gather's elements)
+IQ2_S_WORDS = IQ2_S_POINTS.view(np.uint64)
+#: a chunk pair's 8 grid indices take their bits 8-9 from bits 2i, 2i + 1 of the pair's two qh bytes
+IQ2_S_HIGH_SHIFTS = np.arange(0, 16, 2, dtype=np.int32)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -704,11 +714,19 @@ def iq2_s_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_s_pair(W, bo, p):
+    """Chunk pair p's weights: 8 grid indices (qs bytes, bits 8-9 from the pair's qh bytes) in
+    one gather, signed by the pair's 8 sign bytes."""
+    high = ((splat(int32(load_u16(W, bo + 66 + 2 * p, 1)), 8) >> load(IQ2_S_HIGH_SHIFTS, 0, 8)) & int32(3)) << int32(8)
+    g = reinterpret(gather(IQ2_S_WORDS, to_i32(load(W, bo + 2 + 8 * p, 8)) | high), np.uint8)
+    return _signed_u8(g, load_u64(W, bo + 34 + 8 * p, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def iq2_s_superblock(W, bo, dx):
     dl = _scales16(W, bo, 74)
     sc = dl * dx
-    return (concat(_iq2_s_weights(W, bo, 0), _iq2_s_weights(W, bo, 1)), concat(_iq2_s_weights(W, bo, 2), _iq2_s_weights(W, bo, 3)),
-            concat(_iq2_s_weights(W, bo, 4), _iq2_s_weights(W, bo, 5)), concat(_iq2_s_weights(W, bo, 6), _iq2_s_weights(W, bo, 7)),
+    return (_iq2_s_pair(W, bo, 0), _iq2_s_pair(W, bo, 1), _iq2_s_pair(W, bo, 2), _iq2_s_pair(W, bo, 3),
             repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
             dl * float32(-128))
 
@@ -718,6 +736,8 @@ def iq2_s_superblock(W, bo, dx):
 # weight = d * (2 ls + 1) / 4 * magnitude * sign.
 
 IQ3_XXS_POINTS = np.ascontiguousarray(IQ3_XXS_GRID.reshape(-1))
+#: the same, one 32-bit word per point (gather's elements)
+IQ3_XXS_WORDS = IQ3_XXS_POINTS.view(np.uint32)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -754,22 +774,21 @@ def iq3_xxs_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _iq3_xxs_pair(W, bo, p):
-    a, b = _iq3_xxs_word(W, bo, 2 * p), _iq3_xxs_word(W, bo, 2 * p + 1)
-    return (concat(_iq3_xxs_weights(W, bo, 2 * p, a), _iq3_xxs_weights(W, bo, 2 * p + 1, b)),
-            pack2(_iq3_xxs_dl(W, bo, a), _iq3_xxs_dl(W, bo, b)))
+def _iq3_xxs_pair(W, bo, p, signs):
+    """Chunk pair p's weights: its 16 grid points in one gather, signed by its 64 sign bits."""
+    return _signed_u8(reinterpret(gather(IQ3_XXS_WORDS, to_i32(load(W, bo + 2 + 16 * p, 16))), np.uint8), signs)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq3_xxs_superblock(W, bo, dx):
-    w0, s0 = _iq3_xxs_pair(W, bo, 0)
-    w1, s1 = _iq3_xxs_pair(W, bo, 1)
-    w2, s2 = _iq3_xxs_pair(W, bo, 2)
-    w3, s3 = _iq3_xxs_pair(W, bo, 3)
-    dl = concat(concat(s0, s1), concat(s2, s3))
+    aux = reinterpret(load(W, bo + 66, 32), np.uint32)  # per chunk: 4 sign indices and the scale
+    signs = reinterpret(_sign_bits(aux), np.uint64)  # a chunk pair's 64 sign bits per lane
+    dl = splat(load_f16(W, bo, 1), 8) * to_f32(reinterpret((aux >> uint32(28)) * uint32(2) + uint32(1), np.int32)) * float32(0.25)
     sc = dl * dx
-    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
-            repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
+    return (_iq3_xxs_pair(W, bo, 0, extract(signs, 0)), _iq3_xxs_pair(W, bo, 1, extract(signs, 1)),
+            _iq3_xxs_pair(W, bo, 2, extract(signs, 2)), _iq3_xxs_pair(W, bo, 3, extract(signs, 3)),
+            repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
+            repeat_slice(dl * float32(-128), 0, 8, 2))
 
 
 # IQ1_S (50 bytes: d, qs[32], qh u16[8]): per 32 weights (chunk j) 4 11-bit grid indices of 8
