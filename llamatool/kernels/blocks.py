@@ -36,9 +36,9 @@ import numpy as np
 from llamatool.jit import njit
 
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
-from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, even_lanes, extract, pack2, f16_bits_to_f32, f16_lanes, f16_pairs2, gather, get,
+from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, even_lanes, extract, f16_bits_to_f32, f16_lanes, f16_pairs2, gather, get,
                    high_half, load, low_half, odd_lanes, zip16, load_f16, load_f16_pair, interleave, load_u16, load_u32, load_u64,
-                   lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32, where_bits)
+                   lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32, to_u64, where_bits)
 from .types import IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
 from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID  # noqa: E402
@@ -797,6 +797,10 @@ def iq3_xxs_superblock(W, bo, dx):
 # the rest an offset.
 
 IQ1_S_POINTS = np.ascontiguousarray(IQ1_S_LEVELS.reshape(-1))
+#: the same, one 64-bit word per point (gather's elements)
+IQ1_S_WORDS = IQ1_S_POINTS.view(np.uint64)
+#: a chunk pair's 8 grid indices take their bits 8-10 from bits 3k of its two qh words, read as one u32
+IQ1_S_HIGH_SHIFTS = np.array([16 * (i // 4) + 3 * (i % 4) for i in range(8)], np.int32)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -831,22 +835,22 @@ def iq1_s_chunk(W, bo, j):
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _iq1_s_pair(W, bo, p):
-    qa, qb = _iq1_s_qh(W, bo, 2 * p), _iq1_s_qh(W, bo, 2 * p + 1)
-    da, ma = _iq1_s_scale_offset(W, bo, qa)
-    db, mb = _iq1_s_scale_offset(W, bo, qb)
-    return concat(_iq1_s_weights(W, bo, 2 * p, qa), _iq1_s_weights(W, bo, 2 * p + 1, qb)), pack2(da, db), pack2(ma, mb)
+    """Chunk pair p's weights: 8 grid indices (qs bytes, bits 8-10 from the pair's qh words) in one gather."""
+    qh = splat(int32(load_u32(W, bo + 34 + 4 * p, 1)), 8)
+    high = ((qh >> load(IQ1_S_HIGH_SHIFTS, 0, 8)) & int32(7)) << int32(8)
+    return reinterpret(gather(IQ1_S_WORDS, to_i32(load(W, bo + 2 + 8 * p, 8)) | high), np.uint8)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq1_s_superblock(W, bo, dx):
-    w0, d0, m0 = _iq1_s_pair(W, bo, 0)
-    w1, d1, m1 = _iq1_s_pair(W, bo, 1)
-    w2, d2, m2 = _iq1_s_pair(W, bo, 2)
-    w3, d3, m3 = _iq1_s_pair(W, bo, 3)
-    sc = concat(concat(d0, d1), concat(d2, d3)) * dx
-    m = concat(concat(m0, m1), concat(m2, m3))
-    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
-            repeat_slice(sc, 6, 2, 8), repeat_slice(m, 0, 8, 2))
+    qh = to_i32(reinterpret(load(W, bo + 34, 16), np.uint16))  # per chunk: index bits, ls (bits 12-14), delta's sign (15)
+    dl = splat(load_f16(W, bo, 1), 8) * to_f32(((qh >> int32(12)) & int32(7)) * int32(2) + int32(1))
+    # delta - 1: -0.875, or -1.125 where the sign bit is set (both exact, as _iq1_s_scale_offset's)
+    m = dl * (to_f32(qh >> int32(15)) * float32(-0.25) + float32(-0.875))
+    sc = dl * dx
+    return (_iq1_s_pair(W, bo, 0), _iq1_s_pair(W, bo, 1), _iq1_s_pair(W, bo, 2), _iq1_s_pair(W, bo, 3),
+            repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
+            repeat_slice(m, 0, 8, 2))
 
 
 # IQ1_M (56 bytes: qs[32], qh[16], scales u16[4]): per 16 weights (block b = 2j + h, half h of
@@ -896,20 +900,34 @@ def iq1_m_chunk(W, bo, j):
     return _iq1_m_weights(W, bo, j), s0, s1, float32(-16) * s0, float32(-16) * s1
 
 
+#: group i (block 4p + i // 2, group i % 2) of chunk pair p: its qh bits 4i..4i+3 in the pair's
+#: four qh bytes read as one u32 (three index bits, then delta's sign)
+IQ1_M_GROUP_SHIFTS = np.arange(0, 32, 4, dtype=np.int32)
+#: block b's 3-bit scale: bits 3(b % 4) of the u16 b // 4 of the scales' 64-bit word
+IQ1_M_SCALE_SHIFTS = np.array([16 * (b // 4) + 3 * (b % 4) for b in range(16)], np.int64)
+#: q = 8 l + 9, or + 7 where delta's sign is set: the 8 bytes of a group at once in a u64 lane
+IQ1_M_PLUS_9 = np.uint64(0x0909090909090909)
+IQ1_M_TWOS = np.uint64(0x0202020202020202)
+
+
 @njit(cache=True, _nrt=False, forceinline=True)
-def _iq1_m_dl4(d, u, b):
-    """float32 x 4: the scales of blocks b..b+3."""
-    return concat(pack2(_iq1_m_dl(d, u, b), _iq1_m_dl(d, u, b + 1)), pack2(_iq1_m_dl(d, u, b + 2), _iq1_m_dl(d, u, b + 3)))
+def _iq1_m_pair(W, bo, p):
+    """Chunk pair p's weights q = 8 l + 8 +- 1: 8 grid indices (qs bytes, bits 8-10 from the
+    pair's qh bytes) in one gather, each group's 8 levels times 8 and offset in one u64 lane."""
+    qh = splat(int32(load_u32(W, bo + 32 + 4 * p, 1)), 8) >> load(IQ1_M_GROUP_SHIFTS, 0, 8)
+    levels = gather(IQ1_S_WORDS, to_i32(load(W, bo + 8 * p, 8)) | ((qh & int32(7)) << int32(8)))
+    minus = to_u64((qh >> int32(3)) & int32(1))
+    return reinterpret((levels << uint64(3)) + (IQ1_M_PLUS_9 - minus * IQ1_M_TWOS), np.uint8)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq1_m_superblock(W, bo, dx):
     u = _iq1_m_scale_word(W, bo)
     d = _iq1_m_d(u)
-    dl = concat(concat(_iq1_m_dl4(d, u, 0), _iq1_m_dl4(d, u, 4)), concat(_iq1_m_dl4(d, u, 8), _iq1_m_dl4(d, u, 12)))
+    ls = (splat(u, 16) >> load(IQ1_M_SCALE_SHIFTS, 0, 16)) & int64(7)
+    dl = splat(d, 16) * to_f32(to_i32(ls) * int32(2) + int32(1)) * float32(0.125)
     sc = dl * dx
-    return (concat(_iq1_m_weights(W, bo, 0), _iq1_m_weights(W, bo, 1)), concat(_iq1_m_weights(W, bo, 2), _iq1_m_weights(W, bo, 3)),
-            concat(_iq1_m_weights(W, bo, 4), _iq1_m_weights(W, bo, 5)), concat(_iq1_m_weights(W, bo, 6), _iq1_m_weights(W, bo, 7)),
+    return (_iq1_m_pair(W, bo, 0), _iq1_m_pair(W, bo, 1), _iq1_m_pair(W, bo, 2), _iq1_m_pair(W, bo, 3),
             repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
             dl * float32(-16))
 

@@ -352,6 +352,7 @@ def _converter(target):
 #: narrow by truncation; floats to ints truncate toward zero (round first with `rint`).
 to_i8 = _converter(types.int8)
 to_i32 = _converter(types.int32)
+to_u64 = _converter(types.uint64)
 to_f32 = _converter(types.float32)
 to_f64 = _converter(types.float64)
 
