@@ -596,6 +596,13 @@ def iq2_xxs_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _aux_scales(W, bo, aux, unit):
+    """IQ2_XXS/IQ3_XXS: float32 x 8, the chunks' d * (2 ls + 1) * unit, ls the top 4 bits of
+    each chunk's aux word (uint32 x 8), rounded as _iq2_xxs_dl / _iq3_xxs_dl round them."""
+    return splat(load_f16(W, bo, 1), 8) * to_f32(reinterpret((aux >> uint32(28)) * uint32(2) + uint32(1), np.int32)) * unit
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _iq2_xxs_pair(indices, signs):
     """A chunk pair's weights from its 8 grid indices (uint8 x 8) and 64 sign bits: the
     points in one gather, signed."""
@@ -609,7 +616,7 @@ def iq2_xxs_superblock(W, bo, dx):
     aux = odd_lanes(words)
     ix = reinterpret(even_lanes(words), np.uint8)
     signs = reinterpret(_sign_bits(aux), np.uint64)  # a chunk pair's 64 sign bits per lane
-    dl = splat(load_f16(W, bo, 1), 8) * to_f32(reinterpret((aux >> uint32(28)) * uint32(2) + uint32(1), np.int32)) * float32(0.125)
+    dl = _aux_scales(W, bo, aux, float32(0.125))
     sc = dl * dx
     return (_iq2_xxs_pair(repeat_slice(ix, 0, 8, 1), extract(signs, 0)), _iq2_xxs_pair(repeat_slice(ix, 8, 8, 1), extract(signs, 1)),
             _iq2_xxs_pair(repeat_slice(ix, 16, 8, 1), extract(signs, 2)), _iq2_xxs_pair(repeat_slice(ix, 24, 8, 1), extract(signs, 3)),
@@ -783,7 +790,7 @@ def _iq3_xxs_pair(W, bo, p, signs):
 def iq3_xxs_superblock(W, bo, dx):
     aux = reinterpret(load(W, bo + 66, 32), np.uint32)  # per chunk: 4 sign indices and the scale
     signs = reinterpret(_sign_bits(aux), np.uint64)  # a chunk pair's 64 sign bits per lane
-    dl = splat(load_f16(W, bo, 1), 8) * to_f32(reinterpret((aux >> uint32(28)) * uint32(2) + uint32(1), np.int32)) * float32(0.25)
+    dl = _aux_scales(W, bo, aux, float32(0.25))
     sc = dl * dx
     return (_iq3_xxs_pair(W, bo, 0, extract(signs, 0)), _iq3_xxs_pair(W, bo, 1, extract(signs, 1)),
             _iq3_xxs_pair(W, bo, 2, extract(signs, 2)), _iq3_xxs_pair(W, bo, 3, extract(signs, 3)),

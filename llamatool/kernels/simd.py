@@ -584,9 +584,9 @@ def where_bits(typingctx, bits, a, b):
 @intrinsic
 def gather(typingctx, arr, idx):
     """out[i] = arr[idx[i]]: the elements of a 1-D array at a vector of integer indices (no
-    bounds check, like get). One vpgatherdd / vpgatherdq with AVX-512 or AVX2 (LLVM's
-    masked.gather; a load and an insert per lane on CPUs without gathers): how the IQ types
-    look up the grid points of a chunk pair at once."""
+    bounds check, like get). LLVM's masked.gather: one vpgatherdd / vpgatherdq with AVX-512;
+    where LLVM deems gathers slow or missing (its x86-64-v3 tuning, other CPUs) a load and an
+    insert per lane. How the IQ types look up the grid points of a chunk pair at once."""
     if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(idx, Vector) and _is_int(idx.dtype)):
         return None
     vt = Vector(arr.dtype, idx.lanes)
