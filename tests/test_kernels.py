@@ -600,6 +600,49 @@ def test_simd_integer_primitives():
     np.testing.assert_array_equal(out_mask, (bits >> (np.uint64(3) + np.arange(32, dtype=np.uint64))) & np.uint64(1))
 
 
+def test_simd_gather_and_bit_select():
+    """gather reads a table at a vector of indices (32- and 64-bit elements, as the IQ grids
+    are read); where_bits picks lanes by the bits of an integer (the IQ sign bits)."""
+    @njit(cache=True)
+    def probe(t32, t64, idx, bits, out32, out64, out_sel):
+        i = simd.to_i32(simd.load(idx, 0, 16))
+        simd.store(out32, 0, simd.gather(t32, i))
+        simd.store(out64, 0, simd.gather(t64, simd.to_i32(simd.load(idx, 16, 8))))
+        simd.store(out_sel, 0, simd.where_bits(bits, simd.load(out_sel, 0, 64), simd.load(out_sel, 64, 64)))
+
+    rng = np.random.default_rng(16)
+    t32 = rng.integers(0, 2**32, 512, dtype=np.uint64).astype(np.uint32)
+    t64 = rng.integers(0, 2**63, 256, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # top and bottom bits used
+    idx = rng.integers(0, 256, 24).astype(np.uint8)
+    bits = np.uint64(0xDEADBEEF12345678)
+    out32, out64 = np.zeros(16, np.uint32), np.zeros(8, np.uint64)
+    out_sel = rng.integers(0, 256, 128).astype(np.uint8)
+    a, b = out_sel[:64].copy(), out_sel[64:].copy()
+    probe(t32, t64, idx, bits, out32, out64, out_sel)
+    np.testing.assert_array_equal(out32, t32[idx[:16]])
+    np.testing.assert_array_equal(out64, t64[idx[16:]])
+    np.testing.assert_array_equal(out_sel[:64], np.where((bits >> np.arange(64, dtype=np.uint64)) & np.uint64(1), a, b))
+
+
+def test_computed_ksigns_are_ggmls_table():
+    """The IQ2_XXS/IQ3_XXS decoders compute ksigns_iq2xs (an index and its parity) instead of
+    reading the table: every index in every one of the four 7-bit fields of a sign word."""
+    from llamatool.kernels.blocks import _sign_bits
+    from llamatool.quants.grids import KSIGNS
+
+    @njit(cache=True)
+    def signs(aux, out):
+        for i in range(aux.size):
+            out[i] = _sign_bits(aux[i])
+
+    i = np.arange(128, dtype=np.uint32)
+    aux = (i | (i[::-1] << 7) | (((i * 5) % 128) << 14) | (((i * 37) % 128) << 21) | (np.uint32(0xF) << 28)).astype(np.uint32)
+    out = np.zeros(128, np.uint32)
+    signs(aux, out)
+    expected = [KSIGNS[(aux >> s) & 127].astype(np.uint32) << (8 * k) for k, s in enumerate((0, 7, 14, 21))]
+    np.testing.assert_array_equal(out, expected[0] | expected[1] | expected[2] | expected[3])
+
+
 @pytest.mark.parametrize("avx2", [False, True], ids=["portable-ir", "avx2-maddubs"])
 def test_byte_dot_products_without_vnni(monkeypatch, avx2):
     """The lowerings used on CPUs without VNNI (AVX2's vpmaddubsw + vpmaddwd, else portable IR)

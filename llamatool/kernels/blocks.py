@@ -36,12 +36,12 @@ import numpy as np
 from llamatool.jit import njit
 
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
-from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, pack2, f16_bits_to_f32, f16_lanes, f16_pairs2, get, high_half, load, low_half, zip16,
-                   load_f16, load_f16_pair,
-                   interleave, load_u16, load_u32, lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32)
+from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, even_lanes, extract, f16_bits_to_f32, f16_lanes, f16_pairs2, gather, get,
+                   high_half, load, low_half, odd_lanes, zip16, load_f16, load_f16_pair, interleave, load_u16, load_u32, load_u64,
+                   lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32, to_u64, where_bits)
 from .types import IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
-from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS  # noqa: E402
+from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID  # noqa: E402
 
 from numba import float32, int32, int64, uint8, uint16, uint32, uint64  # noqa: E402  (numba is already imported by .simd)
 from numba.core import errors, types  # noqa: E402
@@ -539,14 +539,15 @@ def tq1_0_superblock(W, bo, dx):
 
 #: the grid's points one after another, 8 magnitudes each
 IQ2_XXS_POINTS = np.ascontiguousarray(IQ2_XXS_GRID.reshape(-1))
+#: the same, one 64-bit word per point (gather's elements)
+IQ2_XXS_WORDS = IQ2_XXS_POINTS.view(np.uint64)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _signed_u8(g, signs):
-    """128 + g or 128 - g per byte, as bit i of signs (a uint32) says: (g ^ m) - m with m
-    0 or 0xFF is g or -g in two's complement."""
-    m = splat(uint8(0), 32) - bit_mask(signs, 32, 0)
-    return ((g ^ m) - m) + splat(uint8(128), 32)
+    """128 + g or 128 - g per byte of g, as bit i of the integer signs says (one masked
+    subtract with AVX-512)."""
+    return where_bits(signs, uint8(128) - g, uint8(128) + g)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -555,10 +556,22 @@ def _iq2_xxs_scale_word(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _ksigns(x):
+    """ggml's ksigns_iq2xs of each byte of x (uint32, scalar or vector; every byte a 7-bit index):
+    the index with its parity as bit 7 (quants.grids.sign_table), computed, not looked up: the
+    parity of a byte folded into its bit 0 by three shifts within the byte."""
+    t = x ^ (x >> uint32(4))
+    t = t ^ (t >> uint32(2))
+    t = t ^ (t >> uint32(1))
+    return x | ((t & uint32(0x01010101)) << uint32(7))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _sign_bits(aux):
-    """The 32 sign bits of four 7-bit ksigns indices at bits 0, 7, 14, 21 of aux."""
-    return (uint32(get(KSIGNS, aux & 127)) | (uint32(get(KSIGNS, (aux >> 7) & 127)) << 8)
-            | (uint32(get(KSIGNS, (aux >> 14) & 127)) << 16) | (uint32(get(KSIGNS, (aux >> 21) & 127)) << 24))
+    """The 32 sign bits of four 7-bit ksigns indices at bits 0, 7, 14, 21 of aux (uint32, scalar
+    or vector): the indices spread to one byte each, then their ksigns."""
+    return _ksigns((aux & uint32(0x7F)) | ((aux << uint32(1)) & uint32(0x7F00)) | ((aux << uint32(2)) & uint32(0x7F0000))
+                   | ((aux << uint32(3)) & uint32(0x7F000000)))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -583,22 +596,32 @@ def iq2_xxs_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _iq2_xxs_pair(W, bo, p):
-    a, b = _iq2_xxs_scale_word(W, bo, 2 * p), _iq2_xxs_scale_word(W, bo, 2 * p + 1)
-    return concat(_iq2_xxs_weights(W, bo, 2 * p, a), _iq2_xxs_weights(W, bo, 2 * p + 1, b)), pack2(
-        _iq2_xxs_dl(W, bo, 2 * p, a), _iq2_xxs_dl(W, bo, 2 * p + 1, b))
+def _aux_scales(W, bo, aux, unit):
+    """IQ2_XXS/IQ3_XXS: float32 x 8, the chunks' d * (2 ls + 1) * unit, ls the top 4 bits of
+    each chunk's aux word (uint32 x 8), rounded as _iq2_xxs_dl / _iq3_xxs_dl round them."""
+    return splat(load_f16(W, bo, 1), 8) * to_f32(reinterpret((aux >> uint32(28)) * uint32(2) + uint32(1), np.int32)) * unit
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xxs_pair(indices, signs):
+    """A chunk pair's weights from its 8 grid indices (uint8 x 8) and 64 sign bits: the
+    points in one gather, signed."""
+    return _signed_u8(reinterpret(gather(IQ2_XXS_WORDS, to_i32(indices)), np.uint8), signs)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq2_xxs_superblock(W, bo, dx):
-    w0, s0 = _iq2_xxs_pair(W, bo, 0)
-    w1, s1 = _iq2_xxs_pair(W, bo, 1)
-    w2, s2 = _iq2_xxs_pair(W, bo, 2)
-    w3, s3 = _iq2_xxs_pair(W, bo, 3)
-    dl = concat(concat(s0, s1), concat(s2, s3))  # float32 x 8: one scale per chunk
+    # the 64 bytes after d as 16 words: per chunk 4 grid indices, then its aux word
+    words = reinterpret(load(W, bo + 2, 64), np.uint32)
+    aux = odd_lanes(words)
+    ix = reinterpret(even_lanes(words), np.uint8)
+    signs = reinterpret(_sign_bits(aux), np.uint64)  # a chunk pair's 64 sign bits per lane
+    dl = _aux_scales(W, bo, aux, float32(0.125))
     sc = dl * dx
-    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
-            repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
+    return (_iq2_xxs_pair(repeat_slice(ix, 0, 8, 1), extract(signs, 0)), _iq2_xxs_pair(repeat_slice(ix, 8, 8, 1), extract(signs, 1)),
+            _iq2_xxs_pair(repeat_slice(ix, 16, 8, 1), extract(signs, 2)), _iq2_xxs_pair(repeat_slice(ix, 24, 8, 1), extract(signs, 3)),
+            repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
+            repeat_slice(dl * float32(-128), 0, 8, 2))
 
 
 # IQ2_XS (74 bytes: d, qs u16[32], scales[8]): per 8 weights a u16 of a 9-bit grid index (512
@@ -606,13 +629,15 @@ def iq2_xxs_superblock(W, bo, dx):
 # weight = d * (2 ls + 1) / 8 * magnitude * sign.
 
 IQ2_XS_POINTS = np.ascontiguousarray(IQ2_XS_GRID.reshape(-1))
+#: the same, one 64-bit word per point (gather's elements)
+IQ2_XS_WORDS = IQ2_XS_POINTS.view(np.uint64)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _iq2_xs_group(W, o):
     """(8 magnitudes, 8 sign bits) of the u16 at o."""
     q = int64(load_u16(W, o, 1))
-    return load(IQ2_XS_POINTS, 8 * (q & 511), 8), uint32(get(KSIGNS, q >> 9))
+    return load(IQ2_XS_POINTS, 8 * (q & 511), 8), _ksigns(uint32(q >> 9))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -634,16 +659,12 @@ def _half_scale16(W, bo, at, j, half):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _scales4(W, bo, at, j):
-    """float32 x 4: the scales of the halves of chunks j and j + 1."""
-    return concat(pack2(_half_scale16(W, bo, at, j, 0), _half_scale16(W, bo, at, j, 1)),
-                  pack2(_half_scale16(W, bo, at, j + 1, 0), _half_scale16(W, bo, at, j + 1, 1)))
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
 def _scales16(W, bo, at):
-    """float32 x 16: the super-block's scales, one per 16 weights."""
-    return concat(concat(_scales4(W, bo, at, 0), _scales4(W, bo, at, 2)), concat(_scales4(W, bo, at, 4), _scales4(W, bo, at, 6)))
+    """float32 x 16: the super-block's scales, one per 16 weights (the 16 nibbles of the 8 bytes
+    at `at`, low one first), as _half_scale16 computes each."""
+    b = load(W, bo + at, 8)
+    ls = to_i32(interleave(b & uint8(15), b >> uint8(4)))
+    return splat(load_f16(W, bo, 1), 16) * to_f32(ls * int32(2) + int32(1)) * float32(0.125)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -653,11 +674,19 @@ def iq2_xs_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_xs_pair(q, signs):
+    """A chunk pair's weights from its 8 u16 (uint16 x 8) and 64 sign bits."""
+    return _signed_u8(reinterpret(gather(IQ2_XS_WORDS, to_i32(q & uint16(511))), np.uint8), signs)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def iq2_xs_superblock(W, bo, dx):
+    q = reinterpret(load(W, bo + 2, 64), np.uint16)  # per 8 weights: grid index | sign index << 9
+    signs = reinterpret(reinterpret(to_i8(_ksigns(q >> uint16(9))), np.uint8), np.uint64)
     dl = _scales16(W, bo, 66)
     sc = dl * dx
-    return (concat(_iq2_xs_weights(W, bo, 0), _iq2_xs_weights(W, bo, 1)), concat(_iq2_xs_weights(W, bo, 2), _iq2_xs_weights(W, bo, 3)),
-            concat(_iq2_xs_weights(W, bo, 4), _iq2_xs_weights(W, bo, 5)), concat(_iq2_xs_weights(W, bo, 6), _iq2_xs_weights(W, bo, 7)),
+    return (_iq2_xs_pair(repeat_slice(q, 0, 8, 1), extract(signs, 0)), _iq2_xs_pair(repeat_slice(q, 8, 8, 1), extract(signs, 1)),
+            _iq2_xs_pair(repeat_slice(q, 16, 8, 1), extract(signs, 2)), _iq2_xs_pair(repeat_slice(q, 24, 8, 1), extract(signs, 3)),
             repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
             dl * float32(-128))
 
@@ -666,6 +695,10 @@ def iq2_xs_superblock(W, bo, dx):
 # (1024 points, magnitudes as IQ2_XXS), qs[g] | bits 2(g % 4) of qh[g // 4] << 8, and a sign byte.
 
 IQ2_S_POINTS = np.ascontiguousarray(IQ2_S_GRID.reshape(-1))
+#: the same, one 64-bit word per point (gather's elements)
+IQ2_S_WORDS = IQ2_S_POINTS.view(np.uint64)
+#: a chunk pair's 8 grid indices take their bits 8-9 from bits 2i, 2i + 1 of the pair's two qh bytes
+IQ2_S_HIGH_SHIFTS = np.arange(0, 16, 2, dtype=np.int32)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -688,11 +721,19 @@ def iq2_s_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _iq2_s_pair(W, bo, p):
+    """Chunk pair p's weights: 8 grid indices (qs bytes, bits 8-9 from the pair's qh bytes) in
+    one gather, signed by the pair's 8 sign bytes."""
+    high = ((splat(int32(load_u16(W, bo + 66 + 2 * p, 1)), 8) >> load(IQ2_S_HIGH_SHIFTS, 0, 8)) & int32(3)) << int32(8)
+    g = reinterpret(gather(IQ2_S_WORDS, to_i32(load(W, bo + 2 + 8 * p, 8)) | high), np.uint8)
+    return _signed_u8(g, load_u64(W, bo + 34 + 8 * p, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def iq2_s_superblock(W, bo, dx):
     dl = _scales16(W, bo, 74)
     sc = dl * dx
-    return (concat(_iq2_s_weights(W, bo, 0), _iq2_s_weights(W, bo, 1)), concat(_iq2_s_weights(W, bo, 2), _iq2_s_weights(W, bo, 3)),
-            concat(_iq2_s_weights(W, bo, 4), _iq2_s_weights(W, bo, 5)), concat(_iq2_s_weights(W, bo, 6), _iq2_s_weights(W, bo, 7)),
+    return (_iq2_s_pair(W, bo, 0), _iq2_s_pair(W, bo, 1), _iq2_s_pair(W, bo, 2), _iq2_s_pair(W, bo, 3),
             repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
             dl * float32(-128))
 
@@ -702,6 +743,8 @@ def iq2_s_superblock(W, bo, dx):
 # weight = d * (2 ls + 1) / 4 * magnitude * sign.
 
 IQ3_XXS_POINTS = np.ascontiguousarray(IQ3_XXS_GRID.reshape(-1))
+#: the same, one 32-bit word per point (gather's elements)
+IQ3_XXS_WORDS = IQ3_XXS_POINTS.view(np.uint32)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -738,22 +781,21 @@ def iq3_xxs_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _iq3_xxs_pair(W, bo, p):
-    a, b = _iq3_xxs_word(W, bo, 2 * p), _iq3_xxs_word(W, bo, 2 * p + 1)
-    return (concat(_iq3_xxs_weights(W, bo, 2 * p, a), _iq3_xxs_weights(W, bo, 2 * p + 1, b)),
-            pack2(_iq3_xxs_dl(W, bo, a), _iq3_xxs_dl(W, bo, b)))
+def _iq3_xxs_pair(W, bo, p, signs):
+    """Chunk pair p's weights: its 16 grid points in one gather, signed by its 64 sign bits."""
+    return _signed_u8(reinterpret(gather(IQ3_XXS_WORDS, to_i32(load(W, bo + 2 + 16 * p, 16))), np.uint8), signs)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq3_xxs_superblock(W, bo, dx):
-    w0, s0 = _iq3_xxs_pair(W, bo, 0)
-    w1, s1 = _iq3_xxs_pair(W, bo, 1)
-    w2, s2 = _iq3_xxs_pair(W, bo, 2)
-    w3, s3 = _iq3_xxs_pair(W, bo, 3)
-    dl = concat(concat(s0, s1), concat(s2, s3))
+    aux = reinterpret(load(W, bo + 66, 32), np.uint32)  # per chunk: 4 sign indices and the scale
+    signs = reinterpret(_sign_bits(aux), np.uint64)  # a chunk pair's 64 sign bits per lane
+    dl = _aux_scales(W, bo, aux, float32(0.25))
     sc = dl * dx
-    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
-            repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))
+    return (_iq3_xxs_pair(W, bo, 0, extract(signs, 0)), _iq3_xxs_pair(W, bo, 1, extract(signs, 1)),
+            _iq3_xxs_pair(W, bo, 2, extract(signs, 2)), _iq3_xxs_pair(W, bo, 3, extract(signs, 3)),
+            repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
+            repeat_slice(dl * float32(-128), 0, 8, 2))
 
 
 # IQ1_S (50 bytes: d, qs[32], qh u16[8]): per 32 weights (chunk j) 4 11-bit grid indices of 8
@@ -762,6 +804,10 @@ def iq3_xxs_superblock(W, bo, dx):
 # the rest an offset.
 
 IQ1_S_POINTS = np.ascontiguousarray(IQ1_S_LEVELS.reshape(-1))
+#: the same, one 64-bit word per point (gather's elements)
+IQ1_S_WORDS = IQ1_S_POINTS.view(np.uint64)
+#: a chunk pair's 8 grid indices take their bits 8-10 from bits 3k of its two qh words, read as one u32
+IQ1_S_HIGH_SHIFTS = np.array([16 * (i // 4) + 3 * (i % 4) for i in range(8)], np.int32)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -796,22 +842,22 @@ def iq1_s_chunk(W, bo, j):
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _iq1_s_pair(W, bo, p):
-    qa, qb = _iq1_s_qh(W, bo, 2 * p), _iq1_s_qh(W, bo, 2 * p + 1)
-    da, ma = _iq1_s_scale_offset(W, bo, qa)
-    db, mb = _iq1_s_scale_offset(W, bo, qb)
-    return concat(_iq1_s_weights(W, bo, 2 * p, qa), _iq1_s_weights(W, bo, 2 * p + 1, qb)), pack2(da, db), pack2(ma, mb)
+    """Chunk pair p's weights: 8 grid indices (qs bytes, bits 8-10 from the pair's qh words) in one gather."""
+    qh = splat(int32(load_u32(W, bo + 34 + 4 * p, 1)), 8)
+    high = ((qh >> load(IQ1_S_HIGH_SHIFTS, 0, 8)) & int32(7)) << int32(8)
+    return reinterpret(gather(IQ1_S_WORDS, to_i32(load(W, bo + 2 + 8 * p, 8)) | high), np.uint8)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq1_s_superblock(W, bo, dx):
-    w0, d0, m0 = _iq1_s_pair(W, bo, 0)
-    w1, d1, m1 = _iq1_s_pair(W, bo, 1)
-    w2, d2, m2 = _iq1_s_pair(W, bo, 2)
-    w3, d3, m3 = _iq1_s_pair(W, bo, 3)
-    sc = concat(concat(d0, d1), concat(d2, d3)) * dx
-    m = concat(concat(m0, m1), concat(m2, m3))
-    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
-            repeat_slice(sc, 6, 2, 8), repeat_slice(m, 0, 8, 2))
+    qh = to_i32(reinterpret(load(W, bo + 34, 16), np.uint16))  # per chunk: index bits, ls (bits 12-14), delta's sign (15)
+    dl = splat(load_f16(W, bo, 1), 8) * to_f32(((qh >> int32(12)) & int32(7)) * int32(2) + int32(1))
+    # delta - 1: -0.875, or -1.125 where the sign bit is set (both exact, as _iq1_s_scale_offset's)
+    m = dl * (to_f32(qh >> int32(15)) * float32(-0.25) + float32(-0.875))
+    sc = dl * dx
+    return (_iq1_s_pair(W, bo, 0), _iq1_s_pair(W, bo, 1), _iq1_s_pair(W, bo, 2), _iq1_s_pair(W, bo, 3),
+            repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
+            repeat_slice(m, 0, 8, 2))
 
 
 # IQ1_M (56 bytes: qs[32], qh[16], scales u16[4]): per 16 weights (block b = 2j + h, half h of
@@ -861,20 +907,34 @@ def iq1_m_chunk(W, bo, j):
     return _iq1_m_weights(W, bo, j), s0, s1, float32(-16) * s0, float32(-16) * s1
 
 
+#: group i (block 4p + i // 2, group i % 2) of chunk pair p: its qh bits 4i..4i+3 in the pair's
+#: four qh bytes read as one u32 (three index bits, then delta's sign)
+IQ1_M_GROUP_SHIFTS = np.arange(0, 32, 4, dtype=np.int32)
+#: block b's 3-bit scale: bits 3(b % 4) of the u16 b // 4 of the scales' 64-bit word
+IQ1_M_SCALE_SHIFTS = np.array([16 * (b // 4) + 3 * (b % 4) for b in range(16)], np.int64)
+#: q = 8 l + 9, or + 7 where delta's sign is set: the 8 bytes of a group at once in a u64 lane
+IQ1_M_PLUS_9 = np.uint64(0x0909090909090909)
+IQ1_M_TWOS = np.uint64(0x0202020202020202)
+
+
 @njit(cache=True, _nrt=False, forceinline=True)
-def _iq1_m_dl4(d, u, b):
-    """float32 x 4: the scales of blocks b..b+3."""
-    return concat(pack2(_iq1_m_dl(d, u, b), _iq1_m_dl(d, u, b + 1)), pack2(_iq1_m_dl(d, u, b + 2), _iq1_m_dl(d, u, b + 3)))
+def _iq1_m_pair(W, bo, p):
+    """Chunk pair p's weights q = 8 l + 8 +- 1: 8 grid indices (qs bytes, bits 8-10 from the
+    pair's qh bytes) in one gather, each group's 8 levels times 8 and offset in one u64 lane."""
+    qh = splat(int32(load_u32(W, bo + 32 + 4 * p, 1)), 8) >> load(IQ1_M_GROUP_SHIFTS, 0, 8)
+    levels = gather(IQ1_S_WORDS, to_i32(load(W, bo + 8 * p, 8)) | ((qh & int32(7)) << int32(8)))
+    minus = to_u64((qh >> int32(3)) & int32(1))
+    return reinterpret((levels << uint64(3)) + (IQ1_M_PLUS_9 - minus * IQ1_M_TWOS), np.uint8)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq1_m_superblock(W, bo, dx):
     u = _iq1_m_scale_word(W, bo)
     d = _iq1_m_d(u)
-    dl = concat(concat(_iq1_m_dl4(d, u, 0), _iq1_m_dl4(d, u, 4)), concat(_iq1_m_dl4(d, u, 8), _iq1_m_dl4(d, u, 12)))
+    ls = (splat(u, 16) >> load(IQ1_M_SCALE_SHIFTS, 0, 16)) & int64(7)
+    dl = splat(d, 16) * to_f32(to_i32(ls) * int32(2) + int32(1)) * float32(0.125)
     sc = dl * dx
-    return (concat(_iq1_m_weights(W, bo, 0), _iq1_m_weights(W, bo, 1)), concat(_iq1_m_weights(W, bo, 2), _iq1_m_weights(W, bo, 3)),
-            concat(_iq1_m_weights(W, bo, 4), _iq1_m_weights(W, bo, 5)), concat(_iq1_m_weights(W, bo, 6), _iq1_m_weights(W, bo, 7)),
+    return (_iq1_m_pair(W, bo, 0), _iq1_m_pair(W, bo, 1), _iq1_m_pair(W, bo, 2), _iq1_m_pair(W, bo, 3),
             repeat_slice(sc, 0, 4, 4), repeat_slice(sc, 4, 4, 4), repeat_slice(sc, 8, 4, 4), repeat_slice(sc, 12, 4, 4),
             dl * float32(-16))
 
@@ -884,6 +944,10 @@ def iq1_m_superblock(W, bo, dx):
 # the signs one bit per weight in the u32 at signs[4j], weight = d * (1 + 2 ls) * magnitude * sign.
 
 IQ3_S_POINTS = np.ascontiguousarray(IQ3_S_GRID.reshape(-1))
+#: the same, one 32-bit word per point (gather's elements)
+IQ3_S_WORDS = IQ3_S_POINTS.view(np.uint32)
+#: chunk j's 4-bit scale: nibble j of the little-endian u32 of the four scale bytes
+IQ3_S_SCALE_SHIFTS = np.arange(0, 32, 4, dtype=np.uint32)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -915,12 +979,20 @@ def iq3_s_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _iq3_s_pair(W, bo, p):
+    """Chunk pair p's weights: 16 grid indices (qs bytes, the 9th bit from the pair's two qh
+    bytes) in one gather, signed by the pair's 64 sign bits."""
+    high = where_bits(load_u16(W, bo + 66 + 2 * p, 1), splat(int32(256), 16), splat(int32(0), 16))
+    g = reinterpret(gather(IQ3_S_WORDS, to_i32(load(W, bo + 2 + 16 * p, 16)) | high), np.uint8)
+    return _signed_u8(g, load_u64(W, bo + 74 + 8 * p, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def iq3_s_superblock(W, bo, dx):
-    dl = concat(concat(pack2(_iq3_s_dl(W, bo, 0), _iq3_s_dl(W, bo, 1)), pack2(_iq3_s_dl(W, bo, 2), _iq3_s_dl(W, bo, 3))),
-                concat(pack2(_iq3_s_dl(W, bo, 4), _iq3_s_dl(W, bo, 5)), pack2(_iq3_s_dl(W, bo, 6), _iq3_s_dl(W, bo, 7))))
+    ls = (splat(load_u32(W, bo + 106, 1), 8) >> load(IQ3_S_SCALE_SHIFTS, 0, 8)) & uint32(15)
+    dl = splat(load_f16(W, bo, 1), 8) * to_f32(reinterpret(ls * uint32(2) + uint32(1), np.int32))
     sc = dl * dx
-    return (concat(_iq3_s_weights(W, bo, 0), _iq3_s_weights(W, bo, 1)), concat(_iq3_s_weights(W, bo, 2), _iq3_s_weights(W, bo, 3)),
-            concat(_iq3_s_weights(W, bo, 4), _iq3_s_weights(W, bo, 5)), concat(_iq3_s_weights(W, bo, 6), _iq3_s_weights(W, bo, 7)),
+    return (_iq3_s_pair(W, bo, 0), _iq3_s_pair(W, bo, 1), _iq3_s_pair(W, bo, 2), _iq3_s_pair(W, bo, 3),
             repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
             repeat_slice(dl * float32(-128), 0, 8, 2))
 

@@ -201,6 +201,7 @@ load_f32 = _typed_byte_load(ir.FloatType(), types.float32, _same)
 #: little-endian integers stored at a byte offset
 load_u16 = _typed_byte_load(ir.IntType(16), types.uint16, _same)
 load_u32 = _typed_byte_load(ir.IntType(32), types.uint32, _same)
+load_u64 = _typed_byte_load(ir.IntType(64), types.uint64, _same)
 
 
 def _f16_bits_portable(builder, x):
@@ -351,6 +352,7 @@ def _converter(target):
 #: narrow by truncation; floats to ints truncate toward zero (round first with `rint`).
 to_i8 = _converter(types.int8)
 to_i32 = _converter(types.int32)
+to_u64 = _converter(types.uint64)
 to_f32 = _converter(types.float32)
 to_f64 = _converter(types.float64)
 
@@ -558,6 +560,54 @@ def lookup16(typingctx, table, idx):
         return out
 
     return vt(table, idx), codegen
+
+
+@intrinsic
+def where_bits(typingctx, bits, a, b):
+    """Lane i of a where bit i of the integer `bits` is set, else lane i of b (a and b of one
+    vector type, at most 64 lanes). With AVX-512 the bits become a mask register and this one
+    masked move (or the masked form of the instruction computing a); elsewhere LLVM spreads
+    them over the lanes itself (a broadcast, an and and a compare)."""
+    if not (isinstance(bits, types.Integer) and isinstance(a, Vector) and a == b and a.lanes <= 64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        n = a.lanes
+        word = context.cast(builder, args[0], sig.args[0], types.uint64)
+        word = builder.trunc(word, ir.IntType(n)) if n < 64 else word
+        mask = builder.bitcast(word, ir.VectorType(ir.IntType(1), n))
+        return builder.select(mask, args[1], args[2])
+
+    return a(bits, a, b), codegen
+
+
+@intrinsic
+def gather(typingctx, arr, idx):
+    """out[i] = arr[idx[i]]: the elements of a 1-D array at a vector of integer indices (no
+    bounds check, like get). LLVM's masked.gather: one vpgatherdd / vpgatherdq with AVX-512;
+    where LLVM deems gathers slow or missing (its x86-64-v3 tuning, other CPUs) a load and an
+    insert per lane. How the IQ types look up the grid points of a chunk pair at once."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(idx, Vector) and _is_int(idx.dtype)):
+        return None
+    vt = Vector(arr.dtype, idx.lanes)
+
+    def codegen(context, builder, sig, args):
+        n = idx.lanes
+        elem = context.get_data_type(arr.dtype)
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptrs_ty = ir.VectorType(elem.as_pointer(), n)
+        # a vector GEP from one base (LLVM turns it into the gather's base + scaled index);
+        # llvmlite types every GEP as a scalar pointer, so the vector type is set by hand
+        ptrs = builder.gep(data, [args[1]], source_etype=elem)
+        ptrs.type = ptrs_ty
+        i32, out_ty = ir.IntType(32), _vec_ir(context, vt)
+        fn = _intrinsic_fn(builder, f"llvm.masked.gather.v{n}{_llvm_suffix(elem)}.v{n}p0", out_ty,
+                           [ptrs_ty, i32, ir.VectorType(ir.IntType(1), n), out_ty])
+        every = ir.Constant(ir.VectorType(ir.IntType(1), n), [1] * n)
+        align = ir.Constant(i32, context.get_abi_sizeof(elem))
+        return builder.call(fn, [ptrs, align, every, ir.Constant(out_ty, ir.Undefined)])
+
+    return vt(arr, idx), codegen
 
 
 # --- bit-level reinterpretation and float formats -----------------------------------------
