@@ -533,6 +533,9 @@ def tq1_0_superblock(W, bo, dx):
 
 
 # --- the grid types: 8 weights = a grid point's magnitudes, with signs ---------------------------
+# simd.gather does not check bounds; it need not: every index is built from as many block bits
+# as its table has points (a byte, plus 1-3 bits from qh, masked), so no block, however
+# corrupt, reads outside its grid.
 # IQ2_XXS (66 bytes: d, then per 32 weights 4 grid-index bytes and a u32 of four 7-bit sign
 # indices and the 4-bit scale ls in bits 28-31): weight = d * (2 ls + 1) / 8 * magnitude * sign,
 # magnitudes in {8, 25, 43}. As unsigned bytes: 128 +- magnitude, the -128 in the offset.
