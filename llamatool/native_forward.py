@@ -6,8 +6,11 @@ as quants/native.py does for the quantizers and the matmul entry points, the wor
 kept a second way: the first run wraps it in a C function (a Numba cfunc) and saves that
 function's machine code in the cache folder; later runs load it with llamatool.elf_loader
 (neither Numba nor LLVM) and call it through ctypes, which releases the GIL, so the
-driver's threads still run the worker in parallel. The cfunc links the worker Numba compiled (its cached LLVM IR, same
-types, same options), and the tests check that both give the same logits bit for bit.
+driver's threads still run the worker in parallel. The cfunc inlines the worker's source in
+Numba's IR (same types, same options; linking the compiled worker instead would optimize
+and compile its whole body a second time), and the tests check that both give the same
+logits bit for bit. Where the code can be saved, it is built before the first call, so a
+cold cache compiles the pass once, not once for Numba and once more for the C function.
 
 The C function takes flat tables instead of the worker's arguments (namedtuples of
 arrays, ints and floats):
@@ -297,10 +300,12 @@ def _compile(spec: tuple, args):
     """The cfunc entry(ith, P, I, F) around forward_worker for arguments of layout spec."""
     from numba import carray, cfunc, types
 
+    from . import jit
     from .kernels import forward
 
     source, names = _entry_source(spec, _real(args, _compiled_classes()))
-    scope = {"forward_worker": forward.forward_worker, "carray": carray, "_readonly": _readonly(), **names}
+    inlined = jit.njit(_nrt=False, inline="always")(forward.forward_worker.py_func)
+    scope = {"forward_worker": inlined, "carray": carray, "_readonly": _readonly(), **names}
     exec(source, scope)  # noqa: S102 - generated above from the layout
     sig = types.void(types.int64, types.CPointer(types.voidptr), types.CPointer(types.int64), types.CPointer(types.float64))
     return cfunc(sig, nogil=True)(scope["entry"])  # not cached by Numba: its machine code is saved instead
@@ -317,8 +322,8 @@ def _numba_worker(ith, args) -> None:
 
 class ForwardWorker:
     """forward_worker(ith, *args) as kernels/forward.py's driver calls it: the saved machine
-    code when there is some for these arguments, else Numba's worker, after whose first call
-    the machine code is built and saved for the next process."""
+    code for these arguments (built and saved at the first call if it is missing), else
+    Numba's worker (where saved code is off, or it could not be built)."""
 
     def __init__(self, backend: str | None = None):
         backend = backend or os.environ.get(BACKEND_ENV) or "auto"
@@ -328,7 +333,6 @@ class ForwardWorker:
         self.backend: str | None = None  # "native" or "numba", once the first call chose
         self.key: str | None = None  # the name of the saved machine code for these arguments
         self._worker = None
-        self._save = False
         self._lock = threading.Lock()
 
     @property
@@ -341,9 +345,6 @@ class ForwardWorker:
     def __call__(self, ith, *args) -> None:
         worker = self._worker or self._choose(args)
         worker(ith, args)
-        if self._save and ith == 0:
-            self._save = False
-            build(args)
 
     def _choose(self, args):
         with self._lock:
@@ -355,11 +356,12 @@ class ForwardWorker:
 
                     wait_forward()  # started by kernel_tables on a cold cache
                 native = None if self.requested == "numba" else _load(spec)
+                if native is None and self.requested == "auto" and build(args):
+                    native = _load(spec)
                 if native is None and self.requested == "native":
                     if not host.saved_code():
                         raise LlamatoolError(f"{BACKEND_ENV}=native: saved machine code is off here (x86-64 Linux only, and not under {host.NO_NATIVE_ENV})")
                     raise LlamatoolError("the forward pass has no saved machine code (run `llamatool warmup`)")
-                self._save = native is None and self.requested == "auto"
                 self.backend = "numba" if native is None else "native"
                 self._worker = native or _numba_worker
             return self._worker

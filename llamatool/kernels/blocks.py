@@ -1041,12 +1041,12 @@ WEIGHT_SHIFT = {Q4_0: 8, Q5_0: 16, Q8_0: 128, IQ4_NL: 128}
 
 def is_block32(qtype) -> bool:
     """Whether a type id (a Numba integer literal, while typing) is a 32-weight type."""
-    return _literal_type_id(qtype) in BLOCK32_BYTES
+    return literal_type_id(qtype) in BLOCK32_BYTES
 
 
 def weight_shift_of(qtype) -> int:
     """WEIGHT_SHIFT of a type id (a Numba integer literal, while typing), 0 for the others."""
-    return WEIGHT_SHIFT.get(_literal_type_id(qtype), 0)
+    return WEIGHT_SHIFT.get(literal_type_id(qtype), 0)
 
 
 def weight_shift(qtype):
@@ -1136,13 +1136,14 @@ def _group_halves(W, o, size):
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _pairs_of_group(qtype, W, bo):
-    return (decode_pair_in_group(qtype, W, bo, 0)[0], decode_pair_in_group(qtype, W, bo, 2)[0],
-            decode_pair_in_group(qtype, W, bo, 4)[0], decode_pair_in_group(qtype, W, bo, 6)[0])
+    # int64(j): a plain int, not a constant Numba would compile the helper again for (LLVM folds it after inlining)
+    return (decode_pair_in_group(qtype, W, bo, int64(0))[0], decode_pair_in_group(qtype, W, bo, int64(2))[0],
+            decode_pair_in_group(qtype, W, bo, int64(4))[0], decode_pair_in_group(qtype, W, bo, int64(6))[0])
 
 
 @overload(decode_group, jit_options={"_nrt": False, "forceinline": True})
 def _decode_group(qtype, W, bo):
-    qt = _literal_type_id(qtype)
+    qt = literal_type_id(qtype)
     if qt in GROUP_DECODERS:
         decoder = GROUP_DECODERS[qt]
         return lambda qtype, W, bo: decoder(W, bo)
@@ -1155,19 +1156,19 @@ def _decode_group(qtype, W, bo):
 
 @overload(weight_shift, jit_options={"_nrt": False, "forceinline": True})
 def _weight_shift(qtype):
-    value = WEIGHT_SHIFT.get(_literal_type_id(qtype), 0)
+    value = WEIGHT_SHIFT.get(literal_type_id(qtype), 0)
     return lambda qtype: value
 
 
 @overload(weight_dot, jit_options={"_nrt": False, "forceinline": True})
 def _weight_dot(qtype, acc, w, x):
-    dot = dot4_u7i8 if _literal_type_id(qtype) in SMALL_WEIGHTS else dot4_u8i8
+    dot = dot4_u7i8 if literal_type_id(qtype) in SMALL_WEIGHTS else dot4_u8i8
     return lambda qtype, acc, w, x: dot(acc, w, x)
 
 
 @overload(pair_scales, jit_options={"_nrt": False, "forceinline": True})
 def _pair_scales(qtype, W, bo, j):
-    qt = _literal_type_id(qtype)
+    qt = literal_type_id(qtype)
     size = BLOCK32_BYTES[qt]
     if qt in WEIGHT_SHIFT:
         return lambda qtype, W, bo, j: load_f16_pair(W, bo + j * size, bo + (j + 1) * size)
@@ -1209,7 +1210,7 @@ def half_offsets(qtype):
     raise NotImplementedError("half_offsets is only callable from compiled code")
 
 
-def _literal_type_id(qtype) -> int:
+def literal_type_id(qtype) -> int:
     if not isinstance(qtype, types.IntegerLiteral):
         raise errors.TypingError("the quantization type must be a compile-time constant")
     return int(qtype.literal_value)
@@ -1217,20 +1218,20 @@ def _literal_type_id(qtype) -> int:
 
 @overload(decode_chunk, jit_options={"_nrt": False, "forceinline": True})
 def _decode_chunk(qtype, W, row, c):
-    decoder = CHUNK_DECODERS[_literal_type_id(qtype)]
-    size = GROUP_BYTES[_literal_type_id(qtype)]
+    decoder = CHUNK_DECODERS[literal_type_id(qtype)]
+    size = GROUP_BYTES[literal_type_id(qtype)]
     return lambda qtype, W, row, c: decoder(W, row + (c >> 3) * size, c & 7)
 
 
 @overload(decode_in_group, jit_options={"_nrt": False, "forceinline": True})
 def _decode_in_group(qtype, W, bo, j):
-    decoder = CHUNK_DECODERS[_literal_type_id(qtype)]
+    decoder = CHUNK_DECODERS[literal_type_id(qtype)]
     return lambda qtype, W, bo, j: decoder(W, bo, j)
 
 
 @overload(decode_pair_in_group, jit_options={"_nrt": False, "forceinline": True})
 def _decode_pair_in_group(qtype, W, bo, j):
-    qt = _literal_type_id(qtype)
+    qt = literal_type_id(qtype)
     if qt in PAIR_DECODERS:
         pair = PAIR_DECODERS[qt]
         return lambda qtype, W, bo, j: pair(W, bo, j)
@@ -1246,17 +1247,17 @@ def _decode_pair_in_group(qtype, W, bo, j):
 
 @overload(decode_superblock, jit_options={"_nrt": False, "forceinline": True})
 def _decode_superblock(qtype, W, bo, dx):
-    decoder = SUPERBLOCK_DECODERS[_literal_type_id(qtype)]
+    decoder = SUPERBLOCK_DECODERS[literal_type_id(qtype)]
     return lambda qtype, W, bo, dx: decoder(W, bo, dx)
 
 
 @overload(group_bytes, jit_options={"_nrt": False, "forceinline": True})
 def _group_bytes(qtype):
-    value = GROUP_BYTES[_literal_type_id(qtype)]
+    value = GROUP_BYTES[literal_type_id(qtype)]
     return lambda qtype: value
 
 
 @overload(half_offsets, jit_options={"_nrt": False, "forceinline": True})
 def _half_offsets(qtype):
-    value = _literal_type_id(qtype) in HALF_OFFSETS
+    value = literal_type_id(qtype) in HALF_OFFSETS
     return lambda qtype: value

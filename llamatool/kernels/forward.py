@@ -272,7 +272,7 @@ def _n_row_chunks(T, i, nth, unit=16):
 # --- phases: each claims chunks until none is left, then waits for the others -----------------
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, batch, s):
     """Token embeddings into s.x (scaled by embd_scale) and the RoPE angles of every position
     (chunk = token); with swa_rope, sliding-window layers' angles after all of them."""
@@ -301,7 +301,7 @@ def _phase_embed(ctr, ph, net, dims, fp, tokens, n_tok, batch, s):
     return ph + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s, mats):
     """dst[t] = rmsnorm(src[t]) * weight, then prepared for the products with the tensors
     `mats` (their LoRA A.x too) (chunk = token)."""
@@ -321,7 +321,7 @@ def _phase_norm(ctr, ph, net, norm, t0, t1, K, eps, src, dst, flags, s, mats):
     return ph + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s, net, w):
     """src[t] prepared for the product with tensor w (its LoRA A.x too) (chunk = token)."""
     n = t1 - t0
@@ -338,7 +338,7 @@ def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s, net, w):
     return ph + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _phase_square_sums(ctr, ph, t0, t1, K, src, sq, offset):
     """sq[offset + c] += src[t, c]**2 for t0 <= t < t1, token by token in float32 (the order
     llama-imatrix adds them in); nothing when sq is empty (chunk = 64 columns)."""
@@ -362,7 +362,7 @@ def _phase_square_sums(ctr, ph, t0, t1, K, src, sq, offset):
     return ph + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _phase_post_norm(ctr, ph, net, norm, t0, t1, K, eps, src, x):
     """x[t] += rmsnorm(src[t]) * weight for t0 <= t < t1 (src is overwritten; chunk = token):
     Gemma's norms of the attention and FFN outputs before their residual additions."""
@@ -390,7 +390,7 @@ def is_swa_layer(dims, layer):
     return dims.swa_pattern == 0 or layer % dims.swa_pattern < dims.swa_pattern - 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, src, s, k_cache, v_cache, ldo, n_q, n_kv, eps, q_scale):
     """Q, K, V projections of all tokens into s.qkv (row t: q | k | v), biases added, Q/K
     normed per head where the layer has the norms, RoPE applied; keys and values appended
@@ -434,7 +434,7 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, src, s, k_cache, v_cache
     return ph + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps, rotate, a0):
     """The whole-head steps on columns c0..c1 (whole heads) of every token's q | k | v row:
     RMSNorm of each Q and K head by its norm weights (if the layer has them), then NEOX RoPE
@@ -454,7 +454,7 @@ def _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, c0, c1, eps, rotate, a
                 rope_rotate_neox(s.qkv, row + c, dims.n_rot, s.angles, a0 + t * dims.n_rot)
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _rope_and_store(dims, layer, n_tok, batch, s, k_cache, v_cache, ldo, c0, c1, rotate, a0, q_scale):
     """Columns c0..c1 (multiples of 16) of every token's q | k | v row, just projected:
     rotate q and k (adjacent pairs, unless a NoPE layer; NEOX heads were rotated whole
@@ -495,7 +495,7 @@ def _run_end(batch, t, end):
     return u
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, batch, s, k_cache, v_cache, ldo, kq_scale, softcap):
     """Attention output of tokens first..n_tok-1 into s.att (chunk = the query heads of one
     KV head x 8 tokens, the latest tokens, which see the most positions, first; each run of
@@ -528,7 +528,7 @@ def _phase_attention(ctr, ph, ith, dims, layer, first, n_tok, batch, s, k_cache,
     return ph + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd, n_fast, add):
     """x[t] += W . src[t] (+ bias) for t0 <= t < t1: the attention output and FFN down
     projections. Each chunk owns its rows, so it adds them into x without a race. Without
@@ -554,7 +554,7 @@ def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd, n_fa
     return ph + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _phase_ffn_up(ctr, ph, net, dims, layer, t0, t1, src, s, n_ff, n_fast):
     """s.gate[t] = act(W_gate . src[t]) * (W_up . src[t]) for t0 <= t < t1, act SiLU or GELU
     (dims.gelu). Without a gate matrix, ffn_up holds the gate's rows then the up rows (Phi-3's
@@ -589,7 +589,7 @@ def _phase_ffn_up(ctr, ph, net, dims, layer, t0, t1, src, s, n_ff, n_fast):
     return ph + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(_nrt=False, inline="always")
 def _phase_logits(ctr, ph, net, dims, t0, t1, src, s, logits, n_vocab, n_fast, softcap):
     """logits[t - t0] = output . src[t] for t0 <= t < t1; soft-capped to
     softcap * tanh(logit / softcap) when softcap > 0 (Gemma 2), as ggml scales, tanh, scales."""

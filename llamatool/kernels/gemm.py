@@ -39,12 +39,12 @@ import numpy as np
 
 from llamatool.jit import njit
 
-from .blocks import decode_chunk, decode_pair_in_group, group_bytes, half_offsets
+from .blocks import HALF_OFFSETS, decode_chunk, decode_pair_in_group, group_bytes, half_offsets
 from .simd import (broadcast4, dot4_u8i8, extract, fma, get, load, reinterpret, round_f16, splat, stack_array, store,
                    to_f32)
 from .types import Q4_1, Q5_1
 
-from numba import float32, int32, literally  # noqa: E402
+from numba import float32, int32, int64  # noqa: E402
 
 #: rows per panel: one int32 lane of a 512-bit vector each
 PANEL = 16
@@ -58,6 +58,15 @@ MIN_TOKENS = 8
 _WORDS = BLOCK_K // 4 * PANEL  # uint32 words of a packed block
 _UNITS = BLOCK_K // 16 * PANEL  # scale slots of a packed block (16-weight units at most)
 _PANEL_BYTES = 4 * PANEL  # bytes of a packed vector
+
+# What the product of a packed panel needs to know of its weight type: whether a chunk has
+# two 16-weight scale units, and whether block sums are read as f16. The panel code is
+# compiled once per kind, not once per type (warmup compiles every type).
+PLAIN, HALVES, F16_SUMS = 0, 1, 2
+
+
+def panel_kind(qtype: int) -> int:
+    return HALVES if qtype in HALF_OFFSETS else F16_SUMS if qtype in (Q4_1, Q5_1) else PLAIN
 
 
 # --- packing a panel --------------------------------------------------------------------------
@@ -85,8 +94,8 @@ def _put_pair(qtype, W, bo, j, cb, r, packed, scales, mins):
     """Chunks j, j+1 of the group at bo into chunks cb, cb+1 of lane r."""
     w, sa0, sa1, sb0, sb1, ma0, ma1, mb0, mb1 = decode_pair_in_group(qtype, W, bo, j)
     words = reinterpret(w, np.uint32)
-    _put(qtype, words, 0, sa0, sa1, ma0, ma1, cb, r, packed, scales, mins)
-    _put(qtype, words, 8, sb0, sb1, mb0, mb1, cb + 1, r, packed, scales, mins)
+    _put(qtype, words, int64(0), sa0, sa1, ma0, ma1, cb, r, packed, scales, mins)
+    _put(qtype, words, int64(8), sb0, sb1, mb0, mb1, cb + 1, r, packed, scales, mins)
 
 
 @njit(cache=True, _nrt=False)
@@ -95,10 +104,11 @@ def _pack_row(qtype, W, row, c0, c1, r, packed, scales, mins):
     c = c0
     while c + 8 <= c1:  # whole groups: chunk places are constants (K-quant scale unpacking)
         bo = row + (c // 8) * group_bytes(qtype)
-        _put_pair(qtype, W, bo, 0, c - c0, r, packed, scales, mins)
-        _put_pair(qtype, W, bo, 2, c - c0 + 2, r, packed, scales, mins)
-        _put_pair(qtype, W, bo, 4, c - c0 + 4, r, packed, scales, mins)
-        _put_pair(qtype, W, bo, 6, c - c0 + 6, r, packed, scales, mins)
+        # int64(j): a plain int, not a constant Numba would compile the helper again for (LLVM folds it after inlining)
+        _put_pair(qtype, W, bo, int64(0), c - c0, r, packed, scales, mins)
+        _put_pair(qtype, W, bo, int64(2), c - c0 + 2, r, packed, scales, mins)
+        _put_pair(qtype, W, bo, int64(4), c - c0 + 4, r, packed, scales, mins)
+        _put_pair(qtype, W, bo, int64(6), c - c0 + 6, r, packed, scales, mins)
         c += 8
     bo = row + (c // 8) * group_bytes(qtype)
     while c + 2 <= c1:  # rows that end inside a group (32-weight types only)
@@ -106,7 +116,7 @@ def _pack_row(qtype, W, row, c0, c1, r, packed, scales, mins):
         c += 2
     if c < c1:
         w, s0, s1, m0, m1 = decode_chunk(qtype, W, row, c)
-        _put(qtype, reinterpret(w, np.uint32), 0, s0, s1, m0, m1, c - c0, r, packed, scales, mins)
+        _put(qtype, reinterpret(w, np.uint32), int64(0), s0, s1, m0, m1, c - c0, r, packed, scales, mins)
 
 
 # --- a tile of tokens against the packed panel ----------------------------------------------------
@@ -122,21 +132,21 @@ def _words(packed, o, n, q, xo, p):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _block_sum(qtype, s32, i):
+def _block_sum(kind, s32, i):
     """The activation's scaled block sum as the weight type's ggml dot product reads it:
     Q4_1 and Q5_1 meet ggml's Q8_1, which stores it as f16."""
-    if qtype == Q4_1 or qtype == Q5_1:
+    if kind == F16_SUMS:
         return round_f16(get(s32, i))
     return get(s32, i)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _chunk(qtype, packed, scales, mins, cb, c, q, d, s16, s32, K, t, acc):
+def _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, acc):
     """acc (the panel's 16 rows . token t so far) + packed chunk cb (chunk c of the row) . token t."""
     zero = splat(int32(0), PANEL)
     xo = t * K + 32 * c
     dx = get(d, t * (K // 32) + c)
-    if half_offsets(qtype):
+    if kind == HALVES:
         for h in range(2):
             p = _words(packed, 8 * cb + 4 * h, 4, q, xo + 16 * h, zero)
             u = (2 * cb + h) * PANEL
@@ -146,26 +156,26 @@ def _chunk(qtype, packed, scales, mins, cb, c, q, d, s16, s32, K, t, acc):
     p = _words(packed, 8 * cb, 8, q, xo, zero)
     u = cb * PANEL
     acc = fma(to_f32(p), load(scales, u, PANEL) * dx, acc)
-    return fma(load(mins, u, PANEL), splat(_block_sum(qtype, s32, t * (K // 32) + c), PANEL), acc)
+    return fma(load(mins, u, PANEL), splat(_block_sum(kind, s32, t * (K // 32) + c), PANEL), acc)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _tile(qtype, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3):
+def _tile(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3):
     """Tokens t..t+3 over the packed chunks (chunks c0.. of the row): each weight vector
     is loaded once for the four (the compiler merges the four identical loads)."""
     for cb in range(nc):
         c = c0 + cb
-        a0 = _chunk(qtype, packed, scales, mins, cb, c, q, d, s16, s32, K, t, a0)
-        a1 = _chunk(qtype, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 1, a1)
-        a2 = _chunk(qtype, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 2, a2)
-        a3 = _chunk(qtype, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 3, a3)
+        a0 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, a0)
+        a1 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 1, a1)
+        a2 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 2, a2)
+        a3 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 3, a3)
     return a0, a1, a2, a3
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _single(qtype, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a):
+def _single(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a):
     for cb in range(nc):
-        a = _chunk(qtype, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t, a)
+        a = _chunk(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t, a)
     return a
 
 
@@ -195,7 +205,7 @@ def _save(acc, out, o, n_valid, tmp):
 
 
 @njit(cache=True, _nrt=False)
-def _panel_block(qtype, packed, scales, mins, c0, nc, first, n_valid, t0, t1, q, d, s16, s32, K, out, ldo, o0,
+def _panel_block(kind, packed, scales, mins, c0, nc, first, n_valid, t0, t1, q, d, s16, s32, K, out, ldo, o0,
                  out_t0, tmp):
     """Every token t0..t1 against the packed panel; out[(t - out_t0)*ldo + o0 + lane]."""
     t = t0
@@ -205,7 +215,7 @@ def _panel_block(qtype, packed, scales, mins, c0, nc, first, n_valid, t0, t1, q,
         a1 = _resume(first, out, o + ldo, n_valid, tmp)
         a2 = _resume(first, out, o + 2 * ldo, n_valid, tmp)
         a3 = _resume(first, out, o + 3 * ldo, n_valid, tmp)
-        a0, a1, a2, a3 = _tile(qtype, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3)
+        a0, a1, a2, a3 = _tile(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3)
         _save(a0, out, o, n_valid, tmp)
         _save(a1, out, o + ldo, n_valid, tmp)
         _save(a2, out, o + 2 * ldo, n_valid, tmp)
@@ -213,15 +223,15 @@ def _panel_block(qtype, packed, scales, mins, c0, nc, first, n_valid, t0, t1, q,
         t += TILE
     for tt in range(t, t1):
         o = (tt - out_t0) * ldo + o0
-        a = _single(qtype, packed, scales, mins, c0, nc, q, d, s16, s32, K, tt, _resume(first, out, o, n_valid, tmp))
+        a = _single(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, tt, _resume(first, out, o, n_valid, tmp))
         _save(a, out, o, n_valid, tmp)
 
 
-@njit(cache=True, _nrt=False)
-def quant_gemm(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
-    """matmul's rows() for a quantized type (same arguments, minus the float activation),
-    panel by panel: out[(t - out_t0)*ldo + col0 + r] = row r . activation row t."""
-    literally(qtype)
+@njit(cache=True, _nrt=False, inline="always")
+def quant_gemm(qtype, kind, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
+    """matmul's rows() for a quantized type (same arguments, minus the float activation, plus
+    the type's panel_kind), panel by panel: out[(t - out_t0)*ldo + col0 + r] = row r .
+    activation row t. Inlined into the caller's Numba IR (see matmul._quant_rows)."""
     packed = stack_array(_WORDS, np.uint32)
     scales = stack_array(_UNITS, np.float32)
     mins = stack_array(_UNITS, np.float32)
@@ -233,5 +243,5 @@ def quant_gemm(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, ou
             c1 = min(n_chunks, c0 + BLOCK_K // 32)
             for r in range(PANEL):  # lanes past the last row repeat it (their sums are dropped)
                 _pack_row(qtype, W, w_off + (rp + min(r, n_valid - 1)) * row_bytes, c0, c1, r, packed, scales, mins)
-            _panel_block(qtype, packed, scales, mins, c0, c1 - c0, c0 == 0, n_valid, t0, t1, q, d, s16, s32, K, out,
+            _panel_block(kind, packed, scales, mins, c0, c1 - c0, c0 == 0, n_valid, t0, t1, q, d, s16, s32, K, out,
                          ldo, col0 + rp, out_t0, tmp)

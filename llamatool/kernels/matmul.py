@@ -67,10 +67,10 @@ from .simd import (even_lanes, extract, odd_lanes, fma, get, hsum, interleave, l
                    load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, stack_array, store, to_f32)
 from .ccall import c_signature, call_c
 from .lanes import repeat_slice
-from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS, quant_gemm
+from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS, panel_kind, quant_gemm
 from .types import F16, F32, FLOAT_TYPES, SUPPORTED
 
-from numba import carray, cfunc, float32, int32, literally, uint8  # noqa: E402
+from numba import carray, cfunc, float32, int32, int64, literally, uint8  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
 
@@ -404,10 +404,11 @@ def _dot4_chunks(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
     for g in range(n_groups):
         bo = row + g * group_bytes(qtype)
         c = 8 * g
-        acc = _pair4(qtype, W, bo, 0, c, q, d, s16, s32, t, K, acc)
-        acc = _pair4(qtype, W, bo, 2, c + 2, q, d, s16, s32, t, K, acc)
-        acc = _pair4(qtype, W, bo, 4, c + 4, q, d, s16, s32, t, K, acc)
-        acc = _pair4(qtype, W, bo, 6, c + 6, q, d, s16, s32, t, K, acc)
+        # int64(j): a plain int, not a constant Numba would compile the helper again for (LLVM folds it after inlining)
+        acc = _pair4(qtype, W, bo, int64(0), c, q, d, s16, s32, t, K, acc)
+        acc = _pair4(qtype, W, bo, int64(2), c + 2, q, d, s16, s32, t, K, acc)
+        acc = _pair4(qtype, W, bo, int64(4), c + 4, q, d, s16, s32, t, K, acc)
+        acc = _pair4(qtype, W, bo, int64(6), c + 6, q, d, s16, s32, t, K, acc)
     bo = row + n_groups * group_bytes(qtype)
     c = 8 * n_groups
     while c + 2 <= n_chunks:
@@ -423,12 +424,15 @@ def _dot4_chunks(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
     return y0, y1, y2, y3
 
 
-@njit(cache=True, _nrt=False)
-def quant_rows(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0):
-    """rows() of a quantized type (see the module docstring); qtype: a constant type id."""
-    literally(qtype)
+# Inlined in Numba's IR into the type's entry points (see kernels, _c_rows): each library Numba
+# builds is optimized and compiled to machine code with everything it calls, so every level
+# of calls between an entry point and the loops would compile them all once more per type.
+@njit(_nrt=False, inline="always")
+def _quant_rows(qtype, kind, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0):
+    """rows() of a quantized type (see the module docstring); qtype: a constant type id, kind
+    its gemm.panel_kind."""
     if t1 - t0 >= GEMM_MIN_TOKENS:
-        quant_gemm(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0)
+        quant_gemm(qtype, kind, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0)
         return
     if t1 - t0 == 1:
         _decode_rows(qtype, W, w_off, row_bytes, K // 32, r0, r1, q, d, s16, s32, t0, K, out, (t0 - out_t0) * ldo + col0)
@@ -491,10 +495,10 @@ def _rows4_decoded(qtype, W, row, rb, n_chunks, wbuf, sbuf, q, d, s16, s32, t, K
     n_groups = n_chunks // 8
     for g in range(n_groups):
         xg = _x_group(qtype, q, d, s32, t, K, 8 * g)
-        s0 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, 0), xg, s0)
-        s1 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, 1), xg, s1)
-        s2 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, 2), xg, s2)
-        s3 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, 3), xg, s3)
+        s0 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, int64(0)), xg, s0)  # int64: see _dot4_chunks
+        s1 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, int64(1)), xg, s1)
+        s2 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, int64(2)), xg, s2)
+        s3 = _decoded_step(qtype, _decoded(qtype, wbuf, sbuf, g, int64(3)), xg, s3)
     bo = row + n_groups * group_bytes(qtype)
     c = 8 * n_groups
     while c + 2 <= n_chunks:
@@ -653,7 +657,18 @@ def kernels(qtype: int):
     qtype = int(qtype)
     if qtype in FLOAT_TYPES:
         return partial(float_rows, qtype), partial(float_dequant, qtype)
-    return partial(quant_rows, qtype), partial(quant_dequant, qtype)
+    return _python_rows(qtype), partial(quant_dequant, qtype)
+
+
+@lru_cache(maxsize=None)
+def _python_rows(qtype: int):
+    kind = panel_kind(qtype)  # closures over ints only: Numba keys a cached closure on its (pickled) cell values
+
+    @njit(cache=True, _nrt=False)
+    def rows(W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0):
+        _quant_rows(qtype, kind, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0)
+
+    return rows
 
 
 # argument kinds of the two kernel signatures (arrays by dtype), for their C entry points
@@ -674,10 +689,12 @@ def _c_rows(qtype: int):
 
         return entry
 
+    kind = panel_kind(qtype)
+
     @cfunc(c_signature(ROWS_ARGS), cache=True)
     def entry(W, nW, w_off, row_bytes, K, r0, r1, t0, t1, x, nx, q, nq, d, nd, s16, n16, s32, n32, out, nout, ldo,
               col0, out_t0):
-        quant_rows(qtype, carray(W, nW), w_off, row_bytes, K, r0, r1, t0, t1, carray(x, nx), carray(q, nq),
+        _quant_rows(qtype, kind, carray(W, nW), w_off, row_bytes, K, r0, r1, t0, t1, carray(x, nx), carray(q, nq),
                    carray(d, nd), carray(s16, n16), carray(s32, n32), carray(out, nout), ldo, col0, out_t0)
 
     return entry
