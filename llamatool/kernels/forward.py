@@ -75,7 +75,7 @@ from .sync import claim, finish, wait
 from .types import BF16, F16, F32, IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 from .vmath import geglu, swiglu
 
-from numba import float32  # noqa: E402
+from numba import float32, int64  # noqa: E402  (int64(0): a plain int, not a constant Numba compiles a callee once more for)
 
 # columns of the tensor table
 T_OFFSET, T_TYPE, T_K, T_ROWS, T_ROW_BYTES = 0, 1, 2, 3, 4
@@ -331,7 +331,7 @@ def _phase_prepare(ctr, ph, t0, t1, K, src, flags, s, net, w):
         if c >= n:
             break
         _prepare(src, t0 + c, K, flags, s)
-        lora_down3(net.lora, w, -1, -1, src, t0 + c, K)
+        lora_down3(net.lora, w, int64(-1), int64(-1), src, t0 + c, K)
         done += 1
     finish(ctr, ph, done)
     wait(ctr, ph, n)
@@ -423,7 +423,7 @@ def _phase_qkv(ctr, ph, net, dims, layer, n_tok, batch, src, s, k_cache, v_cache
         i = mats[m]
         r0 = (c - first) * _chunk_rows(T, i, dims.n_threads, unit)
         r1 = min(r0 + _chunk_rows(T, i, dims.n_threads, unit), T[i, T_ROWS])
-        _matmul(net, i, r0, r1, 0, n_tok, src, s, s.qkv, ldo, cols[m], 0, batch.n_fast)
+        _matmul(net, i, r0, r1, int64(0), n_tok, src, s, s.qkv, ldo, cols[m], int64(0), batch.n_fast)
         _add_bias(net, biases[m], r0, r1, 0, n_tok, s.qkv, ldo, cols[m])
         if per_head:
             _norm_and_rope_heads(net, dims, layer, n_tok, s, ldo, cols[m] + r0, cols[m] + r1, eps, rotate, a0)
@@ -542,7 +542,7 @@ def _phase_residual(ctr, ph, net, dims, w, bias, t0, t1, src, s, x, n_embd, n_fa
             break
         r0 = c * _chunk_rows(T, w, dims.n_threads)
         r1 = min(r0 + _chunk_rows(T, w, dims.n_threads), T[w, T_ROWS])
-        _matmul(net, w, r0, r1, t0, t1, src, s, s.tmp, n_embd, 0, 0, n_fast)
+        _matmul(net, w, r0, r1, t0, t1, src, s, s.tmp, n_embd, int64(0), int64(0), n_fast)
         _add_bias(net, bias, r0, r1, t0, t1, s.tmp, n_embd, 0)
         if add:
             for t in range(t0, t1):
@@ -574,9 +574,9 @@ def _phase_ffn_up(ctr, ph, net, dims, layer, t0, t1, src, s, n_ff, n_fast):
             break
         r0 = c * per
         r1 = min(r0 + per, n_ff)
-        _matmul(net, gate, r0, r1, t0, t1, src, s, s.gate, n_ff, 0, 0, n_fast)
+        _matmul(net, gate, r0, r1, t0, t1, src, s, s.gate, n_ff, int64(0), int64(0), n_fast)
         _add_bias(net, L[layer, LAYER_BGATE], r0, r1, t0, t1, s.gate, n_ff, 0)
-        _matmul(net, up, up_row0 + r0, up_row0 + r1, t0, t1, src, s, s.up, n_ff, -up_row0, 0, n_fast)
+        _matmul(net, up, up_row0 + r0, up_row0 + r1, t0, t1, src, s, s.up, n_ff, -up_row0, int64(0), n_fast)
         _add_bias(net, L[layer, LAYER_BUP], r0, r1, t0, t1, s.up, n_ff, 0)
         for t in range(t0, t1):
             if dims.gelu != 0:
@@ -602,7 +602,7 @@ def _phase_logits(ctr, ph, net, dims, t0, t1, src, s, logits, n_vocab, n_fast, s
             break
         r0 = c * _chunk_rows(net.tensors, out_w, dims.n_threads)
         r1 = min(r0 + _chunk_rows(net.tensors, out_w, dims.n_threads), n_vocab)
-        _matmul(net, out_w, r0, r1, t0, t1, src, s, logits, n_vocab, 0, t0, n_fast)
+        _matmul(net, out_w, r0, r1, t0, t1, src, s, logits, n_vocab, int64(0), t0, n_fast)
         if softcap > 0:
             inv = float32(1) / softcap
             for t in range(t1 - t0):

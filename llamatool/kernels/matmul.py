@@ -404,11 +404,10 @@ def _dot4_chunks(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
     for g in range(n_groups):
         bo = row + g * group_bytes(qtype)
         c = 8 * g
-        # int64(j): a plain int, not a constant Numba would compile the helper again for (LLVM folds it after inlining)
-        acc = _pair4(qtype, W, bo, int64(0), c, q, d, s16, s32, t, K, acc)
-        acc = _pair4(qtype, W, bo, int64(2), c + 2, q, d, s16, s32, t, K, acc)
-        acc = _pair4(qtype, W, bo, int64(4), c + 4, q, d, s16, s32, t, K, acc)
-        acc = _pair4(qtype, W, bo, int64(6), c + 6, q, d, s16, s32, t, K, acc)
+        acc = _pair4(qtype, W, bo, 0, c, q, d, s16, s32, t, K, acc)
+        acc = _pair4(qtype, W, bo, 2, c + 2, q, d, s16, s32, t, K, acc)
+        acc = _pair4(qtype, W, bo, 4, c + 4, q, d, s16, s32, t, K, acc)
+        acc = _pair4(qtype, W, bo, 6, c + 6, q, d, s16, s32, t, K, acc)
     bo = row + n_groups * group_bytes(qtype)
     c = 8 * n_groups
     while c + 2 <= n_chunks:
