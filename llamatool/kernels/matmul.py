@@ -514,7 +514,7 @@ def _rows4_decoded(qtype, W, row, rb, n_chunks, wbuf, sbuf, q, d, s16, s32, t, K
             _total(qtype, W, row + 3 * rb, n_chunks, c, q, d, s16, s32, t, K, s3))
 
 
-@njit(cache=True, _nrt=False, forceinline=True)
+@njit(_nrt=False, inline="always")  # typed in its caller's context, so _decode_rows is compiled once per type (see _small_batch)
 def _row_blocks_token_by_token(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
     """Rows r0..r1 . tokens t0..t1 by the one-token loop, SMALL_BATCH_ROWS rows at a time (while
     they are in L1, every token meets them)."""
@@ -529,7 +529,10 @@ def _small_batch(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, 
     raise NotImplementedError("_small_batch is only callable from compiled code")
 
 
-@overload(_small_batch, jit_options={"_nrt": False})
+# Numba compiles an overload's implementation once for every set of compiler flags its callers
+# have: this one's callers are the types' C entry points, so it is compiled with their flags
+# (and its own calls of _decode_rows meet the same flags as _quant_rows' call).
+@overload(_small_batch)
 def _small_batch_for_type(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
     if is_block32(qtype):
         def four_rows_all_tokens(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
