@@ -1136,7 +1136,7 @@ def _group_halves(W, o, size):
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _pairs_of_group(qtype, W, bo):
-    # int64(j): a plain int, not a constant Numba would compile the helper again for (LLVM folds it after inlining)
+    # plain ints, not literals (see jit.njit)
     return (decode_pair_in_group(qtype, W, bo, int64(0))[0], decode_pair_in_group(qtype, W, bo, int64(2))[0],
             decode_pair_in_group(qtype, W, bo, int64(4))[0], decode_pair_in_group(qtype, W, bo, int64(6))[0])
 
@@ -1238,8 +1238,8 @@ def _decode_pair_in_group(qtype, W, bo, j):
     decoder = CHUNK_DECODERS[qt]
 
     def two_chunks(qtype, W, bo, j):
-        # int64(j): the chunk decoders need no constant j (measured: a 4-token batch as fast)
-        # and Numba would compile each once per constant; the pair's caller does need one
+        # a plain int (see jit.njit): the chunk decoders gain nothing from a literal j (a 4-token
+        # batch measured as fast), this pair level does (see matmul._dot4_chunks)
         wa, sa0, sa1, ma0, ma1 = decoder(W, bo, int64(j))
         wb, sb0, sb1, mb0, mb1 = decoder(W, bo, j + 1)
         return concat(wa, wb), sa0, sa1, sb0, sb1, ma0, ma1, mb0, mb1

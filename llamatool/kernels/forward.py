@@ -75,7 +75,7 @@ from .sync import claim, finish, wait
 from .types import BF16, F16, F32, IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 from .vmath import geglu, swiglu
 
-from numba import float32, int64  # noqa: E402  (int64(0): a plain int, not a constant Numba compiles a callee once more for)
+from numba import float32, int64  # noqa: E402  (int64(0): a plain int, not a literal; see jit.njit)
 
 # columns of the tensor table
 T_OFFSET, T_TYPE, T_K, T_ROWS, T_ROW_BYTES = 0, 1, 2, 3, 4

@@ -102,9 +102,8 @@ def _put_pair(qtype, W, bo, j, cb, r, packed, scales, mins):
 def _pack_row(qtype, W, row, c0, c1, r, packed, scales, mins):
     """Chunks c0..c1 (c0 a multiple of 8) of the row at byte offset `row` into lane r."""
     c = c0
-    while c + 8 <= c1:  # whole groups: chunk places are constants (K-quant scale unpacking)
+    while c + 8 <= c1:  # whole groups (the chunk places are plain ints: see jit.njit)
         bo = row + (c // 8) * group_bytes(qtype)
-        # int64(j): a plain int, not a constant Numba would compile the helper again for (LLVM folds it after inlining)
         _put_pair(qtype, W, bo, int64(0), c - c0, r, packed, scales, mins)
         _put_pair(qtype, W, bo, int64(2), c - c0 + 2, r, packed, scales, mins)
         _put_pair(qtype, W, bo, int64(4), c - c0 + 4, r, packed, scales, mins)
@@ -227,7 +226,7 @@ def _panel_block(kind, packed, scales, mins, c0, nc, first, n_valid, t0, t1, q, 
         _save(a, out, o, n_valid, tmp)
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(_nrt=False, inline="always")
 def quant_gemm(qtype, kind, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
     """matmul's rows() for a quantized type (same arguments, minus the float activation, plus
     the type's panel_kind), panel by panel: out[(t - out_t0)*ldo + col0 + r] = row r .
