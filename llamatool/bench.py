@@ -149,6 +149,7 @@ class BenchResult:
     model_n_params: int
     kv_type: str
     samples_ns: list[int] = field(default_factory=list)
+    repack: bool = False
     test_time: str = ""
 
     @property
@@ -198,7 +199,7 @@ class BenchResult:
             "embeddings": False,
             "no_op_offload": 0,
             "no_host": False,
-            "repack": False,
+            "repack": self.repack,
             "fit_target": 0,
             "fit_min_ctx": 0,
             "n_prompt": t.n_prompt,
@@ -325,9 +326,11 @@ def run_benchmarks(
     on_result: Callable[[BenchResult], None] | None = None,
     on_progress: Callable[[str], None] | None = None,
     lora=(),
+    repack: bool = False,
 ) -> list[BenchResult]:
     """Run every test, loading each model once with a context large enough for all its tests
-    (and the LoRA adapters `lora`, (path, scale) pairs, applied to every model)."""
+    (and the LoRA adapters `lora`, (path, scale) pairs, applied to every model; repack: the
+    matrices packed at load, as the server has them)."""
     from .gguf_io import GGUFReader
     from .model import Model
 
@@ -340,12 +343,12 @@ def run_benchmarks(
         if on_progress:
             on_progress(f"loading {path}")
         model_type, size, n_params = model_description(GGUFReader(path))
-        model = Model.load(path, n_ctx=n_ctx, n_threads=group[0].n_threads, lora=lora)
+        model = Model.load(path, n_ctx=n_ctx, n_threads=group[0].n_threads, lora=lora, repack=repack)
         kv_type = _kv_cache_type(model)
         for i, test in enumerate(group):
             if on_progress:
                 on_progress(f"{path.name}: {test.name}, {test.n_threads} threads, {reps} reps")
-            result = BenchResult(test, model_type, size, n_params, kv_type)
+            result = BenchResult(test, model_type, size, n_params, kv_type, repack=repack)
             result.test_time = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             result.samples_ns = run_test(model, test, reps, warmup, seed=i)
             results.append(result)
@@ -435,6 +438,7 @@ def bench_command(
     no_warmup: bool = False,
     progress: bool = False,
     lora=(),
+    repack: bool = False,
 ) -> None:
     """The CLI: plan, run, print (rows appear as tests finish for md and jsonl)."""
     output = output.lower()
@@ -470,7 +474,8 @@ def bench_command(
             sys.stdout.write(format_jsonl_line(result))
             sys.stdout.flush()
 
-    results = run_benchmarks(tests, reps=reps, warmup=not no_warmup, on_result=stream, on_progress=log, lora=lora)
+    results = run_benchmarks(tests, reps=reps, warmup=not no_warmup, on_result=stream, on_progress=log, lora=lora,
+                             repack=repack)
     if output == "table":
         print_rich_table(results)
     elif output == "md":

@@ -294,12 +294,14 @@ def bench(
     output: str = typer.Option("table", "-o", "--output", help="table, md, csv, json or jsonl."),
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip the untimed warm-up run."),
     progress: bool = typer.Option(False, "--progress", help="Print progress to stderr."),
+    repack: bool = typer.Option(False, "--repack", help="Pack the matrices at load, as `serve` does."),
     lora: List[str] = _lora_option(),
 ) -> None:
     """Measure prompt processing and generation speed (like llama-bench)."""
     from .bench import bench_command
 
-    bench_command(model, n_prompt, n_gen, pg, threads, reps, output, n_depth, n_batch, no_warmup, progress, _adapters(ctx, lora))
+    bench_command(model, n_prompt, n_gen, pg, threads, reps, output, n_depth, n_batch, no_warmup, progress, _adapters(ctx, lora),
+                  repack)
 
 
 @app.command(context_settings=_LORA_SCALED)
@@ -363,6 +365,7 @@ def serve(
     alias: Optional[str] = typer.Option(None, "--alias", help="Model name clients see (default: the file's name)."),
     metrics: bool = typer.Option(False, "--metrics", help="Serve Prometheus metrics at GET /metrics."),
     embeddings: bool = typer.Option(False, "--embeddings", help="Serve POST /v1/embeddings."),
+    no_repack: bool = typer.Option(False, "-nr", "--no-repack", help="Keep the weights as in the file (less memory; steps of several slots cost more)."),
     lora: List[str] = _lora_option(),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (like llama-server)."""
@@ -370,7 +373,7 @@ def serve(
 
     serve_command(ServeOptions(model=model, host=host, port=port, ctx_size=ctx_size, slots=slots, threads=threads,
                                api_key=api_key, alias=alias, metrics=metrics, embeddings=embeddings,
-                               lora=tuple(_adapters(ctx, lora))))
+                               repack=not no_repack, lora=tuple(_adapters(ctx, lora))))
 
 
 # --- entry point -----------------------------------------------------------------------

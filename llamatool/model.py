@@ -196,11 +196,13 @@ class Weights:
     """Where every tensor of the model is in the mapped file, as tables for the kernels."""
 
     data: np.ndarray  # uint8 view of the whole file (read-only mmap)
-    tensors: np.ndarray  # int64[n, 5]: byte offset, ggml type, row length, rows, bytes per row
+    tensors: np.ndarray  # int64[n, 7]: byte offset, ggml type, row length, rows, bytes per row, packed at (or -1),
+    # packed kind (see repack)
     layers: np.ndarray  # int64[n_layer, N_LAYER_ROLES]: tensor index per role, -1 if absent
     globals: np.ndarray  # int64[3]: token_embd, output_norm, output
     freq_factors: np.ndarray  # float32[n_rot/2]: Llama 3 rope_freqs.weight, or ones
     names: list[str] = field(default_factory=list)
+    packed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # see repack()
 
     @classmethod
     def from_gguf(cls, reader, args: ModelArgs, n_ctx: int) -> "Weights":
@@ -255,9 +257,80 @@ class Weights:
                 shape = tuple(dims[d] for d in t.shape.split())
                 L[getattr(fw, "LAYER_" + t.role)] = add(p + t.name, shape, t.required, t.float32)
         freq_factors = _freq_factors(reader, args, n_ctx)
-        table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        table = np.array([r + (-1, -1) for r in rows], dtype=np.int64).reshape(-1, fw.N_TENSOR_COLUMNS)
         glob = np.array([embd, out_norm, embd if output < 0 else output], dtype=np.int64)
         return cls(data, table, layers, glob, freq_factors, names)
+
+    def repack(self) -> None:
+        """Pack every quantized matrix into 16-row panels (kernels.gemm.pack_matrix) in
+        self.packed, so that its products give a token the same bits in a call of any size
+        and a few tokens cost little more than one (a server's decode steps). What else the
+        forward pass reads is then copied out of the file, which is let go: memory holds
+        the panels (about 1.25 bytes per weight at most, the file's size for Q4_0/Q4_1) and
+        the token embedding once more."""
+        from . import kernel_api
+
+        gemm, fw = kernel_api.load("gemm"), kernel_api.load("forward")
+        T = self.tensors
+        kinds = {i: gemm.packed_kind(int(T[i, 1])) for i in self.matrices() if int(T[i, 1]) not in kernel_api.load("types").FLOAT_TYPES}
+        while True:  # a matrix whose scales do not fit f16 is packed again with float32 ones
+            starts, size = {}, 0
+            for i, kind in kinds.items():
+                starts[i] = size
+                size += (int(T[i, 3]) + gemm.PANEL - 1) // gemm.PANEL * gemm.packed_panel_words(kind, int(T[i, 2]))
+            packed = np.empty(size, np.uint32)
+            misfit = [i for i, kind in kinds.items() if not self._pack(i, kind, packed, starts[i])]
+            if not misfit:
+                break
+            for i in misfit:
+                kinds[i] -= gemm.F16_SCALES
+        for i, kind in kinds.items():
+            T[i, fw.T_PACKED], T[i, fw.T_PACKED_KIND] = starts[i], kind
+        self.packed = packed
+        self._copy_the_rest({int(self.globals[fw.GLOBAL_TOK_EMBD])} | {i for i in range(len(T)) if i not in kinds})
+
+    def _copy_the_rest(self, keep: set[int]) -> None:
+        """Copy the tensors the forward pass still reads from the file (the token embedding,
+        for lookups; norms, biases, float matrices) into memory and let the file go: the
+        packed matrices' bytes are no longer needed, and a mapping would keep them resident
+        (a norm read next to them maps its whole huge page back)."""
+        T = self.tensors
+        at, size = {}, 0
+        for i in sorted(keep):
+            at[i] = size
+            size += (int(T[i, 3] * T[i, 4]) + 63) // 64 * 64
+        data = np.zeros(size, np.uint8)
+        for i in sorted(keep):
+            n = int(T[i, 3] * T[i, 4])
+            data[at[i]:at[i] + n] = self.data[int(T[i, 0]):int(T[i, 0]) + n]
+            T[i, 0] = at[i]
+        for i in range(len(T)):
+            if i not in keep:
+                T[i, 0] = -1  # packed: read from self.packed only
+        self.data = data
+
+    def _pack(self, i: int, kind: int, packed: np.ndarray, start: int) -> bool:
+        from . import kernel_api
+        from .native_forward import panel_packer
+
+        gemm = kernel_api.load("gemm")
+        off, qtype, k, n_rows, row_bytes = (int(v) for v in self.tensors[i, :5])
+        size = (n_rows + gemm.PANEL - 1) // gemm.PANEL * gemm.packed_panel_words(kind, k)
+        return gemm.pack_matrix(panel_packer(qtype), qtype, self.data, off, row_bytes, k, n_rows,
+                                packed[start:start + size], kind)
+
+    def matrices(self) -> list[int]:
+        """Indices of the tensors multiplied as matrices: the layers' and the output."""
+        from . import kernel_api
+
+        fw = kernel_api.load("forward")
+        roles = [fw.LAYER_WQ, fw.LAYER_WK, fw.LAYER_WV, fw.LAYER_WQKV, fw.LAYER_WO, fw.LAYER_GATE, fw.LAYER_UP, fw.LAYER_DOWN]
+        return sorted({int(i) for i in self.layers[:, roles].ravel() if i >= 0} | {int(self.globals[fw.GLOBAL_OUTPUT])})
+
+    @property
+    def packed_kinds(self) -> set[int]:
+        """gemm.packed_kind of the packed matrices (see repack)."""
+        return {int(kind) for kind, at in zip(self.tensors[:, 6], self.tensors[:, 5]) if at >= 0}
 
     @property
     def matrix_types(self) -> set[int]:
@@ -306,10 +379,14 @@ class Model:
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def load(cls, path, n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_N_BATCH,
-             lora=()) -> "Model":
+             lora=(), repack: bool = False) -> "Model":
         """Open a GGUF model. n_ctx: context size (default min(4096, trained); 0 = trained);
         n_threads: compute threads (default: all cores); lora: LoRA adapter files, each a
-        path or (path, scale), added at run time (llama.cpp's --lora / --lora-scaled)."""
+        path or (path, scale), added at run time (llama.cpp's --lora / --lora-scaled);
+        repack: pack the quantized matrices into panels at load (Weights.repack: about 1.25
+        bytes per weight in memory; batch-invariant bits, and cheap steps of a few tokens, as a
+        server's slots make; a token's logits differ from those of the unpacked file by float
+        summation order only)."""
         from .gguf_io import GGUFReader
 
         start = time.perf_counter()
@@ -328,6 +405,8 @@ class Model:
         if n_ctx <= 0:
             raise LlamatoolError(f"context size must be positive, got {n_ctx}")
         weights = Weights.from_gguf(reader, args, int(n_ctx))
+        if repack:
+            weights.repack()
         if n_batch <= 0:
             raise LlamatoolError(f"batch size must be positive, got {n_batch}")
         threads = _thread_count(n_threads)
@@ -357,7 +436,9 @@ class Model:
         fw = native_forward.driver()
         a, B, w = self.args, self.n_batch, self.weights
         rows, dequant = native_forward.kernel_tables(w.matrix_types)
-        self._net = fw.Net(w.data, w.tensors, w.layers, w.globals, rows, dequant, w.freq_factors, self._lora_tables())
+        packed_rows = native_forward.packed_table(w.packed_kinds)
+        self._net = fw.Net(w.data, w.tensors, w.layers, w.globals, rows, dequant, w.freq_factors, self._lora_tables(),
+                           w.packed, packed_rows)
         n_q, n_kv = a.n_head * a.head_dim, a.n_head_kv * a.head_dim
         max_k = max(a.n_embd, n_q, a.n_ff)
         f32 = np.float32
@@ -444,6 +525,12 @@ class Model:
         v = _fresh_zeros(n * size, self.v_cache.dtype)
         return CachePool(k, v, [CacheState(k[i * size:(i + 1) * size], v[i * size:(i + 1) * size], 0, [], i * size)
                                 for i in range(n)])
+
+    @property
+    def split_invariant(self) -> bool:
+        """Whether a token's logits are the same however tokens are cut into calls (of any
+        size, beside any others): every matrix is packed (repack)."""
+        return all(self.weights.tensors[i, 5] >= 0 for i in self.weights.matrices())
 
     @property
     def forward_backend(self) -> str | None:

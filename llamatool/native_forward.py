@@ -399,3 +399,39 @@ def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
             return compiled_tables(qtypes)
         rows[t], dequant[t] = addresses
     return rows, dequant
+
+
+def packed_table(kinds) -> np.ndarray:
+    """kernels.matmul.packed_table(kinds), from saved machine code when it is all there (no Numba)."""
+    from .quants import native
+
+    table = np.zeros(kernel_api.load("gemm").N_PACKED_KINDS, np.int64)
+    for kind in sorted({int(k) for k in kinds}):
+        found = native.cached_addresses(kernel_api.KERNELS, [f"packed_rows_{kind}"])  # matmul._c_packed's key
+        if found is None:
+            from .kernels.matmul import packed_table as compiled_table
+
+            return compiled_table(kinds)
+        table[kind] = found[0]
+    return table
+
+
+_PACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, *[ctypes.c_int64] * 6, ctypes.c_void_p, ctypes.c_int64)
+
+
+def panel_packer(qtype: int):
+    """pack(W, w_off, row_bytes, K, n_rows, p0, p1, out): kernels.gemm.pack_panels for a
+    type (out: uint32), from saved machine code when there is some (no Numba)."""
+    from .quants import native
+
+    found = native.cached_addresses(kernel_api.KERNELS, [f"pack_{qtype}"])  # matmul.packer_address's key
+    if found is None:
+        from .kernels.matmul import packer_address
+
+        found = [packer_address(qtype)]
+    fn = _PACK(found[0])
+
+    def pack(W, w_off, row_bytes, K, n_rows, p0, p1, out):
+        fn(W.ctypes.data, W.size, w_off, row_bytes, K, n_rows, p0, p1, out.ctypes.data, out.size)
+
+    return pack

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -57,10 +58,11 @@ def rss_mib(pid: int | None) -> float | None:
 
 def start_server(args, server: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    if server == "llamatool":
-        cmd = [sys.executable, "-m", "llamatool", "serve"]
+    words = shlex.split(server)  # a server, then options of its own ("llamatool --no-repack")
+    if words[0] == "llamatool":
+        cmd = [sys.executable, "-m", "llamatool", "serve", *words[1:]]
     else:
-        cmd = [server]
+        cmd = words
     cmd += ["-m", args.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(args.np), "-c", str(args.ctx)]
     if args.threads:
         cmd += ["-t", str(args.threads)]
@@ -216,8 +218,8 @@ def print_report(r: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-m", "--model", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    p.add_argument("--server", action="append", help="llamatool (the default), or the path of a llama-server binary; "
-                   "repeat it to measure several servers side by side")
+    p.add_argument("--server", action="append", help="llamatool (the default), or the path of a llama-server binary, "
+                   "either followed by options of its own ('llamatool --no-repack'); repeat it to measure several servers side by side")
     p.add_argument("--rounds", type=int, default=1, help="times each level is run (on each server in turn)")
     p.add_argument("--url", help="a server already running on 127.0.0.1 (then --pid for its RSS)")
     p.add_argument("--pid", type=int)

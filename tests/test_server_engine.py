@@ -158,3 +158,61 @@ def test_busy_slots_share_each_forward_call(model):
     finally:
         del model.eval_many
         engine.stop()
+
+
+@pytest.fixture(scope="module")
+def repacked(default_model):
+    return Model.load(default_model, n_ctx=512, repack=True)
+
+
+def run_job(engine, ids, max_tokens=8):
+    c = Collector()
+    engine.submit(job(ids, c, max_tokens=max_tokens))
+    assert c.done.wait(120)
+    assert isinstance(c.events[-1], Finished)
+    return c.text, c.events[-1].cached_tokens
+
+
+def test_a_repacked_model_reuses_any_cached_prefix_and_answers_as_generate(repacked):
+    """Repacked, a token's bits do not depend on how the prompt is cut (Model.split_invariant):
+    a slot reuses everything its cache shares with the next prompt, not only whole aligned
+    blocks, and every answer is the one Model.generate gives."""
+    assert repacked.split_invariant
+    tok = repacked.tokenizer
+    system = "You are a careful assistant who answers in one short sentence. " * 3
+    first = tok.encode(system + "What is the capital of France?", add_special=True)
+    second = tok.encode(system + "What is the tallest mountain?", add_special=True)
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    assert 0 < shared and shared % CACHE_BLOCK != 0
+    engine = Engine(repacked, 1)  # one slot: every request finds the previous one's cache
+    engine.start()
+    try:
+        text1, cached1 = run_job(engine, first)
+        text2, cached2 = run_job(engine, first)
+        text3, cached3 = run_job(engine, second)
+        longer = first + tok.encode(" Answer in French.")
+        text4, cached4 = run_job(engine, longer)
+    finally:
+        engine.stop()
+    assert (cached1, cached2, cached3) == (0, len(first) - 1, shared)
+    assert cached4 == shared  # the slot last held `second`
+    assert text1 == text2
+    for ids, text in ((first, text1), (second, text3), (longer, text4)):
+        repacked.reset()
+        assert repacked.generate(ids, max_tokens=8, temperature=0).text == text
+
+
+def test_a_long_prompt_is_read_in_pieces_from_where_the_cache_stops(repacked):
+    engine = Engine(repacked, 2)
+    engine.start()
+    try:
+        ids = repacked.tokenizer.encode("river " * (3 * CACHE_BLOCK + 5), add_special=True)
+        text1, cached1 = run_job(engine, ids)
+        other = repacked.tokenizer.encode(" ocean")
+        assert other[0] != ids[-1]
+        text2, cached2 = run_job(engine, ids[:-1] + other)
+    finally:
+        engine.stop()
+    assert cached1 == 0 and cached2 == len(ids) - 1
+    repacked.reset()
+    assert text1 == repacked.generate(ids, max_tokens=8, temperature=0).text

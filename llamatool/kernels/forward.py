@@ -43,13 +43,17 @@ for the 32-weight types, whose small batches decode the weights once and run eve
 by the one-token steps, and for the float types; one for the K-quants): a server's slot
 gets the same logits alone or beside others. Tokens ..n_fast share the
 fast products (prompts; Model.eval uses them for every token); with gemm.MIN_TOKENS of them
-or more, a token's result there does not depend on the others either (gemm.py).
+or more, a token's result there does not depend on the others either (gemm.py). A model
+loaded with repack=True has its quantized matrices packed once (gemm.pack_panels): their
+products take every token by the panels, any number at once, one included, so every token
+gets the same bits in any call and a step of several slots costs little more than one.
 
 The model arrives as a `Net` (built by llamatool.model): the mapped file `data`; `tensors`
 with one row per tensor (byte offset in data, ggml type, row length, row count, bytes per
-row); `layers` holding per layer the tensor index of each role (LAYER_* below, -1 if
+row, where its packed panels start in `packed`, or -1); `layers` holding per layer the tensor index of each role (LAYER_* below, -1 if
 absent); `globals` (token embedding, output norm, output matrix); `rows`/`dequant`, the C
-entry points of the matmul kernels by type id (matmul.kernel_tables); `freq_factors` for
+entry points of the matmul kernels by type id (matmul.kernel_tables), `packed_rows` those of
+the products of packed panels by kind (matmul.packed_table); `freq_factors` for
 RoPE; `lora`, the low-rank terms of LoRA adapters (kernels/lora.py: the phase preparing an
 input computes the A.x of the matrices it feeds, and every product adds its B.u).
 """
@@ -64,6 +68,7 @@ import numpy as np
 from llamatool.jit import njit
 
 from .actquant import quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
+from .ccall import call_c
 from .attention import attend_tile, cache_positions, scratch_floats, store_key16, store_value16
 from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS
 from .lora import lora_down3, lora_embed, lora_up
@@ -77,8 +82,10 @@ from .vmath import geglu, swiglu
 
 from numba import float32, int64  # noqa: E402  (int64(0): a plain int, not a literal; see jit.njit)
 
-# columns of the tensor table
-T_OFFSET, T_TYPE, T_K, T_ROWS, T_ROW_BYTES = 0, 1, 2, 3, 4
+# columns of the tensor table; T_PACKED: where the matrix's panels packed at load start in
+# Net.packed, -1 if it has none; T_PACKED_KIND: their gemm.packed_kind
+T_OFFSET, T_TYPE, T_K, T_ROWS, T_ROW_BYTES, T_PACKED, T_PACKED_KIND = 0, 1, 2, 3, 4, 5, 6
+N_TENSOR_COLUMNS = 7
 # roles of a layer's tensors (columns of the layer table)
 LAYER_ATTN_NORM = 0
 LAYER_WQ = 1
@@ -116,7 +123,9 @@ TOKENS_PER_ATTENTION_CHUNK = 8
 # activation formats a group of weights needs (bit flags)
 NEED_Q8_0, NEED_Q8_K, NEED_F16, NEED_BF16 = 1, 2, 4, 8
 
-Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors lora")
+# packed: uint32 panels of the matrices packed at load (empty if none), packed_rows: the C entry
+# points of their products by packed kind (matmul.packed_table)
+Net = namedtuple("Net", "data tensors layers globals rows dequant freq_factors lora packed packed_rows")
 # Dims.n_ctx is the cache's positions per layer and KV head: kv_cache_positions(context size)
 # rope_neox: 1 rotates the two halves of a head (llama.cpp's NEOX rope), 0 adjacent pairs;
 # nope_every: > 0 leaves RoPE out of layers il with (il + 1) % nope_every == 0 (SmolLM3);
@@ -222,11 +231,17 @@ def _exact_group(qtype):
 @njit(cache=True, _nrt=False)
 def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0, n_fast):
     """Rows r0..r1 of tensor i times activation rows t0..t1 (prepared from src); rows
-    n_fast.. in groups that keep one-token bits (see the module docstring)."""
+    n_fast.. in groups that keep one-token bits (see the module docstring), unless the matrix
+    is packed: its product gives a token the same bits in any call."""
     T = net.tensors
     qtype = T[i, T_TYPE]
     x = s.xr if qtype == F16 or qtype == BF16 else src
     a = s.ak if _formats(T, i, -1, -1) & NEED_Q8_K else s.a8
+    if T[i, T_PACKED] >= 0:
+        call_c(net.packed_rows[T[i, T_PACKED_KIND]], (net.packed, T[i, T_PACKED], T[i, T_K], r0, r1, t0, t1, a.q, a.d, a.s16, a.s32,
+                                        out, ldo, col0, out_t0))
+        lora_up(net.lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0)
+        return
     split = max(t0, min(t1, n_fast))
     if split > t0:
         call_rows(net.rows, qtype, net.data, T[i, T_OFFSET], T[i, T_ROW_BYTES], T[i, T_K], r0, r1, t0, split, x, a,

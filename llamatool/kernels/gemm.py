@@ -40,11 +40,13 @@ import numpy as np
 from llamatool.jit import njit
 
 from .blocks import HALF_OFFSETS, decode_chunk, decode_pair_in_group, group_bytes, half_offsets
-from .simd import (broadcast4, dot4_u8i8, extract, fma, get, load, reinterpret, round_f16, splat, stack_array, store,
-                   to_f32)
-from .types import Q4_1, Q5_1
+from .simd import (broadcast4, dot4_u8i8, extract, fma, get, load, load_f16, reinterpret, round_f16, splat, stack_array,
+                   store, to_f32)
+from .types import IQ1_S, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, TQ1_0, TQ2_0
 
-from numba import float32, int32, int64  # noqa: E402
+from numba import float32, int32, int64, literally, uint32  # noqa: E402
+from numba.core import errors, types  # noqa: E402
+from numba.extending import overload  # noqa: E402
 
 #: rows per panel: one int32 lane of a 512-bit vector each
 PANEL = 16
@@ -63,10 +65,25 @@ _PANEL_BYTES = 4 * PANEL  # bytes of a packed vector
 # two 16-weight scale units, and whether block sums are read as f16. The panel code is
 # compiled once per kind, not once per type (warmup compiles every type).
 PLAIN, HALVES, F16_SUMS = 0, 1, 2
+# Panels packed once at load (pack_matrix) are kept as small as the type allows, since a
+# decode step reads them all from DRAM: flags added to the kind say how.
+#: weights as nibbles (the types whose packed bytes are all below 16)
+NIBBLES = 4
+NIBBLE_TYPES = (Q4_0, Q4_1, Q2_K, Q3_K, Q4_K, TQ1_0, TQ2_0, IQ1_S)
+#: scales and mins as f16 (the types whose scales are the blocks' f16 scales, when every
+#: value of the matrix converts exactly, as it does unless a scale is near f16's range)
+F16_SCALES = 8
+F16_SCALE_TYPES = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL)
+N_PACKED_KINDS = 16
 
 
 def panel_kind(qtype: int) -> int:
     return HALVES if qtype in HALF_OFFSETS else F16_SUMS if qtype in (Q4_1, Q5_1) else PLAIN
+
+
+def packed_kind(qtype: int) -> int:
+    """The most compact kind of a type's panels packed at load: its panel_kind + flags."""
+    return panel_kind(qtype) + (NIBBLES if qtype in NIBBLE_TYPES else 0) + (F16_SCALES if qtype in F16_SCALE_TYPES else 0)
 
 
 # --- packing a panel --------------------------------------------------------------------------
@@ -131,12 +148,46 @@ def _words(packed, o, n, q, xo, p):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _nibble_words(packed, o, high, q, xo, p):
+    """p + the 4 words in the low (high = 0) or high nibbles of the vectors from o . the
+    activation bytes at xo (pack_panels keeps word i of a chunk in the low nibbles of its
+    vector i % 4 and word i + 4 in the high ones)."""
+    for i in range(4):
+        v = load(packed, (o + i) * PANEL, PANEL)
+        w = (v >> uint32(4) if high else v) & uint32(0x0F0F0F0F)
+        p = dot4_u8i8(p, reinterpret(w, np.uint8), broadcast4(q, xo + 4 * i, _PANEL_BYTES))
+    return p
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _chunk_words(kind, packed, cb, h, n, q, xo, p):
+    """p + n = 4 or 8 words of chunk cb from word 4h . the activation bytes at xo."""
+    if kind & NIBBLES:
+        p = _nibble_words(packed, 4 * cb, h, q, xo, p)
+        return _nibble_words(packed, 4 * cb, 1, q, xo + 16, p) if n == 8 else p
+    return _words(packed, 8 * cb + 4 * h, n, q, xo, p)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _block_sum(kind, s32, i):
     """The activation's scaled block sum as the weight type's ggml dot product reads it:
     Q4_1 and Q5_1 meet ggml's Q8_1, which stores it as f16."""
-    if kind == F16_SUMS:
+    if kind & 3 == F16_SUMS:
         return round_f16(get(s32, i))
     return get(s32, i)
+
+
+def _units(values, u):
+    """The 16 scales (or mins) of unit u: float32, or f16 bits (uint16) in panels packed with
+    F16_SCALES (chosen by the array's type, as Numba types both sides of a branch)."""
+    raise NotImplementedError("_units is only callable from compiled code")
+
+
+@overload(_units)
+def _units_of(values, u):
+    if values.dtype == types.uint16:
+        return lambda values, u: load_f16(values, u, PANEL)
+    return lambda values, u: load(values, u, PANEL)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -145,17 +196,17 @@ def _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, acc):
     zero = splat(int32(0), PANEL)
     xo = t * K + 32 * c
     dx = get(d, t * (K // 32) + c)
-    if kind == HALVES:
+    if kind & 3 == HALVES:
         for h in range(2):
-            p = _words(packed, 8 * cb + 4 * h, 4, q, xo + 16 * h, zero)
+            p = _chunk_words(kind, packed, cb, h, 4, q, xo + 16 * h, zero)
             u = (2 * cb + h) * PANEL
-            acc = fma(to_f32(p), load(scales, u, PANEL) * dx, acc)
-            acc = fma(load(mins, u, PANEL), splat(get(s16, t * (K // 16) + 2 * c + h), PANEL), acc)
+            acc = fma(to_f32(p), _units(scales, u) * dx, acc)
+            acc = fma(_units(mins, u), splat(get(s16, t * (K // 16) + 2 * c + h), PANEL), acc)
         return acc
-    p = _words(packed, 8 * cb, 8, q, xo, zero)
+    p = _chunk_words(kind, packed, cb, 0, 8, q, xo, zero)
     u = cb * PANEL
-    acc = fma(to_f32(p), load(scales, u, PANEL) * dx, acc)
-    return fma(load(mins, u, PANEL), splat(_block_sum(kind, s32, t * (K // 32) + c), PANEL), acc)
+    acc = fma(to_f32(p), _units(scales, u) * dx, acc)
+    return fma(_units(mins, u), splat(_block_sum(kind, s32, t * (K // 32) + c), PANEL), acc)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -182,48 +233,51 @@ def _single(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _resume(first, out, o, n_valid, tmp):
-    """The panel's sums so far for one token (out[o:o+n_valid]; zero before the first block)."""
+def _resume(first, out, o, l0, l1, tmp):
+    """The panel's sums so far for one token (lanes l0..l1 of out[o:o+PANEL]; zero before
+    the first block)."""
     if first:
         return splat(float32(0), PANEL)
-    if n_valid == PANEL:
+    if l0 == 0 and l1 == PANEL:
         return load(out, o, PANEL)
     for i in range(PANEL):
-        tmp[i] = out[o + i] if i < n_valid else float32(0)
+        tmp[i] = out[o + i] if l0 <= i < l1 else float32(0)
     return load(tmp, 0, PANEL)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _save(acc, out, o, n_valid, tmp):
-    if n_valid == PANEL:
+def _save(acc, out, o, l0, l1, tmp):
+    """Lanes l0..l1 of acc into out[o + lane]."""
+    if l0 == 0 and l1 == PANEL:
         store(out, o, acc)
         return
     store(tmp, 0, acc)
-    for i in range(n_valid):
+    for i in range(l0, l1):
         out[o + i] = tmp[i]
 
 
 @njit(cache=True, _nrt=False)
-def _panel_block(kind, packed, scales, mins, c0, nc, first, n_valid, t0, t1, q, d, s16, s32, K, out, ldo, o0,
+def _panel_block(kind, packed, scales, mins, c0, nc, first, l0, l1, t0, t1, q, d, s16, s32, K, out, ldo, o0,
                  out_t0, tmp):
-    """Every token t0..t1 against the packed panel; out[(t - out_t0)*ldo + o0 + lane]."""
+    """Every token t0..t1 against the packed panel; lanes l0..l1 go to
+    out[(t - out_t0)*ldo + o0 + lane]."""
     t = t0
     while t + TILE <= t1:
         o = (t - out_t0) * ldo + o0
-        a0 = _resume(first, out, o, n_valid, tmp)
-        a1 = _resume(first, out, o + ldo, n_valid, tmp)
-        a2 = _resume(first, out, o + 2 * ldo, n_valid, tmp)
-        a3 = _resume(first, out, o + 3 * ldo, n_valid, tmp)
+        a0 = _resume(first, out, o, l0, l1, tmp)
+        a1 = _resume(first, out, o + ldo, l0, l1, tmp)
+        a2 = _resume(first, out, o + 2 * ldo, l0, l1, tmp)
+        a3 = _resume(first, out, o + 3 * ldo, l0, l1, tmp)
         a0, a1, a2, a3 = _tile(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3)
-        _save(a0, out, o, n_valid, tmp)
-        _save(a1, out, o + ldo, n_valid, tmp)
-        _save(a2, out, o + 2 * ldo, n_valid, tmp)
-        _save(a3, out, o + 3 * ldo, n_valid, tmp)
+        _save(a0, out, o, l0, l1, tmp)
+        _save(a1, out, o + ldo, l0, l1, tmp)
+        _save(a2, out, o + 2 * ldo, l0, l1, tmp)
+        _save(a3, out, o + 3 * ldo, l0, l1, tmp)
         t += TILE
     for tt in range(t, t1):
         o = (tt - out_t0) * ldo + o0
-        a = _single(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, tt, _resume(first, out, o, n_valid, tmp))
-        _save(a, out, o, n_valid, tmp)
+        a = _single(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, tt, _resume(first, out, o, l0, l1, tmp))
+        _save(a, out, o, l0, l1, tmp)
 
 
 @njit(_nrt=False, inline="always")
@@ -242,5 +296,117 @@ def quant_gemm(qtype, kind, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s
             c1 = min(n_chunks, c0 + BLOCK_K // 32)
             for r in range(PANEL):  # lanes past the last row repeat it (their sums are dropped)
                 _pack_row(qtype, W, w_off + (rp + min(r, n_valid - 1)) * row_bytes, c0, c1, r, packed, scales, mins)
-            _panel_block(kind, packed, scales, mins, c0, c1 - c0, c0 == 0, n_valid, t0, t1, q, d, s16, s32, K, out,
+            _panel_block(kind, packed, scales, mins, c0, c1 - c0, c0 == 0, 0, n_valid, t0, t1, q, d, s16, s32, K, out,
                          ldo, col0 + rp, out_t0, tmp)
+
+
+# --- weights packed once, at load ---------------------------------------------------------------
+# A server's decode step multiplies each matrix by one token of every busy slot. Packing the
+# panels once, when the model loads, lets any number of tokens, one included, take the panel
+# product above: a token's sums are then the same whatever else is in the call (the one-row
+# loops and the panels differ in float summation order), and a step of eight tokens costs
+# about three single-token steps instead of five or six. A matrix's packed panels follow each
+# other in a uint32 buffer, each as its words, then its scales, then its mins (float32 bits),
+# the same values quant_gemm packs per call, so the products agree with it bit for bit.
+
+
+def packed_panel_words(kind: int, K: int) -> int:
+    """uint32 words of one 16-row panel of a row length K packed at load as `kind`."""
+    units = K // 32 * (2 if kind & 3 == HALVES else 1) * PANEL
+    return K // 32 * (4 if kind & NIBBLES else 8) * PANEL + (units if kind & F16_SCALES else 2 * units)
+
+
+def _panel_parts(kind, P, o, n_chunks):
+    """Views of the words, scales and mins of the panel packed at word o of P as `kind` (a
+    constant: the scales' array type depends on it)."""
+    raise NotImplementedError("_panel_parts is only callable from compiled code")
+
+
+@overload(_panel_parts, prefer_literal=True)
+def _panel_parts_of(kind, P, o, n_chunks):
+    if not isinstance(kind, types.IntegerLiteral):
+        raise errors.TypingError("_panel_parts needs a constant kind")
+    k = kind.literal_value
+    words_per_chunk = (4 if k & NIBBLES else 8) * PANEL
+    units_per_chunk = (2 if k & 3 == HALVES else 1) * PANEL
+
+    if k & F16_SCALES:
+        def parts(kind, P, o, n_chunks):
+            s = o + n_chunks * words_per_chunk
+            n = n_chunks * units_per_chunk
+            halves = P[s:s + n].view(np.uint16)
+            return P[o:s], halves[:n], halves[n:]
+        return parts
+
+    def parts(kind, P, o, n_chunks):
+        s = o + n_chunks * words_per_chunk
+        n = n_chunks * units_per_chunk
+        return P[o:s], P[s:s + n].view(np.float32), P[s + n:s + 2 * n].view(np.float32)
+    return parts
+
+
+@njit(cache=True, _nrt=False)
+def pack_panels(qtype, kind, W, w_off, row_bytes, K, n_rows, p0, p1, out):
+    """Panels p0..p1 of the matrix at byte w_off of W as quant_gemm packs them, one after
+    the other in out; qtype: a constant type id, kind its panel_kind."""
+    literally(qtype)
+    n_chunks = K // 32
+    size = n_chunks * 8 * PANEL + 2 * n_chunks * (2 if kind == HALVES else 1) * PANEL
+    for p in range(p0, p1):
+        words, scales, mins = _panel_parts(kind, out, (p - p0) * size, n_chunks)
+        n_valid = min(PANEL, n_rows - p * PANEL)
+        for r in range(PANEL):  # lanes past the last row repeat it, as in quant_gemm
+            row = w_off + (p * PANEL + min(r, n_valid - 1)) * row_bytes
+            _pack_row(qtype, W, row, 0, n_chunks, r, words, scales, mins)
+
+
+def _compact(kind: int, panels: np.ndarray, K: int) -> np.ndarray | None:
+    """Panels as pack_panels writes them (n, words) in the layout of `kind`; None if a scale
+    or min does not convert to f16 exactly."""
+    n_words = K // 32 * 8 * PANEL
+    words, units = panels[:, :n_words], panels[:, n_words:]
+    if kind & NIBBLES:  # word i of a chunk to the low nibbles of vector i % 4, word i + 4 to the high ones
+        chunks = words.reshape(len(panels), K // 32, 2, 4 * PANEL)
+        words = (chunks[:, :, 0] | (chunks[:, :, 1] << 4)).reshape(len(panels), -1)
+    if kind & F16_SCALES:
+        exact = units.view(np.float32)
+        with np.errstate(over="ignore"):  # a value beyond f16 becomes inf, and the check below fails
+            halves = exact.astype(np.float16)
+        if not np.array_equal(halves.astype(np.float32).view(np.uint32), exact.view(np.uint32)):
+            return None
+        units = halves.view(np.uint32)
+    return np.concatenate([words, units], axis=1)
+
+
+def pack_matrix(packer, qtype: int, W, w_off: int, row_bytes: int, K: int, n_rows: int, out: np.ndarray, kind: int):
+    """Pack the matrix into out (packed_panel_words(kind, K) per panel) as `kind`, by
+    packer (pack_panels for qtype); False if its scales do not fit F16_SCALES."""
+    n_panels = (n_rows + PANEL - 1) // PANEL
+    size, plain_size = packed_panel_words(kind, K), packed_panel_words(panel_kind(qtype), K)
+    step = max(1, (1 << 18) // plain_size)  # panels at a time (1 MiB: freed memory of this size goes back to the system)
+    panels = out.reshape(n_panels, size)
+    for p0 in range(0, n_panels, step):
+        p1 = min(n_panels, p0 + step)
+        plain = np.empty((p1 - p0, plain_size), np.uint32)
+        packer(W, w_off, row_bytes, K, n_rows, p0, p1, plain.reshape(-1))
+        compact = _compact(kind, plain, K)
+        if compact is None:
+            return False
+        panels[p0:p1] = compact
+    return True
+
+
+@njit(_nrt=False, inline="always")
+def packed_rows(kind, P, base, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
+    """quant_gemm's product for rows r0..r1 (any) and any number of tokens, from the panels
+    pack_matrix wrote at word base of P as `kind` (a constant)."""
+    n_chunks = K // 32
+    size = n_chunks * (4 if kind & NIBBLES else 8) * PANEL
+    units = n_chunks * (2 if kind & 3 == HALVES else 1) * PANEL
+    size += units if kind & F16_SCALES else 2 * units
+    tmp = stack_array(PANEL, np.float32)
+    for p in range(r0 // PANEL, (r1 + PANEL - 1) // PANEL):
+        packed, scales, mins = _panel_parts(kind, P, base + p * size, n_chunks)
+        rp = p * PANEL
+        _panel_block(kind, packed, scales, mins, 0, n_chunks, True, max(r0 - rp, 0), min(r1 - rp, PANEL), t0, t1, q,
+                     d, s16, s32, K, out, ldo, col0 + rp, out_t0, tmp)

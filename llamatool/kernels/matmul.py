@@ -67,7 +67,7 @@ from .simd import (even_lanes, extract, odd_lanes, fma, get, hsum, interleave, l
                    load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, stack_array, store, to_f32)
 from .ccall import c_signature, call_c
 from .lanes import repeat_slice
-from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS, panel_kind, quant_gemm
+from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS, N_PACKED_KINDS, pack_panels, packed_rows, panel_kind, quant_gemm
 from .types import F16, F32, FLOAT_TYPES, SUPPORTED
 
 from numba import carray, cfunc, float32, int32, int64, literally, uint8  # noqa: E402
@@ -678,6 +678,9 @@ def _python_rows(qtype: int):
 ROWS_ARGS = (np.uint8, int, int, int, int, int, int, int, np.float32, np.int8, np.float32, np.float32, np.float32, np.float32,
              int, int, int)
 DEQUANT_ARGS = (np.uint8, int, int, np.float32, int)
+PACK_ARGS = (np.uint8, int, int, int, int, int, int, np.uint32)
+PACKED_ARGS = (np.uint32, int, int, int, int, int, int, np.int8, np.float32, np.float32, np.float32, np.float32, int, int,
+               int)
 
 
 def _c_rows(qtype: int):
@@ -719,6 +722,25 @@ def _c_dequant(qtype: int):
     return entry
 
 
+def _c_packed_rows(kind: int):
+    @cfunc(c_signature(PACKED_ARGS), cache=True)
+    def entry(P, nP, base, K, r0, r1, t0, t1, q, nq, d, nd, s16, n16, s32, n32, out, nout, ldo, col0, out_t0):
+        packed_rows(kind, carray(P, nP), base, K, r0, r1, t0, t1, carray(q, nq), carray(d, nd), carray(s16, n16),
+                    carray(s32, n32), carray(out, nout), ldo, col0, out_t0)
+
+    return entry
+
+
+def _c_pack(qtype: int):
+    kind = panel_kind(qtype)
+
+    @cfunc(c_signature(PACK_ARGS), cache=True)
+    def entry(W, nW, w_off, row_bytes, K, n_rows, p0, p1, out, nout):
+        pack_panels(qtype, kind, carray(W, nW), w_off, row_bytes, K, n_rows, p0, p1, carray(out, nout))
+
+    return entry
+
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -755,6 +777,43 @@ def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
     for t in sorted({int(t) for t in qtypes}):
         rows[t], dequant[t] = _c_kernels(t)
     return rows, dequant
+
+
+@lru_cache(maxsize=None)
+def _c_entry(key: str, build) -> int:
+    """Address of the C entry point build() compiles, saved as machine code under key like
+    _c_kernels' (loads without Numba the next time)."""
+    from ..quants import native
+
+    addresses = native.cached_addresses(_PACKAGE_DIR, [key])
+    if addresses is not None:
+        return addresses[0]
+    from . import versioned_cache
+
+    with versioned_cache():
+        entry = build()
+    native.save_cfunc(_PACKAGE_DIR, key, entry)
+    _compiled[key] = entry
+    return entry.address
+
+
+def packer_address(qtype: int) -> int:
+    """C entry point of gemm.pack_panels for a type: (W, w_off, row_bytes, K, n_rows, p0, p1, out)."""
+    return _c_entry(f"pack_{qtype}", partial(_c_pack, qtype))
+
+
+def _c_packed(kind: int) -> int:
+    """C entry point of the product of panels packed at load as a gemm.packed_kind."""
+    return _c_entry(f"packed_rows_{kind}", partial(_c_packed_rows, kind))
+
+
+def packed_table(kinds) -> np.ndarray:
+    """C entry points of the products of panels packed at load (gemm.packed_rows) of the
+    given kinds, indexed by kind (0 for the others)."""
+    table = np.zeros(N_PACKED_KINDS, np.int64)
+    for kind in sorted({int(k) for k in kinds}):
+        table[kind] = _c_packed(kind)
+    return table
 
 
 @njit(cache=True, _nrt=False)

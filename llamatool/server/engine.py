@@ -152,11 +152,17 @@ class Slot:
 
     Reuse: a slot keeps the whole aligned blocks it read (`canonical`); a later prompt that
     starts with them reads only the rest, with the bits it would give them anyway, so a
-    cached prompt gives exactly the tokens an uncached one gives."""
+    cached prompt gives exactly the tokens an uncached one gives.
 
-    def __init__(self, index: int, cache):
+    A repacked model (Model.split_invariant) gives a token the same bits however the tokens
+    are cut into calls: then the prompt is read in CACHE_BLOCK pieces from wherever the
+    cache stops matching, and everything the cache holds is reusable (a shared system
+    prompt, the history of a chat), up to the prompt's last token, which gives the logits."""
+
+    def __init__(self, index: int, cache, any_split: bool = False):
         self.index = index
         self.cache = cache  # model.CacheState
+        self.any_split = any_split  # the model's split_invariant
         self.canonical = 0  # leading cache positions read as aligned whole blocks (reusable)
         self.job: Job | None = None
         self.last_used = 0.0
@@ -166,7 +172,8 @@ class Slot:
 
     def common_prefix(self, ids: list[int]) -> int:
         n = 0
-        for a, b in zip(self.cache.history[: self.canonical], ids):
+        reusable = self.cache.n_past if self.any_split else self.canonical
+        for a, b in zip(self.cache.history[:reusable], ids):
             if a != b:
                 break
             n += 1
@@ -184,8 +191,12 @@ class Slot:
         self.decoded = self.sent = 0  # characters decoded so far, and sent
         self.token_ends: list[int] = []  # per token whose log-probability is not sent: where its text ends
         self.min_fast = min_fast
-        self._blocks_end = last_piece_start(len(job.prompt_ids), min_fast)
-        self.reused = self._read_to = min(self.common_prefix(job.prompt_ids), self._blocks_end) // CACHE_BLOCK * CACHE_BLOCK
+        if self.any_split:
+            self._blocks_end = 0
+            self.reused = self._read_to = min(self.common_prefix(job.prompt_ids), len(job.prompt_ids) - 1)
+        else:
+            self._blocks_end = last_piece_start(len(job.prompt_ids), min_fast)
+            self.reused = self._read_to = min(self.common_prefix(job.prompt_ids), self._blocks_end) // CACHE_BLOCK * CACHE_BLOCK
         self.cache.truncate(self.reused)
         self.canonical = self.reused
 
@@ -206,6 +217,8 @@ class Slot:
         if not self.reading:
             return Part(self.cache, [self._next]) if budget >= 1 else None
         rest = ids[self._read_to:]
+        if self.any_split and len(rest) > CACHE_BLOCK:
+            return Part(self.cache, rest[:CACHE_BLOCK], exact=False, logits=False) if budget >= CACHE_BLOCK else None
         return Part(self.cache, rest, exact=len(rest) < self.min_fast) if len(rest) <= budget else None
 
     def advance(self, logits) -> None:
@@ -216,6 +229,9 @@ class Slot:
             return
         if self.reading:
             n = len(self.job.prompt_ids)
+            if self.any_split and n - self._read_to > CACHE_BLOCK:  # a piece without logits
+                self._read_to += CACHE_BLOCK
+                return
             if n - self._read_to >= self.min_fast:  # read by the fast products: whole blocks in it are reusable
                 self.canonical = n // CACHE_BLOCK * CACHE_BLOCK
             self._read_to = n
@@ -275,7 +291,7 @@ class Engine:
         # each slot its own cache, all in one pool (one forward call extends them all); the
         # model's own cache is left to embeddings
         self.pool = model.new_caches(n_slots)
-        self.slots = [Slot(i, cache) for i, cache in enumerate(self.pool.states)]
+        self.slots = [Slot(i, cache, model.split_invariant) for i, cache in enumerate(self.pool.states)]
         self._waiting: deque[Job] = deque()
         self._calls: deque[tuple[Callable, Future]] = deque()
         self._cond = threading.Condition()

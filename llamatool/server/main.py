@@ -33,6 +33,7 @@ class ServeOptions:
     alias: str | None = None
     metrics: bool = False
     embeddings: bool = False
+    repack: bool = True  # quantized matrices packed at load (Model.load's repack)
     lora: tuple = ()  # LoRA adapters, (path, scale) pairs, applied to every request
 
     def check(self) -> "ServeOptions":
@@ -97,7 +98,7 @@ def serve_command(opts: ServeOptions) -> None:
 
     api_key = opts.api_key or os.environ.get(API_KEY_ENV) or None
     n_ctx = _slot_context(opts, ModelArgs.from_gguf(GGUFReader(opts.model)).n_ctx_train)
-    model = Model.load(opts.model, n_ctx=n_ctx, n_threads=opts.threads, lora=opts.lora)
+    model = Model.load(opts.model, n_ctx=n_ctx, n_threads=opts.threads, lora=opts.lora, repack=opts.repack)
     model.tokenizer  # a server without a tokenizer cannot take text: fail now, in one line
     metrics = Metrics() if opts.metrics else None
     engine = Engine(model, opts.slots, metrics)
@@ -112,13 +113,18 @@ def serve_command(opts: ServeOptions) -> None:
                             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
     server = _Server(config, engine)
     print(f"llamatool serve: http://{shown}:{port} model {state.alias} ({model.args.n_layer} layers), {opts.slots} slots x "
-          f"{n_ctx} tokens, {model.n_threads} threads{', API key required' if api_key else ''}", file=sys.stderr, flush=True)
+          f"{n_ctx} tokens, {model.n_threads} threads{_repacked(model)}{', API key required' if api_key else ''}", file=sys.stderr, flush=True)
     try:
         server.run(sockets=[sock])
     finally:
         engine.stop()
         sock.close()
     print("llamatool serve: stopped", file=sys.stderr, flush=True)
+
+
+def _repacked(model) -> str:
+    size = model.weights.packed.nbytes
+    return f", weights repacked ({size / 2**20:.0f} MiB)" if size else ""
 
 
 class _Server:
