@@ -307,6 +307,7 @@ class Weights:
         for i in range(len(T)):
             if i not in keep:
                 T[i, 0] = -1  # packed: read from self.packed only
+        data.flags.writeable = False  # as the mapped file is: the forward pass's saved code is for that layout
         self.data = data
 
     def _pack(self, i: int, kind: int, packed: np.ndarray, start: int) -> bool:
