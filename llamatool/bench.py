@@ -337,7 +337,7 @@ def run_benchmarks(
     if reps < 1:
         raise LlamatoolError("-r/--repetitions must be at least 1")
     results = []
-    for path, group in itertools.groupby(tests, key=lambda t: t.model):
+    for (path, _), group in itertools.groupby(tests, key=lambda t: (t.model, t.n_threads)):  # a model per thread count
         group = list(group)
         n_ctx = max(t.n_prompt + t.n_gen + t.n_depth for t in group) + 1
         if on_progress:

@@ -148,3 +148,20 @@ def test_bench_table_on_the_default_model(default_model):
     rows = {m.group(1): float(m.group(2)) for m in (re.search(r"│\s+(pp16|tg8)\s+│\s+([\d.]+) ± [\d.]+\s+│", line) for line in lines) if m}
     assert set(rows) == {"pp16", "tg8"} and all(v > 1 for v in rows.values())
     assert "llama 135M Q4_1" in proc.stdout and "92.10 MiB" in proc.stdout and "134.52 M" in proc.stdout
+
+
+def test_each_thread_count_runs_on_a_model_with_that_many_threads(default_model, monkeypatch):
+    """-t 1,2: every test runs on a model loaded for its own thread count (the forward pass
+    takes its threads from the model, not from a global setting)."""
+    from llamatool import bench
+
+    seen = []
+
+    def fake_run_test(model, test, reps, warmup, seed=0):
+        seen.append((test.n_threads, model.n_threads))
+        return [1000] * reps
+
+    monkeypatch.setattr(bench, "run_test", fake_run_test)
+    tests = plan_tests([Path(default_model)], [16], [8], [], [1, 2])
+    bench.run_benchmarks(tests, reps=1, warmup=False)
+    assert seen == [(1, 1), (1, 1), (2, 2), (2, 2)]
