@@ -365,7 +365,7 @@ def serve(
     alias: Optional[str] = typer.Option(None, "--alias", help="Model name clients see (default: the file's name)."),
     metrics: bool = typer.Option(False, "--metrics", help="Serve Prometheus metrics at GET /metrics."),
     embeddings: bool = typer.Option(False, "--embeddings", help="Serve POST /v1/embeddings."),
-    no_repack: bool = typer.Option(False, "-nr", "--no-repack", help="Keep the weights as in the file (less memory; steps of several slots cost more)."),
+    repack: Optional[bool] = typer.Option(None, "--repack/--no-repack", " /-nr", help="Pack the weights at load: steps of several slots cost little more than one (default: when they grow by at most 35%: Q4_0, Q4_1, Q8_0, not the K-quant mixes)."),
     lora: List[str] = _lora_option(),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (like llama-server)."""
@@ -373,7 +373,7 @@ def serve(
 
     serve_command(ServeOptions(model=model, host=host, port=port, ctx_size=ctx_size, slots=slots, threads=threads,
                                api_key=api_key, alias=alias, metrics=metrics, embeddings=embeddings,
-                               repack=not no_repack, lora=tuple(_adapters(ctx, lora))))
+                               repack=repack, lora=tuple(_adapters(ctx, lora))))
 
 
 # --- entry point -----------------------------------------------------------------------

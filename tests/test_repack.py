@@ -205,3 +205,16 @@ def test_a_matrix_whose_scales_do_not_fit_f16_is_packed_with_float32_ones(tmp_pa
     kinds = dict(zip(model.weights.names, model.weights.tensors[:, 6]))
     assert not kinds["blk.0.ffn_down.weight"] & gemm.F16_SCALES and kinds["blk.0.ffn_up.weight"] & gemm.F16_SCALES
     assert np.array_equal(model.eval(TOKENS), reference)
+
+
+@pytest.mark.parametrize("qtype, packed", [("Q4_0", True), ("Q8_0", True), ("Q6_K", False), ("IQ4_XS", False)])
+def test_repack_none_packs_when_the_panels_are_compact(tmp_path, qtype, packed):
+    """Model.load(repack=None), the server's default: packed when the panels take at most
+    REPACK_AUTO_GROWTH times the matrices' bytes (a single stream reads them all per token)."""
+    from llamatool.model import REPACK_AUTO_GROWTH
+
+    spec = TinyLlama()
+    written = write_gguf(tmp_path / f"tiny-{qtype}.gguf", spec, random_weights(spec), qtype)
+    model = Model.load(written.path, n_ctx=256, n_threads=1, repack=None)
+    assert (model.weights.repack_growth() <= REPACK_AUTO_GROWTH) == packed
+    assert model.split_invariant == packed and (model.weights.packed.size > 0) == packed

@@ -33,7 +33,7 @@ class ServeOptions:
     alias: str | None = None
     metrics: bool = False
     embeddings: bool = False
-    repack: bool = True  # quantized matrices packed at load (Model.load's repack)
+    repack: bool | None = None  # quantized matrices packed at load (Model.load's repack; None: when compact)
     lora: tuple = ()  # LoRA adapters, (path, scale) pairs, applied to every request
 
     def check(self) -> "ServeOptions":
@@ -124,7 +124,7 @@ def serve_command(opts: ServeOptions) -> None:
 
 def _repacked(model) -> str:
     size = model.weights.packed.nbytes
-    return f", weights repacked ({size / 2**20:.0f} MiB)" if size else ""
+    return f", weights repacked ({size / 2**20:.0f} MiB)" if size else ", weights as in the file"
 
 
 class _Server:
