@@ -213,15 +213,21 @@ def _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, acc):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _chunk4(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, a0, a1, a2, a3):
+    """Packed chunk cb (chunk c of the row) . tokens t..t+3."""
+    a0 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, a0)
+    a1 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 1, a1)
+    a2 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 2, a2)
+    a3 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 3, a3)
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _tile(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3):
     """Tokens t..t+3 over the packed chunks (chunks c0.. of the row): each weight vector
     is loaded once for the four (the compiler merges the four identical loads)."""
     for cb in range(nc):
-        c = c0 + cb
-        a0 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, a0)
-        a1 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 1, a1)
-        a2 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 2, a2)
-        a3 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 3, a3)
+        a0, a1, a2, a3 = _chunk4(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t, a0, a1, a2, a3)
     return a0, a1, a2, a3
 
 
@@ -229,15 +235,8 @@ def _tile(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, 
 def _tile8(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3, a4, a5, a6, a7):
     """Tokens t..t+7 as _tile (a weight vector loaded, and unpacked, once for eight)."""
     for cb in range(nc):
-        c = c0 + cb
-        a0 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, a0)
-        a1 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 1, a1)
-        a2 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 2, a2)
-        a3 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 3, a3)
-        a4 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 4, a4)
-        a5 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 5, a5)
-        a6 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 6, a6)
-        a7 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 7, a7)
+        a0, a1, a2, a3 = _chunk4(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t, a0, a1, a2, a3)
+        a4, a5, a6, a7 = _chunk4(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t + 4, a4, a5, a6, a7)
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
@@ -275,6 +274,21 @@ def _save(acc, out, o, l0, l1, tmp):
         out[o + i] = tmp[i]
 
 
+@njit(cache=True, _nrt=False, forceinline=True)
+def _resume4(first, out, o, ldo, l0, l1, tmp):
+    """_resume of tokens at out[o], out[o + ldo], ... (four)."""
+    return (_resume(first, out, o, l0, l1, tmp), _resume(first, out, o + ldo, l0, l1, tmp),
+            _resume(first, out, o + 2 * ldo, l0, l1, tmp), _resume(first, out, o + 3 * ldo, l0, l1, tmp))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _save4(a0, a1, a2, a3, out, o, ldo, l0, l1, tmp):
+    _save(a0, out, o, l0, l1, tmp)
+    _save(a1, out, o + ldo, l0, l1, tmp)
+    _save(a2, out, o + 2 * ldo, l0, l1, tmp)
+    _save(a3, out, o + 3 * ldo, l0, l1, tmp)
+
+
 @njit(cache=True, _nrt=False)
 def _panel_block(kind, packed, scales, mins, c0, nc, first, l0, l1, t0, t1, q, d, s16, s32, K, out, ldo, o0,
                  out_t0, tmp):
@@ -283,36 +297,18 @@ def _panel_block(kind, packed, scales, mins, c0, nc, first, l0, l1, t0, t1, q, d
     t = t0
     while t + 2 * TILE <= t1:
         o = (t - out_t0) * ldo + o0
-        a0 = _resume(first, out, o, l0, l1, tmp)
-        a1 = _resume(first, out, o + ldo, l0, l1, tmp)
-        a2 = _resume(first, out, o + 2 * ldo, l0, l1, tmp)
-        a3 = _resume(first, out, o + 3 * ldo, l0, l1, tmp)
-        a4 = _resume(first, out, o + 4 * ldo, l0, l1, tmp)
-        a5 = _resume(first, out, o + 5 * ldo, l0, l1, tmp)
-        a6 = _resume(first, out, o + 6 * ldo, l0, l1, tmp)
-        a7 = _resume(first, out, o + 7 * ldo, l0, l1, tmp)
+        a0, a1, a2, a3 = _resume4(first, out, o, ldo, l0, l1, tmp)
+        a4, a5, a6, a7 = _resume4(first, out, o + 4 * ldo, ldo, l0, l1, tmp)
         a0, a1, a2, a3, a4, a5, a6, a7 = _tile8(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3,
                                                 a4, a5, a6, a7)
-        _save(a0, out, o, l0, l1, tmp)
-        _save(a1, out, o + ldo, l0, l1, tmp)
-        _save(a2, out, o + 2 * ldo, l0, l1, tmp)
-        _save(a3, out, o + 3 * ldo, l0, l1, tmp)
-        _save(a4, out, o + 4 * ldo, l0, l1, tmp)
-        _save(a5, out, o + 5 * ldo, l0, l1, tmp)
-        _save(a6, out, o + 6 * ldo, l0, l1, tmp)
-        _save(a7, out, o + 7 * ldo, l0, l1, tmp)
+        _save4(a0, a1, a2, a3, out, o, ldo, l0, l1, tmp)
+        _save4(a4, a5, a6, a7, out, o + 4 * ldo, ldo, l0, l1, tmp)
         t += 2 * TILE
     while t + TILE <= t1:
         o = (t - out_t0) * ldo + o0
-        a0 = _resume(first, out, o, l0, l1, tmp)
-        a1 = _resume(first, out, o + ldo, l0, l1, tmp)
-        a2 = _resume(first, out, o + 2 * ldo, l0, l1, tmp)
-        a3 = _resume(first, out, o + 3 * ldo, l0, l1, tmp)
+        a0, a1, a2, a3 = _resume4(first, out, o, ldo, l0, l1, tmp)
         a0, a1, a2, a3 = _tile(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3)
-        _save(a0, out, o, l0, l1, tmp)
-        _save(a1, out, o + ldo, l0, l1, tmp)
-        _save(a2, out, o + 2 * ldo, l0, l1, tmp)
-        _save(a3, out, o + 3 * ldo, l0, l1, tmp)
+        _save4(a0, a1, a2, a3, out, o, ldo, l0, l1, tmp)
         t += TILE
     for tt in range(t, t1):
         o = (tt - out_t0) * ldo + o0
