@@ -200,7 +200,7 @@ _SPLIT_QKV_ROLES = ("WQ", "WK", "WV", "BQ", "BK", "BV")  # replaced by a fused a
 class Weights:
     """Where every tensor of the model is in the mapped file, as tables for the kernels."""
 
-    data: np.ndarray  # uint8 view of the whole file (read-only mmap)
+    data: np.ndarray  # uint8 view of the whole file (read-only mmap); after repack, a read-only copy of the rest
     tensors: np.ndarray  # int64[n, 7]: byte offset, ggml type, row length, rows, bytes per row, packed at (or -1),
     # packed kind (see repack)
     layers: np.ndarray  # int64[n_layer, N_LAYER_ROLES]: tensor index per role, -1 if absent
@@ -271,8 +271,8 @@ class Weights:
         self.packed, so that its products give a token the same bits in a call of any size
         and a few tokens cost little more than one (a server's decode steps). What else the
         forward pass reads is then copied out of the file, which is let go: memory holds
-        the panels (about 1.25 bytes per weight at most, the file's size for Q4_0/Q4_1) and
-        the token embedding once more."""
+        the panels (the file's size for Q4_0/Q4_1, at most 1.5 bytes per weight) and the
+        token embedding once more."""
         from . import kernel_api
 
         gemm, fw = kernel_api.load("gemm"), kernel_api.load("forward")
@@ -324,7 +324,8 @@ class Weights:
 
     def repack_growth(self) -> float:
         """Bytes the packed panels would take over the bytes of the matrices in the file
-        (1.0 for Q4_0 and Q4_1; about 1.4 for Q4_K_M, whose K-quant scales are kept as float32)."""
+        (1.0 for Q4_0 and Q4_1 matrices; 1.54 for a Q4_K_M file, whose K-quant scales are kept
+        as float32)."""
         from . import kernel_api
 
         gemm, T = kernel_api.load("gemm"), self.tensors
