@@ -282,7 +282,7 @@ class Weights:
             starts, size = {}, 0
             for i, kind in kinds.items():
                 starts[i] = size
-                size += (int(T[i, 3]) + gemm.PANEL - 1) // gemm.PANEL * gemm.packed_panel_words(kind, int(T[i, 2]))
+                size += gemm.packed_words(kind, int(T[i, 2]), int(T[i, 3]))
             packed = np.empty(size, np.uint32)
             misfit = [i for i, kind in kinds.items() if not self._pack(i, kind, packed, starts[i])]
             if not misfit:
@@ -330,8 +330,7 @@ class Weights:
 
         gemm, T = kernel_api.load("gemm"), self.tensors
         kinds = self._packed_kinds()
-        packed = sum(4 * (int(T[i, 3]) + gemm.PANEL - 1) // gemm.PANEL * gemm.packed_panel_words(k, int(T[i, 2]))
-                     for i, k in kinds.items())
+        packed = sum(4 * gemm.packed_words(k, int(T[i, 2]), int(T[i, 3])) for i, k in kinds.items())
         return packed / max(1, sum(int(T[i, 3] * T[i, 4]) for i in kinds))
 
     def _pack(self, i: int, kind: int, packed: np.ndarray, start: int) -> bool:
@@ -340,7 +339,7 @@ class Weights:
 
         gemm = kernel_api.load("gemm")
         off, qtype, k, n_rows, row_bytes = (int(v) for v in self.tensors[i, :5])
-        size = (n_rows + gemm.PANEL - 1) // gemm.PANEL * gemm.packed_panel_words(kind, k)
+        size = gemm.packed_words(kind, k, n_rows)
         return gemm.pack_matrix(panel_packer(qtype), qtype, self.data, off, row_bytes, k, n_rows,
                                 packed[start:start + size], kind)
 

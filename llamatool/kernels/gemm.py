@@ -342,14 +342,37 @@ def quant_gemm(qtype, kind, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s
 # product above: a token's sums are then the same whatever else is in the call (the one-row
 # loops and the panels differ in float summation order), and a step of eight tokens costs
 # about three single-token steps instead of five or six. A matrix's packed panels follow each
-# other in a uint32 buffer, each as its words, then its scales, then its mins (float32 bits),
-# the same values quant_gemm packs per call, so the products agree with it bit for bit.
+# other in a uint32 buffer, each as its words, then its scales, then its mins (float32 bits,
+# or f16 pairs with F16_SCALES), the same values quant_gemm packs per call (pack_matrix makes
+# them compact without changing one), so the products agree with it bit for bit.
 
 
 def packed_panel_words(kind: int, K: int) -> int:
     """uint32 words of one 16-row panel of a row length K packed at load as `kind`."""
     units = K // 32 * (2 if kind & 3 == HALVES else 1) * PANEL
     return K // 32 * (4 if kind & NIBBLES else 8) * PANEL + (units if kind & F16_SCALES else 2 * units)
+
+
+def packed_words(kind: int, K: int, n_rows: int) -> int:
+    """uint32 words of a whole matrix packed at load as `kind`."""
+    return (n_rows + PANEL - 1) // PANEL * packed_panel_words(kind, K)
+
+
+def _literal_kind(kind) -> int:
+    if not isinstance(kind, types.IntegerLiteral):
+        raise errors.TypingError("a packed panel's kind must be a constant")
+    return kind.literal_value
+
+
+def _panel_words(kind, n_chunks):
+    """packed_panel_words(kind, 32 * n_chunks) in compiled code (kind: a constant)."""
+    raise NotImplementedError("_panel_words is only callable from compiled code")
+
+
+@overload(_panel_words, prefer_literal=True)
+def _panel_words_of(kind, n_chunks):
+    per_chunk = packed_panel_words(_literal_kind(kind), 32)
+    return lambda kind, n_chunks: n_chunks * per_chunk
 
 
 def _panel_parts(kind, P, o, n_chunks):
@@ -360,9 +383,7 @@ def _panel_parts(kind, P, o, n_chunks):
 
 @overload(_panel_parts, prefer_literal=True)
 def _panel_parts_of(kind, P, o, n_chunks):
-    if not isinstance(kind, types.IntegerLiteral):
-        raise errors.TypingError("_panel_parts needs a constant kind")
-    k = kind.literal_value
+    k = _literal_kind(kind)
     words_per_chunk = (4 if k & NIBBLES else 8) * PANEL
     units_per_chunk = (2 if k & 3 == HALVES else 1) * PANEL
 
@@ -387,7 +408,7 @@ def pack_panels(qtype, kind, W, w_off, row_bytes, K, n_rows, p0, p1, out):
     the other in out; qtype: a constant type id, kind its panel_kind."""
     literally(qtype)
     n_chunks = K // 32
-    size = n_chunks * 8 * PANEL + 2 * n_chunks * (2 if kind == HALVES else 1) * PANEL
+    size = _panel_words(kind, n_chunks)
     for p in range(p0, p1):
         words, scales, mins = _panel_parts(kind, out, (p - p0) * size, n_chunks)
         n_valid = min(PANEL, n_rows - p * PANEL)
@@ -418,9 +439,9 @@ def pack_matrix(packer, qtype: int, W, w_off: int, row_bytes: int, K: int, n_row
     """Pack the matrix into out (packed_panel_words(kind, K) per panel) as `kind`, by
     packer (pack_panels for qtype); False if its scales do not fit F16_SCALES."""
     n_panels = (n_rows + PANEL - 1) // PANEL
-    size, plain_size = packed_panel_words(kind, K), packed_panel_words(panel_kind(qtype), K)
+    plain_size = packed_panel_words(panel_kind(qtype), K)
     step = max(1, (1 << 18) // plain_size)  # panels at a time (1 MiB: freed memory of this size goes back to the system)
-    panels = out.reshape(n_panels, size)
+    panels = out.reshape(n_panels, packed_panel_words(kind, K))
     for p0 in range(0, n_panels, step):
         p1 = min(n_panels, p0 + step)
         plain = np.empty((p1 - p0, plain_size), np.uint32)
@@ -437,9 +458,7 @@ def packed_rows(kind, P, base, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0
     """quant_gemm's product for rows r0..r1 (any) and any number of tokens, from the panels
     pack_matrix wrote at word base of P as `kind` (a constant)."""
     n_chunks = K // 32
-    size = n_chunks * (4 if kind & NIBBLES else 8) * PANEL
-    units = n_chunks * (2 if kind & 3 == HALVES else 1) * PANEL
-    size += units if kind & F16_SCALES else 2 * units
+    size = _panel_words(kind, n_chunks)
     tmp = stack_array(PANEL, np.float32)
     for p in range(r0 // PANEL, (r1 + PANEL - 1) // PANEL):
         packed, scales, mins = _panel_parts(kind, P, base + p * size, n_chunks)

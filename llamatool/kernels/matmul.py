@@ -744,29 +744,33 @@ def _c_pack(qtype: int):
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-@lru_cache(maxsize=None)
-def _c_kernels(qtype: int) -> tuple[int, int]:
-    """Addresses of a type's rows and dequant entry points. Loading them through Numba's
-    cache costs a quarter of a second per type, most of a warm start, so their machine code
-    is also saved the first time they compile and later loads without Numba or LLVM (a few
-    milliseconds; see quants.native and elf_loader). Numba's cache serves where that cannot be done."""
+_compiled: dict = {}
+
+
+def _c_entry(key: str, build) -> int:
+    """Address of the C entry point build() compiles, saved under key. Loading a kernel
+    through Numba's cache costs a quarter of a second, most of a warm start, so its machine
+    code is also saved the first time it compiles and later loads without Numba or LLVM (a
+    few milliseconds; see quants.native and elf_loader). Numba's cache serves where that
+    cannot be done."""
     from ..quants import native
 
-    keys = (f"rows_{qtype}", f"dequant_{qtype}")
-    addresses = native.cached_addresses(_PACKAGE_DIR, keys)
+    addresses = native.cached_addresses(_PACKAGE_DIR, [key])
     if addresses is not None:
-        return tuple(addresses)
+        return addresses[0]
     from . import versioned_cache
 
     with versioned_cache():  # built on first use, after the package import chose the cache
-        entries = _c_rows(qtype), _c_dequant(qtype)
-    for key, entry in zip(keys, entries):
-        native.save_cfunc(_PACKAGE_DIR, key, entry)
-    _compiled[qtype] = entries  # the code behind the addresses lives as long as these
-    return tuple(e.address for e in entries)
+        entry = build()
+    native.save_cfunc(_PACKAGE_DIR, key, entry)
+    _compiled[key] = entry  # the code behind the address lives as long as this
+    return entry.address
 
 
-_compiled: dict = {}
+@lru_cache(maxsize=None)
+def _c_kernels(qtype: int) -> tuple[int, int]:
+    """Addresses of a type's rows and dequant entry points (see _c_entry)."""
+    return _c_entry(f"rows_{qtype}", partial(_c_rows, qtype)), _c_entry(f"dequant_{qtype}", partial(_c_dequant, qtype))
 
 
 def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
@@ -780,28 +784,12 @@ def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=None)
-def _c_entry(key: str, build) -> int:
-    """Address of the C entry point build() compiles, saved as machine code under key like
-    _c_kernels' (loads without Numba the next time)."""
-    from ..quants import native
-
-    addresses = native.cached_addresses(_PACKAGE_DIR, [key])
-    if addresses is not None:
-        return addresses[0]
-    from . import versioned_cache
-
-    with versioned_cache():
-        entry = build()
-    native.save_cfunc(_PACKAGE_DIR, key, entry)
-    _compiled[key] = entry
-    return entry.address
-
-
 def packer_address(qtype: int) -> int:
     """C entry point of gemm.pack_panels for a type: (W, w_off, row_bytes, K, n_rows, p0, p1, out)."""
     return _c_entry(f"pack_{qtype}", partial(_c_pack, qtype))
 
 
+@lru_cache(maxsize=None)
 def _c_packed(kind: int) -> int:
     """C entry point of the product of panels packed at load as a gemm.packed_kind."""
     return _c_entry(f"packed_rows_{kind}", partial(_c_packed_rows, kind))

@@ -291,7 +291,8 @@ class Engine:
         # each slot its own cache, all in one pool (one forward call extends them all); the
         # model's own cache is left to embeddings
         self.pool = model.new_caches(n_slots)
-        self.slots = [Slot(i, cache, model.split_invariant) for i, cache in enumerate(self.pool.states)]
+        any_split = model.split_invariant
+        self.slots = [Slot(i, cache, any_split) for i, cache in enumerate(self.pool.states)]
         self._waiting: deque[Job] = deque()
         self._calls: deque[tuple[Callable, Future]] = deque()
         self._cond = threading.Condition()
