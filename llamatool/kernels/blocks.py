@@ -1238,8 +1238,7 @@ def _decode_pair_in_group(qtype, W, bo, j):
     decoder = CHUNK_DECODERS[qt]
 
     def two_chunks(qtype, W, bo, j):
-        # a plain int (see jit.njit): the chunk decoders gain nothing from a literal j (a 4-token
-        # batch measured as fast), this pair level does (see matmul._dot4_chunks)
+        # a plain int (see jit.njit): the chunk decoders gain nothing from a literal j
         wa, sa0, sa1, ma0, ma1 = decoder(W, bo, int64(j))
         wb, sb0, sb1, mb0, mb1 = decoder(W, bo, j + 1)
         return concat(wa, wb), sa0, sa1, sb0, sb1, ma0, ma1, mb0, mb1

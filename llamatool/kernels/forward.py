@@ -37,11 +37,10 @@ llama.cpp does.
 
 Batch invariance: the products of many tokens (gemm.py, from gemm.MIN_TOKENS tokens up)
 sum in another order than those of one token, so a token's bits would depend on how many
-tokens share its call. Tokens Batch.n_fast.. therefore go through the one-token steps only
-(in groups whose result is bit for bit each token's alone: up to gemm.MIN_TOKENS - 1 tokens
-for the 32-weight types, whose small batches decode the weights once and run every token
-by the one-token steps, and for the float types; one for the K-quants): a server's slot
-gets the same logits alone or beside others. Tokens ..n_fast share the
+tokens share its call. Tokens Batch.n_fast.. therefore go through the one-token steps only,
+in groups of up to gemm.MIN_TOKENS - 1 tokens (a small batch runs every token by the
+one-token steps while the weights are in L1): a server's slot gets the same logits alone or
+beside others. Tokens ..n_fast share the
 fast products (prompts; Model.eval uses them for every token); with gemm.MIN_TOKENS of them
 or more, a token's result there does not depend on the others either (gemm.py). A model
 loaded with repack=True has its quantized matrices packed once (gemm.pack_panels): their
@@ -77,7 +76,7 @@ from .norm import rmsnorm
 from .rope import rope_angles, rope_rotate, rope_rotate_neox
 from .simd import load, load_f32, round_f16, store
 from .sync import claim, finish, wait
-from .types import BF16, F16, F32, IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
+from .types import BF16, F16, F32, IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, TQ1_0, TQ2_0
 from .vmath import geglu, swiglu
 
 from numba import float32, int64  # noqa: E402  (int64(0): a plain int, not a literal; see jit.njit)
@@ -215,17 +214,9 @@ def _prepare(src, t, K, flags, s):
         round_row_bf16(src, t * K, K, s.xr, t * K)
 
 
-@njit(cache=True, _nrt=False, forceinline=True)
-def _exact_group(qtype):
-    """Tokens one rows() call may take while giving each token the bits of a one-token call:
-    below gemm.MIN_TOKENS the 32-weight types take every token of a call by the one-token
-    steps (matmul._small_batch), float rows go token by token; the K-quants' tile decodes
-    differently from their one-token loop."""
-    if qtype == F32 or qtype == F16 or qtype == BF16 or qtype == Q4_0 or qtype == Q4_1 or qtype == Q5_0:
-        return GEMM_MIN_TOKENS - 1
-    if qtype == Q5_1 or qtype == Q8_0 or qtype == IQ4_NL:
-        return GEMM_MIN_TOKENS - 1
-    return 1
+# Tokens one rows() call may take while giving each token the bits of a one-token call: below
+# gemm.MIN_TOKENS every type runs each token of a call by the one-token steps (matmul._small_batch)
+EXACT_GROUP = GEMM_MIN_TOKENS - 1
 
 
 @njit(cache=True, _nrt=False)
@@ -246,10 +237,9 @@ def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0, n_fast):
     if split > t0:
         call_rows(net.rows, qtype, net.data, T[i, T_OFFSET], T[i, T_ROW_BYTES], T[i, T_K], r0, r1, t0, split, x, a,
                   out, ldo, col0, out_t0)
-    group = _exact_group(qtype)
-    for g0 in range(split, t1, group):
+    for g0 in range(split, t1, EXACT_GROUP):
         call_rows(net.rows, qtype, net.data, T[i, T_OFFSET], T[i, T_ROW_BYTES], T[i, T_K], r0, r1, g0,
-                  min(g0 + group, t1), x, a, out, ldo, col0, out_t0)
+                  min(g0 + EXACT_GROUP, t1), x, a, out, ldo, col0, out_t0)
     lora_up(net.lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0)
 
 

@@ -15,8 +15,8 @@ Loop shapes:
                    slot): the 32-weight types decode four rows once into a stack buffer
                    and run the one-token steps of every token on it, so each token gets
                    the bits of a one-token call (batch invariance) while the weights are
-                   read and decoded once per call; the K-quants take tiles of four tokens,
-                   each decoded chunk feeding four (tile, not stream)
+                   read and decoded once per call; the other types run the one-token loop
+                   of every token on 16 rows at a time, while they are in L1
     many tokens    prompt processing (gemm.py, from gemm.MIN_TOKENS tokens up): panels of
                    16 rows decoded once per call into a transposed stack buffer, 16 rows x
                    4 tokens per register tile
@@ -64,7 +64,7 @@ from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, grou
                      decode_group, is_block32, pair_scales, weight_dot, weight_shift,
                      weight_shift_of)
 from .simd import (even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
-                   load_f32, low_half, high_half, pack2, prefetch, repeat_lanes, splat, splat4, stack_array, store, to_f32)
+                   load_f32, low_half, high_half, prefetch, repeat_lanes, splat, stack_array, store, to_f32)
 from .ccall import c_signature, call_c
 from .lanes import repeat_slice
 from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS, N_PACKED_KINDS, pack_panels, packed_rows, panel_kind, quant_gemm
@@ -98,24 +98,9 @@ def _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K):
     return (hsum(low_half(p)) * s0 + hsum(high_half(p)) * s1) * dx + _offset(qtype, m0, m1, s16, s32, t, K, c)
 
 
-@njit(cache=True, _nrt=False, forceinline=True)
-def _pair_scales(d, j):
-    """Activation scales of chunks j and j+1 laid out as a chunk pair's dot lanes: [d_j x 8, d_j+1 x 8]."""
-    return repeat_lanes(load(d, j, 2), 8)
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
-def _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x):
-    """Weight times activation scale of every lane of a chunk pair's dot (chunks x, x+1 of the
-    activation). Types with one scale per chunk need a single permute; the others four."""
-    if half_offsets(qtype):
-        return splat4(sa0, sa1, sb0, sb1) * _pair_scales(d, x)
-    return repeat_lanes(load(d, x, 2) * pack2(sa0, sb0), 8)
-
-
 # --- the 32-weight types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) ----------------------------------
 # A chunk pair of activation row t is read once (`_x_pair`) and meets several weight rows (decode:
-# four rows per pass) or a decoded weight pair meets several tokens (the tile of four).
+# four rows per pass; a small batch: four rows decoded once, then every token).
 #   - For the types whose weights are d * (q - k), the shift goes into the integer dot
 #     product: vpdpbusd starts from -k times the activation's sums of four (made once per
 #     pair, for every row), so each lane holds the exact sum of (q - k) * qx, as ggml's own
@@ -374,56 +359,6 @@ def _decode_rows_for_type(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s1
     return four_by_four
 
 
-@njit(cache=True, _nrt=False, forceinline=True)
-def _pair4(qtype, W, bo, j, c, q, d, s16, s32, t, K, acc):
-    """Chunks c, c+1 (chunks j, j+1 of the group at bo) . activation rows t..t+3, decoded once."""
-    a0, a1, a2, a3, o0, o1, o2, o3 = acc
-    w, sa0, sa1, sb0, sb1, ma0, ma1, mb0, mb1 = decode_pair_in_group(qtype, W, bo, j)
-    zi = splat(int32(0), 16)
-    nd = K // 32
-    i = t * K + 32 * c
-    x = t * nd + c
-    a0 = fma(to_f32(weight_dot(qtype, zi, w, load(q, i, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x), a0)
-    o0 += _offset(qtype, ma0, ma1, s16, s32, t, K, c) + _offset(qtype, mb0, mb1, s16, s32, t, K, c + 1)
-    a1 = fma(to_f32(weight_dot(qtype, zi, w, load(q, i + K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + nd), a1)
-    o1 += _offset(qtype, ma0, ma1, s16, s32, t + 1, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 1, K, c + 1)
-    a2 = fma(to_f32(weight_dot(qtype, zi, w, load(q, i + 2 * K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + 2 * nd), a2)
-    o2 += _offset(qtype, ma0, ma1, s16, s32, t + 2, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 2, K, c + 1)
-    a3 = fma(to_f32(weight_dot(qtype, zi, w, load(q, i + 3 * K, 64))), _lane_scales(qtype, sa0, sa1, sb0, sb1, d, x + 3 * nd), a3)
-    o3 += _offset(qtype, ma0, ma1, s16, s32, t + 3, K, c) + _offset(qtype, mb0, mb1, s16, s32, t + 3, K, c + 1)
-    return a0, a1, a2, a3, o0, o1, o2, o3
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
-def _dot4_chunks(qtype, W, row, n_chunks, q, d, s16, s32, t, K):
-    """One row . activation rows t..t+3: each chunk is decoded once for four tokens."""
-    z = splat(float32(0), 16)
-    zf = float32(0)
-    acc = (z, z, z, z, zf, zf, zf, zf)
-    n_groups = n_chunks // 8
-    for g in range(n_groups):
-        bo = row + g * group_bytes(qtype)
-        c = 8 * g
-        # literal chunk places (see jit.njit): a 4-token K-quant batch ran 6% slower with plain ints
-        acc = _pair4(qtype, W, bo, 0, c, q, d, s16, s32, t, K, acc)
-        acc = _pair4(qtype, W, bo, 2, c + 2, q, d, s16, s32, t, K, acc)
-        acc = _pair4(qtype, W, bo, 4, c + 4, q, d, s16, s32, t, K, acc)
-        acc = _pair4(qtype, W, bo, 6, c + 6, q, d, s16, s32, t, K, acc)
-    bo = row + n_groups * group_bytes(qtype)
-    c = 8 * n_groups
-    while c + 2 <= n_chunks:
-        acc = _pair4(qtype, W, bo, c - 8 * n_groups, c, q, d, s16, s32, t, K, acc)
-        c += 2
-    a0, a1, a2, a3, o0, o1, o2, o3 = acc
-    y0, y1, y2, y3 = hsum(a0) + o0, hsum(a1) + o1, hsum(a2) + o2, hsum(a3) + o3
-    if c < n_chunks:
-        y0 += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t, K)
-        y1 += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t + 1, K)
-        y2 += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t + 2, K)
-        y3 += _odd_chunk(qtype, W, row, c, q, d, s16, s32, t + 3, K)
-    return y0, y1, y2, y3
-
-
 # Inlined in Numba's IR into the type's entry points (see kernels, _c_rows): each library Numba
 # builds is optimized and compiled to machine code with everything it calls, so every level
 # of calls between an entry point and the loops would compile them all once more per type.
@@ -563,26 +498,13 @@ def _small_batch_for_type(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s
 
         return four_rows_all_tokens
 
-    def tiles_then_tokens(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
-        """SMALL_BATCH_ROWS rows at a time: tiles of four tokens, then the others one by one."""
-        n_chunks = K // 32
-        for b0 in range(r0, r1, SMALL_BATCH_ROWS):
-            b1 = min(b0 + SMALL_BATCH_ROWS, r1)
-            t = t0
-            while t + 4 <= t1:
-                for r in range(b0, b1):
-                    y0, y1, y2, y3 = _dot4_chunks(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K)
-                    o = (t - out_t0) * ldo + col0 + r
-                    out[o] = y0
-                    out[o + ldo] = y1
-                    out[o + 2 * ldo] = y2
-                    out[o + 3 * ldo] = y3
-                t += 4
-            for tt in range(t, t1):
-                _decode_rows(qtype, W, w_off, row_bytes, n_chunks, b0, b1, q, d, s16, s32, tt, K, out,
-                             (tt - out_t0) * ldo + col0)
+    def token_by_token(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
+        """One-token bits: a super-block's scales take longer to decode than the dot products
+        they feed, so a tile of tokens gains little over one-token passes on rows still in L1."""
+        _row_blocks_token_by_token(qtype, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0,
+                                   out_t0)
 
-    return tiles_then_tokens
+    return token_by_token
 
 
 @njit(cache=True, _nrt=False)

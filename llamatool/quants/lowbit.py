@@ -381,8 +381,12 @@ def _grid_search(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, 
         if sumq2 > 0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
             best = scale * sumqx
-            L[:] = Laux
-            on_grid[:] = on_grid_aux
+            # element by element: an array assignment would compile Numba's shape-mismatch
+            # message (string formatting, ~1.7 s in every process that quantizes)
+            for i in range(L.size):
+                L[i] = Laux[i]
+            for k in range(on_grid.size):
+                on_grid[k] = on_grid_aux[k]
     n_off_grid = 0
     for k in range(n // group):
         n_off_grid += not on_grid[k]
