@@ -105,3 +105,25 @@ def test_a_cold_run_gets_its_forward_pass_from_the_background_process(default_mo
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Hello")
     assert list(theirs.glob("forward-*.o")) and (theirs / f"rows_{qtypes[0]}.o").exists()
+
+
+def test_modules_without_reference_counts_skip_numbas_cheap_pipeline(monkeypatch):
+    """jit._optimize_final_module: the refcount-pruning pipeline runs only for modules that
+    call NRT functions (the quantizers' arrays), not for the kernels compiled with _nrt=False."""
+    import numpy as np
+
+    from llamatool import jit
+
+    calls = []
+    monkeypatch.setattr(jit, "_numba_optimize_final_module", lambda library: calls.append(library.name))
+
+    @jit.njit(_nrt=False)
+    def plain(x):
+        return x + 1
+
+    @jit.njit
+    def allocates(n):
+        return np.zeros(n).size
+
+    assert plain(1) == 2 and allocates(3) == 3
+    assert not [name for name in calls if "plain" in name] and [name for name in calls if "allocates" in name]
