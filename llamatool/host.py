@@ -5,6 +5,9 @@
   (macOS, aarch64, ...), where Numba's own cache keeps the compiled kernels.
 - CPU-specific instructions the kernels choose themselves (kernels/simd.py, quants/floats.py):
   the features LLVM reports for the host.
+- AMX tiles (the products of packed panels for 8 tokens and more, kernels/amx.py): on an
+  x86-64 Linux whose CPU has AMX-INT8 and whose kernel grants the process the tile data,
+  unless LLAMATOOL_NO_AMX=1 (or LLAMATOOL_NO_NATIVE) says no.
 - LLAMATOOL_NO_NATIVE=1 forces the portable paths on any machine: no saved machine code,
   no AVX-512/VNNI instructions chosen from the features, and on an x86-64 with AVX2 Numba
   compiles for x86-64-v3 (AVX2, FMA, F16C: most desktops, and what llama.cpp's
@@ -22,6 +25,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 NO_NATIVE_ENV = "LLAMATOOL_NO_NATIVE"
+NO_AMX_ENV = "LLAMATOOL_NO_AMX"
 PORTABLE_X86_CPU = "x86-64-v3"
 _PORTABLE_X86_NEEDS = ("avx2", "fma", "f16c")  # what x86-64-v3 assumes beyond SSE
 _X86_64 = ("x86_64", "amd64")
@@ -74,6 +78,30 @@ def features() -> Features:
         vnni_512 = vnni_256 = False
     return Features(x86=x86, f16c=host.get("f16c", False), vnni_512=vnni_512, vnni_256=vnni_256,
                     avx2=x86 and host.get("avx2", False))
+
+
+def amx_int8() -> bool:
+    """Whether the kernels may use AMX tiles for int8 products (see the module docstring)."""
+    if forced_portable() or os.environ.get(NO_AMX_ENV, "") not in ("", "0"):
+        return False
+    return sys.platform.startswith("linux") and machine().lower() in _X86_64 and _tile_data_granted()
+
+
+@lru_cache(maxsize=None)
+def _tile_data_granted() -> bool:
+    """The CPU lists amx_tile and amx_int8, and Linux (5.16 on) lets this process use the tile
+    data: asked once, as a process must before its first tile instruction."""
+    import ctypes
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    if "amx_tile" not in flags or "amx_int8" not in flags:
+        return False
+    sys_arch_prctl, req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18
+    return ctypes.CDLL(None, use_errno=True).syscall(sys_arch_prctl, req_xcomp_perm, xfeature_xtiledata) == 0
 
 
 def numba_target() -> tuple[str, str] | None:

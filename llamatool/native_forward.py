@@ -405,9 +405,11 @@ def packed_table(kinds) -> np.ndarray:
     """kernels.matmul.packed_table(kinds), from saved machine code when it is all there (no Numba)."""
     from .quants import native
 
-    table = np.zeros(kernel_api.load("gemm").N_PACKED_KINDS, np.int64)
+    gemm = kernel_api.load("gemm")
+    table = np.zeros(gemm.N_PACKED_KINDS, np.int64)
+    amx = host.amx_int8()
     for kind in sorted({int(k) for k in kinds}):
-        found = native.cached_addresses(kernel_api.KERNELS, [f"packed_rows_{kind}"])  # matmul._c_packed's key
+        found = native.cached_addresses(kernel_api.KERNELS, [gemm.packed_entry(kind, amx)])  # matmul._c_packed's key
         if found is None:
             from .kernels.matmul import packed_table as compiled_table
 

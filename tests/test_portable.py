@@ -145,3 +145,26 @@ def test_the_probe_decides_in_one_place(monkeypatch):
     monkeypatch.setattr(host, "machine", lambda: "aarch64")
     monkeypatch.setattr(host, "_host_features", lambda: {"neon": True, "fp-armv8": True})
     assert not host.saved_code() and host.features() == host.Features(False, False, False, False)
+
+
+def test_amx_tiles_only_where_granted_and_not_turned_off(monkeypatch):
+    """host.amx_int8 decides, and gemm.packed_entry keeps the kinds with two scales per chunk
+    (HALVES: tile products of 32 weights cannot split them) on vpdpbusd."""
+    from llamatool.kernels import gemm
+
+    monkeypatch.setattr(host, "machine", lambda: "x86_64")
+    monkeypatch.setattr(host, "_tile_data_granted", lambda: True)
+    monkeypatch.delenv(host.NO_NATIVE_ENV, raising=False)
+    monkeypatch.delenv(host.NO_AMX_ENV, raising=False)
+    assert host.amx_int8() == sys.platform.startswith("linux")
+    monkeypatch.setenv(host.NO_AMX_ENV, "1")
+    assert not host.amx_int8()
+    monkeypatch.setenv(host.NO_AMX_ENV, "0")
+    monkeypatch.setenv(host.NO_NATIVE_ENV, "1")
+    assert not host.amx_int8()
+    monkeypatch.delenv(host.NO_NATIVE_ENV)
+    monkeypatch.setattr(host, "_tile_data_granted", lambda: False)
+    assert not host.amx_int8()
+    assert gemm.packed_entry(gemm.PLAIN | gemm.NIBBLES, True) == f"packed_rows_amx_{gemm.PLAIN | gemm.NIBBLES}"
+    assert gemm.packed_entry(gemm.HALVES | gemm.NIBBLES, True) == f"packed_rows_{gemm.HALVES | gemm.NIBBLES}"
+    assert gemm.packed_entry(gemm.F16_SUMS, False) == f"packed_rows_{gemm.F16_SUMS}"

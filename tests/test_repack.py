@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from gguf.constants import GGMLQuantizationType as GQ
 
+from llamatool import host
 from llamatool.kernels import gemm
 from llamatool.kernels.matmul import PACKED_ARGS, _c_packed
 from llamatool.native_forward import panel_packer
@@ -27,12 +28,14 @@ N_TOK = gemm.MIN_TOKENS + 3  # the reference takes the prompt products for all o
 N_ROWS = 2 * gemm.PANEL + 5
 
 
-def call_packed(kind: int, P: np.ndarray, K: int, r0: int, r1: int, t0: int, t1: int, a, out: np.ndarray, ldo: int):
-    """The C entry point the forward pass calls (matmul.packed_table), through ctypes."""
+def call_packed(kind: int, P: np.ndarray, K: int, r0: int, r1: int, t0: int, t1: int, a, out: np.ndarray, ldo: int,
+                amx: bool = False):
+    """A C entry point the forward pass calls (matmul.packed_table), through ctypes: by AMX
+    tiles if amx (where the kind allows), else by vpdpbusd."""
     argtypes = []
     for k in PACKED_ARGS:
         argtypes += [ctypes.c_int64] if k is int else [ctypes.c_void_p, ctypes.c_int64]
-    fn = ctypes.CFUNCTYPE(None, *argtypes)(_c_packed(kind))
+    fn = ctypes.CFUNCTYPE(None, *argtypes)(_c_packed(kind, amx))
     args = []
     for value in (P, 0, K, r0, r1, t0, t1, a.q, a.d, a.s16, a.s32, out, ldo, 0, 0):
         args += [value] if isinstance(value, int) else [value.ctypes.data, value.size]
@@ -73,6 +76,29 @@ def test_packed_panels_give_the_prompt_products_bits(name):
             assert np.array_equal(out[t0:t1, r0:r1], expected[t0:t1, r0:r1]), (name, kind, r0, r1, t0, t1)
             out[t0:t1, r0:r1] = np.nan
             assert np.isnan(out).all(), (name, kind, "wrote outside its rows and tokens")
+
+
+@pytest.mark.skipif(not host.amx_int8(), reason="this CPU (or kernel) has no AMX-INT8 tiles, or LLAMATOOL_NO_AMX / "
+                    "LLAMATOOL_NO_NATIVE turns them off: the products run by vpdpbusd only")
+@pytest.mark.parametrize("name", [n for n in QUANT_TYPES if any(gemm.amx_kind(k) for k in compact_forms(n))])
+def test_amx_tiles_give_the_panel_products_bits(name):
+    """Tokens by eights in tile products, the rest by vpdpbusd: every sum bit for bit the
+    vpdpbusd product's, for every compact form, token counts around 8 and 16 and row ranges
+    that cut panels; nothing outside the call's rows and tokens is written."""
+    rng = np.random.default_rng(37)
+    k = 768 if name in K_TYPES else 2144  # more than one block of unpacked nibbles (gemm._AMX_CHUNKS)
+    n_tok = 2 * gemm.AMX_TOKENS + 3
+    raw = random_blocks(name, N_ROWS, k, rng)
+    x = rng.standard_normal((n_tok, k)).astype(np.float32)
+    a, _ = activation("Q8_K" if name in K_TYPES else "Q8_0", x)
+    for kind in [k_ for k_ in compact_forms(name) if gemm.amx_kind(k_)]:
+        P = pack(name, raw, k, kind)
+        for r0, r1, t0, t1 in [(0, N_ROWS, 0, 8), (0, N_ROWS, 0, n_tok), (5, 30, 1, 17), (17, 18, 3, 11), (32, N_ROWS, 2, 19)]:
+            expected = np.full((n_tok, N_ROWS), np.nan, np.float32)
+            call_packed(kind, P, k, r0, r1, t0, t1, a, expected.reshape(-1), N_ROWS)
+            out = np.full((n_tok, N_ROWS), np.nan, np.float32)
+            call_packed(kind, P, k, r0, r1, t0, t1, a, out.reshape(-1), N_ROWS, amx=True)
+            assert np.array_equal(out.view(np.uint32), expected.view(np.uint32)), (name, kind, r0, r1, t0, t1)
 
 
 def test_compact_forms_are_smaller():

@@ -42,6 +42,7 @@ import numpy as np
 
 from llamatool.jit import njit
 
+from .amx import tile_config, tile_dot, tile_load, tile_release, tile_store, tile_zero
 from .blocks import HALF_OFFSETS, decode_chunk, decode_pair_in_group, group_bytes, half_offsets
 from .simd import (broadcast4, dot4_u8i8, extract, fma, get, load, load_f16, reinterpret, round_f16, splat, stack_array,
                    store, to_f32)
@@ -465,3 +466,108 @@ def packed_rows(kind, P, base, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0
         rp = p * PANEL
         _panel_block(kind, packed, scales, mins, 0, n_chunks, True, max(r0 - rp, 0), min(r1 - rp, PANEL), t0, t1, q,
                      d, s16, s32, K, out, ldo, col0 + rp, out_t0, tmp)
+
+
+# --- the product of packed panels by AMX tiles (kernels/amx.py) ---------------------------------
+# A tile product takes 8 tokens x 32 weights x 16 rows in one instruction where vpdpbusd takes
+# 16 rows x 4 weights of one token: the int32 sums of a chunk are the same (exact), and they
+# are scaled and added as _chunk does, so a token gets the panel product's bits. Unpacked
+# nibbles go through memory (a tile loads only from there), written some chunks ahead: a tile
+# load right after the stores it reads waits for them.
+
+#: tokens per tile product: the rows of the activation tile and of the int32 result
+AMX_TOKENS = 8
+_AMX_CHUNKS = 16  # chunks whose nibbles are unpacked at a time, before the tile loads that read them
+_C, _A, _B = 0, 4, 5  # tiles: the result, the activations, the weights
+
+
+def amx_kind(kind: int) -> bool:
+    """Whether panels of this kind have one scale per 32-weight chunk, as a tile product of 32 needs."""
+    return kind & 3 != HALVES
+
+
+def packed_entry(kind: int, amx: bool) -> str:
+    """The saved C entry point of the product of panels packed as kind: by tiles where amx
+    (host.amx_int8()) and the kind allows."""
+    return f"packed_rows_amx_{kind}" if amx and amx_kind(kind) else f"packed_rows_{kind}"
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _tile_setup(cfg):
+    """Result: 8 rows of 16 int32; activations: 8 rows of 32 bytes; weights: 8 rows of 16 x 4 bytes."""
+    for i in range(64):
+        cfg[i] = 0
+    cfg[0] = 1  # palette 1
+    cfg[16 + 2 * _C], cfg[48 + _C] = 64, AMX_TOKENS
+    cfg[16 + 2 * _A], cfg[48 + _A] = 32, AMX_TOKENS
+    cfg[16 + 2 * _B], cfg[48 + _B] = 64, 8
+    tile_config(cfg.ctypes.data)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _amx_token(kind, ibuf, j, sc, mn, d, s32, x, acc):
+    """acc + the int32 sums of token j in ibuf, scaled as _chunk scales a chunk's."""
+    acc = fma(to_f32(load(ibuf, j * PANEL, PANEL)), sc * get(d, x), acc)
+    return fma(mn, splat(_block_sum(kind, s32, x), PANEL), acc)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _amx_panel(kind, packed, scales, mins, n_chunks, l0, l1, t, q, d, s32, K, out, ldo, o0, out_t0, tmp, wbuf, ibuf):
+    """Tokens t..t+8 against the packed panel (lanes l0..l1 to out), chunk by chunk."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = splat(float32(0), PANEL)
+    nd = K // 32
+    for c0 in range(0, n_chunks, _AMX_CHUNKS):
+        c1 = min(n_chunks, c0 + _AMX_CHUNKS)
+        if kind & NIBBLES:  # vector i % 4 holds word i in its low nibbles and word i + 4 in its high ones
+            for cb in range(c0, c1):
+                for i in range(4):
+                    v = load(packed, (4 * cb + i) * PANEL, PANEL)
+                    store(wbuf, (8 * (cb - c0) + i) * PANEL, v & uint32(0x0F0F0F0F))
+                    store(wbuf, (8 * (cb - c0) + i + 4) * PANEL, (v >> uint32(4)) & uint32(0x0F0F0F0F))
+        for cb in range(c0, c1):
+            if kind & NIBBLES:
+                tile_load(_B, wbuf.ctypes.data + _PANEL_BYTES * 8 * (cb - c0), _PANEL_BYTES)
+            else:
+                tile_load(_B, packed.ctypes.data + _PANEL_BYTES * 8 * cb, _PANEL_BYTES)
+            tile_load(_A, q.ctypes.data + t * K + 32 * cb, K)
+            tile_zero(_C)
+            tile_dot(_C, _A, _B)
+            tile_store(_C, ibuf.ctypes.data, _PANEL_BYTES)
+            sc = _units(scales, cb * PANEL)
+            mn = _units(mins, cb * PANEL)
+            x = t * nd + cb
+            a0 = _amx_token(kind, ibuf, 0, sc, mn, d, s32, x, a0)
+            a1 = _amx_token(kind, ibuf, 1, sc, mn, d, s32, x + nd, a1)
+            a2 = _amx_token(kind, ibuf, 2, sc, mn, d, s32, x + 2 * nd, a2)
+            a3 = _amx_token(kind, ibuf, 3, sc, mn, d, s32, x + 3 * nd, a3)
+            a4 = _amx_token(kind, ibuf, 4, sc, mn, d, s32, x + 4 * nd, a4)
+            a5 = _amx_token(kind, ibuf, 5, sc, mn, d, s32, x + 5 * nd, a5)
+            a6 = _amx_token(kind, ibuf, 6, sc, mn, d, s32, x + 6 * nd, a6)
+            a7 = _amx_token(kind, ibuf, 7, sc, mn, d, s32, x + 7 * nd, a7)
+    o = (t - out_t0) * ldo + o0
+    _save4(a0, a1, a2, a3, out, o, ldo, l0, l1, tmp)
+    _save4(a4, a5, a6, a7, out, o + 4 * ldo, ldo, l0, l1, tmp)
+
+
+@njit(_nrt=False, inline="always")
+def amx_packed_rows(kind, P, base, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0, out_t0):
+    """packed_rows with the tokens in groups of 8 by tile products (the same bits); kind: a
+    constant for which amx_kind holds."""
+    n_amx = (t1 - t0) // AMX_TOKENS * AMX_TOKENS
+    if n_amx > 0:
+        n_chunks = K // 32
+        size = _panel_words(kind, n_chunks)
+        cfg = stack_array(64, np.uint8)
+        tmp = stack_array(PANEL, np.float32)
+        wbuf = stack_array(2048, np.uint32)  # _AMX_CHUNKS chunks of 8 vectors
+        ibuf = stack_array(128, np.int32)  # AMX_TOKENS x PANEL
+        _tile_setup(cfg)
+        for p in range(r0 // PANEL, (r1 + PANEL - 1) // PANEL):
+            packed, scales, mins = _panel_parts(kind, P, base + p * size, n_chunks)
+            rp = p * PANEL
+            for t in range(t0, t0 + n_amx, AMX_TOKENS):
+                _amx_panel(kind, packed, scales, mins, n_chunks, max(r0 - rp, 0), min(r1 - rp, PANEL), t, q, d, s32, K,
+                           out, ldo, col0 + rp, out_t0, tmp, wbuf, ibuf)
+        tile_release()
+    if t0 + n_amx < t1:
+        packed_rows(kind, P, base, K, r0, r1, t0 + n_amx, t1, q, d, s16, s32, out, ldo, col0, out_t0)

@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llamatool import host
 from llamatool.jit import njit
 
 from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, group_bytes, half_offsets,
@@ -67,7 +68,8 @@ from .simd import (even_lanes, extract, odd_lanes, fma, get, hsum, interleave, l
                    load_f32, low_half, high_half, prefetch, repeat_lanes, splat, stack_array, store, to_f32)
 from .ccall import c_signature, call_c
 from .lanes import repeat_slice
-from .gemm import MIN_TOKENS as GEMM_MIN_TOKENS, N_PACKED_KINDS, pack_panels, packed_rows, panel_kind, quant_gemm
+from .gemm import (MIN_TOKENS as GEMM_MIN_TOKENS, N_PACKED_KINDS, amx_packed_rows, pack_panels, packed_entry, packed_rows,
+                   panel_kind, quant_gemm)
 from .types import F16, F32, FLOAT_TYPES, SUPPORTED
 
 from numba import carray, cfunc, float32, int32, int64, literally, uint8  # noqa: E402
@@ -653,6 +655,17 @@ def _c_packed_rows(kind: int):
     return entry
 
 
+# A separate entry point, not a branch in the one above: an entry with tile instructions does
+# not compile for a CPU without them.
+def _c_packed_rows_amx(kind: int):
+    @cfunc(c_signature(PACKED_ARGS), cache=True)
+    def entry(P, nP, base, K, r0, r1, t0, t1, q, nq, d, nd, s16, n16, s32, n32, out, nout, ldo, col0, out_t0):
+        amx_packed_rows(kind, carray(P, nP), base, K, r0, r1, t0, t1, carray(q, nq), carray(d, nd), carray(s16, n16),
+                        carray(s32, n32), carray(out, nout), ldo, col0, out_t0)
+
+    return entry
+
+
 def _c_pack(qtype: int):
     kind = panel_kind(qtype)
 
@@ -712,17 +725,20 @@ def packer_address(qtype: int) -> int:
 
 
 @lru_cache(maxsize=None)
-def _c_packed(kind: int) -> int:
-    """C entry point of the product of panels packed at load as a gemm.packed_kind."""
-    return _c_entry(f"packed_rows_{kind}", partial(_c_packed_rows, kind))
+def _c_packed(kind: int, amx: bool = False) -> int:
+    """C entry point of the product of panels packed at load as a gemm.packed_kind (by AMX
+    tiles where amx and the kind allows: gemm.packed_entry)."""
+    key = packed_entry(kind, amx)
+    return _c_entry(key, partial(_c_packed_rows_amx if key != packed_entry(kind, False) else _c_packed_rows, kind))
 
 
 def packed_table(kinds) -> np.ndarray:
     """C entry points of the products of panels packed at load (gemm.packed_rows) of the
     given kinds, indexed by kind (0 for the others)."""
     table = np.zeros(N_PACKED_KINDS, np.int64)
+    amx = host.amx_int8()
     for kind in sorted({int(k) for k in kinds}):
-        table[kind] = _c_packed(kind)
+        table[kind] = _c_packed(kind, amx)
     return table
 
 
