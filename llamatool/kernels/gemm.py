@@ -478,6 +478,8 @@ def packed_rows(kind, P, base, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, col0
 #: tokens per tile product: the rows of the activation tile and of the int32 result
 AMX_TOKENS = 8
 _AMX_CHUNKS = 16  # chunks whose nibbles are unpacked at a time, before the tile loads that read them
+_AMX_WORDS = _AMX_CHUNKS * 8 * PANEL  # their unpacked words
+_AMX_SUMS = AMX_TOKENS * PANEL  # the int32 sums of one tile product
 _C, _A, _B = 0, 4, 5  # tiles: the result, the activations, the weights
 
 
@@ -559,8 +561,8 @@ def amx_packed_rows(kind, P, base, K, r0, r1, t0, t1, q, d, s16, s32, out, ldo, 
         size = _panel_words(kind, n_chunks)
         cfg = stack_array(64, np.uint8)
         tmp = stack_array(PANEL, np.float32)
-        wbuf = stack_array(2048, np.uint32)  # _AMX_CHUNKS chunks of 8 vectors
-        ibuf = stack_array(128, np.int32)  # AMX_TOKENS x PANEL
+        wbuf = stack_array(_AMX_WORDS, np.uint32)
+        ibuf = stack_array(_AMX_SUMS, np.int32)
         _tile_setup(cfg)
         for p in range(r0 // PANEL, (r1 + PANEL - 1) // PANEL):
             packed, scales, mins = _panel_parts(kind, P, base + p * size, n_chunks)
