@@ -97,11 +97,34 @@ def njit(*args, **options):
     first-class function value, which none of ours is: a forceinline helper's wrapper
     inlines its whole body once more, and the wrappers cost ~7% of warmup's compile time.
 
+    A forceinline helper is compiled into the kernels that call it and never called from
+    Python, so it gets no CPython entry either: Numba would lower, optimize and emit one
+    (unboxing every argument) for each specialization, ~11% of the matmul kernels' and the
+    forward pass's compile time, while the kernels' machine code is the same byte for byte.
+    Calling such a helper from Python is a TypeError (_CompiledOnly).
+
     Numba also compiles a function once more for every literal argument (`f(x, 0)` and
     `f(x, 2)` are two specializations): a call passes `int64(0)` where the constant buys
     nothing (LLVM still sees it after inlining), and a literal where it was measured to help."""
     options.setdefault("no_cfunc_wrapper", True)
-    return numba.njit(*args, **options)
+    if not options.get("forceinline"):
+        return numba.njit(*args, **options)
+    options.setdefault("no_cpython_wrapper", True)
+    decorate = numba.njit(**options)
+
+    def compiled_only(fn):
+        dispatcher = decorate(fn)
+        dispatcher.__class__ = _CompiledOnly
+        return dispatcher
+
+    return compiled_only(args[0]) if args else compiled_only
+
+
+class _CompiledOnly(numba.core.registry.CPUDispatcher):
+    """A dispatcher without a CPython entry: callable from compiled code only."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"{self.py_func.__qualname__} is compiled into the kernels that call it and has no Python entry")
 
 
 def set_threads(n: int | None) -> int:

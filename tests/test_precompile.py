@@ -127,3 +127,28 @@ def test_modules_without_reference_counts_skip_numbas_cheap_pipeline(monkeypatch
 
     assert plain(1) == 2 and allocates(3) == 3
     assert not [name for name in calls if "plain" in name] and [name for name in calls if "allocates" in name]
+
+
+def test_forceinline_helpers_have_no_python_entry():
+    """jit.njit(forceinline=True): the helper is compiled into its callers without the CPython
+    wrapper Numba would otherwise lower, optimize and emit for it; a call from Python is a
+    clear TypeError (not a jump through a null pointer)."""
+    import pytest
+
+    from llamatool import jit
+
+    @jit.njit(forceinline=True)
+    def helper(x):
+        return x * 3
+
+    @jit.njit
+    def kernel(x):
+        return helper(x) + 1
+
+    assert kernel(2) == 7
+    (cres,) = helper.overloads.values()
+    assert cres.library.get_pointer_to_function(cres.fndesc.llvm_cpython_wrapper_name) == 0
+    (outer,) = kernel.overloads.values()
+    assert outer.library.get_pointer_to_function(outer.fndesc.llvm_cpython_wrapper_name) != 0
+    with pytest.raises(TypeError, match="no Python entry"):
+        helper(2)
