@@ -92,24 +92,26 @@ _numba_optimize_final_module = _codegen.CPUCodeLibrary._optimize_final_module
 _codegen.CPUCodeLibrary._optimize_final_module = _optimize_final_module
 
 
-def njit(*args, **options):
+def njit(*args, python_entry: bool | None = None, **options):
     """numba.njit without the C-callable wrapper Numba adds to every function for use as a
     first-class function value, which none of ours is: a forceinline helper's wrapper
     inlines its whole body once more, and the wrappers cost ~7% of warmup's compile time.
 
-    A forceinline helper is compiled into the kernels that call it and never called from
-    Python, so it gets no CPython entry either: Numba would lower, optimize and emit one
-    (unboxing every argument) for each specialization, ~11% of the matmul kernels' and the
-    forward pass's compile time, while the kernels' machine code is the same byte for byte.
-    Calling such a helper from Python is a TypeError (_CompiledOnly).
+    A function only compiled code calls (python_entry=False; the default for forceinline
+    helpers, which are compiled into their callers) gets no CPython entry either: Numba would
+    lower, optimize and emit one (unboxing every argument) for each specialization, ~12% of
+    the matmul kernels' compile time, while the kernels' machine code is the same byte for
+    byte. Calling such a function from Python is a TypeError (_CompiledOnly).
 
     Numba also compiles a function once more for every literal argument (`f(x, 0)` and
     `f(x, 2)` are two specializations): a call passes `int64(0)` where the constant buys
     nothing (LLVM still sees it after inlining), and a literal where it was measured to help."""
     options.setdefault("no_cfunc_wrapper", True)
-    if not options.get("forceinline"):
+    if python_entry is None:
+        python_entry = not options.get("forceinline")
+    if python_entry:
         return numba.njit(*args, **options)
-    options.setdefault("no_cpython_wrapper", True)
+    options["no_cpython_wrapper"] = True
     decorate = numba.njit(**options)
 
     def compiled_only(fn):

@@ -336,7 +336,7 @@ def _query(i, n_real, n_heads, q0, ldq, o0, ldo, head_dim, pos, state):
     return q0 + t * ldq + h * head_dim, o0 + t * ldo + h * head_dim, limit, state + i
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def _step(q, q0, out, o0, i0, n_q, n_heads, ldq, ldo, head_dim, pos, k_cache, v_cache, kb, vb, j0, scale, softcap, window,
           work, state, ls, po):
     """One step (positions j0..j0+STEP-1) of queries i0..i0+SUB-1 of a tile; m of query i at

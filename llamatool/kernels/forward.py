@@ -182,7 +182,7 @@ def input_square_sums(n_embd: int, n_q: int, n_ff: int, n_layer: int) -> tuple[l
 # --- pieces of a phase --------------------------------------------------------------------
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def _formats(T, a, b, c):
     """NEED_* flags for the activation feeding tensors a, b, c (-1 = none)."""
     flags = 0
@@ -201,7 +201,7 @@ def _formats(T, a, b, c):
     return flags
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def _prepare(src, t, K, flags, s):
     """Row t of src (width K) into the activation slots the next matmuls need."""
     if flags & NEED_Q8_0:
@@ -219,7 +219,7 @@ def _prepare(src, t, K, flags, s):
 EXACT_GROUP = GEMM_MIN_TOKENS - 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0, n_fast):
     """Rows r0..r1 of tensor i times activation rows t0..t1 (prepared from src); rows
     n_fast.. in groups that keep one-token bits (see the module docstring), unless the matrix
@@ -243,7 +243,7 @@ def _matmul(net, i, r0, r1, t0, t1, src, s, out, ldo, col0, out_t0, n_fast):
     lora_up(net.lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def _add_bias(net, b, r0, r1, t0, t1, out, ldo, col0):
     if b < 0:
         return
@@ -490,7 +490,7 @@ def _rope_and_store(dims, layer, n_tok, batch, s, k_cache, v_cache, ldo, c0, c1,
                 store_value16(v_cache, region, pos, hd, d, x)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def _run_end(batch, t, end):
     """End of the run from token t: the tokens before `end` that continue t's sequence at
     the next positions (one tile of attention)."""

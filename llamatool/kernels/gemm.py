@@ -119,7 +119,7 @@ def _put_pair(qtype, W, bo, j, cb, r, packed, scales, mins):
     _put(qtype, words, int64(8), sb0, sb1, mb0, mb1, cb + 1, r, packed, scales, mins)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def _pack_row(qtype, W, row, c0, c1, r, packed, scales, mins):
     """Chunks c0..c1 (c0 a multiple of 8) of the row at byte offset `row` into lane r."""
     c = c0
@@ -290,7 +290,7 @@ def _save4(a0, a1, a2, a3, out, o, ldo, l0, l1, tmp):
     _save(a3, out, o + 3 * ldo, l0, l1, tmp)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def _panel_block(kind, packed, scales, mins, c0, nc, first, l0, l1, t0, t1, q, d, s16, s32, K, out, ldo, o0,
                  out_t0, tmp):
     """Every token t0..t1 against the packed panel; lanes l0..l1 go to

@@ -74,7 +74,7 @@ def _dot_tail(lora, half, wo, x, xo, k0, K, acc):
     return total
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def _down_rows(lora, half, wo, j0, j1, K, x, xo, f, fo, u, uo):
     """u[uo+j] = f[fo+j] * (A_j . x) for rank rows j0..j1 of A (at wo, rows of K). Four rows
     at a time share each load of x (four independent fma chains); a row's sum is the same
@@ -105,7 +105,7 @@ def _down_rows(lora, half, wo, j0, j1, K, x, xo, f, fo, u, uo):
         j += 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def lora_down(lora, i, src, t, K):
     """u of tensor i for token t: f_j * A_j . src[t*K : t*K+K] (nothing if i is not adapted)."""
     if i < 0:
@@ -118,7 +118,7 @@ def lora_down(lora, i, src, t, K):
                lora.u, t * lora.stride + T[i, LORA_U])
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def lora_down3(lora, a, b, c, src, t, K):
     """lora_down for the (up to three, -1: none) tensors reading one input row."""
     lora_down(lora, a, src, t, K)
@@ -126,7 +126,7 @@ def lora_down3(lora, a, b, c, src, t, K):
     lora_down(lora, c, src, t, K)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def lora_up(lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0):
     """out[(t - out_t0)*ldo + col0 + r] += (B.u_t)[r] for rows r0..r1 of tensor i, tokens t0..t1.
 
@@ -173,7 +173,7 @@ def lora_up(lora, i, r0, r1, t0, t1, out, ldo, col0, out_t0):
             out[o + r] += acc
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, python_entry=False)
 def lora_embed(lora, i, token, out, oo, n_embd):
     """out[oo:oo+n_embd] += B.(f * A_T[token]) for an adapted token embedding i."""
     T = lora.table
