@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ggml_scalar import get_fp16, nearest_int, put_fp16, put_u16
-from .rows import dequantizer, inline, kernel, quantizer
+from .rows import dequantizer, helper, inline, kernel, quantizer
 
 QK_K = 256
 BLOCK_BYTES = {"q2_k": 84, "q3_k": 110, "q4_k": 144, "q5_k": 176, "q6_k": 210, "q8_k": 292}
@@ -52,7 +52,7 @@ _TENTH = _f32(0.1)
 # ---------------------------------------------------------------- ggml's scale searches
 
 
-@kernel
+@helper
 def _make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
     """Asymmetric levels 0..nmax for x: a grid search over the scale, refitting scale
     and min by weighted least squares at each step. Returns (scale, -min); L gets the levels."""
@@ -119,7 +119,7 @@ def _make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad
     return scale, -lo
 
 
-@kernel
+@helper
 def _abs_max(n, x):
     """The element of largest magnitude (the first one on ties) and that magnitude."""
     amax = _F0
@@ -140,7 +140,7 @@ def _qx_level(iscale, v, nmax):
     return min(max(nearest_int(iscale * v), -nmax), nmax - 1)
 
 
-@kernel
+@helper
 def _make_qx_quants(n, nmax, x, weights, L, lanes):
     """ggml's make_qx_quants with rmse_type 1: symmetric levels, then a search over 18
     nearby scales, the error weighted by weights (x**2 without an importance matrix, as
@@ -182,7 +182,7 @@ def _make_qx_quants(n, nmax, x, weights, L, lanes):
     return scale
 
 
-@kernel
+@helper
 def _make_q3_quants_rmse(n, nmax, x, L):
     """ggml's make_q3_quants with do_rmse: symmetric levels, then up to 5 passes of
     coordinate descent on each level (weights x**2). Returns the scale; L gets 0..2*nmax-1."""
@@ -228,7 +228,7 @@ def _make_q3_quants_rmse(n, nmax, x, L):
 # ---------------------------------------------------------------- bit packing
 
 
-@kernel
+@helper
 def _pack_2bit(L, out, pos):
     """qs of Q2_K/Q3_K: byte l of each 128-weight half holds weights l, l+32, l+64, l+96."""
     for half in range(0, QK_K, 128):
@@ -238,7 +238,7 @@ def _pack_2bit(L, out, pos):
             ) & 0xFF
 
 
-@kernel
+@helper
 def _pack_scale_min_k4(scales, mins, inv_scale, inv_min, out, pos):
     """Q4_K/Q5_K's 12 bytes of eight 6-bit (scale, min) pairs; see _scale_min_k4."""
     for j in range(8):
@@ -253,7 +253,7 @@ def _pack_scale_min_k4(scales, mins, inv_scale, inv_min, out, pos):
             out[pos + j] |= (lm >> 4) << 6
 
 
-@kernel
+@helper
 def _scale_min_k4(j, raw, pos):
     """ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j (0..7)."""
     if j < 4:
@@ -263,7 +263,7 @@ def _scale_min_k4(j, raw, pos):
     return sc, m
 
 
-@kernel
+@helper
 def _q3_scale(j, raw, pos):
     """Q3_K's signed 6-bit scale of sub-block j (0..15): 4 low bits, 2 high bits, minus 32."""
     if j < 8:
@@ -274,7 +274,7 @@ def _q3_scale(j, raw, pos):
     return (low | (high << 4)) - 32
 
 
-@kernel
+@helper
 def _qkx2_scratch(sub):
     """Per-row scratch of the make_qkx2_quants types, for sub-blocks of `sub` weights:
     levels L (a whole block), Laux, weights, and the sub-blocks' scales and mins."""
@@ -291,7 +291,7 @@ def _qkx2_scratch(sub):
 # ---------------------------------------------------------------- Q2_K
 
 
-@kernel
+@helper
 def _quantize_block_q2_k(x, out, pos):
     L, Laux, weights, scales, mins = _qkx2_scratch(16)
     max_scale = _F0
@@ -341,7 +341,7 @@ def _quantize_rows_q2_k(x, out):
             _quantize_block_q2_k(x[r, b * QK_K : (b + 1) * QK_K], out[r], b * 84)
 
 
-@kernel
+@helper
 def _dequantize_row_q2_k(raw, y):
     for b in range(y.size // QK_K):
         pos = b * 84
@@ -362,7 +362,7 @@ def _dequantize_rows_q2_k(raw, y):
 # ---------------------------------------------------------------- Q3_K
 
 
-@kernel
+@helper
 def _quantize_block_q3_k(x, out, pos):
     L = np.empty(QK_K, np.int8)
     scales = np.empty(16, np.float32)
@@ -412,7 +412,7 @@ def _quantize_rows_q3_k(x, out):
             _quantize_block_q3_k(x[r, b * QK_K : (b + 1) * QK_K], out[r], b * 110)
 
 
-@kernel
+@helper
 def _dequantize_row_q3_k(raw, y):
     for b in range(y.size // QK_K):
         pos = b * 110
@@ -434,7 +434,7 @@ def _dequantize_rows_q3_k(raw, y):
 # ---------------------------------------------------------------- Q4_K and Q5_K
 
 
-@kernel
+@helper
 def _qkx2_sub_blocks(x, nmax, rmin, nstep, L, Laux, weights, scales, mins):
     """Q4_K/Q5_K's first pass: make_qkx2_quants on each 32-weight sub-block, weighted by
     rms + |x|. Returns the largest scale and the largest min."""
@@ -458,7 +458,7 @@ def _qkx2_sub_blocks(x, nmax, rmin, nstep, L, Laux, weights, scales, mins):
     return max_scale, max_min
 
 
-@kernel
+@helper
 def _requantize_k4(x, nmax, out, pos, L, max_scale, max_min, scales, mins):
     """Store d, dmin and the packed 6-bit scales, then requantize each sub-block with
     the stored (rounded) scale and min."""
@@ -478,7 +478,7 @@ def _requantize_k4(x, nmax, out, pos, L, max_scale, max_min, scales, mins):
             L[32 * j + ii] = min(max(nearest_int((x[32 * j + ii] + dm) / d), 0), nmax)
 
 
-@kernel
+@helper
 def _quantize_block_q4_k(x, out, pos):
     L, Laux, weights, scales, mins = _qkx2_scratch(32)
     max_scale, max_min = _qkx2_sub_blocks(x, 15, _f32(-1.0), 20, L, Laux, weights, scales, mins)
@@ -489,7 +489,7 @@ def _quantize_block_q4_k(x, out, pos):
             out[qs + 32 * chunk + l] = L[64 * chunk + l] | (L[64 * chunk + l + 32] << 4)
 
 
-@kernel
+@helper
 def _quantize_block_q5_k(x, out, pos):
     L, Laux, weights, scales, mins = _qkx2_scratch(32)
     max_scale, max_min = _qkx2_sub_blocks(x, 31, _f32(-0.5), 15, L, Laux, weights, scales, mins)
@@ -513,7 +513,7 @@ def _quantize_block_q5_k(x, out, pos):
             out[ql + 32 * chunk + l] = l1 | (l2 << 4)
 
 
-@kernel
+@helper
 def _dequantize_row_k4(raw, y, block_bytes, with_fifth_bit):
     """Q4_K and Q5_K: d * scale * q - dmin * min per 32-weight sub-block; Q5_K adds
     qh[32] (bit j of qh[l] is the fifth bit of weight l of sub-block j) before qs."""
@@ -562,7 +562,7 @@ def _dequantize_rows_q5_k(raw, y):
 # ---------------------------------------------------------------- Q6_K
 
 
-@kernel
+@helper
 def _quantize_block_q6_k(x, out, pos):
     L = np.empty(QK_K, np.int8)
     scales = np.empty(16, np.float32)
@@ -576,7 +576,7 @@ def _quantize_block_q6_k(x, out, pos):
     store_q6_k(x, L, scales, out, pos)
 
 
-@kernel
+@helper
 def store_q6_k(x, L, scales, out, pos):
     """Q6_K's block from its 16 sub-block scales and first-pass levels L (0..63): the scale
     of largest magnitude sets d, the others become int8 multiples of it, and the levels are
@@ -625,7 +625,7 @@ def _quantize_rows_q6_k(x, out):
             _quantize_block_q6_k(x[r, b * QK_K : (b + 1) * QK_K], out[r], b * 210)
 
 
-@kernel
+@helper
 def _dequantize_row_q6_k(raw, y):
     for b in range(y.size // QK_K):
         pos = b * 210
@@ -650,7 +650,7 @@ def _dequantize_rows_q6_k(raw, y):
 # ---------------------------------------------------------------- Q8_K
 
 
-@kernel
+@helper
 def _quantize_row_q8_k(x, out):
     for b in range(x.size // QK_K):
         xb = x[b * QK_K : (b + 1) * QK_K]
@@ -674,7 +674,7 @@ def _quantize_row_q8_k(x, out):
             out[pos + k] = (bits >> (8 * k)) & 0xFF
 
 
-@kernel
+@helper
 def _dequantize_row_q8_k(raw, y):
     for b in range(y.size // QK_K):
         pos = b * 292

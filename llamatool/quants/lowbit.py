@@ -26,7 +26,7 @@ import numpy as np
 
 from .ggml_scalar import fp16_bits_to_fp32, fp32_to_fp16_bits, load_fp16, nearest_int, store_fp16
 from .grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID, KSIGNS, grid_levels
-from .rows import dequantizer, inline, kernel, quantizer
+from .rows import dequantizer, helper, inline, kernel, quantizer
 from .weighted import _make_qp_quants
 
 QK_K = 256
@@ -219,7 +219,7 @@ def _sums(weight, xval, L, n):
 # ----------------------------------------------------------------------------- IQ2_XXS
 
 
-@kernel
+@helper
 def _iq2_xxs_scale(xval, weight, waux, L, Laux, Lqp, grid, kmap, neighbours):
     """quantize_row_iq2_xxs_impl's search for one block of 32: (scale, found), L its levels;
     found is False for a block ggml leaves empty (all zero, or no positive scale)."""
@@ -349,7 +349,7 @@ dequantize_iq2_xxs = dequantizer(_dequantize_iq2_xxs, "IQ2_XXS", QK_K, IQ2_XXS_B
 # ----------------------------------------------------------------------------- IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S search
 
 
-@kernel
+@helper
 def _grid_search(weight, waux, xval, L, Laux, on_grid, on_grid_aux, grid, kmap, neighbours, bits, kmax, n_steps, step_size,
                  eps, iq3_s):
     """The scale search of quantize_row_iq2_xs_impl, iq2_s, iq3_xxs and iq3_s for one block

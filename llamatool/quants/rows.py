@@ -51,6 +51,8 @@ def _cached(**options):
 # hot loops must be inlined for those loops to vectorize.
 inline = jit.njit(inline="always", error_model="numpy")
 kernel = _cached(nogil=True, error_model="numpy")
+# a kernel only other kernels call: no CPython entry to compile (see jit.njit)
+helper = _cached(nogil=True, error_model="numpy", python_entry=False)
 
 
 def run_rows(kernel, src: np.ndarray, dst: np.ndarray, row_cost: int) -> None:

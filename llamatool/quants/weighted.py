@@ -23,7 +23,7 @@ import numpy as np
 from .ggml_scalar import get_fp16, nearest_int, put_fp16
 from .iquants import iq4_nl_rows, iq4_xs_rows
 from .kquants import QK_K, QX_LANES, _make_qkx2_quants, _make_qx_quants, _pack_2bit, _q3_scale, _scale_min_k4, store_q6_k
-from .rows import kernel, run_rows
+from .rows import helper, kernel, run_rows
 from ..errors import LlamatoolError
 
 _f32 = np.float32
@@ -40,14 +40,14 @@ BLOCK = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
 # ----------------------------------------------------------------------------- ggml's searches
 
 
-@kernel
+@helper
 def _make_qkx3_quants(n, nmax, x, weights, L, Laux):
     """make_qkx3_quants as the *_impl functions call it (weights given, rmin -0.9, rdelta
     0.05, 36 steps, squared errors): the same search as kquants' make_qkx2_quants."""
     return _make_qkx2_quants(n, nmax, x, weights, L, Laux, _f32(-0.9), _f32(0.05), 36, False)
 
 
-@kernel
+@helper
 def _weights_sum(qw, x, sigma2, out):
     """out = qw * sqrt(sigma2 + x**2); returns their sum (the sub-block's weight)."""
     _block_weights(qw, x, sigma2, out)
@@ -57,7 +57,7 @@ def _weights_sum(qw, x, sigma2, out):
     return total
 
 
-@kernel
+@helper
 def _make_qp_quants(n, nmax, x, L, qw):
     """make_qp_quants: non-negative levels 0..nmax for the scales x (L is uint8, as in C)."""
     vmax = _F0
@@ -117,7 +117,7 @@ def _make_qp_quants(n, nmax, x, L, qw):
     return sumlx / suml2 if suml2 > _F0 else _F0
 
 
-@kernel
+@helper
 def _sum_squares(x, n):
     total = _F0
     for j in range(n):
@@ -125,7 +125,7 @@ def _sum_squares(x, n):
     return total
 
 
-@kernel
+@helper
 def _block_weights(qw, x, sigma2, out):
     for j in range(out.size):
         out[j] = qw[j] * np.sqrt(sigma2 + x[j] * x[j])
@@ -134,7 +134,7 @@ def _block_weights(qw, x, sigma2, out):
 # ----------------------------------------------------------------------------- legacy 32-blocks
 
 
-@kernel
+@helper
 def _legacy_rows(x, qw, out, kind):
     """kind: 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1 (quantize_row_q*_impl)."""
     block_bytes = (18, 20, 22, 24)[kind]
@@ -254,7 +254,7 @@ def _q3_k_rows(x, qw, out):
             _pack_2bit(L, y, pos + 32)
 
 
-@kernel
+@helper
 def _k4_rows(x, qw, out, nmax, block_bytes):
     """Q4_K (nmax 15, 144 bytes) and Q5_K (nmax 31, 176 bytes)."""
     L = np.empty(QK_K, np.uint8)
