@@ -100,8 +100,8 @@ def njit(*args, python_entry: bool | None = None, **options):
     A function only compiled code calls (python_entry=False; the default for forceinline
     helpers, which are compiled into their callers) gets no CPython entry either: Numba would
     lower, optimize and emit one (unboxing every argument) for each specialization, ~12% of
-    the matmul kernels' compile time, while the kernels' machine code is the same byte for
-    byte. Calling such a function from Python is a TypeError (_CompiledOnly).
+    the matmul kernels' compile time, while the kernels' machine code is the same instruction
+    for instruction. Calling such a function from Python is a TypeError (_CompiledOnly).
 
     Numba also compiles a function once more for every literal argument (`f(x, 0)` and
     `f(x, 2)` are two specializations): a call passes `int64(0)` where the constant buys
