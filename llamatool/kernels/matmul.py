@@ -646,22 +646,15 @@ def _c_dequant(qtype: int):
     return entry
 
 
-def _c_packed_rows(kind: int):
+def _c_packed_rows(product, kind: int):
+    """The C entry point of product (gemm.packed_rows, or gemm.amx_packed_rows: a separate entry,
+    not a branch in one, since an entry with tile instructions does not compile for a CPU
+    without them) for panels of this kind."""
+
     @cfunc(c_signature(PACKED_ARGS), cache=True)
     def entry(P, nP, base, K, r0, r1, t0, t1, q, nq, d, nd, s16, n16, s32, n32, out, nout, ldo, col0, out_t0):
-        packed_rows(kind, carray(P, nP), base, K, r0, r1, t0, t1, carray(q, nq), carray(d, nd), carray(s16, n16),
-                    carray(s32, n32), carray(out, nout), ldo, col0, out_t0)
-
-    return entry
-
-
-# A separate entry point, not a branch in the one above: an entry with tile instructions does
-# not compile for a CPU without them.
-def _c_packed_rows_amx(kind: int):
-    @cfunc(c_signature(PACKED_ARGS), cache=True)
-    def entry(P, nP, base, K, r0, r1, t0, t1, q, nq, d, nd, s16, n16, s32, n32, out, nout, ldo, col0, out_t0):
-        amx_packed_rows(kind, carray(P, nP), base, K, r0, r1, t0, t1, carray(q, nq), carray(d, nd), carray(s16, n16),
-                        carray(s32, n32), carray(out, nout), ldo, col0, out_t0)
+        product(kind, carray(P, nP), base, K, r0, r1, t0, t1, carray(q, nq), carray(d, nd), carray(s16, n16),
+                carray(s32, n32), carray(out, nout), ldo, col0, out_t0)
 
     return entry
 
@@ -729,7 +722,7 @@ def _c_packed(kind: int, amx: bool = False) -> int:
     """C entry point of the product of panels packed at load as a gemm.packed_kind (by AMX
     tiles where amx and the kind allows: gemm.packed_entry)."""
     tiles = amx and amx_kind(kind)
-    return _c_entry(packed_entry(kind, tiles), partial(_c_packed_rows_amx if tiles else _c_packed_rows, kind))
+    return _c_entry(packed_entry(kind, tiles), partial(_c_packed_rows, amx_packed_rows if tiles else packed_rows, kind))
 
 
 def packed_table(kinds) -> np.ndarray:
