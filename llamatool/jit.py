@@ -21,6 +21,7 @@ instead of holding back the half of the rows a static split would have given it.
 from __future__ import annotations
 
 import atexit
+import copy
 import itertools
 import os
 import shutil
@@ -92,6 +93,124 @@ _numba_optimize_final_module = _codegen.CPUCodeLibrary._optimize_final_module
 _codegen.CPUCodeLibrary._optimize_final_module = _optimize_final_module
 
 
+# --- Numba's inlining of inline="always" functions ------------------------------------------
+
+
+class _BlockCopier:
+    """Stands in for the `copy` module in numba.core.inline_closurecall, whose one use of it
+    copies a callee's IR block by block before inlining it at a call site (twice per site).
+
+    Each block's deepcopy began with an empty memo, so it copied the function's scope, and
+    with it every variable of the function, once per block: quadratic in the callee's size,
+    23% of the forward pass's compile time. Here the blocks of one copy (one scope, each block
+    once) share a memo, so the scope is copied once; the inlined IR is the same (the saved
+    kernels' machine code was compared instruction for instruction)."""
+
+    def __init__(self):
+        self._memo: dict = {}
+
+    def deepcopy(self, block, memo=None):
+        if id(block.scope) not in self._memo or id(block) in self._memo:
+            self._memo = {}  # another function's blocks, or a new copy of the same ones
+        return copy.deepcopy(block, self._memo)
+
+
+from numba.core import inline_closurecall as _inline_closurecall  # noqa: E402
+
+_inline_closurecall.copy = _BlockCopier()
+
+
+# --- libraries of functions only compiled code calls -----------------------------------------
+
+
+class _Library(_codegen.JITCodeLibrary):
+    """Numba's JIT code library, which may be link-only: the library of a function without a
+    Python entry (python_entry=False) is optimized and then linked into the libraries of its
+    callers, which inline it, but gets no machine code of its own. Numba would emit it (~10%
+    of the matmul kernels' compile time) only to leave it unused. Its callers now inline its
+    optimized IR as such; before, they inlined what Numba's code generation had left of it
+    (LLVM rewrites IR in place to select instructions), so their machine code changes a
+    little, with the same results (the kernels' bit-exact tests) and speed (see README)."""
+
+    link_only = False
+
+    def _finalize_final_module(self):
+        if not self.link_only:
+            return super()._finalize_final_module()
+        self._finalize_dynamic_globals()
+        self._verify_declare_only_symbols()
+        self._finalized = True
+
+    def get_pointer_to_function(self, name):
+        if not self.link_only:
+            return super().get_pointer_to_function(name)
+        self._ensure_finalized()
+        return 0  # no machine code here (Numba's own answer for a function it lacks)
+
+    def serialize_using_object_code(self):
+        if not self.link_only:
+            return super().serialize_using_object_code()
+        return (self.name, _LINK_ONLY, self._get_module_for_linking().as_bitcode())
+
+    @classmethod
+    def _unserialize(cls, codegen, state):
+        name, kind, bitcode = state
+        if kind != _LINK_ONLY:
+            return super()._unserialize(codegen, state)
+        import llvmlite.binding as llvm
+
+        library = codegen.create_library(name)
+        library.link_only = True
+        library._final_module = library._shared_module = llvm.parse_bitcode(bitcode)
+        library._finalize_final_module()
+        return library
+
+
+_LINK_ONLY = "llamatool-link-only"  # how a link-only library is cached: its IR for linking, as bitcode
+_codegen.JITCPUCodegen._library_class = _Library
+_numba_set_env = _codegen.JITCPUCodegen.set_env
+
+
+def _set_env(self, env_name, env):
+    """Numba's, except where the function has no machine code to point at the environment:
+    a link-only library's functions (Numba would write through a null pointer)."""
+    if self._engine.get_global_value_address(env_name):
+        _numba_set_env(self, env_name, env)
+
+
+_codegen.JITCPUCodegen.set_env = _set_env
+
+
+from numba.core import compiler as _compiler, compiler_machinery as _machinery, typed_passes as _typed_passes  # noqa: E402
+
+
+@_machinery.register_pass(mutates_CFG=False, analysis_only=False)
+class _LinkOnlyLibrary(_machinery.LoweringPass):
+    """Gives the function being compiled a link-only library (see _Library)."""
+
+    _name = "llamatool_link_only_library"
+
+    def __init__(self):
+        _machinery.LoweringPass.__init__(self)
+
+    def run_pass(self, state):
+        if state.library is None:  # as Numba's lowering would make it, marked link-only
+            state.library = state.targetctx.codegen().create_library(state.func_id.func_qualname)
+            state.library.enable_object_caching()
+            state.library.link_only = True
+        return True
+
+
+class _CompiledOnlyPipeline(_compiler.CompilerBase):
+    """Numba's nopython pipeline, lowering into a link-only library."""
+
+    def define_pipelines(self):
+        pipeline = _compiler.DefaultPassBuilder.define_nopython_pipeline(self.state)
+        pipeline.add_pass_after(_LinkOnlyLibrary, _typed_passes.NopythonTypeInference)
+        pipeline.finalize()
+        return [pipeline]
+
+
 def njit(*args, python_entry: bool | None = None, **options):
     """numba.njit without the C-callable wrapper Numba adds to every function for use as a
     first-class function value, which none of ours is: a forceinline helper's wrapper
@@ -102,6 +221,7 @@ def njit(*args, python_entry: bool | None = None, **options):
     lower, optimize and emit one (unboxing every argument) for each specialization, ~12% of
     the matmul kernels' compile time, while the kernels' machine code is the same instruction
     for instruction. Calling such a function from Python is a TypeError (_CompiledOnly).
+    Nor does it get machine code of its own: its library is link-only (_Library).
 
     Numba also compiles a function once more for every literal argument (`f(x, 0)` and
     `f(x, 2)` are two specializations): a call passes `int64(0)` where the constant buys
@@ -112,6 +232,7 @@ def njit(*args, python_entry: bool | None = None, **options):
     if python_entry:
         return numba.njit(*args, **options)
     options["no_cpython_wrapper"] = True
+    options["pipeline_class"] = _CompiledOnlyPipeline
     decorate = numba.njit(**options)
 
     def compiled_only(fn):

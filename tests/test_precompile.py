@@ -152,3 +152,82 @@ def test_forceinline_helpers_have_no_python_entry():
     assert outer.library.get_pointer_to_function(outer.fndesc.llvm_cpython_wrapper_name) != 0
     with pytest.raises(TypeError, match="no Python entry"):
         helper(2)
+    # nor machine code of its own: its library is only linked into (and inlined by) its callers
+    assert cres.library.link_only and not outer.library.link_only
+    assert not cres.library._codegen._engine.is_symbol_defined(cres.fndesc.llvm_func_name)
+
+
+_CACHED_HELPER = """
+from llamatool import jit
+
+@jit.njit(cache=True, forceinline=True)
+def helper(x):
+    return x * 3
+
+@jit.njit(cache=True)
+def first(x):
+    return helper(x) + 1
+
+@jit.njit(cache=True)
+def second(x):
+    return helper(x) - 1
+"""
+
+
+def test_a_link_only_helper_is_cached_and_linked_from_the_cache(tmp_path):
+    """A compiled-only helper is cached as IR to link (no machine code): a later process
+    compiling another caller of it loads it from the cache and links it."""
+    (tmp_path / "cached_helper.py").write_text(_CACHED_HELPER)
+    env = {**os.environ, "LLAMATOOL_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
+
+    def run(code):
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run("import cached_helper as m; print(m.first(2))") == ["7"]
+    hits = "m.second(5), m.first(2), sum(m.helper.stats.cache_hits.values()), sum(m.first.stats.cache_hits.values())"
+    assert run(f"import cached_helper as m; print({hits})") == ["14", "7", "1", "1"]
+
+
+def test_inlined_ir_copies_the_scope_once_per_copy(monkeypatch):
+    """inline="always": Numba copies the callee's IR block by block (twice per call site); each
+    block's copy used to copy the whole scope (every variable) again, quadratic in the callee's
+    size. jit._BlockCopier shares one memo between the blocks of a copy: one scope per copy,
+    and the inlined function still computes what it did."""
+    from numba.core import inline_closurecall
+
+    from llamatool import jit
+
+    assert isinstance(inline_closurecall.copy, jit._BlockCopier)
+    scopes, blocks = set(), []
+    share = inline_closurecall.copy.deepcopy
+
+    def record(block, memo=None):
+        copied = share(block, memo)
+        blocks.append(copied)
+        scopes.add(id(copied.scope))
+        return copied
+
+    monkeypatch.setattr(inline_closurecall.copy, "deepcopy", record)
+
+    @jit.njit(inline="always")
+    def branchy(x):
+        total = 0
+        for i in range(x):
+            if i % 3 == 0:
+                total += i
+            elif i % 3 == 1:
+                total -= 1
+            else:
+                total *= 2
+        return total
+
+    @jit.njit
+    def caller(x):
+        return branchy(x) + branchy(x + 1)
+
+    expected = branchy.py_func(10) + branchy.py_func(11)
+    assert caller(10) == expected
+    copies = 2 * 2  # two call sites, two copies each
+    assert len(blocks) >= copies * 5 and len(scopes) == copies
