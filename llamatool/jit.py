@@ -69,6 +69,7 @@ def _target_numba() -> None:
 _target_numba()
 os.environ.setdefault("NUMBA_CACHE_DIR", numba_cache())
 
+import llvmlite.binding as llvm  # noqa: E402  (loaded by numba anyway)
 import numba  # noqa: E402
 from numba import prange  # noqa: E402,F401
 
@@ -110,6 +111,8 @@ class _BlockCopier:
         self._memo: dict = {}
 
     def deepcopy(self, block, memo=None):
+        if memo is not None:  # a caller with a memo of its own gets copy.deepcopy as such
+            return copy.deepcopy(block, memo)
         if id(block.scope) not in self._memo or id(block) in self._memo:
             self._memo = {}  # another function's blocks, or a new copy of the same ones
         return copy.deepcopy(block, self._memo)
@@ -157,8 +160,6 @@ class _Library(_codegen.JITCodeLibrary):
         name, kind, bitcode = state
         if kind != _LINK_ONLY:
             return super()._unserialize(codegen, state)
-        import llvmlite.binding as llvm
-
         library = codegen.create_library(name)
         library.link_only = True
         library._final_module = library._shared_module = llvm.parse_bitcode(bitcode)
@@ -302,7 +303,6 @@ def vectorizer_options():
     """Compile what runs inside this context with the vectorizer limits above (call a
     kernel in it to compile or load it). Numba's compiler lock is held meanwhile, since
     LLVM options are global to the process."""
-    import llvmlite.binding as llvm
     from numba.core.compiler_lock import global_compiler_lock
 
     with global_compiler_lock:
