@@ -9,7 +9,8 @@ Kernels are compiled on first use and cached there (`llamatool warmup` compiles 
 all ahead of time), so the JIT cost is paid once per machine, not once per run.
 Numba's cache runs what it finds, so its folders are checked as llamatool.cache checks
 its own (the user's, 0700); when refused, Numba caches in a private folder of this
-process instead. LLAMATOOL_NO_NATIVE=1 compiles for a portable CPU (llamatool.host).
+process instead; an entry Numba cannot read back (a file cut short) is compiled again.
+LLAMATOOL_NO_NATIVE=1 compiles for a portable CPU (llamatool.host).
 
 Threads: `set_threads(n)` sets how many threads kernels use, both Numba's parallel
 regions and `for_each_chunk`, which shares work between Python threads that run
@@ -180,6 +181,38 @@ def _set_env(self, env_name, env):
 
 
 _codegen.JITCPUCodegen.set_env = _set_env
+
+
+# --- a damaged cache entry is a miss ------------------------------------------------------------
+# Numba's cache files are pickles it reads without a guard: a file cut short (a full disk, a
+# copy interrupted, a process killed where renames are not atomic) made every later use of
+# that function end in an UnpicklingError traceback until the user found and deleted it.
+# Here such an entry is not there: the function compiles again and its entry is rewritten.
+
+from numba.core import caching as _caching  # noqa: E402  (private methods: numba is pinned below 0.69)
+
+_numba_load_index = _caching.IndexDataCacheFile._load_index
+_numba_load_overload = _caching.Cache._load_overload
+
+
+def _load_index(self):
+    """Numba's, with a damaged index read as an empty one (the next save writes a whole one)."""
+    try:
+        return _numba_load_index(self)
+    except Exception:  # noqa: BLE001 - whatever unpickling a damaged file raises
+        return {}
+
+
+def _load_overload(self, sig, target_context):
+    """Numba's, with a damaged entry (its data or the machine code in it) read as a miss."""
+    try:
+        return _numba_load_overload(self, sig, target_context)
+    except Exception:  # noqa: BLE001 - whatever unpickling or rebuilding a damaged entry raises
+        return None
+
+
+_caching.IndexDataCacheFile._load_index = _load_index
+_caching.Cache._load_overload = _load_overload
 
 
 from numba.core import compiler as _compiler, compiler_machinery as _machinery, typed_passes as _typed_passes  # noqa: E402

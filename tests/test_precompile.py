@@ -178,7 +178,8 @@ def test_a_link_only_helper_is_cached_and_linked_from_the_cache(tmp_path):
     """A compiled-only helper is cached as IR to link (no machine code): a later process
     compiling another caller of it loads it from the cache and links it."""
     (tmp_path / "cached_helper.py").write_text(_CACHED_HELPER)
-    env = {**os.environ, "LLAMATOOL_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}  # set by this process's llamatool.jit
+    env.update(LLAMATOOL_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(tmp_path))
 
     def run(code):
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
