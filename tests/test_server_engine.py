@@ -216,3 +216,63 @@ def test_a_long_prompt_is_read_in_pieces_from_where_the_cache_stops(repacked):
     assert cached1 == 0 and cached2 == len(ids) - 1
     repacked.reset()
     assert text1 == repacked.generate(ids, max_tokens=8, temperature=0).text
+
+
+def test_the_worker_hands_over_each_steps_events_at_once(model):
+    """after_step runs once per step, after the step's events are sent (and once more when the
+    engine stops): the HTTP side wakes its event loop once per step (app.EventPump), not once
+    per token of every slot."""
+    ids = model.tokenizer.encode("Once upon a time", add_special=True)
+    collectors = [Collector(), Collector()]
+    sent_before_flush = []
+    engine = Engine(model, 2, after_step=lambda: sent_before_flush.append(sum(len(c.events) for c in collectors)))
+    engine.start()
+    try:
+        for c in collectors:
+            engine.submit(job(ids, c, max_tokens=8))
+        assert all(c.done.wait(120) for c in collectors)
+        time.sleep(0.2)  # the step that finished them has flushed
+    finally:
+        engine.stop()
+    total = sum(len(c.events) for c in collectors)
+    assert sent_before_flush[-1] == total  # nothing left unflushed
+    steps = len(sent_before_flush)
+    assert 8 <= steps < total  # a flush per step: both slots' tokens of a step go together
+    assert sent_before_flush == sorted(sent_before_flush)
+
+
+def test_the_event_pump_wakes_the_loop_once_per_flush():
+    """app.EventPump: events put from the worker's thread reach their queues in order, all of
+    a flush through one call_soon_threadsafe (one wake-up of the loop, one GIL hand-over)."""
+    import asyncio
+
+    from llamatool.server.app import EventPump
+
+    loop = asyncio.new_event_loop()
+    wakeups = []
+    real = loop.call_soon_threadsafe
+    loop.call_soon_threadsafe = lambda *args: (wakeups.append(args), real(*args))[1]
+    pump = EventPump()
+
+    async def receive():
+        queues = [asyncio.Queue(), asyncio.Queue()]
+
+        def worker():
+            for i in range(5):
+                for q in queues:
+                    pump.put(loop, q, i)
+            pump.flush()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        got = [[await q.get() for _ in range(5)] for q in queues]
+        thread.join()
+        return got
+
+    assert loop.run_until_complete(receive()) == [list(range(5))] * 2
+    assert len(wakeups) == 1
+    pump.flush()  # nothing pending: no wake-up
+    assert len(wakeups) == 1
+    loop.close()
+    pump.put(loop, None, 0)
+    pump.flush()  # the loop is gone (shutdown): nobody is listening, not an error

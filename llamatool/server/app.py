@@ -57,6 +57,7 @@ class ServerState:
     metrics: object | None
     embeddings: bool
     n_slots: int
+    pump: EventPump  # the engine's events to the requests (its after_step is pump.flush)
 
     def __post_init__(self):
         self.created = int(time.time())
@@ -206,6 +207,39 @@ class CompletionShape(ChatShape):
                             usage=usage_of([f for _, f in results]), system_fingerprint=FINGERPRINT).model_dump()
 
 
+class EventPump:
+    """Carries the worker's events to the requests' queues on the event loop: put() as the
+    worker sends them, flush() after its step (Engine's after_step), one wake-up of the loop
+    per step. A wake-up per event (call_soon_threadsafe writes the loop's self-pipe, and
+    that write lets the loop thread take the GIL) had the worker hand the GIL over and wait
+    for it back once per token of every slot: 2 ms of a 21 ms step at 8 slots, measured."""
+
+    def __init__(self):
+        self._lock = threading.RLock()  # flush may run in a signal handler (Engine.stop_accepting)
+        self._pending: list = []  # (loop, queue, item)
+
+    def put(self, loop, queue: asyncio.Queue, item) -> None:
+        with self._lock:
+            self._pending.append((loop, queue, item))
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        by_loop: dict = {}
+        for loop, queue, item in batch:
+            by_loop.setdefault(loop, []).append((queue, item))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+                pass
+
+
+def _deliver(items) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
 def submit_jobs(state: ServerState, requests: list[dict]) -> tuple[list[Job], asyncio.Queue]:
     """One job per choice; their events arrive on one queue as (choice index, event)."""
     loop = asyncio.get_running_loop()
@@ -213,10 +247,7 @@ def submit_jobs(state: ServerState, requests: list[dict]) -> tuple[list[Job], as
 
     def emitter(index: int):
         def emit(event) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, (index, event))
-            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-                pass
+            state.pump.put(loop, events, (index, event))
 
         return emit
 

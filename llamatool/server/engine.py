@@ -284,8 +284,11 @@ class Slot:
 class Engine:
     """The worker thread, its slots and the queue (see the module docstring)."""
 
-    def __init__(self, model, n_slots: int, metrics=None):
+    def __init__(self, model, n_slots: int, metrics=None, after_step: Callable[[], None] | None = None):
         self.model = model
+        # called by the worker after each step (and by stop_accepting): the requests' side can
+        # deliver everything the step sent at once (app.EventPump)
+        self._after_step = after_step or (lambda: None)
         self.tokenizer = model.tokenizer
         self.metrics = metrics
         # each slot its own cache, all in one pool (one forward call extends them all); the
@@ -339,6 +342,7 @@ class Engine:
                 job.send(Failed(unavailable("the server is shutting down")))
             self._waiting.clear()
             self._cond.notify()
+        self._after_step()
 
     @property
     def busy_slots(self) -> int:
@@ -361,7 +365,10 @@ class Engine:
                 self._admit()
             for fn, future in calls:
                 self._run_call(fn, future)
-            self._step()
+            try:
+                self._step()
+            finally:
+                self._after_step()
         for slot in self.slots:
             if slot.job is not None:
                 slot.clear()

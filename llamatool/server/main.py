@@ -92,7 +92,7 @@ def serve_command(opts: ServeOptions) -> None:
     from ..chat import ChatTemplate
     from ..gguf_io import GGUFReader
     from ..model import Model, ModelArgs
-    from .app import ServerState, create_app
+    from .app import EventPump, ServerState, create_app
     from .engine import Engine
     from .metrics import Metrics
 
@@ -101,10 +101,11 @@ def serve_command(opts: ServeOptions) -> None:
     model = Model.load(opts.model, n_ctx=n_ctx, n_threads=opts.threads, lora=opts.lora, repack=opts.repack)
     model.tokenizer  # a server without a tokenizer cannot take text: fail now, in one line
     metrics = Metrics() if opts.metrics else None
-    engine = Engine(model, opts.slots, metrics)
+    pump = EventPump()
+    engine = Engine(model, opts.slots, metrics, after_step=pump.flush)
     state = ServerState(model=model, engine=engine, alias=opts.alias or model.path.stem,
                         grammars=_grammars(model), template=ChatTemplate.from_gguf(model.reader), api_key=api_key,
-                        metrics=metrics, embeddings=opts.embeddings, n_slots=opts.slots)
+                        metrics=metrics, embeddings=opts.embeddings, n_slots=opts.slots, pump=pump)
     sock = _bind(opts.host, opts.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
