@@ -219,13 +219,13 @@ def test_a_long_prompt_is_read_in_pieces_from_where_the_cache_stops(repacked):
 
 
 def test_the_worker_hands_over_each_steps_events_at_once(model):
-    """after_step runs once per step, after the step's events are sent (and once more when the
+    """deliver runs once between steps, after a step's events are sent (and once more when the
     engine stops): the HTTP side wakes its event loop once per step (app.EventPump), not once
     per token of every slot."""
     ids = model.tokenizer.encode("Once upon a time", add_special=True)
     collectors = [Collector(), Collector()]
     sent_before_flush = []
-    engine = Engine(model, 2, after_step=lambda: sent_before_flush.append(sum(len(c.events) for c in collectors)))
+    engine = Engine(model, 2, deliver=lambda: sent_before_flush.append(sum(len(c.events) for c in collectors)))
     engine.start()
     try:
         for c in collectors:

@@ -284,11 +284,11 @@ class Slot:
 class Engine:
     """The worker thread, its slots and the queue (see the module docstring)."""
 
-    def __init__(self, model, n_slots: int, metrics=None, after_step: Callable[[], None] | None = None):
+    def __init__(self, model, n_slots: int, metrics=None, deliver: Callable[[], None] | None = None):
         self.model = model
-        # called by the worker after each step (and by stop_accepting): the requests' side can
-        # deliver everything the step sent at once (app.EventPump)
-        self._after_step = after_step or (lambda: None)
+        # called by the worker between steps (and by stop_accepting): the requests' side
+        # delivers everything a step sent at once (app.EventPump.flush)
+        self._deliver = deliver or (lambda: None)
         self.tokenizer = model.tokenizer
         self.metrics = metrics
         # each slot its own cache, all in one pool (one forward call extends them all); the
@@ -342,7 +342,7 @@ class Engine:
                 job.send(Failed(unavailable("the server is shutting down")))
             self._waiting.clear()
             self._cond.notify()
-        self._after_step()
+        self._deliver()
 
     @property
     def busy_slots(self) -> int:
@@ -355,6 +355,9 @@ class Engine:
     # -- the worker -----------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
+            # the last step's events: the event loop handles them while the next forward call
+            # runs (without the GIL), not while this thread needs the GIL between calls
+            self._deliver()
             with self._cond:
                 while not self._stopping and not self._waiting and not self._calls and not self.busy_slots:
                     self._cond.wait()
@@ -365,15 +368,13 @@ class Engine:
                 self._admit()
             for fn, future in calls:
                 self._run_call(fn, future)
-            try:
-                self._step()
-            finally:
-                self._after_step()
+            self._step()
         for slot in self.slots:
             if slot.job is not None:
                 slot.clear()
         for _, future in self._calls:
             future.set_exception(unavailable("the server is shutting down"))
+        self._deliver()
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots (called with the lock held)."""

@@ -102,7 +102,7 @@ def serve_command(opts: ServeOptions) -> None:
     model.tokenizer  # a server without a tokenizer cannot take text: fail now, in one line
     metrics = Metrics() if opts.metrics else None
     pump = EventPump()
-    engine = Engine(model, opts.slots, metrics, after_step=pump.flush)
+    engine = Engine(model, opts.slots, metrics, deliver=pump.flush)
     state = ServerState(model=model, engine=engine, alias=opts.alias or model.path.stem,
                         grammars=_grammars(model), template=ChatTemplate.from_gguf(model.reader), api_key=api_key,
                         metrics=metrics, embeddings=opts.embeddings, n_slots=opts.slots, pump=pump)
