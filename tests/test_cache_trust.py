@@ -20,6 +20,7 @@ from llamatool.quants import native
 from llamatool.quants.registry import quantize
 
 from .conftest import needs_saved_code
+from .test_precompile import cached_helper_module
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user (os.chown) needs root")
@@ -190,30 +191,14 @@ def test_a_refused_cache_warns_once_and_loads_nothing(tmp_path):
     assert list(root.iterdir()) == []  # and nothing was written into the refused cache
 
 
-
 # Numba's cache entries are pickles: one cut short must be compiled again, not end every later
 # use of the function in an UnpicklingError traceback (llamatool.jit: a damaged entry is a miss).
-_CACHED_MODULE = textwrap.dedent(
-    """
-    from llamatool import jit
-
-    @jit.njit(cache=True, forceinline=True)
-    def helper(x):
-        return x * 3
-
-    @jit.njit(cache=True)
-    def kernel(x):
-        return helper(x) + 1
-    """
-)
-_USE = "import cached_kernel as m; print(m.kernel(2), sum(m.kernel.stats.cache_hits.values()))"
+_USE = "import cached_helper as m; print(m.first(2), sum(m.first.stats.cache_hits.values()))"
 
 
 @pytest.mark.parametrize("damage", ["data", "index", "all"])
 def test_a_damaged_numba_cache_entry_is_compiled_again(tmp_path, damage):
-    (tmp_path / "cached_kernel.py").write_text(_CACHED_MODULE)
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}  # set by this process's llamatool.jit
-    env.update(LLAMATOOL_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(tmp_path))
+    env = cached_helper_module(tmp_path)
 
     def run():
         proc = subprocess.run([sys.executable, "-c", _USE], env=env, capture_output=True, text=True, timeout=300)
@@ -222,7 +207,7 @@ def test_a_damaged_numba_cache_entry_is_compiled_again(tmp_path, damage):
 
     assert run() == ["7", "0"]
     assert run() == ["7", "1"]  # from the cache
-    entries = [p for p in (tmp_path / "cache" / "numba").rglob("cached_kernel.*")
+    entries = [p for p in (tmp_path / "cache" / "numba").rglob("cached_helper.*")
                if damage == "all" or p.suffix == {"data": ".nbc", "index": ".nbi"}[damage]]
     assert len(entries) >= 2  # the kernel's and its link-only helper's
     for path in entries:

@@ -174,12 +174,19 @@ def second(x):
 """
 
 
-def test_a_link_only_helper_is_cached_and_linked_from_the_cache(tmp_path):
-    """A compiled-only helper is cached as IR to link (no machine code): a later process
-    compiling another caller of it loads it from the cache and links it."""
+def cached_helper_module(tmp_path) -> dict:
+    """Writes _CACHED_HELPER as tmp_path/cached_helper.py; the environment of a process that
+    imports it with a cache of its own in tmp_path/cache."""
     (tmp_path / "cached_helper.py").write_text(_CACHED_HELPER)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}  # set by this process's llamatool.jit
     env.update(LLAMATOOL_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(tmp_path))
+    return env
+
+
+def test_a_link_only_helper_is_cached_and_linked_from_the_cache(tmp_path):
+    """A compiled-only helper is cached as IR to link (no machine code): a later process
+    compiling another caller of it loads it from the cache and links it."""
+    env = cached_helper_module(tmp_path)
 
     def run(code):
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
