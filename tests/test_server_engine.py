@@ -231,14 +231,14 @@ def test_the_worker_hands_over_each_steps_events_at_once(model):
         for c in collectors:
             engine.submit(job(ids, c, max_tokens=8))
         assert all(c.done.wait(120) for c in collectors)
-        time.sleep(0.2)  # the step that finished them has flushed
     finally:
-        engine.stop()
+        engine.stop()  # joins the worker, which delivers once more on its way out
     total = sum(len(c.events) for c in collectors)
     assert sent_before_flush[-1] == total  # nothing left unflushed
     steps = len(sent_before_flush)
-    assert 8 <= steps < total  # a flush per step: both slots' tokens of a step go together
-    assert sent_before_flush == sorted(sent_before_flush)
+    assert 8 <= steps < total  # a flush per step, not per event
+    per_flush = [b - a for a, b in zip(sent_before_flush, sent_before_flush[1:])]
+    assert max(per_flush) >= 2  # both slots' tokens of a step went in one flush
 
 
 def test_the_event_pump_wakes_the_loop_once_per_flush():
