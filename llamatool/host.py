@@ -8,6 +8,8 @@
 - AMX tiles (the products of packed panels for 8 tokens and more, kernels/amx.py): on an
   x86-64 Linux whose CPU has AMX-INT8 and whose kernel grants the process the tile data,
   unless LLAMATOOL_NO_AMX=1 (or LLAMATOOL_NO_NATIVE) says no.
+- How the one-token decode of the 32-weight types walks a matrix (kernels/matmul.py): by
+  the CPU's vendor, as measured (cpu_vendor).
 - LLAMATOOL_NO_NATIVE=1 forces the portable paths on any machine: no saved machine code,
   no AVX-512/VNNI instructions chosen from the features, and on an x86-64 with AVX2 Numba
   compiles for x86-64-v3 (AVX2, FMA, F16C: most desktops, and what llama.cpp's
@@ -39,6 +41,18 @@ def machine() -> str:
 def forced_portable() -> bool:
     """Whether LLAMATOOL_NO_NATIVE asks for the portable paths (any value but empty or 0)."""
     return os.environ.get(NO_NATIVE_ENV, "").strip() not in ("", "0")
+
+
+@lru_cache(maxsize=None)
+def cpu_vendor() -> str:
+    """The CPU's vendor id as Linux reports it ('GenuineIntel', 'AuthenticAMD'), '' where
+    /proc/cpuinfo says none. Part of every compiled-kernel cache key already (the whole
+    first processor's entry is, see quants/native._host_cpu and Numba's CPU name)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
 
 
 def saved_code() -> bool:

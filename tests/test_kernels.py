@@ -338,6 +338,41 @@ def test_matmul_row_and_token_ranges(name):
 
 
 
+def decode_pass(rows_fn, qtype: int):
+    """matmul's one-token decode of a 32-weight type by rows_fn (block32_rows_by_four or
+    block32_rows_singly), whichever this host's kernels use."""
+
+    @njit(_nrt=False)
+    def run(raw, row_bytes, k, r0, r1, q, d, s16, s32, out):
+        rows_fn(qtype, raw, 0, row_bytes, k // 32, r0, r1, q, d, s16, s32, 0, k, out, 0)
+
+    return run
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"])
+def test_both_decode_passes_give_the_same_bits(name):
+    """Four rows per pass (Intel hosts) and one row per pass (AMD hosts: one forward stream,
+    see matmul.DECODE_ROWS_PER_PASS) give every row the same bits, on any host, and they are
+    what this host's rows() kernel gives."""
+    from llamatool.kernels import matmul
+
+    by_four, singly = decode_pass(matmul.block32_rows_by_four, int(GQ[name])), decode_pass(matmul.block32_rows_singly, int(GQ[name]))
+    rng = np.random.default_rng(37)
+    for k in (512, 576, 544, 96, 32):
+        rows = 11
+        raw = random_blocks(name, rows, k, rng)
+        x = rng.standard_normal((1, k)).astype(np.float32)
+        a, _ = activation("Q8_0", x)
+        host_kernel = run_matmul(name, raw, k, x, act=a)[0]
+        for r0, r1 in ((0, rows), (3, 10), (5, 6)):
+            four, one = np.full(rows, np.nan, np.float32), np.full(rows, np.nan, np.float32)
+            by_four(raw.reshape(-1), raw.shape[1], k, r0, r1, a.q, a.d, a.s16, a.s32, four)
+            singly(raw.reshape(-1), raw.shape[1], k, r0, r1, a.q, a.d, a.s16, a.s32, one)
+            np.testing.assert_array_equal(four, one)
+            np.testing.assert_array_equal(one[r0:r1], host_kernel[r0:r1])
+            assert np.isnan(one[:r0]).all() and np.isnan(one[r1:]).all()
+
+
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"])
 def test_decode_by_four_rows_gives_the_numbers_of_one_row(name):
     """One token of a 32-weight type is read four rows per pass (matmul._rows4_block32): a
