@@ -337,10 +337,9 @@ def test_matmul_row_and_token_ranges(name):
         np.testing.assert_array_equal(run_matmul(name, raw, k, x, t0=t, t1=t + 1)[t], full[t])
 
 
-
 def decode_pass(rows_fn, qtype: int):
-    """matmul's one-token decode of a 32-weight type by rows_fn (block32_rows_by_four or
-    block32_rows_singly), whichever this host's kernels use."""
+    """The one-token decode of a 32-weight type by rows_fn (matmul.block32_rows_by_four or
+    matmul.block32_rows_singly), compiled here whichever of them this host's kernels use."""
 
     @njit(_nrt=False)
     def run(raw, row_bytes, k, r0, r1, q, d, s16, s32, out):
@@ -356,7 +355,8 @@ def test_both_decode_passes_give_the_same_bits(name):
     what this host's rows() kernel gives."""
     from llamatool.kernels import matmul
 
-    by_four, singly = decode_pass(matmul.block32_rows_by_four, int(GQ[name])), decode_pass(matmul.block32_rows_singly, int(GQ[name]))
+    by_four = decode_pass(matmul.block32_rows_by_four, int(GQ[name]))
+    singly = decode_pass(matmul.block32_rows_singly, int(GQ[name]))
     rng = np.random.default_rng(37)
     for k in (512, 576, 544, 96, 32):
         rows = 11

@@ -388,7 +388,8 @@ def block32_rows_by_four(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16
 def block32_rows_singly(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
     """_decode_rows of a 32-weight type, one row per pass (see DECODE_ROWS_PER_PASS)."""
     for r in range(r0, r1):
-        out[o + r] = _dot1_block32(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K, DECODE_PREFETCH_BYTES)
+        out[o + r] = _dot1_block32(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K,
+                                   DECODE_PREFETCH_BYTES)
 
 
 # Inlined in Numba's IR into the type's entry points (see kernels, _c_rows): each library Numba
