@@ -710,6 +710,39 @@ def test_byte_dot_products_without_vnni(monkeypatch, avx2):
         np.testing.assert_array_equal(small16, 5 + ((a >> 1).astype(np.int32) * b).reshape(16, 4).sum(1))
 
 
+@pytest.mark.parametrize("lowering", ["host", "avx2", "portable-ir"])
+def test_scaled_byte_pairs_are_exact(monkeypatch, lowering):
+    """scaled_dot4 (the K-quants' super-block products: byte pairs summed in int16, times an
+    int16 scale each, summed in int32) gives the exact sums with every lowering: vpmaddubsw +
+    vpdpwssd, AVX2's 32-byte halves, portable IR; at the extremes of its operands too
+    (weights 127, activations -128 and 127, scales -32768 and 32767)."""
+    if lowering == "avx2" and not host.features().avx2:
+        pytest.skip("this CPU has no AVX2")
+    if lowering != "host":
+        monkeypatch.setattr(simd, "_VNNI_512", False)
+        monkeypatch.setattr(simd, "_AVX2", lowering == "avx2")
+
+    @njit(cache=False)
+    def scaled(w, x, k, out):
+        simd.store(out, 0, simd.scaled_dot4(simd.load(out, 0, 16), simd.load(w, 0, 64), simd.load(x, 0, 64),
+                                            simd.load(k, 0, 32)))
+
+    rng = np.random.default_rng(16)
+    for case in range(4):
+        w = rng.integers(0, 128, 64).astype(np.uint8)
+        x = rng.integers(-128, 128, 64).astype(np.int8)
+        k = rng.integers(-(2**15), 2**15, 32).astype(np.int16)
+        if case == 1:
+            w[:], x[:], k[:] = 127, -128, 2**15 - 1
+        elif case == 2:
+            w[:], x[:], k[:] = 127, 127, -(2**15)
+        out = np.full(16, -9, np.int32)
+        scaled(w, x, k, out)
+        pairs = (w.astype(np.int64) * x).reshape(32, 2).sum(1)
+        expected = -9 + (pairs * k).reshape(16, 2).sum(1)
+        np.testing.assert_array_equal(out, expected.astype(np.int32))  # wraps as int32 does, at the extremes
+
+
 # --- threads ---------------------------------------------------------------------------------------
 
 

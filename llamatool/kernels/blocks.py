@@ -24,9 +24,11 @@ and compiling one type does not compile the others.
 
 The K-quants also decode a whole 256-weight super-block at once (`q6_k_superblock`, ...):
 the dot product against a Q8_K activation, whose scale is one per super-block, then
-needs no per-chunk scalars at all. The packed sub-block scales are unpacked once, as one
-vector, and spread over each chunk pair's dot lanes by one constant shuffle; the offsets
-become one vector of coefficients for the activation's 16 per-16 sums (`decode_superblock`).
+needs no per-chunk scalars at all. The packed sub-block scales are unpacked once and
+spread over each chunk pair's dot lanes by one constant shuffle, as floats
+(`decode_superblock`) or, for Q4_K, Q5_K and Q6_K, as integers that scale the byte products
+before they leave int32 (`decode_superblock_int`, scaled_dot4); the offsets become one vector
+of coefficients for the activation's per-16 or per-32 sums.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from llamatool.jit import njit
 
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, even_lanes, extract, f16_bits_to_f32, f16_lanes, f16_pairs2, gather, get,
-                   high_half, load, low_half, odd_lanes, zip16, load_f16, load_f16_pair, interleave, load_u16, load_u32, load_u64,
-                   lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i32, to_u64, where_bits)
+                   load, low_half, odd_lanes, zip16, load_f16, load_f16_pair, interleave, load_u16, load_u32, load_u64,
+                   lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i16, to_i32, to_u64, where_bits)
 from .types import IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
 from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID  # noqa: E402
@@ -268,45 +270,16 @@ def iq4_xs_chunk(W, bo, j):
 #                      times dx, the activation's scale (one per super-block for Q8_K)
 #   m     float32 x 16 the offset of each 16 weights, to multiply by the activation's s16 sums
 # so the super-block's dot product is sum_p to_f32(dot(w_p, x_p)) * l_p + sum(m * s16).
-
-
-def _k4_table(fn):
-    return np.array([fn(lane % 8, lane // 8) for lane in range(16)], np.int32)
-
-
-# Q4_K/Q5_K pack eight 6-bit scales and eight 6-bit mins in 12 bytes (ggml's get_scale_min_k4):
-# sub-blocks 0-3 keep theirs in the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); 4-7
-# keep their low 4 bits in the nibbles of bytes 8-11 and their top 2 bits in the top bits
-# of bytes 0-7. Lane i of the unpacked vector (j = i % 8, a min when i >= 8):
-#   ((byte LOW[i] >> LOW_SHIFT[i]) & LOW_MASK[i]) | ((byte HIGH[i] >> 2) & HIGH_MASK[i])
-K4_LOW_BYTE = _k4_table(lambda j, is_min: j + 4 * is_min if j < 4 else j + 4).astype(np.uint8)
-K4_LOW_SHIFT = _k4_table(lambda j, is_min: 0 if j < 4 else 4 * is_min)
-K4_LOW_MASK = _k4_table(lambda j, is_min: 63 if j < 4 else 15)
-K4_HIGH_BYTE = _k4_table(lambda j, is_min: j - 4 + 4 * is_min if j >= 4 else 0).astype(np.uint8)
-K4_HIGH_MASK = _k4_table(lambda j, is_min: 0x30 if j >= 4 else 0)
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
-def _k4_scales_mins(W, o):
-    """Q4_K/Q5_K: the 8 scales (lanes 0-7) and 8 mins (lanes 8-15) packed in the 12 bytes at o."""
-    b = load(W, o, 16)  # the last 4 bytes belong to the next field and are never selected
-    low = to_i32(lookup16(b, load(K4_LOW_BYTE, 0, 16)))
-    high = to_i32(lookup16(b, load(K4_HIGH_BYTE, 0, 16)))
-    low = (low >> load(K4_LOW_SHIFT, 0, 16)) & load(K4_LOW_MASK, 0, 16)
-    return low | ((high >> 2) & load(K4_HIGH_MASK, 0, 16))
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
-def _k4_lane_scales(W, bo, dx):
-    """Q4_K/Q5_K: (l0, l1, l2, l3, m) of the super-block at bo (see above): one scale per
-    32 weights (8 lanes of a pair's dot), one min per 32 (two per-16 sums)."""
-    d = load_f16(W, bo, 1)
-    dmin = load_f16(W, bo + 2, 1)
-    sm = to_f32(_k4_scales_mins(W, bo + 4))
-    sc = low_half(sm) * (d * dx)
-    m = repeat_slice(high_half(sm) * -dmin, 0, 8, 2)
-    return (repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 6, 2, 8),
-            m)
+#
+# Q4_K, Q5_K and Q6_K, whose sub-block scales are small integers, keep them integers instead
+# (INT_SCALE_DECODERS), as ggml's vec_dot does: (w0, w1, w2, w3, k0, k1, k2, k3, d, m) with
+#   k_p   int16 x 32   the scale of each byte pair of chunk pair p (scaled_dot4's lanes)
+#   d     float32      the super-block's scale
+#   m     float32 x 8  Q4_K/Q5_K: -dmin * min of each 32 weights, for the activation's s32 sums;
+#         float32 x 16 Q6_K: the offset of each 16 weights, for its s16 sums
+# so the whole super-block sums exactly in int32 (scaled_dot4 of the four pairs) and meets
+# d * dx once: per 256 weights one conversion and one FMA instead of four of each, and no
+# float scale vectors to build.
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -326,22 +299,54 @@ def _nibbles64(W, o):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q4_k_superblock(W, bo, dx):
-    l0, l1, l2, l3, m = _k4_lane_scales(W, bo, dx)
-    o = bo + 16
-    return _nibbles64(W, o), _nibbles64(W, o + 32), _nibbles64(W, o + 64), _nibbles64(W, o + 96), l0, l1, l2, l3, m
+def _k4_scale_min_words(W, o):
+    """Q4_K/Q5_K: the 8 scales and 8 mins packed in the 12 bytes at o (ggml's get_scale_min_k4),
+    as two uint64 of 8 bytes each, by scalar operations (off the vector units): sub-blocks 0-3
+    keep their scale and min in the low 6 bits of bytes 0-3 and 4-7; sub-blocks 4-7 their low
+    4 bits in the nibbles of bytes 8-11 (scale low, min high), their top 2 bits in the top
+    bits of bytes 0-3 (scales) and 4-7 (mins)."""
+    first = load_u64(W, o, 1)
+    last = uint64(load_u32(W, o + 8, 1))
+    low6 = first & uint64(0x3F3F3F3F3F3F3F3F)  # scales 0-3, mins 0-3
+    top2 = (first >> uint64(6)) & uint64(0x0303030303030303)  # bits 4-5 of scales 4-7, mins 4-7
+    nibbles = (last & uint64(0x0F0F0F0F)) | (((last >> uint64(4)) & uint64(0x0F0F0F0F)) << uint64(32))
+    high = nibbles | (top2 << uint64(4))  # scales 4-7, mins 4-7
+    return (low6 & uint64(0xFFFFFFFF)) | (high << uint64(32)), (low6 >> uint64(32)) | (high & uint64(0xFFFFFFFF00000000))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q5_k_superblock(W, bo, dx):
-    l0, l1, l2, l3, m = _k4_lane_scales(W, bo, dx)
+def _bytes8(word):
+    """The 8 bytes of a uint64 as uint8 lanes."""
+    return as_u8_lanes(splat(word, 1))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _k4_int_scales(W, bo):
+    """Q4_K/Q5_K: (k0, k1, k2, k3, d, m) of the super-block at bo (see above)."""
+    scales, mins = _k4_scale_min_words(W, bo + 4)
+    k = to_i16(_bytes8(scales))
+    m = to_f32(to_i32(_bytes8(mins))) * -load_f16(W, bo + 2, 1)
+    return (repeat_slice(k, 0, 2, 16), repeat_slice(k, 2, 2, 16), repeat_slice(k, 4, 2, 16), repeat_slice(k, 6, 2, 16),
+            load_f16(W, bo, 1), m)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q4_k_superblock(W, bo):
+    k0, k1, k2, k3, d, m = _k4_int_scales(W, bo)
+    o = bo + 16
+    return _nibbles64(W, o), _nibbles64(W, o + 32), _nibbles64(W, o + 64), _nibbles64(W, o + 96), k0, k1, k2, k3, d, m
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def q5_k_superblock(W, bo):
+    k0, k1, k2, k3, d, m = _k4_int_scales(W, bo)
     qh = _twice(W, bo + 16, 1)  # chunk j's fifth bit is bit j of qh: pair p's are bit 2p of these
     o = bo + 48
     w0 = _nibbles64(W, o) | ((qh << uint8(4)) & uint8(16))
     w1 = _nibbles64(W, o + 32) | ((qh << uint8(2)) & uint8(16))
     w2 = _nibbles64(W, o + 64) | (qh & uint8(16))
     w3 = _nibbles64(W, o + 96) | ((qh >> uint8(2)) & uint8(16))
-    return w0, w1, w2, w3, l0, l1, l2, l3, m
+    return w0, w1, w2, w3, k0, k1, k2, k3, d, m
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -363,13 +368,14 @@ def _per16_lanes(l):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def q6_k_superblock(W, bo, dx):
+def q6_k_superblock(W, bo):
     d = load_f16(W, bo + 208, 1)
-    sc = to_f32(to_i32(to_i8(load(W, bo + 192, 16)))) * d  # 16 signed 8-bit scales, one per 16 weights
-    l0, l1, l2, l3 = _per16_lanes(sc * dx)
+    sc = to_i8(load(W, bo + 192, 16))  # 16 signed 8-bit scales, one per 16 weights
+    k = to_i16(sc)
     w0, w1 = _q6_k_half(W, bo, 0)
     w2, w3 = _q6_k_half(W, bo, 1)
-    return w0, w1, w2, w3, l0, l1, l2, l3, sc * float32(-32)  # q6 - 32
+    return (w0, w1, w2, w3, repeat_slice(k, 0, 4, 8), repeat_slice(k, 4, 4, 8), repeat_slice(k, 8, 4, 8),
+            repeat_slice(k, 12, 4, 8), d, to_f32(to_i32(sc)) * (d * float32(-32)))  # q6 - 32
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -1017,12 +1023,15 @@ GROUP_BYTES = {
     Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136, TQ1_0: 54, TQ2_0: 66, IQ2_XXS: 66,
     IQ3_S: 110, IQ2_XS: 74, IQ3_XXS: 98, IQ2_S: 82, IQ1_S: 50, IQ1_M: 56,
 }  # fmt: skip
-#: decoders of whole super-blocks (see q6_k_superblock), for the K-quants that have one
-SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, Q4_K: q4_k_superblock, Q5_K: q5_k_superblock,
-                       Q6_K: q6_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
+#: decoders of whole super-blocks (see "whole super-blocks" above), for the K-quants that have one:
+#: with float lane scales, or with integer ones (INT_SCALE_DECODERS)
+SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, IQ4_XS: iq4_xs_superblock, TQ1_0: tq1_0_superblock,
                        TQ2_0: tq2_0_superblock, IQ2_XXS: iq2_xxs_superblock, IQ3_S: iq3_s_superblock,
                        IQ2_XS: iq2_xs_superblock, IQ3_XXS: iq3_xxs_superblock,
                        IQ2_S: iq2_s_superblock, IQ1_S: iq1_s_superblock, IQ1_M: iq1_m_superblock}
+INT_SCALE_DECODERS = {Q4_K: q4_k_superblock, Q5_K: q5_k_superblock, Q6_K: q6_k_superblock}
+#: integer-scaled types whose offsets m go by 32 weights (8 lanes, against the s32 sums)
+PER32_OFFSETS = (Q4_K, Q5_K)
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS, IQ2_S, IQ1_M)
 
@@ -1042,6 +1051,11 @@ WEIGHT_SHIFT = {Q4_0: 8, Q5_0: 16, Q8_0: 128, IQ4_NL: 128}
 def is_block32(qtype) -> bool:
     """Whether a type id (a Numba integer literal, while typing) is a 32-weight type."""
     return literal_type_id(qtype) in BLOCK32_BYTES
+
+
+def int_scales(qtype) -> bool:
+    """Whether a type id (a Numba integer literal, while typing) decodes by INT_SCALE_DECODERS."""
+    return literal_type_id(qtype) in INT_SCALE_DECODERS
 
 
 def weight_shift_of(qtype) -> int:
@@ -1250,6 +1264,43 @@ def _decode_pair_in_group(qtype, W, bo, j):
 def _decode_superblock(qtype, W, bo, dx):
     decoder = SUPERBLOCK_DECODERS[literal_type_id(qtype)]
     return lambda qtype, W, bo, dx: decoder(W, bo, dx)
+
+
+def decode_superblock_int(qtype, W, bo):
+    """The super-block at bo: (w0..w3, k0..k3, d, m), see "whole super-blocks" above; types in
+    INT_SCALE_DECODERS only, compiled code only."""
+    raise NotImplementedError("decode_superblock_int is only callable from compiled code")
+
+
+def zero_offsets(qtype):
+    """Zeros as many as the type's super-block offsets m (8 or 16 float32); compiled code only."""
+    raise NotImplementedError("zero_offsets is only callable from compiled code")
+
+
+def offset_sums(qtype, s16, s32, i16, i32):
+    """The activation sums the type's super-block offsets m multiply: 8 per-32 sums from
+    s32[i32:] (Q4_K, Q5_K) or 16 per-16 sums from s16[i16:]; compiled code only."""
+    raise NotImplementedError("offset_sums is only callable from compiled code")
+
+
+@overload(decode_superblock_int, jit_options={"_nrt": False, "forceinline": True})
+def _decode_superblock_int(qtype, W, bo):
+    decoder = INT_SCALE_DECODERS[literal_type_id(qtype)]
+    return lambda qtype, W, bo: decoder(W, bo)
+
+
+@overload(zero_offsets, jit_options={"_nrt": False, "forceinline": True})
+def _zero_offsets(qtype):
+    if literal_type_id(qtype) in PER32_OFFSETS:
+        return lambda qtype: splat(float32(0), 8)
+    return lambda qtype: splat(float32(0), 16)
+
+
+@overload(offset_sums, jit_options={"_nrt": False, "forceinline": True})
+def _offset_sums(qtype, s16, s32, i16, i32):
+    if literal_type_id(qtype) in PER32_OFFSETS:
+        return lambda qtype, s16, s32, i16, i32: load(s32, i32, 8)
+    return lambda qtype, s16, s32, i16, i32: load(s16, i16, 16)
 
 
 @overload(group_bytes, jit_options={"_nrt": False, "forceinline": True})

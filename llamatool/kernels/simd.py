@@ -351,6 +351,7 @@ def _converter(target):
 #: lane-wise conversions: integers widen by sign (int8 sign-extends, uint8 zero-extends),
 #: narrow by truncation; floats to ints truncate toward zero (round first with `rint`).
 to_i8 = _converter(types.int8)
+to_i16 = _converter(types.int16)
 to_i32 = _converter(types.int32)
 to_u64 = _converter(types.uint64)
 to_f32 = _converter(types.float32)
@@ -723,9 +724,9 @@ _AVX2 = _FEATURES.avx2
 def _add_even_odd(builder, v, n: int):
     """Lanes 2i and 2i+1 of v added: n lanes of v's type."""
     undef = ir.Constant(v.type, ir.Undefined)
-    half = ir.VectorType(v.type.element, n)
-    even = builder.shuffle_vector(v, undef, ir.Constant(half, list(range(0, 2 * n, 2))))
-    odd = builder.shuffle_vector(v, undef, ir.Constant(half, list(range(1, 2 * n, 2))))
+    lanes = ir.VectorType(ir.IntType(32), n)
+    even = builder.shuffle_vector(v, undef, ir.Constant(lanes, list(range(0, 2 * n, 2))))
+    odd = builder.shuffle_vector(v, undef, ir.Constant(lanes, list(range(1, 2 * n, 2))))
     return builder.add(even, odd)
 
 
@@ -801,6 +802,55 @@ def _dot4_intrinsic(below_128: bool):
 
 dot4_u8i8 = _dot4_intrinsic(below_128=False)
 dot4_u7i8 = _dot4_intrinsic(below_128=True)  # every byte of the first operand < 128
+
+
+def _scaled_pairs_avx2(builder, acc, w, x, k):
+    """scaled_dot4 by 32-byte vpmaddubsw and vpmaddwd (AVX2), half of the operands at a time."""
+    i8x32, i16x16, i32x8 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
+    maddubs = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", i16x16, [i8x32, i8x32])
+    maddwd = _intrinsic_fn(builder, "llvm.x86.avx2.pmadd.wd", i32x8, [i16x16, i16x16])
+    halves = []
+    for h in range(2):
+        bytes_h = ir.Constant(ir.VectorType(ir.IntType(32), 32), list(range(32 * h, 32 * h + 32)))
+        words_h = ir.Constant(ir.VectorType(ir.IntType(32), 16), list(range(16 * h, 16 * h + 16)))
+        undef_b, undef_k = ir.Constant(w.type, ir.Undefined), ir.Constant(k.type, ir.Undefined)
+        pairs = builder.call(maddubs, [builder.shuffle_vector(w, undef_b, bytes_h), builder.shuffle_vector(x, undef_b, bytes_h)])
+        halves.append(builder.call(maddwd, [pairs, builder.shuffle_vector(k, undef_k, words_h)]))
+    both = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(ir.IntType(32), 16), list(range(16))))
+    return builder.add(acc, both)
+
+
+@intrinsic
+def scaled_dot4(typingctx, acc, w, x, k):
+    """acc[i] + k[2i] * (w[4i] x[4i] + w[4i+1] x[4i+1]) + k[2i+1] * (w[4i+2] x[4i+2] + w[4i+3] x[4i+3]):
+    16 int32 lanes; w: 64 uint8 below 128, x: 64 int8, k: 32 int16 (a scale per byte pair).
+    The byte pairs sum in int16 exactly (|2 * 127 * 128| < 2**15), then meet their scales in
+    int32: vpmaddubsw + vpdpwssd (AVX512-VNNI), by 32 bytes with AVX2, else portable IR."""
+    if not (isinstance(acc, Vector) and acc.dtype == types.int32 and acc.lanes == 16):
+        return None
+    if not (isinstance(w, Vector) and w.dtype == types.uint8 and w.lanes == 64 and isinstance(x, Vector)
+            and x.dtype == types.int8 and x.lanes == 64 and isinstance(k, Vector) and k.dtype == types.int16
+            and k.lanes == 32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, wv, xv, kv = args
+        i8x64, i16x32, i32x16 = (ir.VectorType(ir.IntType(8), 64), ir.VectorType(ir.IntType(16), 32),
+                                 ir.VectorType(ir.IntType(32), 16))
+        if _VNNI_512:
+            maddubs = _intrinsic_fn(builder, "llvm.x86.avx512.pmaddubs.w.512", i16x32, [i8x64, i8x64])
+            dpwssd = _intrinsic_fn(builder, "llvm.x86.avx512.vpdpwssd.512", i32x16, [i32x16, i32x16, i32x16])
+            pairs = builder.call(maddubs, [wv, xv])
+            return builder.call(dpwssd, [a, builder.bitcast(pairs, i32x16), builder.bitcast(kv, i32x16)])
+        if _AVX2:
+            return _scaled_pairs_avx2(builder, a, wv, xv, kv)
+        wide16 = ir.VectorType(ir.IntType(16), 64)
+        pairs = _add_even_odd(builder, builder.mul(builder.zext(wv, wide16), builder.sext(xv, wide16)), 32)
+        wide32 = ir.VectorType(ir.IntType(32), 32)
+        scaled = builder.mul(builder.sext(pairs, wide32), builder.sext(kv, wide32))
+        return builder.add(a, _add_even_odd(builder, scaled, 16))
+
+    return acc(acc, w, x, k), codegen
 
 
 @intrinsic
