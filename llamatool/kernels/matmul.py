@@ -73,7 +73,7 @@ from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, deco
                      decode_group, is_block32, pair_scales, weight_dot, weight_shift,
                      weight_shift_of)
 from .simd import (even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
-                   load_f32, low_half, high_half, prefetch, repeat_lanes, scaled_dot4, splat, stack_array, store, to_f32)
+                   load_f32, low_half, high_half, prefetch, prefetch_l2, repeat_lanes, scaled_dot4, splat, stack_array, store, to_f32)
 from .ccall import c_signature, call_c
 from .lanes import repeat_slice
 from .gemm import (MIN_TOKENS as GEMM_MIN_TOKENS, N_PACKED_KINDS, amx_kind, amx_packed_rows, pack_panels, packed_entry,
@@ -245,9 +245,11 @@ def _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, st):
 #: activation group is prepared once for four rows), asking for the rows PREFETCH_ROWS
 #: further on; the K-quants row by row, asking for the row SUPERBLOCK_PREFETCH_ROWS further
 #: on. AMD EPYC (Zen 4): every type row by row, the matrix read as one forward stream, asking
-#: for the bytes DECODE_PREFETCH_BYTES further on. Measured there on one thread, the 1B
-#: shape's 113 matrices in turn from memory: Q8_0 10.7 -> 21.8 GB/s, Q4_0 10.6 -> 18.5, Q6_K
-#: 19.5-20.6 -> 23.5; with a matrix in L2 both ways go at about the same speed.
+#: for the bytes DECODE_PREFETCH_BYTES further on, into L2 (prefetcht1, not into L1 as
+#: prefetcht0 would: 8 KiB on is a quarter of Zen 4's L1 data cache). Measured there on one
+#: thread, the 1B shape's 113 matrices in turn from memory: Q8_0 10.7 -> 21.8 GB/s, Q4_0 10.6
+#: -> 18.5, Q6_K 19.5-20.6 -> 23.5; with a matrix in L2 both ways go at about the same speed;
+#: into L2 instead of L1, the 3B shape's Q4_K_M matrices 92-93 -> 85-87 ms per token.
 STREAM_BY_BYTES = host.cpu_vendor() == "AuthenticAMD"
 DECODE_ROWS_PER_PASS = 1 if STREAM_BY_BYTES else 4
 PREFETCH_ROWS = 8
@@ -333,9 +335,13 @@ def _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs):
 @njit(cache=True, _nrt=False, forceinline=True)
 def _prefetch_group(qtype, W, bo):
     """Ask for the cache lines of the group (or super-block) at byte offset bo: one line per
-    64 bytes of it, so that the groups of a row, back to back, leave no line out."""
+    64 bytes of it, so that the groups of a row, back to back, leave no line out; into L2
+    where the matrix is read as one stream (see STREAM_BY_BYTES)."""
     for i in range(0, group_bytes(qtype), 64):
-        prefetch(W, bo + i)
+        if STREAM_BY_BYTES:
+            prefetch_l2(W, bo + i)
+        else:
+            prefetch(W, bo + i)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)

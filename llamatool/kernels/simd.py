@@ -993,24 +993,31 @@ def load_f16_pair(typingctx, buf, o0, o1):
     return vt(buf, o0, o1), codegen
 
 
-@intrinsic
-def prefetch(typingctx, arr, index):
-    """Ask the cache for the line holding element `index` of a 1-D array (a hint: never
+def _prefetch_intrinsic(locality: int, where: str):
+    @intrinsic
+    def _prefetch(typingctx, arr, index):
+        if not isinstance(arr, types.Array) or not isinstance(index, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
+            fn = _intrinsic_fn(builder, "llvm.prefetch.p0i8", ir.VoidType(), [i8p, i32, i32, i32])
+            # a read, the locality, the data cache
+            builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, locality), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return types.none(arr, index), codegen
+
+    _prefetch.__doc__ = f"""Ask for the line holding element `index` of a 1-D array {where} (a hint: never
     faults, no result). For a weight stream whose next bytes the hardware prefetcher would
     fetch too late (it stops at every 4 KiB page)."""
-    if not isinstance(arr, types.Array) or not isinstance(index, types.Integer):
-        return None
+    return _prefetch
 
-    def codegen(context, builder, sig, args):
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
-        fn = _intrinsic_fn(builder, "llvm.prefetch.p0i8", ir.VoidType(), [i8p, i32, i32, i32])
-        # read, keep in all cache levels, data cache
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
 
-    return types.none(arr, index), codegen
+prefetch = _prefetch_intrinsic(3, "into every cache level (prefetcht0)")
+prefetch_l2 = _prefetch_intrinsic(2, "into L2 and below, not L1 (prefetcht1)")
 
 
 @intrinsic
