@@ -245,16 +245,16 @@ def _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, st):
 #: activation group is prepared once for four rows), asking for the rows PREFETCH_ROWS
 #: further on; the K-quants row by row, asking for the row SUPERBLOCK_PREFETCH_ROWS further
 #: on. AMD EPYC (Zen 4): every type row by row, the matrix read as one forward stream, asking
-#: for the bytes DECODE_PREFETCH_BYTES further on, into L2 (prefetcht1, not into L1 as
-#: prefetcht0 would: 8 KiB on is a quarter of Zen 4's L1 data cache). Measured there on one
-#: thread, the 1B shape's 113 matrices in turn from memory: Q8_0 10.7 -> 21.8 GB/s, Q4_0 10.6
-#: -> 18.5, Q6_K 19.5-20.6 -> 23.5; with a matrix in L2 both ways go at about the same speed;
-#: into L2 instead of L1, the 3B shape's Q4_K_M matrices 92-93 -> 85-87 ms per token.
+#: for the bytes DECODE_PREFETCH_BYTES further on (into L2 for long rows: _stream_into_l2).
+#: Measured there on one thread, the 1B shape's 113 matrices in turn from memory: Q8_0 10.7
+#: -> 21.8 GB/s, Q4_0 10.6 -> 18.5, Q6_K 19.5-20.6 -> 23.5; with a matrix in L2 both ways go
+#: at about the same speed.
 STREAM_BY_BYTES = host.cpu_vendor() == "AuthenticAMD"
 DECODE_ROWS_PER_PASS = 1 if STREAM_BY_BYTES else 4
 PREFETCH_ROWS = 8
 DECODE_PREFETCH_BYTES = 8192
 SUPERBLOCK_PREFETCH_ROWS = 4
+STREAM_L2_MIN_K = 2048
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -303,10 +303,11 @@ def _dot1_block32(qtype, W, row, n_chunks, q, d, s16, s32, t, K, ahead=0):
     meanwhile asks for the bytes that far on."""
     st = _start()
     n_groups = n_chunks // 8
+    into_l2 = _stream_into_l2(K)
     for g in range(n_groups):
         bo = row + g * group_bytes(qtype)
         if ahead:
-            _prefetch_group(qtype, W, bo + ahead)
+            _prefetch_group(qtype, W, bo + ahead, into_l2)
         st = _group_step(qtype, W, bo, _x_group(qtype, q, d, s32, t, K, 8 * g), st)
     bo = row + n_groups * group_bytes(qtype)
     c = 8 * n_groups
@@ -333,15 +334,25 @@ def _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _prefetch_group(qtype, W, bo):
+def _prefetch_group(qtype, W, bo, into_l2=False):
     """Ask for the cache lines of the group (or super-block) at byte offset bo: one line per
     64 bytes of it, so that the groups of a row, back to back, leave no line out; into L2
-    where the matrix is read as one stream (see STREAM_BY_BYTES)."""
+    only when into_l2 (see _stream_into_l2), else into every level."""
     for i in range(0, group_bytes(qtype), 64):
-        if STREAM_BY_BYTES:
+        if into_l2:
             prefetch_l2(W, bo + i)
         else:
             prefetch(W, bo + i)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _stream_into_l2(K):
+    """Whether a matrix read as one stream (STREAM_BY_BYTES) asks for its bytes into L2 rather
+    than every level: measured on Zen 4 (one thread, alternating), rows of 2048 weights or
+    more went faster into L2 (the 1B and 3B shapes: 3B Q4_K_M matrices 92-95 -> 86-90 ms per
+    token, 1B Q8_0 tg 16.7-17.2 -> 18.0-18.7 t/s), the default model's rows of 576 and 1536
+    slower (Q8_0 tg 110-137 -> 90-93 t/s, Q4_0 161-168 -> 141-150)."""
+    return STREAM_BY_BYTES and K >= STREAM_L2_MIN_K
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -350,10 +361,11 @@ def _dot1_superblocks(qtype, W, row, n_chunks, q, d, s16, s32, t, K, ahead=0):
     ahead > 0: meanwhile asks for the bytes that far on (the same place some rows later)."""
     acc = splat(float32(0), 16)
     offs = acc
+    into_l2 = _stream_into_l2(K)
     for g in range(n_chunks // 8):
         bo = row + g * group_bytes(qtype)
         if ahead:
-            _prefetch_group(qtype, W, bo + ahead)
+            _prefetch_group(qtype, W, bo + ahead, into_l2)
         acc, offs = _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs)
     return hsum(acc + offs)
 
@@ -366,10 +378,11 @@ def _dot1_int_scales(qtype, W, row, n_chunks, q, d, s16, s32, t, K, ahead):
     acc = splat(float32(0), 16)
     offs = zero_offsets(qtype)
     zero = splat(int32(0), 16)
+    into_l2 = _stream_into_l2(K)
     for g in range(n_chunks // 8):
         bo = row + g * group_bytes(qtype)
         if ahead:
-            _prefetch_group(qtype, W, bo + ahead)
+            _prefetch_group(qtype, W, bo + ahead, into_l2)
         w0, w1, w2, w3, k0, k1, k2, k3, dw, m = decode_superblock_int(qtype, W, bo)
         i = t * K + 256 * g
         sums = scaled_dot4(scaled_dot4(zero, w0, load(q, i, 64), k0), w1, load(q, i + 64, 64), k1)
