@@ -467,7 +467,7 @@ class Model:
         n_q, n_kv = a.n_head * a.head_dim, a.n_head_kv * a.head_dim
         max_k = max(a.n_embd, n_q, a.n_ff)
         f32 = np.float32
-        Activation = kernel_api.load("actquant").Activation
+        activation_slot = kernel_api.load("actquant").activation_slot
         self._scratch = fw.Scratch(
             x=np.zeros(B * a.n_embd, f32),
             xn=np.zeros(B * a.n_embd, f32),
@@ -477,8 +477,8 @@ class Model:
             gate=np.zeros(B * a.n_ff, f32),
             up=np.zeros(B * a.n_ff, f32),
             xr=np.zeros(B * max_k, f32),
-            a8=_activation_slot(Activation, B * max_k),
-            ak=_activation_slot(Activation, B * max_k),
+            a8=activation_slot(B * max_k),
+            ak=activation_slot(B * max_k, paired=True),
             angles=np.zeros(B * a.n_rot * (2 if _swa_rope(a) else 1), f32),
             scores=np.zeros(self.n_threads * fw.attention_scratch_floats(a.n_head, a.n_head_kv, a.head_dim), f32),
             sq=np.zeros(0, f32),
@@ -747,11 +747,6 @@ class Part:
     ids: list[int]
     exact: bool = True
     logits: bool = True
-
-
-def _activation_slot(Activation, n: int):
-    return Activation(np.zeros(n, np.int8), np.zeros(n // 32 + 1, np.float32), np.zeros(n // 16 + 1, np.float32),
-                      np.zeros(n // 32 + 1, np.float32))
 
 
 def _check_shapes(reader, args: ModelArgs) -> None:

@@ -18,7 +18,7 @@ from gguf.quants import dequantize as gguf_dequantize
 from llamatool import host
 from llamatool.jit import njit
 from llamatool.kernels import simd
-from llamatool.kernels.actquant import Activation, quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
+from llamatool.kernels.actquant import activation_slot, quantize_q8_0, quantize_q8_k, round_row_bf16, round_row_f16
 from llamatool.kernels.matmul import kernel_tables, kernels
 from llamatool.kernels.norm import rmsnorm
 from llamatool.kernels.rope import rope_angles, rope_rotate
@@ -61,13 +61,12 @@ def float_rows(name: str, w: np.ndarray) -> np.ndarray:
 def activation(kind: str, x: np.ndarray):
     """Our activation slot for rows x (n_tok, K), and the values it stands for (float64)."""
     n, k = x.shape
-    a = Activation(np.zeros(n * k, np.int8), np.zeros(n * k // 32, np.float32), np.zeros(n * k // 16, np.float32),
-                   np.zeros(n * k // 32, np.float32))
+    a = activation_slot(n * k, paired=kind == "Q8_K")
     fn = quantize_q8_k if kind == "Q8_K" else quantize_q8_0
     flat = np.ascontiguousarray(x, np.float32).reshape(-1)
     for t in range(n):
         fn(flat, t * k, k, a, t)
-    deq = (a.q.reshape(n, k // 32, 32) * a.d.reshape(n, k // 32, 1).astype(np.float64)).reshape(n, k)
+    deq = (a.q[: n * k].reshape(n, k // 32, 32) * a.d.reshape(n, k // 32, 1).astype(np.float64)).reshape(n, k)
     return a, deq
 
 
@@ -157,6 +156,14 @@ def test_q8_0_activation_follows_ggml_algorithm():
     check_sums(a, q_ref)
 
 
+def check_q8_k_values(a, q_ref):
+    """A Q8_K slot's q: the values, then again with every 128 in chunk order 0, 2, 1, 3."""
+    n = len(q_ref)
+    assert len(a.q) == 2 * n
+    np.testing.assert_array_equal(a.q[:n], q_ref)
+    np.testing.assert_array_equal(a.q[n:], q_ref.reshape(-1, 4, 32)[:, [0, 2, 1, 3]].reshape(-1))
+
+
 def check_sums(a, q_ref):
     """The slot's scaled sums: d times the integer sums of each 16 and each 32 values."""
     sums16 = q_ref.reshape(-1, 16).sum(1, dtype=np.int32).astype(np.float32)
@@ -172,7 +179,7 @@ def test_q8_k_activation_follows_ggml_algorithm():
     x[2, 7] = -9.0  # negative max
     a, _ = activation("Q8_K", x)
     q_ref, d_ref = numpy_q8_k(x)
-    np.testing.assert_array_equal(a.q, q_ref)
+    check_q8_k_values(a, q_ref)
     np.testing.assert_array_equal(a.d.reshape(-1, 8), np.repeat(d_ref[:, None], 8, 1))
     check_sums(a, q_ref)
 
@@ -191,7 +198,7 @@ def test_activation_quantization_is_byte_exact_with_ggml(kind):
     else:
         blocks = raw.reshape(-1, 292)
         np.testing.assert_array_equal(np.repeat(blocks[:, :4].copy().view(np.float32), 8), a.d)
-        np.testing.assert_array_equal(blocks[:, 4:260].copy().view(np.int8).reshape(-1), a.q)
+        check_q8_k_values(a, blocks[:, 4:260].copy().view(np.int8).reshape(-1))
         bsums = blocks[:, 260:].copy().view(np.int16).reshape(-1).astype(np.float32)
         np.testing.assert_array_equal(a.s16, np.repeat(a.d, 2) * bsums)
 

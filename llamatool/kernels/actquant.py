@@ -17,7 +17,12 @@ of K values:
     s32  float32[n_tok*K/32]  d times the sum of each 32 (Q8_1's s)
 
 The sums are what a weight offset multiplies (see blocks.py); made once per activation
-row, they save every weight row the work.
+row, they save every weight row the work. For the same reason a Q8_K slot keeps its q twice
+(`activation_slot(n, paired=True)`): after the n values, from `paired_start`, each row again
+with every 128 values in the order of their 32-value chunks 0, 2, 1, 3. That is the order in
+which one 64-byte load of Q4_K or Q5_K weights gives them (its low nibbles are chunks 0 and
+2, its high nibbles 1 and 3: see blocks.py), so their decode loops read one activation
+vector per weight vector instead of gathering two halves.
 
 Float weights get the activation rounded to their own type instead (F16 or BF16 values
 kept in float32), as ggml converts src1 to the weight's vec_dot_type.
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+import numpy as np
+
 from llamatool.jit import njit
 
 from .simd import as_f32, as_u32, extract, fabs, fmax, fmin, hmax, hsum, load, rint, round_f16, splat, store, to_i8, to_i32
@@ -34,6 +41,25 @@ from .simd import as_f32, as_u32, extract, fabs, fmax, fmin, hmax, hsum, load, r
 from numba import float32, uint32  # noqa: E402
 
 Activation = namedtuple("Activation", "q d s16 s32")
+
+
+def activation_slot(n: int, paired: bool = False) -> Activation:
+    """A slot for n activation values (rows of any width); paired: a Q8_K slot (see above)."""
+    n32, n16 = -(-n // 32), -(-n // 16)
+    return Activation(np.zeros(2 * n if paired else n, np.int8), np.zeros(n32, np.float32), np.zeros(n16, np.float32),
+                      np.zeros(n32, np.float32))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def paired_start(q, t, K):
+    """Where row t (of width K) of a Q8_K slot's paired copy starts in q."""
+    return q.shape[0] // 2 + t * K
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def paired_offset(c):
+    """Where chunk c (of 8, in a group of 256 values) goes in the paired order."""
+    return 128 * (c // 4) + 64 * (c % 2) + 32 * ((c % 4) // 2)
 
 
 @njit(cache=True, _nrt=False)
@@ -85,6 +111,7 @@ def _signed_absmax(x, o):
 def quantize_q8_k(x, xo, K, a, t):
     """Quantize x[xo:xo+K] into row t of the activation slot a, ggml Q8_K style."""
     qo = t * K
+    po = paired_start(a.q, t, K)
     for b in range(K // 256):
         o = xo + 256 * b
         vmax = _signed_absmax(x, o)
@@ -101,6 +128,8 @@ def quantize_q8_k(x, xo, K, a, t):
             v1 = to_i8(fmin(rint(load(x, o + 32 * c + 16, 16) * iscale), top))
             store(a.q, qo + 256 * b + 32 * c, v0)
             store(a.q, qo + 256 * b + 32 * c + 16, v1)
+            store(a.q, po + 256 * b + paired_offset(c), v0)
+            store(a.q, po + 256 * b + paired_offset(c) + 16, v1)
             _set_scale_and_sums(a, t * (K // 32) + 8 * b + c, dd, hsum(to_i32(v0)), hsum(to_i32(v1)))
 
 

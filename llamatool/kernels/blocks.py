@@ -37,6 +37,7 @@ import numpy as np
 
 from llamatool.jit import njit
 
+from .actquant import paired_start
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, even_lanes, extract, f16_bits_to_f32, f16_lanes, f16_pairs2, gather, get,
                    load, low_half, odd_lanes, zip16, load_f16, load_f16_pair, interleave, load_u16, load_u32, load_u64,
@@ -273,7 +274,10 @@ def iq4_xs_chunk(W, bo, j):
 #
 # Q4_K, Q5_K and Q6_K, whose sub-block scales are small integers, keep them integers instead
 # (INT_SCALE_DECODERS), as ggml's vec_dot does: (w0, w1, w2, w3, k0, k1, k2, k3, d, m) with
-#   k_p   int16 x 32   the scale of each byte pair of chunk pair p (scaled_dot4's lanes)
+#   w_p   uint8 x 64   Q6_K: chunks 2p, 2p+1 as above; Q4_K, Q5_K (PAIRED_ACTIVATION): the low
+#                      and high nibbles of one 64-byte load, chunks (0, 2), (1, 3), (4, 6),
+#                      (5, 7), to meet the activation's paired copy (actquant.py)
+#   k_p   int16 x 32   the scale of each byte pair of w_p (scaled_dot4's lanes)
 #   d     float32      the super-block's scale
 #   m     float32 x 8  Q4_K/Q5_K: -dmin * min of each 32 weights, for the activation's s32 sums;
 #         float32 x 16 Q6_K: the offset of each 16 weights, for its s16 sums
@@ -290,12 +294,6 @@ def _twice(W, o, shift):
     q = load(W, o, 32)
     amounts = concat(splat(uint64(0), 4), splat(uint64(shift), 4))
     return as_u8_lanes(as_u64_lanes(concat(q, q)) >> amounts)
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
-def _nibbles64(W, o):
-    """32 bytes at o -> 64 uint8: their low nibbles, then their high nibbles (a Q4_K chunk pair)."""
-    return _twice(W, o, 4) & uint8(15)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -321,32 +319,49 @@ def _bytes8(word):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _paired_order(word):
+    """The bytes b0..b7 of a uint64 as b0 b2 b1 b3 b4 b6 b5 b7 (bytes 1, 2 and 5, 6 swapped)."""
+    t = ((word >> uint64(8)) ^ word) & uint64(0x0000FF000000FF00)
+    return word ^ t ^ (t << uint64(8))
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _k4_int_scales(W, bo):
-    """Q4_K/Q5_K: (k0, k1, k2, k3, d, m) of the super-block at bo (see above)."""
+    """Q4_K/Q5_K: (k0, k1, k2, k3, d, m) of the super-block at bo (see above): the scales in the
+    paired order, the mins in the natural one (they meet the activation's s32 sums)."""
     scales, mins = _k4_scale_min_words(W, bo + 4)
-    k = to_i16(_bytes8(scales))
+    k = to_i16(_bytes8(_paired_order(scales)))
     m = to_f32(to_i32(_bytes8(mins))) * -load_f16(W, bo + 2, 1)
     return (repeat_slice(k, 0, 2, 16), repeat_slice(k, 2, 2, 16), repeat_slice(k, 4, 2, 16), repeat_slice(k, 6, 2, 16),
             load_f16(W, bo, 1), m)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _nibble_pairs(W, o):
+    """The 64 bytes at o (Q4_K/Q5_K chunks 0-3 or 4-7) as their low nibbles (chunks 0, 2) and
+    their high ones (1, 3): one load, one mask, one shift with mask."""
+    b = load(W, o, 64)
+    return b & uint8(15), b >> uint8(4)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def q4_k_superblock(W, bo):
     k0, k1, k2, k3, d, m = _k4_int_scales(W, bo)
-    o = bo + 16
-    return _nibbles64(W, o), _nibbles64(W, o + 32), _nibbles64(W, o + 64), _nibbles64(W, o + 96), k0, k1, k2, k3, d, m
+    w0, w1 = _nibble_pairs(W, bo + 16)
+    w2, w3 = _nibble_pairs(W, bo + 80)
+    return w0, w1, w2, w3, k0, k1, k2, k3, d, m
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def q5_k_superblock(W, bo):
     k0, k1, k2, k3, d, m = _k4_int_scales(W, bo)
-    qh = _twice(W, bo + 16, 1)  # chunk j's fifth bit is bit j of qh: pair p's are bit 2p of these
-    o = bo + 48
-    w0 = _nibbles64(W, o) | ((qh << uint8(4)) & uint8(16))
-    w1 = _nibbles64(W, o + 32) | ((qh << uint8(2)) & uint8(16))
-    w2 = _nibbles64(W, o + 64) | (qh & uint8(16))
-    w3 = _nibbles64(W, o + 96) | ((qh >> uint8(2)) & uint8(16))
-    return w0, w1, w2, w3, k0, k1, k2, k3, d, m
+    # chunk j's fifth bit is bit j of qh; these lanes are qh for chunks 0, 1, 4, 5 and qh >> 2
+    # for chunks 2, 3, 6, 7: the pairs' bits are bits 0, 1, 4 and 5 of them
+    qh = _twice(W, bo + 16, 2)
+    w0, w1 = _nibble_pairs(W, bo + 48)
+    w2, w3 = _nibble_pairs(W, bo + 112)
+    return (w0 | ((qh << uint8(4)) & uint8(16)), w1 | ((qh << uint8(3)) & uint8(16)), w2 | (qh & uint8(16)),
+            w3 | ((qh >> uint8(1)) & uint8(16)), k0, k1, k2, k3, d, m)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -1032,6 +1047,8 @@ SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, IQ4_XS: iq4
 INT_SCALE_DECODERS = {Q4_K: q4_k_superblock, Q5_K: q5_k_superblock, Q6_K: q6_k_superblock}
 #: integer-scaled types whose offsets m go by 32 weights (8 lanes, against the s32 sums)
 PER32_OFFSETS = (Q4_K, Q5_K)
+#: integer-scaled types whose weights come in the order of the activation's paired copy
+PAIRED_ACTIVATION = (Q4_K, Q5_K)
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS, IQ2_S, IQ1_M)
 
@@ -1272,6 +1289,12 @@ def decode_superblock_int(qtype, W, bo):
     raise NotImplementedError("decode_superblock_int is only callable from compiled code")
 
 
+def activation_start(qtype, q, t, K):
+    """Where the super-block decoder of qtype reads row t (width K) of a Q8_K slot's q: its
+    paired copy (PAIRED_ACTIVATION) or the row itself; compiled code only."""
+    raise NotImplementedError("activation_start is only callable from compiled code")
+
+
 def zero_offsets(qtype):
     """Zeros as many as the type's super-block offsets m (8 or 16 float32); compiled code only."""
     raise NotImplementedError("zero_offsets is only callable from compiled code")
@@ -1287,6 +1310,13 @@ def offset_sums(qtype, s16, s32, i16, i32):
 def _decode_superblock_int(qtype, W, bo):
     decoder = INT_SCALE_DECODERS[literal_type_id(qtype)]
     return lambda qtype, W, bo: decoder(W, bo)
+
+
+@overload(activation_start, jit_options={"_nrt": False, "forceinline": True})
+def _activation_start(qtype, q, t, K):
+    if literal_type_id(qtype) in PAIRED_ACTIVATION:
+        return lambda qtype, q, t, K: paired_start(q, t, K)
+    return lambda qtype, q, t, K: t * K
 
 
 @overload(zero_offsets, jit_options={"_nrt": False, "forceinline": True})

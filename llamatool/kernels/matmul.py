@@ -68,7 +68,7 @@ import numpy as np
 from llamatool import host
 from llamatool.jit import njit
 
-from .blocks import (decode_chunk, decode_pair_in_group, decode_superblock, decode_superblock_int, group_bytes, half_offsets,
+from .blocks import (activation_start, decode_chunk, decode_pair_in_group, decode_superblock, decode_superblock_int, group_bytes, half_offsets,
                      int_scales, offset_sums, zero_offsets,
                      decode_group, is_block32, pair_scales, weight_dot, weight_shift,
                      weight_shift_of)
@@ -379,12 +379,13 @@ def _dot1_int_scales(qtype, W, row, n_chunks, q, d, s16, s32, t, K, ahead):
     offs = zero_offsets(qtype)
     zero = splat(int32(0), 16)
     into_l2 = _stream_into_l2(K)
+    x0 = activation_start(qtype, q, t, K)
     for g in range(n_chunks // 8):
         bo = row + g * group_bytes(qtype)
         if ahead:
             _prefetch_group(qtype, W, bo + ahead, into_l2)
         w0, w1, w2, w3, k0, k1, k2, k3, dw, m = decode_superblock_int(qtype, W, bo)
-        i = t * K + 256 * g
+        i = x0 + 256 * g
         sums = scaled_dot4(scaled_dot4(zero, w0, load(q, i, 64), k0), w1, load(q, i + 64, 64), k1)
         sums = sums + scaled_dot4(scaled_dot4(zero, w2, load(q, i + 128, 64), k2), w3, load(q, i + 192, 64), k3)
         acc = fma(to_f32(sums), splat(dw * get(d, t * (K // 32) + 8 * g), 16), acc)
