@@ -239,13 +239,9 @@ def build_commit() -> str:
 
 
 def cpu_info() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from . import host
+
+    return host.cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def model_description(reader) -> tuple[str, int, int]:

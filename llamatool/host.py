@@ -44,15 +44,23 @@ def forced_portable() -> bool:
 
 
 @lru_cache(maxsize=None)
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in Linux's /proc/cpuinfo ('vendor_id', 'model name',
+    'flags', ...); empty where there is no such file."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            first = f.read(1 << 16).split("\n\n")[0]
+    except OSError:
+        return {}
+    fields = (line.split(":", 1) for line in first.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in fields}
+
+
 def cpu_vendor() -> str:
     """The CPU's vendor id as Linux reports it ('GenuineIntel', 'AuthenticAMD'), '' where
     /proc/cpuinfo says none. Part of every compiled-kernel cache key already (the whole
     first processor's entry is, see quants/native._host_cpu and Numba's CPU name)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except OSError:
-        return ""
+    return cpuinfo().get("vendor_id", "")
 
 
 def saved_code() -> bool:
@@ -107,11 +115,7 @@ def _tile_data_granted() -> bool:
     data: asked once, as a process must before its first tile instruction."""
     import ctypes
 
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
+    flags = cpuinfo().get("flags", "").split()
     if "amx_tile" not in flags or "amx_int8" not in flags:
         return False
     sys_arch_prctl, req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18

@@ -195,16 +195,10 @@ def _toolchain_and_host() -> bytes:
 def _host_cpu() -> bytes:
     """What LLVM compiles for on this machine: the CPU's identity and feature flags (Linux's
     /proc/cpuinfo, first processor), or LLVM's own answer where that file is missing."""
-    try:
-        with open("/proc/cpuinfo", "rb") as f:
-            first = f.read(1 << 16).split(b"\n\n")[0]
-        fields = dict(line.split(b":", 1) for line in first.splitlines() if b":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        keys = (b"vendor_id", b"cpu family", b"model", b"stepping", b"flags")
-        if all(k in fields for k in keys):
-            return b"|".join(fields[k] for k in keys)
-    except OSError:
-        pass
+    fields = host.cpuinfo()
+    keys = ("vendor_id", "cpu family", "model", "stepping", "flags")
+    if all(k in fields for k in keys):
+        return "|".join(fields[k] for k in keys).encode()
     import llvmlite.binding as llvm
 
     return f"{llvm.get_process_triple()} {llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()}".encode()
