@@ -39,7 +39,9 @@ int32 (vpmaddubsw, then vpdpwssd against the scales: blocks.INT_SCALE_DECODERS),
 does: one conversion and one FMA per super-block; Q4_K/Q5_K unpack their packed 6-bit
 scales and mins with scalar operations, off the vector units, and their mins meet the
 activation's per-32 sums. On Zen 4 (one thread, a matrix in L3) a Q4_K super-block took
-5.6 ns instead of 7.5 (Q4_K matrices 18.5 -> 25 GB/s, Q5_K 16.7 -> 21).
+5.6 ns instead of 7.5 (Q4_K matrices 18.5 -> 25 GB/s, Q5_K 16.7 -> 21). Their nibbles then
+came as two 64-byte loads split by one mask and one shift, against the activation's paired
+copy (blocks.PAIRED_ACTIVATION): 5.1 ns with the weights in L2 (was 5.6).
 
 Every type gets its own compiled pair of kernels with one signature (specialized on the
 type id, a compile-time constant; `kernels(qtype)` binds it):
@@ -68,8 +70,8 @@ import numpy as np
 from llamatool import host
 from llamatool.jit import njit
 
-from .blocks import (activation_start, decode_chunk, decode_pair_in_group, decode_superblock, decode_superblock_int, group_bytes, half_offsets,
-                     int_scales, offset_sums, zero_offsets,
+from .blocks import (activation_start, decode_chunk, decode_pair_in_group, decode_superblock, decode_superblock_int,
+                     group_bytes, half_offsets, int_scales, offset_sums, zero_offsets,
                      decode_group, is_block32, pair_scales, weight_dot, weight_shift,
                      weight_shift_of)
 from .simd import (even_lanes, extract, odd_lanes, fma, get, hsum, interleave, load, load_bf16, load_f16,
