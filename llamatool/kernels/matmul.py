@@ -250,11 +250,15 @@ def _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, st):
 #: for the bytes DECODE_PREFETCH_BYTES further on (into L2 for long rows: _stream_into_l2).
 #: Measured there on one thread, the 1B shape's 113 matrices in turn from memory: Q8_0 10.7
 #: -> 21.8 GB/s, Q4_0 10.6 -> 18.5, Q6_K 19.5-20.6 -> 23.5; with a matrix in L2 both ways go
-#: at about the same speed.
+#: at about the same speed. The K-quants' streams into L2 ask SUPERBLOCK_L2_AHEAD_BYTES on:
+#: `bench` tg32 on one thread, alternating with 8 KiB (medians of 3-6 pairs): 1B Q6_K 22.5 ->
+#: 24.8 t/s, 1B Q4_K_M 23.8 -> 27.0, 3B Q4_K_M 10.6 -> 10.7 (the 32-weight types: Q4_0 26.7
+#: -> 26.3, Q8_0 18.5 -> 19.5, within the noise: they keep 8 KiB).
 STREAM_BY_BYTES = host.cpu_vendor() == "AuthenticAMD"
 DECODE_ROWS_PER_PASS = 1 if STREAM_BY_BYTES else 4
 PREFETCH_ROWS = 8
 DECODE_PREFETCH_BYTES = 8192
+SUPERBLOCK_L2_AHEAD_BYTES = 16384
 SUPERBLOCK_PREFETCH_ROWS = 4
 STREAM_L2_MIN_K = 2048
 
@@ -407,7 +411,12 @@ def _decode_rows_for_type(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s1
         dot1 = _dot1_int_scales if int_scales(qtype) else _dot1_superblocks
 
         def one_by_one(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
-            ahead = DECODE_PREFETCH_BYTES if by_bytes else SUPERBLOCK_PREFETCH_ROWS * row_bytes
+            if not by_bytes:
+                ahead = SUPERBLOCK_PREFETCH_ROWS * row_bytes
+            elif _stream_into_l2(K):
+                ahead = SUPERBLOCK_L2_AHEAD_BYTES
+            else:
+                ahead = DECODE_PREFETCH_BYTES
             for r in range(r0, r1):
                 out[o + r] = dot1(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K, ahead)
 
