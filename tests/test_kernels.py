@@ -784,3 +784,18 @@ def test_every_chunk_runs_exactly_once_across_threads():
     for w in workers:
         w.join()
     np.testing.assert_array_equal(hits, 1)
+
+
+def test_python_rows_kernels_cache_in_the_versioned_folder():
+    """The Python-callable rows kernel, decorated after the package import, caches beside the
+    module-level kernels, in the folder keyed on every source of the package: Numba alone
+    checks only matmul.py's time stamp, and this kernel inlines gemm.py and blocks.py (once it
+    kept running a previous gemm.py's products after that file changed)."""
+    from pathlib import Path
+
+    from llamatool import jit
+    from llamatool.kernels import matmul
+
+    folder = Path(kernels(GQ.Q4_K)[0]._cache._cache_path)
+    assert folder == Path(matmul.quant_dequant._cache._cache_path)
+    assert jit._keyed_folder(Path(matmul.__file__).parent, "kernels") in folder.parts

@@ -681,11 +681,15 @@ def kernels(qtype: int):
 
 @lru_cache(maxsize=None)
 def _python_rows(qtype: int):
-    kind = panel_kind(qtype)  # closures over ints only: Numba keys a cached closure on its (pickled) cell values
+    from . import versioned_cache
 
-    @njit(cache=True, _nrt=False)
-    def rows(W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0):
-        _quant_rows(qtype, kind, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0)
+    kind = panel_kind(qtype)  # closures over ints only: Numba keys a cached closure on its (pickled) cell values
+    # decorated in this version's cache folder (after the package import chose it, as in _c_entry):
+    # Numba checks only matmul.py's time stamp, and this kernel inlines gemm.py and blocks.py too
+    with versioned_cache():
+        @njit(cache=True, _nrt=False)
+        def rows(W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0):
+            _quant_rows(qtype, kind, W, w_off, row_bytes, K, r0, r1, t0, t1, x, q, d, s16, s32, out, ldo, col0, out_t0)
 
     return rows
 
