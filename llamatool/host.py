@@ -81,6 +81,7 @@ class Features(NamedTuple):
     vnni_512: bool  # vpdpbusd on 64 bytes (AVX512-VNNI)
     vnni_256: bool  # vpdpbusd on 32 bytes (AVX512-VNNI with VL, or AVX-VNNI)
     avx2: bool = False  # vpmaddubsw / vpmaddwd on 32 bytes (the byte dot products without VNNI)
+    avx512: bool = False  # 32 vector registers of 64 bytes (AVX-512F)
 
 
 @lru_cache(maxsize=None)
@@ -96,10 +97,11 @@ def features() -> Features:
     x86 = host.get("sse2", False)
     vnni_512 = host.get("avx512vnni", False)
     vnni_256 = vnni_512 and host.get("avx512vl", False) or host.get("avxvnni", False)
+    avx512 = host.get("avx512f", False)
     if forced_portable():
-        vnni_512 = vnni_256 = False
+        vnni_512 = vnni_256 = avx512 = False
     return Features(x86=x86, f16c=host.get("f16c", False), vnni_512=vnni_512, vnni_256=vnni_256,
-                    avx2=x86 and host.get("avx2", False))
+                    avx2=x86 and host.get("avx2", False), avx512=avx512)
 
 
 def amx_int8() -> bool:

@@ -16,8 +16,11 @@ exactly in int32, and only then, per chunk, 16 rows x 1 token at once:
     acc += float(sum) * (row scales * token scale) + row mins * token sum     (cvt, mul, 2 FMA)
 
 so per 512 multiply-adds: 8 vpdpbusd + 4 float ops, against 8 x (vpdpbusd + ~4) in the
-one-row loop. Tokens go in tiles of 2 x TILE, then TILE (a decoded weight vector feeds
-eight or four products from a register); the panel is packed BLOCK_K weights at a time so
+one-row loop. Against a Q8_K activation (one token scale per 256 weights) the AVX-512 build
+leaves the token scale for the end of each super-block (sb += float(sum) * row scales, then
+acc += sb * token scale: see _per_superblock), one multiply fewer per chunk. Tokens go in
+tiles of 2 x TILE, then TILE (a decoded weight vector feeds eight or four products from a
+register); the panel is packed BLOCK_K weights at a time so
 it stays in L1 while every token of the call streams past it. llvm-mca (Sapphire Rapids)
 on the emitted Q4_0 tile loop: ~35 cycles per 4 tokens x 32 weights x 16 rows, ~8.7
 cycles per 512 multiply-adds, ports 0 and 5 saturated (the one-row loop: ~33). Eight-token
@@ -25,7 +28,8 @@ tiles load (and unpack) each weight vector once for eight: a server step of eigh
 took 9.0 ms instead of 10.5, a 64-token prompt 53 ms instead of 58 (default model, one
 thread, medians of 3 alternating runs).
 
-Packing costs about one decode of the panel per call (one scalar store per 4 weights),
+Packing costs about one decode of the panel per call (each pair of chunks of the 16 rows
+is decoded into a small square, transposed by vector shuffles and stored as 16 vectors),
 so it pays from a few tokens up; calls with fewer than MIN_TOKENS tokens keep the one-row
 loops anyway, so that a short batch (a server's decode step: one token of each slot) gives
 the same numbers as decoding token by token.
@@ -40,13 +44,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from llamatool import host
 from llamatool.jit import njit
 
 from .amx import tile_config, tile_dot, tile_load, tile_release, tile_store, tile_zero
 from .blocks import HALF_OFFSETS, decode_chunk, decode_pair_in_group, group_bytes, half_offsets
-from .simd import (broadcast4, dot4_u8i8, extract, fma, get, load, load_f16, reinterpret, round_f16, splat, stack_array,
-                   store, to_f32)
-from .types import IQ1_S, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, TQ1_0, TQ2_0
+from .simd import (broadcast4, dot4_u8i8, extract, fma, get, interleave, load, load_f16, reinterpret, round_f16, splat,
+                   stack_array, store, to_f32)
+from .types import IQ1_S, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q8_0, Q8_K_ACTIVATION, TQ1_0, TQ2_0
 
 from numba import float32, int32, int64, literally, uint32  # noqa: E402
 from numba.core import errors, types  # noqa: E402
@@ -60,15 +65,18 @@ BLOCK_K = 2048
 TILE = 4
 #: calls with fewer tokens keep the one-row loops (packing would cost more than it saves)
 MIN_TOKENS = 8
+#: 32 vector registers (see _per_superblock)
+_WIDE_REGISTERS = host.features().avx512
 
 _WORDS = BLOCK_K // 4 * PANEL  # uint32 words of a packed block
 _UNITS = BLOCK_K // 16 * PANEL  # scale slots of a packed block (16-weight units at most)
 _PANEL_BYTES = 4 * PANEL  # bytes of a packed vector
 
 # What the product of a packed panel needs to know of its weight type: whether a chunk has
-# two 16-weight scale units, and whether block sums are read as f16. The panel code is
-# compiled once per kind, not once per type (warmup compiles every type).
-PLAIN, HALVES, F16_SUMS = 0, 1, 2
+# two 16-weight scale units, whether block sums are read as f16, and whether the activation
+# has one scale per 256-weight super-block (Q8_K: SUPER, and every HALVES type). The panel
+# code is compiled once per kind, not once per type (warmup compiles every type).
+PLAIN, HALVES, F16_SUMS, SUPER = 0, 1, 2, 3
 # Panels packed once at load (pack_matrix) are kept as small as the type allows, since a
 # decode step reads them all from DRAM: flags added to the kind say how.
 #: weights as nibbles (the types whose packed bytes are all below 16)
@@ -82,7 +90,9 @@ N_PACKED_KINDS = 16
 
 
 def panel_kind(qtype: int) -> int:
-    return HALVES if qtype in HALF_OFFSETS else F16_SUMS if qtype in (Q4_1, Q5_1) else PLAIN
+    if qtype in HALF_OFFSETS:
+        return HALVES
+    return F16_SUMS if qtype in (Q4_1, Q5_1) else SUPER if qtype in Q8_K_ACTIVATION else PLAIN
 
 
 def packed_kind(qtype: int) -> int:
@@ -94,11 +104,8 @@ def packed_kind(qtype: int) -> int:
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _put(qtype, words, k, s0, s1, m0, m1, cb, r, packed, scales, mins):
-    """Chunk cb of the block (8 words of `words` from word k, and its scales) into lane r."""
-    o = cb * 8 * PANEL + r
-    for i in range(8):
-        packed[o + PANEL * i] = extract(words, k + i)
+def _put_units(qtype, cb, r, s0, s1, m0, m1, scales, mins):
+    """The scales and mins of chunk cb into lane r."""
     if half_offsets(qtype):
         u = 2 * cb * PANEL + r
         scales[u] = s0
@@ -111,32 +118,41 @@ def _put(qtype, words, k, s0, s1, m0, m1, cb, r, packed, scales, mins):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _put_pair(qtype, W, bo, j, cb, r, packed, scales, mins):
-    """Chunks j, j+1 of the group at bo into chunks cb, cb+1 of lane r."""
-    w, sa0, sa1, sb0, sb1, ma0, ma1, mb0, mb1 = decode_pair_in_group(qtype, W, bo, j)
-    words = reinterpret(w, np.uint32)
-    _put(qtype, words, int64(0), sa0, sa1, ma0, ma1, cb, r, packed, scales, mins)
-    _put(qtype, words, int64(8), sb0, sb1, mb0, mb1, cb + 1, r, packed, scales, mins)
+def _interleave_rows(a, ao, b, bo):
+    """Rows k and k + 8 of the 16 x 16 words at a[ao:] interleaved into rows 2k, 2k + 1 at
+    b[bo:] (a perfect shuffle of the rows: four of them transpose the square)."""
+    for k in range(8):
+        store(b, bo + 32 * k, interleave(load(a, ao + 16 * k, 16), load(a, ao + 16 * (k + 8), 16)))
 
 
 @njit(cache=True, _nrt=False, python_entry=False)
-def _pack_row(qtype, W, row, c0, c1, r, packed, scales, mins):
-    """Chunks c0..c1 (c0 a multiple of 8) of the row at byte offset `row` into lane r."""
+def _pack_panel(qtype, W, row0, row_bytes, n_valid, c0, c1, packed, scales, mins, stage):
+    """Chunks c0..c1 (c0 a multiple of 8) of the panel whose first row is at byte row0 (lanes
+    past n_valid repeat its last row). Each pair of chunks is decoded row by row into
+    `stage` (16 words per row) and transposed there in four vector shuffles of every row
+    pair, so that word i of the 16 rows is one 64-byte store. (Stored word by word, packing
+    took 11% of a 1B Q5_K_M file's pp256 on Zen 4, the products 60%.)"""
     c = c0
-    while c + 8 <= c1:  # whole groups (the chunk places are plain ints: see jit.njit)
-        bo = row + (c // 8) * group_bytes(qtype)
-        _put_pair(qtype, W, bo, int64(0), c - c0, r, packed, scales, mins)
-        _put_pair(qtype, W, bo, int64(2), c - c0 + 2, r, packed, scales, mins)
-        _put_pair(qtype, W, bo, int64(4), c - c0 + 4, r, packed, scales, mins)
-        _put_pair(qtype, W, bo, int64(6), c - c0 + 6, r, packed, scales, mins)
-        c += 8
-    bo = row + (c // 8) * group_bytes(qtype)
-    while c + 2 <= c1:  # rows that end inside a group (32-weight types only)
-        _put_pair(qtype, W, bo, c % 8, c - c0, r, packed, scales, mins)
+    while c + 2 <= c1:
+        bo = (c // 8) * group_bytes(qtype)
+        for r in range(PANEL):
+            row = row0 + min(r, n_valid - 1) * row_bytes
+            w, sa0, sa1, sb0, sb1, ma0, ma1, mb0, mb1 = decode_pair_in_group(qtype, W, row + bo, c % 8)
+            store(stage, 16 * r, reinterpret(w, np.uint32))
+            _put_units(qtype, c - c0, r, sa0, sa1, ma0, ma1, scales, mins)
+            _put_units(qtype, c - c0 + 1, r, sb0, sb1, mb0, mb1, scales, mins)
+        _interleave_rows(stage, int64(0), stage, int64(256))
+        _interleave_rows(stage, int64(256), stage, int64(0))
+        _interleave_rows(stage, int64(0), stage, int64(256))
+        _interleave_rows(stage, int64(256), packed, (c - c0) * 8 * PANEL)
         c += 2
-    if c < c1:
-        w, s0, s1, m0, m1 = decode_chunk(qtype, W, row, c)
-        _put(qtype, reinterpret(w, np.uint32), int64(0), s0, s1, m0, m1, c - c0, r, packed, scales, mins)
+    if c < c1:  # an odd last chunk (32-weight types with an odd row length)
+        for r in range(PANEL):
+            w, s0, s1, m0, m1 = decode_chunk(qtype, W, row0 + min(r, n_valid - 1) * row_bytes, c)
+            words = reinterpret(w, np.uint32)
+            for i in range(8):
+                packed[(c - c0) * 8 * PANEL + PANEL * i + r] = extract(words, i)
+            _put_units(qtype, c - c0, r, s0, s1, m0, m1, scales, mins)
 
 
 # --- a tile of tokens against the packed panel ----------------------------------------------------
@@ -195,8 +211,20 @@ def _units_of(values, u):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, acc):
-    """acc (the panel's 16 rows . token t so far) + packed chunk cb (chunk c of the row) . token t."""
+def _per_superblock(kind):
+    """Whether a chunk's products meet the activation's scale only at the end of their
+    super-block (kinds whose activation has one scale per 256 weights): one multiply fewer
+    per chunk and token, the multiplies being what bounds the tiles on Zen 4 (pp256 of 1B
+    Q6_K 1.14x, Q5_K_M 1.08x the speed without them). With AVX-512 only: it doubles a
+    tile's accumulators, and 16 registers (AVX2) already hold only those."""
+    return _WIDE_REGISTERS and (kind & 3 == HALVES or kind & 3 == SUPER)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, acc, sb):
+    """(acc, sb) + packed chunk cb (chunk c of the row) . token t: acc the panel's 16 rows .
+    token t so far; sb, where _per_superblock(kind), the current super-block's products not
+    yet times the activation's scale (added to acc after its last chunk)."""
     zero = splat(int32(0), PANEL)
     xo = t * K + 32 * c
     dx = get(d, t * (K // 32) + c)
@@ -204,47 +232,63 @@ def _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, acc):
         for h in range(2):
             p = _chunk_words(kind, packed, cb, h, 4, q, xo + 16 * h, zero)
             u = (2 * cb + h) * PANEL
-            acc = fma(to_f32(p), _units(scales, u) * dx, acc)
+            if _per_superblock(kind):
+                sb = fma(to_f32(p), _units(scales, u), sb)
+            else:
+                acc = fma(to_f32(p), _units(scales, u) * dx, acc)
             acc = fma(_units(mins, u), splat(get(s16, t * (K // 16) + 2 * c + h), PANEL), acc)
-        return acc
-    p = _chunk_words(kind, packed, cb, 0, 8, q, xo, zero)
-    u = cb * PANEL
-    acc = fma(to_f32(p), _units(scales, u) * dx, acc)
-    return fma(_units(mins, u), splat(_block_sum(kind, s32, t * (K // 32) + c), PANEL), acc)
+    else:
+        p = _chunk_words(kind, packed, cb, 0, 8, q, xo, zero)
+        u = cb * PANEL
+        if _per_superblock(kind):
+            sb = fma(to_f32(p), _units(scales, u), sb)
+        else:
+            acc = fma(to_f32(p), _units(scales, u) * dx, acc)
+        acc = fma(_units(mins, u), splat(_block_sum(kind, s32, t * (K // 32) + c), PANEL), acc)
+    if _per_superblock(kind) and c % 8 == 7:
+        return fma(sb, splat(dx, PANEL), acc), splat(float32(0), PANEL)
+    return acc, sb
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _chunk4(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, a0, a1, a2, a3):
+def _chunk4(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, a0, a1, a2, a3, s0, s1, s2, s3):
     """Packed chunk cb (chunk c of the row) . tokens t..t+3."""
-    a0 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, a0)
-    a1 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 1, a1)
-    a2 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 2, a2)
-    a3 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 3, a3)
-    return a0, a1, a2, a3
+    a0, s0 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, a0, s0)
+    a1, s1 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 1, a1, s1)
+    a2, s2 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 2, a2, s2)
+    a3, s3 = _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t + 3, a3, s3)
+    return a0, a1, a2, a3, s0, s1, s2, s3
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _tile(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3):
-    """Tokens t..t+3 over the packed chunks (chunks c0.. of the row): each weight vector
-    is loaded once for the four (the compiler merges the four identical loads)."""
+    """Tokens t..t+3 over the packed chunks (chunks c0.. of the row, whole super-blocks for
+    the kinds _per_superblock): each weight vector is loaded once for the four (the
+    compiler merges the four identical loads)."""
+    s0 = s1 = s2 = s3 = splat(float32(0), PANEL)
     for cb in range(nc):
-        a0, a1, a2, a3 = _chunk4(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t, a0, a1, a2, a3)
+        a0, a1, a2, a3, s0, s1, s2, s3 = _chunk4(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t,
+                                                 a0, a1, a2, a3, s0, s1, s2, s3)
     return a0, a1, a2, a3
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _tile8(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a0, a1, a2, a3, a4, a5, a6, a7):
     """Tokens t..t+7 as _tile (a weight vector loaded, and unpacked, once for eight)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = splat(float32(0), PANEL)
     for cb in range(nc):
-        a0, a1, a2, a3 = _chunk4(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t, a0, a1, a2, a3)
-        a4, a5, a6, a7 = _chunk4(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t + 4, a4, a5, a6, a7)
+        a0, a1, a2, a3, s0, s1, s2, s3 = _chunk4(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t,
+                                                 a0, a1, a2, a3, s0, s1, s2, s3)
+        a4, a5, a6, a7, s4, s5, s6, s7 = _chunk4(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t + 4,
+                                                 a4, a5, a6, a7, s4, s5, s6, s7)
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _single(kind, packed, scales, mins, c0, nc, q, d, s16, s32, K, t, a):
+    sb = splat(float32(0), PANEL)
     for cb in range(nc):
-        a = _chunk(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t, a)
+        a, sb = _chunk(kind, packed, scales, mins, cb, c0 + cb, q, d, s16, s32, K, t, a, sb)
     return a
 
 
@@ -326,13 +370,14 @@ def quant_gemm(qtype, kind, W, w_off, row_bytes, K, r0, r1, t0, t1, q, d, s16, s
     scales = stack_array(_UNITS, np.float32)
     mins = stack_array(_UNITS, np.float32)
     tmp = stack_array(PANEL, np.float32)
+    stage = stack_array(512, np.uint32)
     n_chunks = K // 32
     for rp in range(r0, r1, PANEL):
         n_valid = min(PANEL, r1 - rp)
         for c0 in range(0, n_chunks, BLOCK_K // 32):
             c1 = min(n_chunks, c0 + BLOCK_K // 32)
-            for r in range(PANEL):  # lanes past the last row repeat it (their sums are dropped)
-                _pack_row(qtype, W, w_off + (rp + min(r, n_valid - 1)) * row_bytes, c0, c1, r, packed, scales, mins)
+            # lanes past the last row repeat it (their sums are dropped)
+            _pack_panel(qtype, W, w_off + rp * row_bytes, row_bytes, n_valid, c0, c1, packed, scales, mins, stage)
             _panel_block(kind, packed, scales, mins, c0, c1 - c0, c0 == 0, 0, n_valid, t0, t1, q, d, s16, s32, K, out,
                          ldo, col0 + rp, out_t0, tmp)
 
@@ -410,12 +455,12 @@ def pack_panels(qtype, kind, W, w_off, row_bytes, K, n_rows, p0, p1, out):
     literally(qtype)
     n_chunks = K // 32
     size = _panel_words(kind, n_chunks)
+    stage = stack_array(512, np.uint32)
     for p in range(p0, p1):
         words, scales, mins = _panel_parts(kind, out, (p - p0) * size, n_chunks)
         n_valid = min(PANEL, n_rows - p * PANEL)
-        for r in range(PANEL):  # lanes past the last row repeat it, as in quant_gemm
-            row = w_off + (p * PANEL + min(r, n_valid - 1)) * row_bytes
-            _pack_row(qtype, W, row, 0, n_chunks, r, words, scales, mins)
+        # lanes past the last row repeat it, as in quant_gemm
+        _pack_panel(qtype, W, w_off + p * PANEL * row_bytes, row_bytes, n_valid, 0, n_chunks, words, scales, mins, stage)
 
 
 def _compact(kind: int, panels: np.ndarray, K: int) -> np.ndarray | None:
@@ -484,8 +529,9 @@ _C, _A, _B = 0, 4, 5  # tiles: the result, the activations, the weights
 
 
 def amx_kind(kind: int) -> bool:
-    """Whether panels of this kind have one scale per 32-weight chunk, as a tile product of 32 needs."""
-    return kind & 3 != HALVES
+    """Whether panels of this kind have one scale per 32-weight chunk, as a tile product of 32
+    needs, and meet the activation's scale per chunk, as the tile products do."""
+    return kind & 3 == PLAIN or kind & 3 == F16_SUMS
 
 
 def packed_entry(kind: int, amx: bool) -> str:
