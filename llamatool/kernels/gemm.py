@@ -20,8 +20,8 @@ one-row loop. Against a Q8_K activation (one token scale per 256 weights) the AV
 leaves the token scale for the end of each super-block (sb += float(sum) * row scales, then
 acc += sb * token scale: see _per_superblock), one multiply fewer per chunk. Tokens go in
 tiles of 2 x TILE, then TILE (a decoded weight vector feeds eight or four products from a
-register); the panel is packed BLOCK_K weights at a time so
-it stays in L1 while every token of the call streams past it. llvm-mca (Sapphire Rapids)
+register); the panel is packed BLOCK_K weights at a time so it stays in L1 while every
+token of the call streams past it. llvm-mca (Sapphire Rapids)
 on the emitted Q4_0 tile loop: ~35 cycles per 4 tokens x 32 weights x 16 rows, ~8.7
 cycles per 512 multiply-adds, ports 0 and 5 saturated (the one-row loop: ~33). Eight-token
 tiles load (and unpack) each weight vector once for eight: a server step of eight slots
@@ -214,10 +214,19 @@ def _units_of(values, u):
 def _per_superblock(kind):
     """Whether a chunk's products meet the activation's scale only at the end of their
     super-block (kinds whose activation has one scale per 256 weights): one multiply fewer
-    per chunk and token, the multiplies being what bounds the tiles on Zen 4 (pp256 of 1B
-    Q6_K 1.14x, Q5_K_M 1.08x the speed without them). With AVX-512 only: it doubles a
+    per chunk and token, the float operations being what bounds the tiles on Zen 4 (pp256
+    one thread, alternating: 1B Q6_K 1.12x, Q5_K_M 1.08x). With AVX-512 only: it doubles a
     tile's accumulators, and 16 registers (AVX2) already hold only those."""
     return _WIDE_REGISTERS and (kind & 3 == HALVES or kind & 3 == SUPER)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _scaled_products(kind, p, row_scales, dx, acc, sb):
+    """The int32 products p times the rows' scales, into sb where _per_superblock(kind), else
+    times the token's scale dx too, into acc."""
+    if _per_superblock(kind):
+        return acc, fma(to_f32(p), row_scales, sb)
+    return fma(to_f32(p), row_scales * dx, acc), sb
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -232,18 +241,12 @@ def _chunk(kind, packed, scales, mins, cb, c, q, d, s16, s32, K, t, acc, sb):
         for h in range(2):
             p = _chunk_words(kind, packed, cb, h, 4, q, xo + 16 * h, zero)
             u = (2 * cb + h) * PANEL
-            if _per_superblock(kind):
-                sb = fma(to_f32(p), _units(scales, u), sb)
-            else:
-                acc = fma(to_f32(p), _units(scales, u) * dx, acc)
+            acc, sb = _scaled_products(kind, p, _units(scales, u), dx, acc, sb)
             acc = fma(_units(mins, u), splat(get(s16, t * (K // 16) + 2 * c + h), PANEL), acc)
     else:
         p = _chunk_words(kind, packed, cb, 0, 8, q, xo, zero)
         u = cb * PANEL
-        if _per_superblock(kind):
-            sb = fma(to_f32(p), _units(scales, u), sb)
-        else:
-            acc = fma(to_f32(p), _units(scales, u) * dx, acc)
+        acc, sb = _scaled_products(kind, p, _units(scales, u), dx, acc, sb)
         acc = fma(_units(mins, u), splat(_block_sum(kind, s32, t * (K // 32) + c), PANEL), acc)
     if _per_superblock(kind) and c % 8 == 7:
         return fma(sb, splat(dx, PANEL), acc), splat(float32(0), PANEL)
