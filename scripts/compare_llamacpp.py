@@ -213,20 +213,26 @@ def measure(engine, test: Test, tokens: list[int]) -> tuple[float, float | None]
     return test.n_tokens / wall, test.n_tokens / cpu
 
 
-def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, n_vocab: int, log=print) -> list[dict]:
-    """Median t/s of each engine per test, alternating engines every repetition."""
+def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, n_vocab: int, log=print,
+                  probe=None) -> list[dict]:
+    """Median t/s of each engine per test, alternating engines every repetition. With a probe
+    (a ReadProbe), every timed generation run is preceded by a read-bandwidth measurement,
+    which add_bandwidth sets that run against."""
     rows = []
     for test in tests:
         rng = np.random.default_rng(0)
         token_sets = [synthetic_tokens(rng, test.depth + test.n_tokens, n_vocab, bos) for _ in range(reps + 1)]
         rates = {name: [] for name in engines}
         cpu_rates = {name: [] for name in engines}
+        reads = {name: [] for name in engines}
         for name, engine in engines.items():  # warm-up, not counted (llama-bench warms up itself)
             if not isinstance(engine, LlamaBench):
                 time_once(engine, test, token_sets[0])
         for r in range(reps):
             order = list(engines.items()) if r % 2 == 0 else list(engines.items())[::-1]
             for name, engine in order:
+                if probe is not None and not test.n_prompt:
+                    reads[name].append(probe(repeats=2))
                 rate, cpu_rate = measure(engine, test, token_sets[r + 1])
                 rates[name].append(rate)
                 cpu_rates[name].append(cpu_rate)
@@ -235,6 +241,8 @@ def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, 
                # tokens per CPU-second of the process: on a busy machine, with one thread, the
                # figure a descheduled engine does not lose
                **{f"{n}_cpu_ts": None if None in v else statistics.median(v) for n, v in cpu_rates.items()}}  # fmt: skip
+        if probe is not None and not test.n_prompt:
+            row.update({f"{n}_read_samples": v for n, v in reads.items()})
         row["ratio"] = row["llamatool_ts"] / row["llama.cpp_ts"]
         row["cpu_ratio"] = None if row["llama.cpp_cpu_ts"] is None else row["llamatool_cpu_ts"] / row["llama.cpp_cpu_ts"]
         per_cpu = "" if row["cpu_ratio"] is None else (
@@ -276,22 +284,46 @@ def _streaming_sums():
     return in_order, four_quarters
 
 
+class ReadProbe:
+    """The machine's read bandwidth in GB/s: nbytes (far larger than the caches) read once by
+    n_threads threads, each summing its contiguous share as 64-bit integers, best of repeats:
+    the rate decode would reach if it only streamed its weights. The first call tries both
+    access patterns (_streaming_sums) and keeps the better for the later ones. Made once and
+    called beside every timed run: on a shared machine another tenant's load moves the
+    bandwidth from minute to minute (2 threads of a Zen 4: 32 GB/s, then 52 a minute later),
+    so a run's share of it is taken against the probe made just before it."""
+
+    def __init__(self, n_threads: int, nbytes: int = 1 << 30):
+        self.parts = np.array_split(np.ones(nbytes // 8, np.uint64), n_threads)
+        self.nbytes = sum(part.nbytes for part in self.parts)
+        self.pool = ThreadPoolExecutor(n_threads)
+        self.loop = None
+
+    def _best_seconds(self, loop, repeats: int) -> float:
+        loop(self.parts[0][:8])  # compiled before the clock starts
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(self.pool.map(loop, self.parts))
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def __call__(self, repeats: int = 5) -> float:
+        seconds = {loop: self._best_seconds(loop, repeats) for loop in ([self.loop] if self.loop else _streaming_sums())}
+        self.loop = min(seconds, key=seconds.get)
+        return self.nbytes / seconds[self.loop] / 1e9
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 def read_bandwidth(n_threads: int, nbytes: int = 1 << 30, repeats: int = 5) -> float:
-    """The machine's read bandwidth in GB/s: nbytes (far larger than the caches) read once
-    by n_threads threads, each summing its contiguous share as 64-bit integers, by the
-    better of two access patterns (_streaming_sums), best of repeats: the rate decode would
-    reach if it only streamed its weights."""
-    data = np.ones(nbytes // 8, np.uint64)
-    parts = np.array_split(data, n_threads)
-    best = float("inf")
-    with ThreadPoolExecutor(n_threads) as pool:
-        for streaming_sum in _streaming_sums():
-            streaming_sum(parts[0][:8])  # compiled before the clock starts
-            for _ in range(repeats):
-                start = time.perf_counter()
-                list(pool.map(streaming_sum, parts))
-                best = min(best, time.perf_counter() - start)
-    return data.nbytes / best / 1e9
+    """One ReadProbe measurement (both access patterns, best of repeats)."""
+    probe = ReadProbe(n_threads, nbytes)
+    try:
+        return probe(repeats)
+    finally:
+        probe.close()
 
 
 def bytes_per_token(path: Path, test: Test) -> dict:
@@ -317,7 +349,9 @@ def bytes_per_token(path: Path, test: Test) -> dict:
 
 
 def add_bandwidth(rows: list[dict], path: Path, tests: list[Test], read_gbps: float) -> None:
-    """Each generation row gains the GB/s each engine moved and its share of the read bandwidth."""
+    """Each generation row gains the GB/s each engine moved and its share of the read bandwidth:
+    the median over its runs of each run's GB/s against the probe made just before it, where
+    compare_speed made them (<engine>_read_samples), else against read_gbps."""
     for row, test in zip(rows, tests):
         if test.n_prompt:
             continue
@@ -325,7 +359,9 @@ def add_bandwidth(rows: list[dict], path: Path, tests: list[Test], read_gbps: fl
         row["bytes_per_token"] = per_token["weights"] + per_token["kv"]
         for name in ("llamatool", "llama.cpp"):
             row[f"{name}_gbps"] = row["bytes_per_token"] * row[f"{name}_ts"] / 1e9
-            row[f"{name}_of_read"] = row[f"{name}_gbps"] / read_gbps
+            reads = row.get(f"{name}_read_samples")
+            row[f"{name}_of_read"] = row[f"{name}_gbps"] / read_gbps if not reads else statistics.median(
+                row["bytes_per_token"] * ts / 1e9 / gbps for ts, gbps in zip(row[f"{name}_samples"], reads))
 
 
 # --- agreement ----------------------------------------------------------------------------------
@@ -440,10 +476,16 @@ def main(argv=None) -> int:
     bos = tok.bos_id if tok.add_bos else None
     report = {"model": str(args.model), "threads": args.threads, "repetitions": args.repetitions, "llama.cpp": reference}
     speed_ref = LlamaBench(bench, args.model, args.threads) if bench else theirs
+    probe = ReadProbe(args.threads) if tests and not args.no_bandwidth else None
+    if probe is not None:
+        report["read_gbps"] = probe()
     report["speed"] = compare_speed({"llamatool": ours, "llama.cpp": speed_ref}, tests, args.repetitions, bos, ours.n_vocab,
-                                    log)
-    if tests and not args.no_bandwidth:
-        report["read_gbps"] = read_bandwidth(args.threads)
+                                    log, probe)
+    if probe is not None:
+        probe.close()
+        beside = [g for row in report["speed"] for n in ("llamatool", "llama.cpp") for g in row.get(f"{n}_read_samples", [])]
+        if beside:
+            report["read_gbps_beside_runs"] = [min(beside), statistics.median(beside), max(beside)]
         add_bandwidth(report["speed"], args.model, tests, report["read_gbps"])
     if args.check_prompts and theirs is None:
         log(f"no agreement check: it runs llama.cpp through llama-cpp-python ({INSTALL_HINT})")
@@ -465,6 +507,10 @@ def print_report(report: dict) -> None:
         read = report.get("read_gbps")
         if read:
             print(f"read bandwidth ({report['threads']} threads, 1 GiB read once, best of 5): {read:.1f} GB/s")
+        beside = report.get("read_gbps_beside_runs")
+        if beside:
+            print(f"read bandwidth beside each timed generation run (best of 2): {beside[0]:.1f} - {beside[2]:.1f} GB/s, "
+                  f"median {beside[1]:.1f}; '% of read' sets each run against the one before it (median of the runs)")
         print("| test | llamatool t/s | llama.cpp t/s | ratio | per CPU-s: llamatool | llama.cpp | ratio "
               "| GB/s: llamatool | llama.cpp | % of read: llamatool | llama.cpp |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

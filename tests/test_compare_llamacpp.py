@@ -5,6 +5,7 @@ runs, not speed (speed is measured by running the script)."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,55 @@ def test_bytes_per_token_reads_every_weight_and_the_kv_cache(default_model):
 
 def test_read_bandwidth_is_measured():
     assert compare.read_bandwidth(2, nbytes=1 << 24, repeats=2) > 0.1  # GB/s; any machine streams 16 MiB faster
+
+
+class _Timed(_Recorder):
+    """An engine whose every evaluated token takes `seconds`."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def eval(self, tokens):
+        time.sleep(self.seconds * len(tokens))
+
+
+def test_each_generation_run_is_set_against_the_probe_before_it(default_model):
+    """The probe runs before every timed generation run (not before prompt runs), and an
+    engine's share of the read bandwidth is the median of its runs' own shares: a probe that
+    reads 10, 20, 40, ... GB/s in turn gives each run a different denominator."""
+    calls = []
+
+    def probe(repeats):
+        calls.append(repeats)
+        return 10.0 * 2 ** (len(calls) - 1)
+
+    engines = {"llamatool": _Timed(0.002), "llama.cpp": _Timed(0.004)}
+    tests = compare.parse_tests("4", "3")
+    rows = compare.compare_speed(engines, tests, 3, None, 100, log=lambda msg: None, probe=probe)
+    assert len(calls) == 3 * 2  # 3 repetitions x 2 engines, generation only
+    assert "llamatool_read_samples" not in rows[0]
+    gen = rows[1]
+    # alternating order: llamatool first in repetitions 0 and 2, second in 1
+    assert gen["llamatool_read_samples"] == [10.0, 80.0, 160.0]
+    assert gen["llama.cpp_read_samples"] == [20.0, 40.0, 320.0]
+    compare.add_bandwidth(rows, default_model, tests, read_gbps=1.0)
+    per_token = gen["bytes_per_token"]
+    shares = sorted(per_token * ts / 1e9 / g for ts, g in zip(gen["llamatool_samples"], gen["llamatool_read_samples"]))
+    assert gen["llamatool_of_read"] == pytest.approx(shares[1])
+    assert gen["llamatool_gbps"] == pytest.approx(per_token * gen["llamatool_ts"] / 1e9)
+
+
+def test_the_probe_keeps_the_faster_pattern():
+    probe = compare.ReadProbe(2, nbytes=1 << 24)
+    try:
+        assert probe.loop is None
+        assert probe(repeats=1) > 0.1
+        assert probe.loop in compare._streaming_sums()
+        kept = probe.loop
+        assert probe(repeats=1) > 0.1 and probe.loop is kept
+    finally:
+        probe.close()
 
 
 def test_fixture_names_are_checked(capsys):

@@ -22,7 +22,8 @@ row, they save every weight row the work. For the same reason a Q8_K slot keeps 
 with every 128 values in the order of their 32-value chunks 0, 2, 1, 3. That is the order in
 which one 64-byte load of Q4_K or Q5_K weights gives them (its low nibbles are chunks 0 and
 2, its high nibbles 1 and 3: see blocks.py), so their decode loops read one activation
-vector per weight vector instead of gathering two halves.
+vector per weight vector instead of gathering two halves (IQ4_XS's chunks come by halves,
+and one permute of its two nibble vectors gives the same order).
 
 Float weights get the activation rounded to their own type instead (F16 or BF16 values
 kept in float32), as ggml converts src1 to the weight's vec_dot_type.

@@ -40,7 +40,7 @@ from llamatool.jit import njit
 from .actquant import paired_start
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, even_lanes, extract, f16_bits_to_f32, f16_lanes, f16_pairs2, gather, get,
-                   load, low_half, odd_lanes, zip16, load_f16, load_f16_pair, interleave, load_u16, load_u32, load_u64,
+                   load, low_half, high_half, odd_lanes, zip16, load_f16, load_f16_pair, interleave, load_u16, load_u32, load_u64,
                    lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i16, to_i32, to_u64, where_bits)
 from .types import IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
@@ -266,7 +266,8 @@ def iq4_xs_chunk(W, bo, j):
 
 # --- whole super-blocks of the K-quants --------------------------------------------------------
 # Each returns (w0, w1, w2, w3, l0, l1, l2, l3, m) for the super-block at bo:
-#   w_p   uint8 x 64   the weights q of chunk pair p (chunks 2p, 2p+1), as for decode_pair_in_group
+#   w_p   uint8 x 64   the weights q of chunk pair p (chunks 2p, 2p+1), as for decode_pair_in_group;
+#                      IQ4_XS (PAIRED_ACTIVATION): chunks (0, 2), (1, 3), (4, 6), (5, 7)
 #   l_p   float32 x 16 the scale of each dot lane of that pair (lane i covers weights 4i..4i+3)
 #                      times dx, the activation's scale (one per super-block for Q8_K)
 #   m     float32 x 16 the offset of each 16 weights, to multiply by the activation's s16 sums
@@ -450,40 +451,42 @@ def q3_k_superblock(W, bo, dx):
     return w0, w1, w2, w3, l0, l1, l2, l3, sc * float32(-4)  # value = q - 4
 
 
-def _xs_table(fn):
-    return np.array([fn(j % 8) for j in range(16)], np.int32)
-
-
 # IQ4_XS: the 6-bit scale of sub-block j has its low 4 bits in nibble j % 2 of byte 4 + j // 2
-# and its top 2 bits in bits 2j of the little-endian 16-bit word at byte 2 (lanes 8-15 repeat 0-7)
-XS_LOW_BYTE = _xs_table(lambda j: 4 + j // 2).astype(np.uint8)
-XS_LOW_SHIFT = _xs_table(lambda j: 4 * (j % 2))
-XS_HIGH_BYTE = _xs_table(lambda j: 2 + j // 4).astype(np.uint8)
-XS_HIGH_SHIFT = _xs_table(lambda j: 2 * (j % 4))
-
-
+# and its top 2 bits in bits 2j of the little-endian 16-bit word at byte 2.
 @njit(cache=True, _nrt=False, forceinline=True)
-def _xs_scales(W, bo):
-    """IQ4_XS: the 8 scales of the super-block at bo, as int32 (-32..31)."""
-    b = load(W, bo, 16)
-    low = to_i32(lookup16(b, load(XS_LOW_BYTE, 0, 16)))
-    high = to_i32(lookup16(b, load(XS_HIGH_BYTE, 0, 16)))
-    low = (low >> load(XS_LOW_SHIFT, 0, 16)) & 15
-    return low_half((low | (((high >> load(XS_HIGH_SHIFT, 0, 16)) & 3) << 4)) - 32)
+def _xs_scale_bytes(W, bo):
+    """IQ4_XS: the 8 scales of the super-block at bo as the bytes of a uint64, in the order
+    0, 2, 4, 6, 1, 3, 5, 7 (the even sub-blocks' bits sit together in both fields), by scalar
+    operations (off the vector units)."""
+    word = load_u64(W, bo, 1)
+    low = word >> uint64(32)
+    high = (word >> uint64(16)) & uint64(0xFFFF)
+    low = (low & uint64(0x0F0F0F0F)) | (((low >> uint64(4)) & uint64(0x0F0F0F0F)) << uint64(32))
+    # top bits of the even sub-blocks are nibbles 0-3 of high & 0x3333, of the odd ones of high >> 2:
+    # each nibble to a byte of its own, both halves at once
+    top = (high & uint64(0x3333)) | (((high >> uint64(2)) & uint64(0x3333)) << uint64(32))
+    top = (top | (top << uint64(8))) & uint64(0x00FF00FF00FF00FF)
+    top = (top | (top << uint64(4))) & uint64(0x0F0F0F0F0F0F0F0F)
+    return low | (top << uint64(4))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def iq4_xs_superblock(W, bo, dx):
-    dl = to_f32(_xs_scales(W, bo)) * load_f16(W, bo, 1)
+    """IQ4_XS in the paired activation's order (PAIRED_ACTIVATION): chunk j is the nibbles of
+    the 16 bytes at 16j, its first 16 weights low and its last 16 high, so the bytes of
+    chunks 0 and 2, each twice (one permute of a 64-byte load), split into nibbles give those
+    two chunks whole, as the paired copy holds them; likewise 1 and 3, 4 and 6, 5 and 7. The
+    scales follow: lanes 0-7 of w0's products are chunk 0's, lanes 8-15 chunk 2's."""
+    dl = to_f32(to_i32(_bytes8(_xs_scale_bytes(W, bo))) - 32) * load_f16(W, bo, 1)  # sub-blocks 0, 2, 4, 6, 1, ..
     sc = dl * dx
     table = load(IQ4_VALUES_U8, 0, 16)
-    o = bo + 8  # chunk j: the nibbles of the 16 bytes at 16j (low, then high)
-    w0 = lookup16(table, _nibble_pair(W, o, o + 16))
-    w1 = lookup16(table, _nibble_pair(W, o + 32, o + 48))
-    w2 = lookup16(table, _nibble_pair(W, o + 64, o + 80))
-    w3 = lookup16(table, _nibble_pair(W, o + 96, o + 112))
-    return (w0, w1, w2, w3, repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 4, 2, 8),
-            repeat_slice(sc, 6, 2, 8), repeat_slice(dl * float32(-128), 0, 8, 2))  # codebook + 128
+    a = load(W, bo + 8, 64)
+    b = load(W, bo + 72, 64)
+    in_order = interleave(low_half(dl), high_half(dl))
+    return (lookup16(table, _split_nibbles(pick_pair(a, 0, 32))), lookup16(table, _split_nibbles(pick_pair(a, 16, 48))),
+            lookup16(table, _split_nibbles(pick_pair(b, 0, 32))), lookup16(table, _split_nibbles(pick_pair(b, 16, 48))),
+            repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 6, 2, 8),
+            repeat_slice(in_order * float32(-128), 0, 8, 2))  # codebook + 128
 
 
 # --- the ternary types: weights d * (q - 1), q in 0..2 -------------------------------------------
@@ -1047,8 +1050,8 @@ SUPERBLOCK_DECODERS = {Q2_K: q2_k_superblock, Q3_K: q3_k_superblock, IQ4_XS: iq4
 INT_SCALE_DECODERS = {Q4_K: q4_k_superblock, Q5_K: q5_k_superblock, Q6_K: q6_k_superblock}
 #: integer-scaled types whose offsets m go by 32 weights (8 lanes, against the s32 sums)
 PER32_OFFSETS = (Q4_K, Q5_K)
-#: integer-scaled types whose weights come in the order of the activation's paired copy
-PAIRED_ACTIVATION = (Q4_K, Q5_K)
+#: types whose super-block weights come in the order of the activation's paired copy
+PAIRED_ACTIVATION = (Q4_K, Q5_K, IQ4_XS)
 #: types whose two chunk halves have scales and offsets of their own (else one of each per chunk)
 HALF_OFFSETS = (Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0, IQ2_XS, IQ2_S, IQ1_M)
 

@@ -328,7 +328,7 @@ def _superblock1(qtype, W, bo, g, q, d, s16, t, K, acc, offs):
     """Super-block g of a row (at byte offset bo) . activation row t, into acc/offs. Q8_K has
     one activation scale per super-block, so every scale is a lane vector made once here."""
     w0, w1, w2, w3, l0, l1, l2, l3, m = decode_superblock(qtype, W, bo, get(d, t * (K // 32) + 8 * g))
-    i = t * K + 256 * g
+    i = activation_start(qtype, q, t, K) + 256 * g
     zi = splat(int32(0), 16)
     p0 = to_f32(weight_dot(qtype, zi, w0, load(q, i, 64)))
     p1 = to_f32(weight_dot(qtype, zi, w1, load(q, i + 64, 64)))
