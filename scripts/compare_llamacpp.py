@@ -224,6 +224,7 @@ def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, 
         token_sets = [synthetic_tokens(rng, test.depth + test.n_tokens, n_vocab, bos) for _ in range(reps + 1)]
         rates = {name: [] for name in engines}
         cpu_rates = {name: [] for name in engines}
+        probing = probe is not None and not test.n_prompt
         reads = {name: [] for name in engines}
         for name, engine in engines.items():  # warm-up, not counted (llama-bench warms up itself)
             if not isinstance(engine, LlamaBench):
@@ -231,7 +232,7 @@ def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, 
         for r in range(reps):
             order = list(engines.items()) if r % 2 == 0 else list(engines.items())[::-1]
             for name, engine in order:
-                if probe is not None and not test.n_prompt:
+                if probing:
                     reads[name].append(probe(repeats=2))
                 rate, cpu_rate = measure(engine, test, token_sets[r + 1])
                 rates[name].append(rate)
@@ -241,7 +242,7 @@ def compare_speed(engines: dict, tests: list[Test], reps: int, bos: int | None, 
                # tokens per CPU-second of the process: on a busy machine, with one thread, the
                # figure a descheduled engine does not lose
                **{f"{n}_cpu_ts": None if None in v else statistics.median(v) for n, v in cpu_rates.items()}}  # fmt: skip
-        if probe is not None and not test.n_prompt:
+        if probing:
             row.update({f"{n}_read_samples": v for n, v in reads.items()})
         row["ratio"] = row["llamatool_ts"] / row["llama.cpp_ts"]
         row["cpu_ratio"] = None if row["llama.cpp_cpu_ts"] is None else row["llamatool_cpu_ts"] / row["llama.cpp_cpu_ts"]
