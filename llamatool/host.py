@@ -82,6 +82,7 @@ class Features(NamedTuple):
     vnni_256: bool  # vpdpbusd on 32 bytes (AVX512-VNNI with VL, or AVX-VNNI)
     avx2: bool = False  # vpmaddubsw / vpmaddwd on 32 bytes (the byte dot products without VNNI)
     avx512: bool = False  # 32 vector registers of 64 bytes (AVX-512F)
+    gfni: bool = False  # vgf2p8affineqb: every byte's bits remapped by an 8 x 8 bit matrix
 
 
 @lru_cache(maxsize=None)
@@ -98,10 +99,11 @@ def features() -> Features:
     vnni_512 = host.get("avx512vnni", False)
     vnni_256 = vnni_512 and host.get("avx512vl", False) or host.get("avxvnni", False)
     avx512 = host.get("avx512f", False)
+    gfni = host.get("gfni", False)
     if forced_portable():
-        vnni_512 = vnni_256 = avx512 = False
+        vnni_512 = vnni_256 = avx512 = gfni = False
     return Features(x86=x86, f16c=host.get("f16c", False), vnni_512=vnni_512, vnni_256=vnni_256,
-                    avx2=x86 and host.get("avx2", False), avx512=avx512)
+                    avx2=x86 and host.get("avx2", False), avx512=avx512, gfni=gfni)
 
 
 def amx_int8() -> bool:

@@ -352,7 +352,8 @@ def bytes_per_token(path: Path, test: Test) -> dict:
 def add_bandwidth(rows: list[dict], path: Path, tests: list[Test], read_gbps: float) -> None:
     """Each generation row gains the GB/s each engine moved and its share of the read bandwidth:
     the median over its runs of each run's GB/s against the probe made just before it, where
-    compare_speed made them (<engine>_read_samples), else against read_gbps."""
+    compare_speed made them (<engine>_read_samples), else against read_gbps; and the ratio
+    of the two shares."""
     for row, test in zip(rows, tests):
         if test.n_prompt:
             continue
@@ -363,6 +364,9 @@ def add_bandwidth(rows: list[dict], path: Path, tests: list[Test], read_gbps: fl
             reads = row.get(f"{name}_read_samples")
             row[f"{name}_of_read"] = row[f"{name}_gbps"] / read_gbps if not reads else statistics.median(
                 row["bytes_per_token"] * ts / 1e9 / gbps for ts, gbps in zip(row[f"{name}_samples"], reads))
+        # the engines' ratio with each run set against the memory it had: where another
+        # tenant's load comes and goes, the t/s ratio says which engine drew the quiet minutes
+        row["share_ratio"] = row["llamatool_of_read"] / row["llama.cpp_of_read"]
 
 
 # --- agreement ----------------------------------------------------------------------------------
@@ -511,16 +515,17 @@ def print_report(report: dict) -> None:
         beside = report.get("read_gbps_beside_runs")
         if beside:
             print(f"read bandwidth beside each timed generation run (best of 2): {beside[0]:.1f} - {beside[2]:.1f} GB/s, "
-                  f"median {beside[1]:.1f}; '% of read' sets each run against the one before it (median of the runs)")
+                  f"median {beside[1]:.1f}; '% of read' sets each run against the one before it (median of the runs), "
+                  "and its ratio is the engines' ratio at equal memory")
         print("| test | llamatool t/s | llama.cpp t/s | ratio | per CPU-s: llamatool | llama.cpp | ratio "
-              "| GB/s: llamatool | llama.cpp | % of read: llamatool | llama.cpp |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+              "| GB/s: llamatool | llama.cpp | % of read: llamatool | llama.cpp | ratio |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in report["speed"]:
             cpu = "| - | - | - |" if r["cpu_ratio"] is None else (
                 f"| {r['llamatool_cpu_ts']:.1f} | {r['llama.cpp_cpu_ts']:.1f} | {r['cpu_ratio']:.2f} |")
-            bw = "| - | - | - | - |" if "llamatool_gbps" not in r else (
+            bw = "| - | - | - | - | - |" if "llamatool_gbps" not in r else (
                 f"| {r['llamatool_gbps']:.1f} | {r['llama.cpp_gbps']:.1f} | {100 * r['llamatool_of_read']:.0f}% "
-                f"| {100 * r['llama.cpp_of_read']:.0f}% |")
+                f"| {100 * r['llama.cpp_of_read']:.0f}% | {r['share_ratio']:.2f} |")
             print(f"| {r['test']} | {r['llamatool_ts']:.1f} | {r['llama.cpp_ts']:.1f} | {r['ratio']:.2f} {cpu} {bw[2:]}")
     agree = report.get("agreement")
     if agree:

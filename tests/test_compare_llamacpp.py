@@ -244,6 +244,10 @@ def test_each_generation_run_is_set_against_the_probe_before_it(default_model):
     shares = sorted(per_token * ts / 1e9 / g for ts, g in zip(gen["llamatool_samples"], gen["llamatool_read_samples"]))
     assert gen["llamatool_of_read"] == pytest.approx(shares[1])
     assert gen["llamatool_gbps"] == pytest.approx(per_token * gen["llamatool_ts"] / 1e9)
+    # at equal memory: the median probe beside llamatool's runs read 80 GB/s, beside llama.cpp's 40,
+    # so llamatool's lead in t/s is halved when each run is set against its own memory
+    assert gen["share_ratio"] == pytest.approx(gen["llamatool_of_read"] / gen["llama.cpp_of_read"])
+    assert gen["share_ratio"] == pytest.approx(gen["ratio"] * 40 / 80, rel=0.2)
 
 
 def test_the_probe_keeps_the_faster_pattern():

@@ -717,6 +717,27 @@ def test_byte_dot_products_without_vnni(monkeypatch, avx2):
         np.testing.assert_array_equal(small16, 5 + ((a >> 1).astype(np.int32) * b).reshape(16, 4).sum(1))
 
 
+@pytest.mark.parametrize("gfni", [True, False], ids=["gfni", "portable-ir"])
+def test_nibbles_split_by_quarters(monkeypatch, gfni):
+    """split_nibbles (the 4-bit types' chunk pairs: Q4_0, Q4_1, IQ4_NL, IQ4_XS) keeps the low
+    nibbles of the first and third 16 bytes and moves down the high nibbles of the second and
+    fourth, with vgf2p8affineqb's bit matrices and with the portable word shift alike."""
+    if gfni and not (host.features().gfni and host.features().avx512):
+        pytest.skip("this CPU has no GFNI with AVX-512: the portable lowering runs (the other case)")
+    monkeypatch.setattr(simd, "_GFNI_512", gfni)
+
+    @njit(cache=False)
+    def split(v, out):
+        simd.store(out, 0, simd.split_nibbles(simd.load(v, 0, 64)))
+
+    v = np.arange(256, dtype=np.uint8)[np.random.default_rng(17).permutation(256)[:64]]
+    v[:2], v[16:18] = (0, 255), (255, 0)
+    out = np.zeros(64, np.uint8)
+    split(v, out)
+    high = (np.arange(64) // 16) % 2 == 1
+    np.testing.assert_array_equal(out, np.where(high, v >> 4, v & 15))
+
+
 @pytest.mark.parametrize("lowering", ["host", "avx2", "portable-ir"])
 def test_scaled_byte_pairs_are_exact(monkeypatch, lowering):
     """scaled_dot4 (the K-quants' super-block products: byte pairs summed in int16, times an

@@ -131,10 +131,10 @@ def test_no_native_forces_the_portable_paths_and_its_own_cache():
 
 def test_the_probe_decides_in_one_place(monkeypatch):
     monkeypatch.setattr(host, "_host_features", lambda: {"sse2": True, "f16c": True, "avx512f": True, "avx512vnni": True,
-                                                          "avx512vl": True})
+                                                          "avx512vl": True, "gfni": True})
     monkeypatch.setattr(host, "machine", lambda: "x86_64")
     monkeypatch.delenv(host.NO_NATIVE_ENV, raising=False)
-    assert host.features() == host.Features(x86=True, f16c=True, vnni_512=True, vnni_256=True, avx512=True)
+    assert host.features() == host.Features(x86=True, f16c=True, vnni_512=True, vnni_256=True, avx512=True, gfni=True)
     assert host.saved_code() == sys.platform.startswith("linux") and host.cache_flavour() == "native"
     for value in ("1", "yes"):
         monkeypatch.setenv(host.NO_NATIVE_ENV, value)

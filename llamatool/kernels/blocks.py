@@ -41,7 +41,7 @@ from .actquant import paired_start
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, even_lanes, extract, f16_bits_to_f32, f16_lanes, f16_pairs2, gather, get,
                    load, low_half, high_half, odd_lanes, zip16, load_f16, load_f16_pair, interleave, load_u16, load_u32, load_u64,
-                   lookup16, pick_pair, pick_pair2, reinterpret, splat, to_f32, to_i8, to_i16, to_i32, to_u64, where_bits)
+                   lookup16, pick_pair, pick_pair2, reinterpret, splat, split_nibbles, to_f32, to_i8, to_i16, to_i32, to_u64, where_bits)
 from .types import IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
 from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID  # noqa: E402
@@ -483,8 +483,8 @@ def iq4_xs_superblock(W, bo, dx):
     a = load(W, bo + 8, 64)
     b = load(W, bo + 72, 64)
     in_order = interleave(low_half(dl), high_half(dl))
-    return (lookup16(table, _split_nibbles(pick_pair(a, 0, 32))), lookup16(table, _split_nibbles(pick_pair(a, 16, 48))),
-            lookup16(table, _split_nibbles(pick_pair(b, 0, 32))), lookup16(table, _split_nibbles(pick_pair(b, 16, 48))),
+    return (lookup16(table, split_nibbles(pick_pair(a, 0, 32))), lookup16(table, split_nibbles(pick_pair(a, 16, 48))),
+            lookup16(table, split_nibbles(pick_pair(b, 0, 32))), lookup16(table, split_nibbles(pick_pair(b, 16, 48))),
             repeat_slice(sc, 0, 2, 8), repeat_slice(sc, 4, 2, 8), repeat_slice(sc, 2, 2, 8), repeat_slice(sc, 6, 2, 8),
             repeat_slice(in_order * float32(-128), 0, 8, 2))  # codebook + 128
 
@@ -1116,23 +1116,14 @@ def decode_group(qtype, W, bo):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _split_nibbles(b):
-    """pick_pair's 64 bytes [x, x, y, y] -> [low nibbles of x, high of x, low of y, high of y]
-    (one variable word shift and a mask: a chunk pair's weights in chunk order)."""
-    half = concat(splat(uint16(0), 8), splat(uint16(4), 8))
-    shifts = concat(half, half)
-    return reinterpret(reinterpret(b, np.uint16) >> shifts, np.uint8) & uint8(15)
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
 def _group18(W, bo):
     """Eight 18-byte blocks (Q4_0, IQ4_NL: an f16 d, then 16 bytes of nibbles) at bo, read as
     two registers of the first 128 bytes and one of the last 64: the four pairs' nibbles
     and the eight scales come out of them by permutes, not by a load and an insert each."""
     z = load(W, bo, 128)
     tail = load(W, bo + 80, 64)
-    return (_split_nibbles(pick_pair(z, 2, 20)), _split_nibbles(pick_pair(z, 38, 56)),
-            _split_nibbles(pick_pair(z, 74, 92)), _split_nibbles(pick_pair(tail, 30, 48)), f16_lanes(z, 0, 18, 8))
+    return (split_nibbles(pick_pair(z, 2, 20)), split_nibbles(pick_pair(z, 38, 56)),
+            split_nibbles(pick_pair(z, 74, 92)), split_nibbles(pick_pair(tail, 30, 48)), f16_lanes(z, 0, 18, 8))
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -1153,8 +1144,8 @@ def q4_1_group(W, bo):
     128 bytes and the last 64 (see _group18); d and m come as one vector, [d0, m0, d1, ...]."""
     z = load(W, bo, 128)
     tail = load(W, bo + 96, 64)
-    return (_split_nibbles(pick_pair2(z, tail, 96, 4, 24)), _split_nibbles(pick_pair2(z, tail, 96, 44, 64)),
-            _split_nibbles(pick_pair2(z, tail, 96, 84, 104)), _split_nibbles(pick_pair2(z, tail, 96, 124, 144)),
+    return (split_nibbles(pick_pair2(z, tail, 96, 4, 24)), split_nibbles(pick_pair2(z, tail, 96, 44, 64)),
+            split_nibbles(pick_pair2(z, tail, 96, 84, 104)), split_nibbles(pick_pair2(z, tail, 96, 124, 144)),
             f16_pairs2(z, tail, 96, 0, 20, 8))
 
 

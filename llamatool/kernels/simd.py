@@ -1040,6 +1040,34 @@ def pick_pair(typingctx, v, s0, s1):
     return vt(v, s0, s1), codegen
 
 
+_GFNI_512 = _FEATURES.gfni and _FEATURES.avx512
+#: vgf2p8affineqb's bit matrices (one per 8 bytes; row 7 - i makes bit i of a byte): bits 0-3
+#: kept in place, and bits 4-7 moved down to 0-3, both with the other bits cleared
+_LOW_NIBBLE, _HIGH_NIBBLE = 0x0102040800000000, 0x1020408000000000
+
+
+@intrinsic
+def split_nibbles(typingctx, v):
+    """pick_pair's uint8 x 64 [x, x, y, y] -> [low nibbles of x, high nibbles of x, low of y,
+    high of y]: a chunk pair's 4-bit weights in chunk order. With GFNI one vgf2p8affineqb
+    whose bit matrix differs by 16-byte quarter; else a word shift by 0 or 4 and a mask."""
+    if not (isinstance(v, Vector) and v.dtype == types.uint8 and v.lanes == 64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i8x64, i16x32 = ir.VectorType(ir.IntType(8), 64), ir.VectorType(ir.IntType(16), 32)
+        if _GFNI_512:
+            quarters = [_LOW_NIBBLE, _LOW_NIBBLE, _HIGH_NIBBLE, _HIGH_NIBBLE] * 2
+            matrix = builder.bitcast(ir.Constant(ir.VectorType(ir.IntType(64), 8), quarters), i8x64)
+            affine = _intrinsic_fn(builder, "llvm.x86.vgf2p8affineqb.512", i8x64, [i8x64, i8x64, ir.IntType(8)])
+            return builder.call(affine, [args[0], matrix, ir.Constant(ir.IntType(8), 0)])
+        shifts = ir.Constant(i16x32, ([0] * 8 + [4] * 8) * 2)
+        shifted = builder.bitcast(builder.lshr(builder.bitcast(args[0], i16x32), shifts), i8x64)
+        return builder.and_(shifted, ir.Constant(i8x64, [15] * 64))
+
+    return v(v), codegen
+
+
 @intrinsic
 def f16_lanes(typingctx, v, first, stride, lanes):
     """float32 x lanes: the IEEE halves at byte offsets first, first + stride, ... of a uint8
