@@ -12,6 +12,7 @@ import ctypes
 
 import numpy as np
 import pytest
+from numba.core.errors import TypingError
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as GQ
 from gguf.quants import dequantize as gguf_dequantize
 
@@ -736,6 +737,37 @@ def test_nibbles_split_by_quarters(monkeypatch, gfni):
     split(v, out)
     high = (np.arange(64) // 16) % 2 == 1
     np.testing.assert_array_equal(out, np.where(high, v >> 4, v & 15))
+
+
+@pytest.mark.parametrize("gfni", [True, False], ids=["gfni", "portable-ir"])
+def test_bits_shifted_by_halves(monkeypatch, gfni):
+    """shift_bits (the fifth and sixth bits of Q5_K and Q6_K) shifts each byte by one amount in
+    the first 32 bytes and another in the last 32, then masks, with vgf2p8affineqb's bit
+    matrices and with the portable word shift alike; moves that would need bits of a
+    neighbouring byte, or a left and a right shift at once, are refused when compiled."""
+    if gfni and not simd._GFNI_512:  # the kernels' own choice, made from host.features()
+        pytest.skip("no GFNI with AVX-512 here (not on this CPU, or LLAMATOOL_NO_NATIVE): the portable lowering runs")
+    monkeypatch.setattr(simd, "_GFNI_512", gfni)
+    v = np.arange(256, dtype=np.uint8)[np.random.default_rng(18).permutation(256)[:64]]
+    v[:2], v[32:34] = (0, 255), (255, 0)
+    first_half = np.arange(64) < 32
+    for a, b, mask in [(4, 2, 48), (0, -2, 48), (4, 2, 16), (3, 1, 16), (0, -2, 16), (-1, -3, 16), (0, -4, 15)]:
+        @njit(cache=False)
+        def shifted(v, out):
+            simd.store(out, 0, simd.shift_bits(simd.load(v, 0, 64), a, b, mask))
+
+        out = np.zeros(64, np.uint8)
+        shifted(v, out)
+        by = np.where(first_half, a, b)
+        expected = np.where(by >= 0, v.astype(np.int32) << np.maximum(by, 0), v >> np.maximum(-by, 0)) & mask
+        np.testing.assert_array_equal(out, expected.astype(np.uint8), err_msg=str((a, b, mask)))
+    for a, b, mask in [(4, 2, 0xFF), (1, -1, 16)]:
+        @njit(cache=False)
+        def refused(v, out):
+            simd.store(out, 0, simd.shift_bits(simd.load(v, 0, 64), a, b, mask))
+
+        with pytest.raises(TypingError):
+            refused(v, np.zeros(64, np.uint8))
 
 
 @pytest.mark.parametrize("lowering", ["host", "avx2", "portable-ir"])

@@ -41,7 +41,7 @@ from .actquant import paired_start
 from .lanes import as_u8_lanes, as_u64_lanes, repeat_slice
 from .simd import (bit_mask, concat, dot4_u7i8, dot4_u8i8, even_lanes, extract, f16_bits_to_f32, f16_lanes, f16_pairs2, gather, get,
                    load, low_half, high_half, odd_lanes, zip16, load_f16, load_f16_pair, interleave, load_u16, load_u32, load_u64,
-                   lookup16, pick_pair, pick_pair2, reinterpret, splat, split_nibbles, to_f32, to_i8, to_i16, to_i32, to_u64, where_bits)
+                   lookup16, pick_pair, pick_pair2, reinterpret, shift_bits, splat, split_nibbles, to_f32, to_i8, to_i16, to_i32, to_u64, where_bits)
 from .types import IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, TQ1_0, TQ2_0
 
 from llamatool.quants.grids import IQ1_S_LEVELS, IQ2_S_GRID, IQ2_XS_GRID, IQ2_XXS_GRID, IQ3_S_GRID, IQ3_XXS_GRID  # noqa: E402
@@ -298,6 +298,14 @@ def _twice(W, o, shift):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
+def _both_halves(W, o):
+    """The 32 bytes at o in both halves of a uint8 x 64 (one broadcast load): the high bits of
+    Q5_K and Q6_K, which shift_bits moves by one amount in the first half, another in the last."""
+    q = load(W, o, 32)
+    return concat(q, q)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
 def _k4_scale_min_words(W, o):
     """Q4_K/Q5_K: the 8 scales and 8 mins packed in the 12 bytes at o (ggml's get_scale_min_k4),
     as two uint64 of 8 bytes each, by scalar operations (off the vector units): sub-blocks 0-3
@@ -356,13 +364,13 @@ def q4_k_superblock(W, bo):
 @njit(cache=True, _nrt=False, forceinline=True)
 def q5_k_superblock(W, bo):
     k0, k1, k2, k3, d, m = _k4_int_scales(W, bo)
-    # chunk j's fifth bit is bit j of qh; these lanes are qh for chunks 0, 1, 4, 5 and qh >> 2
-    # for chunks 2, 3, 6, 7: the pairs' bits are bits 0, 1, 4 and 5 of them
-    qh = _twice(W, bo + 16, 2)
+    # chunk j's fifth bit is bit j of qh; pair p holds chunks p / 2 * 4 + p % 2 (first 32
+    # lanes) and that + 2 (last 32), so its bits come from bits 0 / 2, 1 / 3, 4 / 6 and 5 / 7
+    qh = _both_halves(W, bo + 16)
     w0, w1 = _nibble_pairs(W, bo + 48)
     w2, w3 = _nibble_pairs(W, bo + 112)
-    return (w0 | ((qh << uint8(4)) & uint8(16)), w1 | ((qh << uint8(3)) & uint8(16)), w2 | (qh & uint8(16)),
-            w3 | ((qh >> uint8(1)) & uint8(16)), k0, k1, k2, k3, d, m)
+    return (w0 | shift_bits(qh, 4, 2, 16), w1 | shift_bits(qh, 3, 1, 16), w2 | shift_bits(qh, 0, -2, 16),
+            w3 | shift_bits(qh, -1, -3, 16), k0, k1, k2, k3, d, m)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -371,9 +379,9 @@ def _q6_k_half(W, bo, h):
     4 bits are the 64 bytes ql[64h:] (low nibbles, then high); their top 2 bits come from the
     32 bytes qh[32h:], bits 0-1 / 2-3 for the first pair and 4-5 / 6-7 for the second."""
     ql = load(W, bo + 64 * h, 64)
-    qh = _twice(W, bo + 128 + 32 * h, 2)
-    w_a = (ql & uint8(15)) | ((qh << uint8(4)) & uint8(48))
-    w_b = (ql >> uint8(4)) | (qh & uint8(48))
+    qh = _both_halves(W, bo + 128 + 32 * h)
+    w_a = (ql & uint8(15)) | shift_bits(qh, 4, 2, 48)
+    w_b = (ql >> uint8(4)) | shift_bits(qh, 0, -2, 48)
     return w_a, w_b
 
 

@@ -1041,9 +1041,25 @@ def pick_pair(typingctx, v, s0, s1):
 
 
 _GFNI_512 = _FEATURES.gfni and _FEATURES.avx512
-#: vgf2p8affineqb's bit matrices (one per 8 bytes; row 7 - i makes bit i of a byte): bits 0-3
-#: kept in place, and bits 4-7 moved down to 0-3, both with the other bits cleared
-_LOW_NIBBLE, _HIGH_NIBBLE = 0x0102040800000000, 0x1020408000000000
+
+
+def _shift_matrix(shift: int, mask: int) -> int:
+    """vgf2p8affineqb's bit matrix (one per 8 bytes; row 7 - i makes bit i of a byte) for
+    (byte << shift) & mask, a negative shift moving bits down."""
+    rows = [1 << (i - shift) if mask >> i & 1 else 0 for i in range(8)]
+    return sum(row << 8 * (7 - i) for i, row in enumerate(rows))
+
+
+#: bits 0-3 kept in place, and bits 4-7 moved down to 0-3, both with the other bits cleared
+_LOW_NIBBLE, _HIGH_NIBBLE = _shift_matrix(0, 15), _shift_matrix(-4, 15)
+
+
+def _affine_bytes(builder, v, matrices):
+    """vgf2p8affineqb of a uint8 x 64 value by eight bit matrices, one per 8 bytes."""
+    i8x64 = ir.VectorType(ir.IntType(8), 64)
+    matrix = builder.bitcast(ir.Constant(ir.VectorType(ir.IntType(64), 8), matrices), i8x64)
+    affine = _intrinsic_fn(builder, "llvm.x86.vgf2p8affineqb.512", i8x64, [i8x64, i8x64, ir.IntType(8)])
+    return builder.call(affine, [v, matrix, ir.Constant(ir.IntType(8), 0)])
 
 
 @intrinsic
@@ -1057,15 +1073,36 @@ def split_nibbles(typingctx, v):
     def codegen(context, builder, sig, args):
         i8x64, i16x32 = ir.VectorType(ir.IntType(8), 64), ir.VectorType(ir.IntType(16), 32)
         if _GFNI_512:
-            quarters = [_LOW_NIBBLE, _LOW_NIBBLE, _HIGH_NIBBLE, _HIGH_NIBBLE] * 2
-            matrix = builder.bitcast(ir.Constant(ir.VectorType(ir.IntType(64), 8), quarters), i8x64)
-            affine = _intrinsic_fn(builder, "llvm.x86.vgf2p8affineqb.512", i8x64, [i8x64, i8x64, ir.IntType(8)])
-            return builder.call(affine, [args[0], matrix, ir.Constant(ir.IntType(8), 0)])
+            return _affine_bytes(builder, args[0], [_LOW_NIBBLE, _LOW_NIBBLE, _HIGH_NIBBLE, _HIGH_NIBBLE] * 2)
         shifts = ir.Constant(i16x32, ([0] * 8 + [4] * 8) * 2)
         shifted = builder.bitcast(builder.lshr(builder.bitcast(args[0], i16x32), shifts), i8x64)
         return builder.and_(shifted, ir.Constant(i8x64, [15] * 64))
 
     return v(v), codegen
+
+
+@intrinsic
+def shift_bits(typingctx, v, first, second, mask):
+    """uint8 x 64: each byte shifted by `first` bits in the first 32 bytes and by `second` in
+    the last 32 (left; negative: right), then & mask (all compile-time constants; the mask
+    keeps only bits that come from the same byte). With GFNI one vgf2p8affineqb (its bit
+    matrix differs by half); else a word shift by half and a mask."""
+    a, b, m = _literal_int(first), _literal_int(second), _literal_int(mask)
+    if not (isinstance(v, Vector) and v.dtype == types.uint8 and v.lanes == 64) or None in (a, b, m):
+        return None
+    if a * b < 0 or not all(0 <= i - s < 8 for s in (a, b) for i in range(8) if m >> i & 1):
+        return None  # one word shift must serve both halves; every kept bit comes from its own byte
+
+    def codegen(context, builder, sig, args):
+        i8x64, i16x32 = ir.VectorType(ir.IntType(8), 64), ir.VectorType(ir.IntType(16), 32)
+        if _GFNI_512:
+            return _affine_bytes(builder, args[0], [_shift_matrix(a, m)] * 4 + [_shift_matrix(b, m)] * 4)
+        words = builder.bitcast(args[0], i16x32)
+        amounts = ir.Constant(i16x32, [abs(a)] * 16 + [abs(b)] * 16)
+        shifted = builder.shl(words, amounts) if a + b > 0 else builder.lshr(words, amounts)
+        return builder.and_(builder.bitcast(shifted, i8x64), ir.Constant(i8x64, [m] * 64))
+
+    return v(v, first, second, mask), codegen
 
 
 @intrinsic
