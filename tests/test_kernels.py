@@ -718,14 +718,19 @@ def test_byte_dot_products_without_vnni(monkeypatch, avx2):
         np.testing.assert_array_equal(small16, 5 + ((a >> 1).astype(np.int32) * b).reshape(16, 4).sum(1))
 
 
-@pytest.mark.parametrize("gfni", [True, False], ids=["gfni", "portable-ir"])
-def test_nibbles_split_by_quarters(monkeypatch, gfni):
+@pytest.fixture(params=[True, False], ids=["gfni", "portable-ir"])
+def gfni(request, monkeypatch):
+    """The byte shifts' two lowerings in turn: vgf2p8affineqb's bit matrices (where the kernels
+    would choose them) and the portable word shift."""
+    if request.param and not simd._GFNI_512:  # the kernels' own choice, made from host.features()
+        pytest.skip("no GFNI with AVX-512 here (not on this CPU, or LLAMATOOL_NO_NATIVE): the portable lowering runs")
+    monkeypatch.setattr(simd, "_GFNI_512", request.param)
+
+
+def test_nibbles_split_by_quarters(gfni):
     """split_nibbles (the 4-bit types' chunk pairs: Q4_0, Q4_1, IQ4_NL, IQ4_XS) keeps the low
     nibbles of the first and third 16 bytes and moves down the high nibbles of the second and
     fourth, with vgf2p8affineqb's bit matrices and with the portable word shift alike."""
-    if gfni and not simd._GFNI_512:  # the kernels' own choice, made from host.features()
-        pytest.skip("no GFNI with AVX-512 here (not on this CPU, or LLAMATOOL_NO_NATIVE): the portable lowering runs")
-    monkeypatch.setattr(simd, "_GFNI_512", gfni)
 
     @njit(cache=False)
     def split(v, out):
@@ -739,15 +744,11 @@ def test_nibbles_split_by_quarters(monkeypatch, gfni):
     np.testing.assert_array_equal(out, np.where(high, v >> 4, v & 15))
 
 
-@pytest.mark.parametrize("gfni", [True, False], ids=["gfni", "portable-ir"])
-def test_bits_shifted_by_halves(monkeypatch, gfni):
+def test_bits_shifted_by_halves(gfni):
     """shift_bits (the fifth and sixth bits of Q5_K and Q6_K) shifts each byte by one amount in
     the first 32 bytes and another in the last 32, then masks, with vgf2p8affineqb's bit
     matrices and with the portable word shift alike; moves that would need bits of a
     neighbouring byte, or a left and a right shift at once, are refused when compiled."""
-    if gfni and not simd._GFNI_512:  # the kernels' own choice, made from host.features()
-        pytest.skip("no GFNI with AVX-512 here (not on this CPU, or LLAMATOOL_NO_NATIVE): the portable lowering runs")
-    monkeypatch.setattr(simd, "_GFNI_512", gfni)
     v = np.arange(256, dtype=np.uint8)[np.random.default_rng(18).permutation(256)[:64]]
     v[:2], v[32:34] = (0, 255), (255, 0)
     first_half = np.arange(64) < 32

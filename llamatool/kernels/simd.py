@@ -1050,33 +1050,31 @@ def _shift_matrix(shift: int, mask: int) -> int:
     return sum(row << 8 * (7 - i) for i, row in enumerate(rows))
 
 
-#: bits 0-3 kept in place, and bits 4-7 moved down to 0-3, both with the other bits cleared
-_LOW_NIBBLE, _HIGH_NIBBLE = _shift_matrix(0, 15), _shift_matrix(-4, 15)
-
-
-def _affine_bytes(builder, v, matrices):
-    """vgf2p8affineqb of a uint8 x 64 value by eight bit matrices, one per 8 bytes."""
-    i8x64 = ir.VectorType(ir.IntType(8), 64)
-    matrix = builder.bitcast(ir.Constant(ir.VectorType(ir.IntType(64), 8), matrices), i8x64)
-    affine = _intrinsic_fn(builder, "llvm.x86.vgf2p8affineqb.512", i8x64, [i8x64, i8x64, ir.IntType(8)])
-    return builder.call(affine, [v, matrix, ir.Constant(ir.IntType(8), 0)])
+def _shifted_by_quarters(builder, v, shifts, mask):
+    """(byte << shifts[k]) & mask for the bytes of 16-byte quarter k of a uint8 x 64 value (a
+    negative shift moving bits down; all shifts one way, every kept bit from its own byte).
+    With GFNI one vgf2p8affineqb, whose bit matrix is given per 8 bytes; else a word shift by
+    quarter and a mask."""
+    i8x64, i16x32 = ir.VectorType(ir.IntType(8), 64), ir.VectorType(ir.IntType(16), 32)
+    if _GFNI_512:
+        matrix = ir.Constant(ir.VectorType(ir.IntType(64), 8), [_shift_matrix(k, mask) for k in shifts for _ in range(2)])
+        affine = _intrinsic_fn(builder, "llvm.x86.vgf2p8affineqb.512", i8x64, [i8x64, i8x64, ir.IntType(8)])
+        return builder.call(affine, [v, builder.bitcast(matrix, i8x64), ir.Constant(ir.IntType(8), 0)])
+    words = builder.bitcast(v, i16x32)
+    amounts = ir.Constant(i16x32, [abs(k) for k in shifts for _ in range(8)])
+    shifted = builder.shl(words, amounts) if max(shifts) > 0 else builder.lshr(words, amounts)
+    return builder.and_(builder.bitcast(shifted, i8x64), ir.Constant(i8x64, [mask] * 64))
 
 
 @intrinsic
 def split_nibbles(typingctx, v):
     """pick_pair's uint8 x 64 [x, x, y, y] -> [low nibbles of x, high nibbles of x, low of y,
-    high of y]: a chunk pair's 4-bit weights in chunk order. With GFNI one vgf2p8affineqb
-    whose bit matrix differs by 16-byte quarter; else a word shift by 0 or 4 and a mask."""
+    high of y]: a chunk pair's 4-bit weights in chunk order (see _shifted_by_quarters)."""
     if not (isinstance(v, Vector) and v.dtype == types.uint8 and v.lanes == 64):
         return None
 
     def codegen(context, builder, sig, args):
-        i8x64, i16x32 = ir.VectorType(ir.IntType(8), 64), ir.VectorType(ir.IntType(16), 32)
-        if _GFNI_512:
-            return _affine_bytes(builder, args[0], [_LOW_NIBBLE, _LOW_NIBBLE, _HIGH_NIBBLE, _HIGH_NIBBLE] * 2)
-        shifts = ir.Constant(i16x32, ([0] * 8 + [4] * 8) * 2)
-        shifted = builder.bitcast(builder.lshr(builder.bitcast(args[0], i16x32), shifts), i8x64)
-        return builder.and_(shifted, ir.Constant(i8x64, [15] * 64))
+        return _shifted_by_quarters(builder, args[0], (0, -4, 0, -4), 15)
 
     return v(v), codegen
 
@@ -1085,8 +1083,7 @@ def split_nibbles(typingctx, v):
 def shift_bits(typingctx, v, first, second, mask):
     """uint8 x 64: each byte shifted by `first` bits in the first 32 bytes and by `second` in
     the last 32 (left; negative: right), then & mask (all compile-time constants; the mask
-    keeps only bits that come from the same byte). With GFNI one vgf2p8affineqb (its bit
-    matrix differs by half); else a word shift by half and a mask."""
+    keeps only bits that come from the same byte; see _shifted_by_quarters)."""
     a, b, m = _literal_int(first), _literal_int(second), _literal_int(mask)
     if not (isinstance(v, Vector) and v.dtype == types.uint8 and v.lanes == 64) or None in (a, b, m):
         return None
@@ -1094,13 +1091,7 @@ def shift_bits(typingctx, v, first, second, mask):
         return None  # one word shift must serve both halves; every kept bit comes from its own byte
 
     def codegen(context, builder, sig, args):
-        i8x64, i16x32 = ir.VectorType(ir.IntType(8), 64), ir.VectorType(ir.IntType(16), 32)
-        if _GFNI_512:
-            return _affine_bytes(builder, args[0], [_shift_matrix(a, m)] * 4 + [_shift_matrix(b, m)] * 4)
-        words = builder.bitcast(args[0], i16x32)
-        amounts = ir.Constant(i16x32, [abs(a)] * 16 + [abs(b)] * 16)
-        shifted = builder.shl(words, amounts) if a + b > 0 else builder.lshr(words, amounts)
-        return builder.and_(builder.bitcast(shifted, i8x64), ir.Constant(i8x64, [m] * 64))
+        return _shifted_by_quarters(builder, args[0], (a, a, b, b), m)
 
     return v(v, first, second, mask), codegen
 
