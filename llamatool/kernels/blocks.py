@@ -288,21 +288,20 @@ def iq4_xs_chunk(W, bo, j):
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
-def _twice(W, o, shift):
-    """The 32 bytes at o, then the same 32 bytes shifted right by `shift` bits, in one broadcast
-    load and one 64-bit shift (no lane-crossing insert). The top `shift` bits of each byte
-    of the second half are the next byte's low bits: callers mask them off."""
-    q = load(W, o, 32)
-    amounts = concat(splat(uint64(0), 4), splat(uint64(shift), 4))
-    return as_u8_lanes(as_u64_lanes(concat(q, q)) >> amounts)
-
-
-@njit(cache=True, _nrt=False, forceinline=True)
 def _both_halves(W, o):
     """The 32 bytes at o in both halves of a uint8 x 64 (one broadcast load): the high bits of
     Q5_K and Q6_K, which shift_bits moves by one amount in the first half, another in the last."""
     q = load(W, o, 32)
     return concat(q, q)
+
+
+@njit(cache=True, _nrt=False, forceinline=True)
+def _twice(W, o, shift):
+    """The 32 bytes at o, then the same 32 bytes shifted right by `shift` bits, in one broadcast
+    load and one 64-bit shift (no lane-crossing insert). The top `shift` bits of each byte
+    of the second half are the next byte's low bits: callers mask them off."""
+    amounts = concat(splat(uint64(0), 4), splat(uint64(shift), 4))
+    return as_u8_lanes(as_u64_lanes(_both_halves(W, o)) >> amounts)
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
