@@ -149,3 +149,27 @@ def ggml_f32_lanes() -> int:
     if host.get("avx512f", False) and not forced_portable():
         return 16
     return 8 if host.get("avx2", False) and host.get("fma", False) else 0
+
+
+@lru_cache(maxsize=None)
+def ggml_loop_lanes() -> int:
+    """The float32 lanes of the loops GCC vectorizes on its own in llama.cpp's native build
+    (ggml_vec_dot_f32's leftovers), given ggml_f32_lanes(): the vector width GCC prefers for
+    -march=native, which follows the CPU model GCC takes this one for (an AVX-512 Xeon VM
+    that reports a Rocket Lake model: 256 bits, 8 lanes; another Xeon VM and a Zen 4: 512).
+    Asked of gcc itself; without it (or with another compiler), the full vector."""
+    lanes = ggml_f32_lanes()
+    if lanes != 16 or not sys.platform.startswith("linux"):
+        return lanes
+    import re
+    import shutil
+    import subprocess
+
+    gcc = shutil.which("gcc")
+    try:
+        options = subprocess.run([gcc, "-march=native", "-Q", "--help=target"], capture_output=True, text=True,
+                                 timeout=30).stdout if gcc else ""
+    except (OSError, subprocess.SubprocessError):
+        options = ""
+    width = re.search(r"^\s*-mprefer-vector-width=\s+(\d+)\s*$", options, re.MULTILINE)
+    return min(lanes, int(width.group(1)) // 32) if width else lanes

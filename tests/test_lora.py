@@ -358,26 +358,27 @@ def test_export_lora_products_are_summed_in_ggml_order():
     x[:, 0], x[:, 1], x[:, 8] = big, -big, 1
     y = np.ones((2, 16), np.float32)
     out = np.empty((2, 4), np.float32)
-    ggml_f32_products(x, y, 8, out)
+    ggml_f32_products(x, y, 8, 8, out)
     assert (out == 0).all()
     # rank 3 (vec_dot leftovers, one by one with fma): ((big + 1) - big) in float32 = 0
     x3 = np.array([[big, 1, -big]] * 4, np.float32)
     y3 = np.ones((2, 3), np.float32)
     out3 = np.empty((2, 4), np.float32)
-    ggml_f32_products(x3, y3, 8, out3)
+    ggml_f32_products(x3, y3, 8, 8, out3)
     assert (out3 == 0).all()  # the exact sum would be 1
-    # AVX-512's leftovers: 8 of them are a vectorized epilogue (rounded products added in
-    # order), fewer are fused multiply-adds. (1 + 2^-12)^2 rounds to 1 + 2^-11, so after
+    # AVX-512's leftovers: half a loop vector of them is a vectorized epilogue (rounded
+    # products added in order: 8 where GCC's loops are 16 wide, 4 where it prefers 256-bit
+    # vectors), fewer are fused multiply-adds. (1 + 2^-12)^2 rounds to 1 + 2^-11, so after
     # -(1 + 2^-11) the rounded product leaves 0 and the fused one the 2^-24 it dropped
     e = np.float32(1 + 2.0**-12)
-    for rank, expected in ((8, 0.0), (7, 2.0**-24)):
+    for loop_lanes, rank, expected in ((16, 8, 0.0), (16, 7, 2.0**-24), (8, 4, 0.0), (8, 3, 2.0**-24)):
         x8 = np.zeros((4, rank), np.float32)
         x8[:, 0], x8[:, 1] = -(1 + 2.0**-11), e
         y8 = np.zeros((2, rank), np.float32)
         y8[:, 0], y8[:, 1] = 1, e
         out8 = np.empty((2, 4), np.float32)
-        ggml_f32_products(x8, y8, 16, out8)
-        assert (out8 == np.float32(expected)).all(), rank
+        ggml_f32_products(x8, y8, 16, loop_lanes, out8)
+        assert (out8 == np.float32(expected)).all(), (loop_lanes, rank)
 
 
 def test_export_lora_to_a_preset(tiny, tmp_path):

@@ -13,8 +13,9 @@ float32 lanes per vector (host.ggml_f32_lanes: 16 on AVX-512F, 8 on AVX2):
 - otherwise ggml_vec_dot_f32: four W-lane accumulators over steps of 4W (FMA), the four
   added pairwise (0+2, 1+3, then 0+1), the lanes reduced (AVX-512: the halving tree; AVX2:
   the halves added, then two horizontal adds of neighbours), and the r mod 4W leftovers
-  added one by one: GCC vectorizes that loop, so whole vectors of leftovers are rounded
-  products (W wide, then 8 wide on AVX-512) and only the last few are fused multiply-adds.
+  added one by one: GCC vectorizes that loop at the width it prefers for the CPU (V lanes:
+  host.ggml_loop_lanes, W or W/2), so whole vectors of leftovers are rounded products (V
+  wide, then on AVX-512 a V/2-wide epilogue) and only the last few are fused multiply-adds.
 
 Every output is computed by one thread in that order, so threads do not change the bits.
 """
@@ -63,7 +64,7 @@ def _tinyblas_dot(x, xo, y, yo, r, lanes, acc):
 
 
 @njit(cache=True, forceinline=True)
-def _vec_dot(x, xo, y, yo, r, lanes, acc):
+def _vec_dot(x, xo, y, yo, r, lanes, loop_lanes, acc):
     step = 4 * lanes
     n_simd = r - r % step
     for j in range(step):
@@ -76,31 +77,34 @@ def _vec_dot(x, xo, y, yo, r, lanes, acc):
     for j in range(lanes):  # vector 0 += 1
         acc[j] = acc[j] + acc[j + lanes]
     total = _halving_tree(acc, lanes) if lanes == 16 else _avx2_reduce(acc)
-    return _leftovers(x, xo, y, yo, n_simd, r, lanes, total)
+    return _leftovers(x, xo, y, yo, n_simd, r, loop_lanes, lanes == 16, total)
 
 
 @njit(cache=True, forceinline=True)
-def _leftovers(x, xo, y, yo, i, r, lanes, total):
-    """vec_dot's `sumf += x[i]*y[i]` loop as GCC vectorizes it: products of whole vectors
-    rounded, then added one by one; with AVX-512 an 8-wide vector epilogue after the 16-wide
-    loop; the last few fused multiply-adds (seen in llama.cpp's AVX-512 build)."""
-    while r - i >= lanes:
-        for j in range(lanes):
+def _leftovers(x, xo, y, yo, i, r, loop_lanes, epilogue, total):
+    """vec_dot's `sumf += x[i]*y[i]` loop as GCC vectorizes it: products of whole vectors of
+    loop_lanes rounded, then added one by one; with AVX-512 (epilogue) a half-wide vector
+    epilogue after that loop; the last few fused multiply-adds (seen in llama.cpp's AVX-512
+    builds: 16 then 8 where GCC prefers 512-bit vectors, 8 then 4 where it prefers 256)."""
+    while r - i >= loop_lanes:
+        for j in range(loop_lanes):
             total = total + x[xo + i + j] * y[yo + i + j]
-        i += lanes
-    if lanes == 16 and r - i >= 8:
-        for j in range(8):
+        i += loop_lanes
+    half = loop_lanes // 2
+    if epilogue and r - i >= half:
+        for j in range(half):
             total = total + x[xo + i + j] * y[yo + i + j]
-        i += 8
+        i += half
     for k in range(i, r):
         total = _fma(x[xo + k], y[yo + k], total)
     return total
 
 
 @njit(cache=True, parallel=True)
-def ggml_f32_products(x, y, lanes, out):
-    """out[n, k] = x[k] . y[n] in ggml's order (see the module): x (m, r), y (n, r), float32,
-    C order; out (n, m) float32."""
+def ggml_f32_products(x, y, lanes, loop_lanes, out):
+    """out[n, k] = x[k] . y[n] in ggml's order (see the module) for vectors of `lanes` and
+    leftover loops vectorized by `loop_lanes`: x (m, r), y (n, r), float32, C order; out
+    (n, m) float32."""
     m, r = x.shape
     n = y.shape[0]
     tiny = r % lanes == 0 and m % 4 == 0 and n >= 2
@@ -111,4 +115,4 @@ def ggml_f32_products(x, y, lanes, out):
             if tiny:
                 out[row, k] = _tinyblas_dot(xf, k * r, yf, row * r, r, lanes, acc)
             else:
-                out[row, k] = _vec_dot(xf, k * r, yf, row * r, r, lanes, acc)
+                out[row, k] = _vec_dot(xf, k * r, yf, row * r, r, lanes, loop_lanes, acc)

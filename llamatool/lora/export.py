@@ -9,9 +9,9 @@ writes it.
 llama-export-lora sums each of B.A's r products in float32 in the order of ggml's CPU
 vectors (kernels/ggml_dot.py), which decides the last bit of a float32 and so, now and then,
 an F16 step of the merged value: the products are summed in that order for the vectors of
-this CPU as llama.cpp builds itself for it (host.ggml_f32_lanes). Where that order is not
-modelled (not x86-64 with AVX2), they are summed in float64 and rounded once, which can
-differ from llama-export-lora's in the last bit. Beyond llama-export-lora: adapters need not
+this CPU as llama.cpp builds itself for it (host.ggml_f32_lanes, host.ggml_loop_lanes).
+Where that order is not modelled (not x86-64 with AVX2), they are summed in float64 and
+rounded once, which can differ from llama-export-lora's in the last bit. Beyond llama-export-lora: adapters need not
 adapt the same tensors, Q8_0 adapters are accepted, and --outtype PRESET quantizes the
 merged model (llamatool.quantize, from a temporary F16/F32 merge next to the output,
 removed afterwards).
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import LlamatoolError
 from ..gguf_io import GGUFReader, GGUFWriter, ValueType
-from ..host import ggml_f32_lanes
+from ..host import ggml_f32_lanes, ggml_loop_lanes
 from .adapter import EMBEDDING, Adapter, load_adapters
 
 MOSTLY_F16 = 1  # llama_ftype LLAMA_FTYPE_MOSTLY_F16, which llama-export-lora writes
@@ -71,7 +71,8 @@ def product(a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
     from ..kernels.ggml_dot import ggml_f32_products  # Numba: imported when a merge needs it
 
     out = np.empty((cols.shape[0], rows.shape[0]), np.float32)
-    ggml_f32_products(np.ascontiguousarray(rows, np.float32), np.ascontiguousarray(cols, np.float32), lanes, out)
+    ggml_f32_products(np.ascontiguousarray(rows, np.float32), np.ascontiguousarray(cols, np.float32), lanes,
+                      ggml_loop_lanes(), out)
     return out
 
 
