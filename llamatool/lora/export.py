@@ -11,10 +11,10 @@ vectors (kernels/ggml_dot.py), which decides the last bit of a float32 and so, n
 an F16 step of the merged value: the products are summed in that order for the vectors of
 this CPU as llama.cpp builds itself for it (host.ggml_f32_lanes, host.ggml_loop_lanes).
 Where that order is not modelled (not x86-64 with AVX2), they are summed in float64 and
-rounded once, which can differ from llama-export-lora's in the last bit. Beyond llama-export-lora: adapters need not
-adapt the same tensors, Q8_0 adapters are accepted, and --outtype PRESET quantizes the
-merged model (llamatool.quantize, from a temporary F16/F32 merge next to the output,
-removed afterwards).
+rounded once, which can differ from llama-export-lora's in the last bit. Beyond
+llama-export-lora: adapters need not adapt the same tensors, Q8_0 adapters are accepted, and
+--outtype PRESET quantizes the merged model (llamatool.quantize, from a temporary F16/F32
+merge next to the output, removed afterwards).
 """
 
 from __future__ import annotations
