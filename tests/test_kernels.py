@@ -358,15 +358,15 @@ def decode_pass(rows_fn, qtype: int):
 
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"])
 def test_both_decode_passes_give_the_same_bits(name):
-    """Four rows per pass (Intel hosts) and one row per pass (AMD hosts: one forward stream,
-    see matmul.DECODE_ROWS_PER_PASS) give every row the same bits, on any host, and they are
-    what this host's rows() kernel gives."""
+    """Four rows per pass (Intel hosts, short rows) and one row per pass (one forward stream:
+    AMD hosts, and rows of 2048 weights or more anywhere; see matmul.STREAM_BY_BYTES) give
+    every row the same bits, on any host, and they are what this host's rows() kernel gives."""
     from llamatool.kernels import matmul
 
     by_four = decode_pass(matmul.block32_rows_by_four, int(GQ[name]))
     singly = decode_pass(matmul.block32_rows_singly, int(GQ[name]))
     rng = np.random.default_rng(37)
-    for k in (512, 576, 544, 96, 32):
+    for k in (512, 576, 544, 96, 32, 2048, 2080):
         rows = 11
         raw = random_blocks(name, rows, k, rng)
         x = rng.standard_normal((1, k)).astype(np.float32)
@@ -388,7 +388,7 @@ def test_decode_by_four_rows_gives_the_numbers_of_one_row(name):
     alone, for rows of whole groups of 8 blocks, with a partial group, and with an odd last
     block; and the products are those of both quantized operands."""
     rng = np.random.default_rng(31)
-    for k in (512, 576, 544, 96, 32):
+    for k in (512, 576, 544, 96, 32, 2048, 2080):
         rows = 11
         raw = random_blocks(name, rows, k, rng)
         w = gguf_dequantize(raw, GQ[name]).astype(np.float64)

@@ -8,10 +8,12 @@ BF16) meet the activation rounded to their type, 16 lanes at a time.
 
 Loop shapes:
     one token      decode: a matrix-vector product, bound by reading the weights once;
-                   on Intel the 32-weight types go four rows per pass (each activation pair
-                   is read and prepared once for four rows; four independent FMA chains), on
-                   AMD one row at a time (one forward stream: DECODE_ROWS_PER_PASS), and ask
-                   for the weights of a later pass meanwhile (software prefetch)
+                   rows of 2048 weights or more (matrices from DRAM) one at a time, the
+                   matrix read as one forward stream; shorter rows (matrices in cache) on
+                   Intel four per pass for the 32-weight types (each activation pair is read
+                   and prepared once for four rows; four independent FMA chains); asking
+                   meanwhile for the weights further on (software prefetch: see
+                   STREAM_BY_BYTES)
     a few tokens   fewer than gemm.MIN_TOKENS (a server's decode step: one token per
                    slot): the 32-weight types decode four rows once into a stack buffer
                    and run the one-token steps of every token on it, so each token gets
@@ -242,20 +244,24 @@ def _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, st):
     return total
 
 
-#: How one-token decode walks a matrix, by the CPU's vendor, as measured. Intel Xeons
-#: (Sapphire Rapids, where it was tuned): the 32-weight types four rows per pass (each
-#: activation group is prepared once for four rows), asking for the rows PREFETCH_ROWS
-#: further on; the K-quants row by row, asking for the row SUPERBLOCK_PREFETCH_ROWS further
-#: on. AMD EPYC (Zen 4): every type row by row, the matrix read as one forward stream, asking
-#: for the bytes DECODE_PREFETCH_BYTES further on (into L2 for long rows: _stream_into_l2).
-#: Measured there on one thread, the 1B shape's 113 matrices in turn from memory: Q8_0 10.7
-#: -> 21.8 GB/s, Q4_0 10.6 -> 18.5, Q6_K 19.5-20.6 -> 23.5; with a matrix in L2 both ways go
-#: at about the same speed. The K-quants' streams into L2 ask SUPERBLOCK_L2_AHEAD_BYTES on:
-#: `bench` tg32 on one thread, alternating with 8 KiB (medians of 3-6 pairs): 1B Q6_K 22.5 ->
-#: 24.8 t/s, 1B Q4_K_M 23.8 -> 27.0, 3B Q4_K_M 10.6 -> 10.7 (the 32-weight types: Q4_0 26.7
-#: -> 26.3, Q8_0 18.5 -> 19.5, within the noise: they keep 8 KiB).
+#: How one-token decode walks a matrix, as measured. Rows of STREAM_L2_MIN_K weights or more
+#: (the 1B and 3B shapes: matrices from DRAM), on every host: every type row by row, the
+#: matrix read as one forward stream, asking for the bytes DECODE_PREFETCH_BYTES further on
+#: (K-quants SUPERBLOCK_L2_AHEAD_BYTES) into L2 (_stream_into_l2). Shorter rows (the default
+#: model's 576 and 1536: matrices in cache) by the CPU's vendor: on AMD EPYC (Zen 4) the same
+#: stream into every level; elsewhere (tuned on Intel Xeons: Sapphire Rapids) the 32-weight
+#: types four rows per pass (each activation group is prepared
+#: once for four rows), asking for the rows PREFETCH_ROWS further on, the K-quants row by
+#: row, asking for the row SUPERBLOCK_PREFETCH_ROWS further on.
+#: Measured on Zen 4, one thread, the 1B shape's 113 matrices in turn from memory, stream vs
+#: four rows: Q8_0 10.7 -> 21.8 GB/s, Q4_0 10.6 -> 18.5, Q6_K 19.5-20.6 -> 23.5 (with a
+#: matrix in L2 both ways go at about the same speed); K-quants' L2 distance, `bench` tg32
+#: alternating with 8 KiB: 1B Q6_K 22.5 -> 24.8 t/s, 1B Q4_K_M 23.8 -> 27.0. On an Intel Xeon
+#: with AMX (2026-12-08, `bench` tg32, 2 alternating rounds, stream vs the Intel scheme for
+#: long rows too): one thread 3B Q4_K_M 4.91-4.93 -> 6.00-6.08 t/s, 1B Q6_K 10.2-10.4 ->
+#: 12.1-12.4, Q4_0 15.3 -> 16.0-16.5, Q8_0 9.6-9.7 -> 9.8; two threads 3B Q4_K_M 9.3-9.9 ->
+#: 11.2-11.5, 1B Q6_K 18.2-18.4 -> 22.7-22.8, Q8_0 18.2-18.6 -> 18.6-19.2.
 STREAM_BY_BYTES = host.cpu_vendor() == "AuthenticAMD"
-DECODE_ROWS_PER_PASS = 1 if STREAM_BY_BYTES else 4
 PREFETCH_ROWS = 8
 DECODE_PREFETCH_BYTES = 8192
 SUPERBLOCK_L2_AHEAD_BYTES = 16384
@@ -353,12 +359,12 @@ def _prefetch_group(qtype, W, bo, into_l2=False):
 
 @njit(cache=True, _nrt=False, forceinline=True)
 def _stream_into_l2(K):
-    """Whether a matrix read as one stream (STREAM_BY_BYTES) asks for its bytes into L2 rather
-    than every level: measured on Zen 4 (one thread, alternating), rows of 2048 weights or
-    more went faster into L2 (the 1B and 3B shapes: 3B Q4_K_M matrices 92-95 -> 86-90 ms per
+    """Whether a matrix is read as one stream with its bytes asked for into L2 rather than
+    every level: measured on Zen 4 (one thread, alternating), rows of 2048 weights or more
+    went faster into L2 (the 1B and 3B shapes: 3B Q4_K_M matrices 92-95 -> 86-90 ms per
     token, 1B Q8_0 tg 16.7-17.2 -> 18.0-18.7 t/s), the default model's rows of 576 and 1536
-    slower (Q8_0 tg 110-137 -> 90-93 t/s, Q4_0 161-168 -> 141-150)."""
-    return STREAM_BY_BYTES and K >= STREAM_L2_MIN_K
+    slower (Q8_0 tg 110-137 -> 90-93 t/s, Q4_0 161-168 -> 141-150); on Intel see above."""
+    return K >= STREAM_L2_MIN_K
 
 
 @njit(cache=True, _nrt=False, forceinline=True)
@@ -379,8 +385,8 @@ def _dot1_superblocks(qtype, W, row, n_chunks, q, d, s16, s32, t, K, ahead=0):
 @njit(cache=True, _nrt=False, forceinline=True)
 def _dot1_int_scales(qtype, W, row, n_chunks, q, d, s16, s32, t, K, ahead):
     """The _dot1_superblocks of a type with integer sub-block scales (blocks.INT_SCALE_DECODERS):
-    a super-block's products meet their scales in int32 and sum there exactly (two chains of
-    two pairs), then take d * dx in one conversion and one FMA."""
+    a super-block's products meet their scales in int32 and sum there exactly (one chain of
+    four vpdpwssd: see simd.scaled_dot4), then take d * dx in one conversion and one FMA."""
     acc = splat(float32(0), 16)
     offs = zero_offsets(qtype)
     zero = splat(int32(0), 16)
@@ -393,7 +399,7 @@ def _dot1_int_scales(qtype, W, row, n_chunks, q, d, s16, s32, t, K, ahead):
         w0, w1, w2, w3, k0, k1, k2, k3, dw, m = decode_superblock_int(qtype, W, bo)
         i = x0 + 256 * g
         sums = scaled_dot4(scaled_dot4(zero, w0, load(q, i, 64), k0), w1, load(q, i + 64, 64), k1)
-        sums = sums + scaled_dot4(scaled_dot4(zero, w2, load(q, i + 128, 64), k2), w3, load(q, i + 192, 64), k3)
+        sums = scaled_dot4(scaled_dot4(sums, w2, load(q, i + 128, 64), k2), w3, load(q, i + 192, 64), k3)
         acc = fma(to_f32(sums), splat(dw * get(d, t * (K // 32) + 8 * g), 16), acc)
         offs = fma(m, offset_sums(qtype, s16, s32, t * (K // 16) + 16 * g, t * (K // 32) + 8 * g), offs)
     return hsum(acc) + hsum(offs)
@@ -411,28 +417,35 @@ def _decode_rows_for_type(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s1
         dot1 = _dot1_int_scales if int_scales(qtype) else _dot1_superblocks
 
         def one_by_one(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
-            if not by_bytes:
-                ahead = SUPERBLOCK_PREFETCH_ROWS * row_bytes
-            elif _stream_into_l2(K):
+            if _stream_into_l2(K):
                 ahead = SUPERBLOCK_L2_AHEAD_BYTES
-            else:
+            elif by_bytes:
                 ahead = DECODE_PREFETCH_BYTES
+            else:
+                ahead = SUPERBLOCK_PREFETCH_ROWS * row_bytes
             for r in range(r0, r1):
                 out[o + r] = dot1(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K, ahead)
 
         return one_by_one
 
-    rows = block32_rows_by_four if DECODE_ROWS_PER_PASS == 4 else block32_rows_singly
+    if STREAM_BY_BYTES:
+        def streamed(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
+            block32_rows_singly(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o)
 
-    def block32(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
-        rows(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o)
+        return streamed
 
-    return block32
+    def by_row_length(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
+        if _stream_into_l2(K):
+            block32_rows_singly(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o)
+        else:
+            block32_rows_by_four(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o)
+
+    return by_row_length
 
 
 @njit(_nrt=False, inline="always")
 def block32_rows_by_four(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
-    """_decode_rows of a 32-weight type, four rows per pass (see DECODE_ROWS_PER_PASS)."""
+    """_decode_rows of a 32-weight type, four rows per pass (Intel, short rows: see STREAM_BY_BYTES)."""
     r = r0
     while r + 4 <= r1:
         y0, y1, y2, y3 = _rows4_block32(qtype, W, w_off + r * row_bytes, row_bytes, n_chunks, q, d, s16, s32, t, K)
@@ -447,7 +460,7 @@ def block32_rows_by_four(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16
 
 @njit(_nrt=False, inline="always")
 def block32_rows_singly(qtype, W, w_off, row_bytes, n_chunks, r0, r1, q, d, s16, s32, t, K, out, o):
-    """_decode_rows of a 32-weight type, one row per pass (see DECODE_ROWS_PER_PASS)."""
+    """_decode_rows of a 32-weight type, one row per pass: one forward stream (see STREAM_BY_BYTES)."""
     for r in range(r0, r1):
         out[o + r] = _dot1_block32(qtype, W, w_off + r * row_bytes, n_chunks, q, d, s16, s32, t, K,
                                    DECODE_PREFETCH_BYTES)
