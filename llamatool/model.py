@@ -266,6 +266,14 @@ class Weights:
         glob = np.array([embd, out_norm, embd if output < 0 else output], dtype=np.int64)
         return cls(data, table, layers, glob, freq_factors, names)
 
+    def compile_missing(self, repack: bool) -> None:
+        """Compile the kernels these weights need (repacked or not) apart, on a cold cache:
+        native_forward.compile_missing."""
+        from .native_forward import compile_missing
+
+        kinds = self._packed_kinds() if repack else {}
+        compile_missing(self.matrix_types, {int(self.tensors[i, 1]) for i in kinds}, set(kinds.values()))
+
     def repack(self) -> None:
         """Pack every quantized matrix into 16-row panels (kernels.gemm.pack_matrix) in
         self.packed, so that its products give a token the same bits in a call of any size
@@ -430,7 +438,9 @@ class Model:
         if n_ctx <= 0:
             raise LlamatoolError(f"context size must be positive, got {n_ctx}")
         weights = Weights.from_gguf(reader, args, int(n_ctx))
-        if repack or (repack is None and weights.repack_growth() <= REPACK_AUTO_GROWTH):
+        repack = repack or (repack is None and weights.repack_growth() <= REPACK_AUTO_GROWTH)
+        weights.compile_missing(repack)
+        if repack:
             weights.repack()
         if n_batch <= 0:
             raise LlamatoolError(f"batch size must be positive, got {n_batch}")

@@ -379,6 +379,25 @@ def driver(backend: str | None = None):
 # --- the matmul entry points --------------------------------------------------------------------
 
 
+def compile_missing(matrix_types, pack_types=(), packed_kinds=()) -> None:
+    """On a cold cache, compile what a model will load (the kernels of its matrix types, the
+    packers and packed products of a repacked one) and the forward pass in worker processes
+    (precompile.compile_apart), so the compiler's memory leaves with them; the functions
+    below then find it all saved."""
+    from .precompile import compile_apart, forward_saved
+    from .quants import native
+
+    gemm = kernel_api.load("gemm")
+    amx = host.amx_int8()
+    wanted = {**{f"rows:{t}": [f"rows_{t}", f"dequant_{t}"] for t in sorted(matrix_types)},  # matmul._c_kernels' keys
+              **{f"pack:{t}": [f"pack_{t}"] for t in sorted(pack_types)},  # matmul.packer_address's
+              **{f"packed:{k}": [gemm.packed_entry(k, amx)] for k in sorted(packed_kinds)}}  # matmul._c_packed's
+    jobs = [job for job, keys in wanted.items() if not native.is_saved(kernel_api.KERNELS, keys)]
+    if jobs and not forward_saved() and os.environ.get(BACKEND_ENV) != "numba":
+        jobs.append("forward")
+    compile_apart(jobs)
+
+
 def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
     """kernels.matmul.kernel_tables(qtypes), from saved machine code when all of it is
     there (no Numba), else from kernels.matmul (which compiles what is missing, while the

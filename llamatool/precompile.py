@@ -7,12 +7,18 @@ code in the cache folder for every later process:
     forward       the forward pass, compiled on warmup's trial model and saved as machine
                   code (its argument layout is every llama model's, so one object serves all)
     rows:ID       the matmul and dequantization kernels of ggml type ID (kernels/matmul.py)
+    pack:ID       the panel packer of ggml type ID (a repacked model's: a server's)
+    packed:KIND   the product of panels of a gemm.packed_kind (by AMX tiles where the host
+                  has them)
     quant:NAME    the quantize and dequantize kernels of a registry type (quants/native.py)
     nonfinite     `llamatool quantize`'s non-finite counter
 
 `run_jobs` shares jobs between worker processes (each takes the next when it is done, the
-longest first), for `llamatool warmup`. `start_forward` compiles the forward pass in one
-background process while the caller compiles its model's weight types: a first `run` then
+longest first), for `llamatool warmup` and for a model that loads on a cold cache
+(`compile_apart`): its kernels and the forward pass compile in workers, and the compiler's
+memory (some 250 MiB, which Numba and LLVM never give back) leaves with them instead of
+staying for the life of a server. `start_forward`, for kernels that still compile in the
+caller, compiles the forward pass in one background process meanwhile: a first `run` then
 takes about as long as the larger of the two instead of their sum. Numba's cache files are
 replaced atomically, so two processes writing one cannot damage it; at worst one of two
 entries written at the same moment is lost and compiled again when it is next needed.
@@ -31,7 +37,7 @@ from multiprocessing import get_context
 from . import host, kernel_api
 
 # rough CPU seconds of each kind of job, measured on a 2-core machine (only their order matters: longest first)
-_COST = {"forward": 16.0, "rows": 8.0, "rows-float": 1.0, "quant": 2.0, "nonfinite": 0.5}
+_COST = {"forward": 16.0, "rows": 8.0, "rows-float": 1.0, "packed": 2.5, "pack": 1.0, "quant": 2.0, "nonfinite": 0.5}
 
 
 def cores() -> int:
@@ -89,6 +95,14 @@ def _do(job: str) -> None:
         from .kernels.matmul import kernel_tables
 
         kernel_tables([int(arg)])
+    elif kind == "pack":
+        from .kernels.matmul import packer_address
+
+        packer_address(int(arg))
+    elif kind == "packed":
+        from .kernels.matmul import packed_table
+
+        packed_table([int(arg)])
     elif kind == "quant":
         from .warmup import compile_quantizer
 
@@ -104,13 +118,15 @@ def _do(job: str) -> None:
 # --- sharing jobs between processes --------------------------------------------------------------
 
 
-def run_jobs(jobs: list[str], workers: int | None = None, report=None) -> list[tuple[str, float, str | None]]:
+def run_jobs(jobs: list[str], workers: int | None = None, report=None,
+             apart: bool = False) -> list[tuple[str, float, str | None]]:
     """Run jobs in `workers` processes (default: one per core), the longest first; call
-    report(result) as each finishes. Returns the results in the order they finished."""
+    report(result) as each finishes. Returns the results in the order they finished. One
+    worker runs the jobs here, unless apart."""
     jobs = sorted(jobs, key=cost, reverse=True)
     workers = max(1, min(workers or cores(), len(jobs)))
     results = []
-    if workers == 1:  # no process to start: the jobs run here
+    if workers == 1 and not apart:  # no process to start: the jobs run here
         for job in jobs:
             results.append(run_job(job))
             if report:
@@ -124,6 +140,26 @@ def run_jobs(jobs: list[str], workers: int | None = None, report=None) -> list[t
     return results
 
 
+def compile_apart(jobs: list[str]) -> None:
+    """Run jobs in worker processes, even on one core (see the module docstring), when their
+    machine code is saved for this process to load: saved machine code is on here and this
+    process is not a job itself. A job that fails leaves its kernel to compile in the caller
+    when first needed, as it would have without this step."""
+    if jobs and not _in_job and host.saved_code():
+        try:
+            run_jobs(jobs, apart=True)
+        except Exception:  # noqa: BLE001 - a worker that died (BrokenProcessPool): the caller compiles
+            pass
+
+
+def forward_saved() -> bool:
+    """Whether the kernels' cache folder holds a forward pass (or cannot take one)."""
+    from .quants import native
+
+    folder = native._private(kernel_api.KERNELS)
+    return folder is None or not os.access(folder, os.W_OK) or any(folder.glob("forward-*.o"))
+
+
 # --- the forward pass in the background -------------------------------------------------------------
 
 _background: list[subprocess.Popen] = []
@@ -133,12 +169,9 @@ def start_forward() -> bool:
     """Start compiling the forward pass in a background process (see the module docstring)
     when that can help: saved machine code is on here, this process may use two cores or
     more, and the kernels' cache folder holds no forward pass yet. True when started."""
-    from .quants import native
-
     if _background or _in_job or not host.saved_code() or cores() < 2 or os.environ.get("LLAMATOOL_FORWARD") == "numba":
         return False
-    folder = native._private(kernel_api.KERNELS)
-    if folder is None or not os.access(folder, os.W_OK) or any(folder.glob("forward-*.o")):
+    if forward_saved():
         return False
     child = subprocess.Popen([sys.executable, "-m", "llamatool.precompile", "forward"],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,5 +1,6 @@
-"""llamatool.precompile: kernels compiled as jobs in worker processes (warmup), and the
-forward pass compiled in a background process while a cold `run` compiles its weight types."""
+"""llamatool.precompile: kernels compiled as jobs in worker processes (warmup, and a model
+loading on a cold cache), and the forward pass compiled in a background process while a cold
+process compiles its weight types."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from llamatool import host, kernel_api, precompile
@@ -107,11 +109,44 @@ def test_a_cold_run_gets_its_forward_pass_from_the_background_process(default_mo
     assert list(theirs.glob("forward-*.o")) and (theirs / f"rows_{qtypes[0]}.o").exists()
 
 
+@needs_saved_code
+def test_a_cold_load_compiles_apart_and_keeps_no_compiler(default_model, tmp_path):
+    """A repacked model (a server's) loading on a cold cache: the kernels it lacks (here one
+    weight type's matmul kernels, its panel packer and every packed product) compile in
+    worker processes (precompile.compile_apart), so the loading process never imports Numba
+    and keeps none of the compiler's memory; its tokens are those of a warm load."""
+    from llamatool.kernels import matmul
+
+    warm = Model.load(default_model, n_ctx=64, repack=True)
+    qtypes = sorted(int(t) for t in warm.weights.matrix_types)
+    expected = warm.eval([1, 2, 3])
+    ours = native._folder(kernel_api.KERNELS)
+    assert native.cached_addresses(matmul._PACKAGE_DIR, [f"rows_{t}" for t in qtypes])
+    cold = tmp_path / "cache"
+    missing = ("packed_rows", f"rows_{qtypes[0]}.", f"dequant_{qtypes[0]}.", f"pack_{qtypes[0]}.")
+    shutil.copytree(ours.parent, cold / "native",  # every saved object (the loader's own too) but the missing
+                    ignore=lambda folder, names: [n for n in names if folder == str(ours) and n.startswith(missing)])
+    theirs = cold / "native" / ours.name
+    os.chmod(cold, 0o700)
+    script = ("import sys, numpy as np\n"
+              "from llamatool.model import Model\n"
+              "m = Model.load(sys.argv[1], n_ctx=64, repack=True)\n"
+              "np.save(sys.argv[2], m.eval([1, 2, 3]))\n"
+              "print(m.forward_backend, 'numba' in sys.modules, 'llvmlite' in sys.modules)\n")
+    env = {**os.environ, "LLAMATOOL_CACHE_DIR": str(cold)}
+    env.pop("NUMBA_CACHE_DIR", None)
+    proc = subprocess.run([sys.executable, "-c", script, str(default_model), str(tmp_path / "logits.npy")],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["native", "False", "False"]
+    assert (theirs / f"rows_{qtypes[0]}.o").exists() and (theirs / f"pack_{qtypes[0]}.o").exists()
+    assert list(theirs.glob("packed_rows*.o"))
+    np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), expected)
+
+
 def test_modules_without_reference_counts_skip_numbas_cheap_pipeline(monkeypatch):
     """jit._optimize_final_module: the refcount-pruning pipeline runs only for modules that
     call NRT functions (the quantizers' arrays), not for the kernels compiled with _nrt=False."""
-    import numpy as np
-
     from llamatool import jit
 
     calls = []

@@ -337,6 +337,11 @@ def _native_count(key: str):
     return count
 
 
+def is_saved(package: Path, keys) -> bool:
+    """Whether trusted machine code is saved under every key for a kernel package."""
+    return all(_read(key, package) is not None for key in keys)
+
+
 def cached_addresses(package: Path, keys) -> list[int] | None:
     """Entry points of the C functions saved under keys for a kernel package (see
     save_cfunc), loaded without Numba; None unless every one is there."""
