@@ -250,9 +250,9 @@ def _total(qtype, W, row, n_chunks, c, q, d, s16, s32, t, K, st):
 #: (K-quants SUPERBLOCK_L2_AHEAD_BYTES) into L2 (_stream_into_l2). Shorter rows (the default
 #: model's 576 and 1536: matrices in cache) by the CPU's vendor: on AMD EPYC (Zen 4) the same
 #: stream into every level; elsewhere (tuned on Intel Xeons: Sapphire Rapids) the 32-weight
-#: types four rows per pass (each activation group is prepared
-#: once for four rows), asking for the rows PREFETCH_ROWS further on, the K-quants row by
-#: row, asking for the row SUPERBLOCK_PREFETCH_ROWS further on.
+#: types four rows per pass (each activation group is prepared once for four rows), asking
+#: for the rows PREFETCH_ROWS further on, the K-quants row by row, asking for the row
+#: SUPERBLOCK_PREFETCH_ROWS further on.
 #: Measured on Zen 4, one thread, the 1B shape's 113 matrices in turn from memory, stream vs
 #: four rows: Q8_0 10.7 -> 21.8 GB/s, Q4_0 10.6 -> 18.5, Q6_K 19.5-20.6 -> 23.5 (with a
 #: matrix in L2 both ways go at about the same speed); K-quants' L2 distance, `bench` tg32
