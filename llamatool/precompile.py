@@ -142,10 +142,10 @@ def run_jobs(jobs: list[str], workers: int | None = None, report=None,
 
 def compile_apart(jobs: list[str]) -> None:
     """Run jobs in worker processes, even on one core (see the module docstring), when their
-    machine code is saved for this process to load: saved machine code is on here and this
-    process is not a job itself. A job that fails leaves its kernel to compile in the caller
-    when first needed, as it would have without this step."""
-    if jobs and not _in_job and host.saved_code():
+    machine code can be saved for this process to load: saved machine code is on here, the
+    kernels' cache folder takes it, and this process is not a job itself. A job that fails
+    leaves its kernel to compile in the caller when first needed, as it would have anyway."""
+    if jobs and not _in_job and _saved_folder() is not None:
         try:
             run_jobs(jobs, apart=True)
         except Exception:  # noqa: BLE001 - a worker that died (BrokenProcessPool): the caller compiles
@@ -154,10 +154,16 @@ def compile_apart(jobs: list[str]) -> None:
 
 def forward_saved() -> bool:
     """Whether the kernels' cache folder holds a forward pass (or cannot take one)."""
+    folder = _saved_folder()
+    return folder is None or any(folder.glob("forward-*.o"))
+
+
+def _saved_folder():
+    """The kernels' cache folder if machine code can be saved there, else None."""
     from .quants import native
 
-    folder = native._private(kernel_api.KERNELS)
-    return folder is None or not os.access(folder, os.W_OK) or any(folder.glob("forward-*.o"))
+    folder = native._private(kernel_api.KERNELS)  # None where saved code is off (host.saved_code)
+    return folder if folder is not None and os.access(folder, os.W_OK) else None
 
 
 # --- the forward pass in the background -------------------------------------------------------------

@@ -109,6 +109,30 @@ def test_a_cold_run_gets_its_forward_pass_from_the_background_process(default_mo
     assert list(theirs.glob("forward-*.o")) and (theirs / f"rows_{qtypes[0]}.o").exists()
 
 
+def test_jobs_compile_apart_only_where_their_code_can_be_saved(monkeypatch, tmp_path):
+    """compile_apart: workers only when the machine code they make can be loaded from the cache
+    afterwards (a read-only or refused folder would have the kernels compiled twice)."""
+    ran = []
+    monkeypatch.setattr(precompile, "run_jobs", lambda jobs, apart=False: ran.append((jobs, apart)))
+    monkeypatch.setattr(precompile, "_in_job", [])
+    monkeypatch.setattr(native, "_private", lambda package=None: tmp_path)
+    precompile.compile_apart(["rows:2"])
+    assert ran == [(["rows:2"], True)]
+    precompile.compile_apart([])
+    monkeypatch.setattr(precompile, "_in_job", ["rows:8"])
+    precompile.compile_apart(["rows:2"])  # a job process compiles its own job
+    monkeypatch.setattr(precompile, "_in_job", [])
+    tmp_path.chmod(0o500)
+    try:
+        if not os.access(tmp_path, os.W_OK):  # (root writes anywhere)
+            precompile.compile_apart(["rows:2"])
+    finally:
+        tmp_path.chmod(0o700)
+    monkeypatch.setattr(native, "_private", lambda package=None: None)  # saved code off or the folder refused
+    precompile.compile_apart(["rows:2"])
+    assert len(ran) == 1
+
+
 @needs_saved_code
 def test_a_cold_load_compiles_apart_and_keeps_no_compiler(default_model, tmp_path):
     """A repacked model (a server's) loading on a cold cache: the kernels it lacks (here one
