@@ -379,6 +379,20 @@ def driver(backend: str | None = None):
 # --- the matmul entry points --------------------------------------------------------------------
 
 
+# The names kernels.matmul saves its entry points under (_c_kernels, packer_address,
+# _c_packed), for loading them here without importing it (it needs Numba).
+def _kernel_keys(qtype: int) -> list[str]:
+    return [f"rows_{qtype}", f"dequant_{qtype}"]
+
+
+def _packer_keys(qtype: int) -> list[str]:
+    return [f"pack_{qtype}"]
+
+
+def _packed_keys(kind: int, amx: bool) -> list[str]:
+    return [kernel_api.load("gemm").packed_entry(kind, amx)]
+
+
 def compile_missing(matrix_types, pack_types=(), packed_kinds=()) -> None:
     """On a cold cache, compile what a model will load (the kernels of its matrix types, the
     packers and packed products of a repacked one) and the forward pass in worker processes
@@ -387,11 +401,10 @@ def compile_missing(matrix_types, pack_types=(), packed_kinds=()) -> None:
     from .precompile import compile_apart, forward_saved
     from .quants import native
 
-    gemm = kernel_api.load("gemm")
     amx = host.amx_int8()
-    wanted = {**{f"rows:{t}": [f"rows_{t}", f"dequant_{t}"] for t in sorted(matrix_types)},  # matmul._c_kernels' keys
-              **{f"pack:{t}": [f"pack_{t}"] for t in sorted(pack_types)},  # matmul.packer_address's
-              **{f"packed:{k}": [gemm.packed_entry(k, amx)] for k in sorted(packed_kinds)}}  # matmul._c_packed's
+    wanted = {**{f"rows:{t}": _kernel_keys(t) for t in sorted(matrix_types)},
+              **{f"pack:{t}": _packer_keys(t) for t in sorted(pack_types)},
+              **{f"packed:{k}": _packed_keys(k, amx) for k in sorted(packed_kinds)}}
     jobs = [job for job, keys in wanted.items() if not native.is_saved(kernel_api.KERNELS, keys)]
     if jobs and not forward_saved() and os.environ.get(BACKEND_ENV) != "numba":
         jobs.append("forward")
@@ -409,7 +422,7 @@ def kernel_tables(qtypes) -> tuple[np.ndarray, np.ndarray]:
     rows = np.zeros(max(supported) + 1, np.int64)
     dequant = np.zeros_like(rows)
     for t in sorted({int(t) for t in qtypes}):
-        addresses = native.cached_addresses(kernel_api.KERNELS, [f"rows_{t}", f"dequant_{t}"])  # matmul._c_kernels' keys
+        addresses = native.cached_addresses(kernel_api.KERNELS, _kernel_keys(t))
         if addresses is None:  # a cold cache: the forward pass compiles meanwhile on another core
             from .kernels.matmul import kernel_tables as compiled_tables
             from .precompile import start_forward
@@ -428,7 +441,7 @@ def packed_table(kinds) -> np.ndarray:
     table = np.zeros(gemm.N_PACKED_KINDS, np.int64)
     amx = host.amx_int8()
     for kind in sorted({int(k) for k in kinds}):
-        found = native.cached_addresses(kernel_api.KERNELS, [gemm.packed_entry(kind, amx)])  # matmul._c_packed's key
+        found = native.cached_addresses(kernel_api.KERNELS, _packed_keys(kind, amx))
         if found is None:
             from .kernels.matmul import packed_table as compiled_table
 
@@ -445,7 +458,7 @@ def panel_packer(qtype: int):
     type (out: uint32), from saved machine code when there is some (no Numba)."""
     from .quants import native
 
-    found = native.cached_addresses(kernel_api.KERNELS, [f"pack_{qtype}"])  # matmul.packer_address's key
+    found = native.cached_addresses(kernel_api.KERNELS, _packer_keys(qtype))
     if found is None:
         from .kernels.matmul import packer_address
 

@@ -338,8 +338,11 @@ def _native_count(key: str):
 
 
 def is_saved(package: Path, keys) -> bool:
-    """Whether trusted machine code is saved under every key for a kernel package."""
-    return all(_read(key, package) is not None for key in keys)
+    """Whether machine code is saved under every key for a kernel package: the files exist
+    (cached_addresses reads and checks them when they are loaded; a damaged one is built
+    again then, as ever)."""
+    folder = _private(package)
+    return folder is not None and all((folder / f"{key}.o").exists() for key in keys)
 
 
 def cached_addresses(package: Path, keys) -> list[int] | None:
